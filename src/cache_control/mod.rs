@@ -1,0 +1,3 @@
+//! Cache-Control docs placeholder
+mod directives;
+pub use directives::{Directives, InvalidDirective};
