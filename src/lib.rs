@@ -1,6 +1,78 @@
-//! tower-ssr (lib docs placeholder)
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//! Tower middleware that lets a Rust HTTP server wrapping a server-side
+//! renderer (SSR) take high traffic.
+//!
+//! A render costs milliseconds of CPU; a cached page costs microseconds. This
+//! crate gives any [axum] `Router` or raw [hyper] service the pieces a
+//! high-traffic SSR front needs, as [Tower] layers that work alone or
+//! stacked:
+//!
+//! - [`cache_control`]: typed, status-aware `Cache-Control`,
+//!   `CDN-Cache-Control` and `Surrogate-Control` policies by route, content
+//!   type and status; content ETags and `304 Not Modified`.
+//! - A shared in-memory response cache (RFC 9111) and an upstream balancer
+//!   are the next layers to land; see the README's roadmap.
+//!
+//! # Layout
+//!
+//! Read in this order: [`cache_control::Directives`] (the typed header
+//! value), [`cache_control::Rule`] (which responses get which policy), then
+//! [`cache_control::CacheControlLayer`] (the middleware, with its ETag and
+//! conditional-request handling).
+//!
+//! # Layering order
+//!
+//! ```text
+//! client ─▶ CacheLayer ─▶ CacheControlLayer ─▶ BalanceLayer ─▶ renderers
+//!           (serves hits,  (sets Cache-Control,  (picks an upstream,
+//!            coalesces      ETag, answers 304)     ejects failing ones)
+//!            misses)
+//! ```
+//!
+//! The cache sits outside so a hit costs one lookup and nothing below runs;
+//! it reads the policy `CacheControlLayer` injected, so a route's `s-maxage`
+//! is the cache's TTL. `CacheControlLayer` sits inside so every response,
+//! cached or not, carries the same headers.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it enables |
+//! |---|---|---|
+//! | `cache-control` | yes | [`cache_control`] |
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{response::Html, routing::get, Router};
+//! use tower_ssr::cache_control::{CacheControlLayer, Directives, Rule};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let policy = CacheControlLayer::new()
+//!     .rule(Rule::path("/assets/**")?.cache_control(Directives::immutable_asset()))
+//!     .rule(Rule::content_type("text/html")?.cache_control(
+//!         Directives::new().public().s_maxage(Duration::from_secs(60))
+//!             .stale_while_revalidate(Duration::from_secs(300)),
+//!     ));
+//! let app = Router::new()
+//!     .route("/", get(|| async { Html("<h1>rendered</h1>") }))
+//!     .layer(policy);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [axum]: https://docs.rs/axum
+//! [hyper]: https://docs.rs/hyper
+//! [Tower]: https://docs.rs/tower
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "cache-control")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
 pub mod cache_control;
+
+#[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
+mod date;
+#[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
+mod macros;

@@ -482,9 +482,10 @@ impl Directives {
         let mut out = String::new();
         self.write_known(&mut out);
         for e in &self.extensions {
-            let key_ok = e.name.starts_with(|c: char| c.is_ascii_lowercase() || c == '*')
-                && e
-                    .name
+            let key_ok = e
+                .name
+                .starts_with(|c: char| c.is_ascii_lowercase() || c == '*')
+                && e.name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
             if !key_ok {
@@ -944,7 +945,10 @@ mod tests {
     fn several_lines_combine_in_order() {
         let mut h = HeaderMap::new();
         h.append(CACHE_CONTROL, HeaderValue::from_static("public"));
-        h.append(CACHE_CONTROL, HeaderValue::from_static("max-age=10, max-age=20"));
+        h.append(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-age=10, max-age=20"),
+        );
         h.append(CACHE_CONTROL, HeaderValue::from_static("max-age=30"));
         let d = Directives::from_headers(&h);
         assert!(d.is_public());
@@ -978,7 +982,14 @@ mod tests {
 
     #[test]
     fn invalid_max_age_reads_as_stale() {
-        for v in ["max-age=abc", "max-age=-1", "max-age=1.5", "max-age", "max-age=", "max-age=5 6"] {
+        for v in [
+            "max-age=abc",
+            "max-age=-1",
+            "max-age=1.5",
+            "max-age",
+            "max-age=",
+            "max-age=5 6",
+        ] {
             assert_eq!(p(v).max_age_secs(), Some(0), "{v}");
         }
     }
@@ -1097,12 +1108,15 @@ mod tests {
     }
 
     fn arb_directives() -> impl Strategy<Value = Directives> {
-        let name = "[a-z][a-z0-9-]{0,8}".prop_filter("not a known directive", |n| {
-            !KNOWN.contains(&n.as_str())
-        });
-        let field = "[a-z][a-z0-9-]{0,8}".prop_map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap());
+        let name = "[a-z][a-z0-9-]{0,8}"
+            .prop_filter("not a known directive", |n| !KNOWN.contains(&n.as_str()));
+        let field =
+            "[a-z][a-z0-9-]{0,8}".prop_map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap());
         (
-            (any::<[bool; 10]>(), proptest::option::of(0u64..3_000_000_000)),
+            (
+                any::<[bool; 10]>(),
+                proptest::option::of(0u64..3_000_000_000),
+            ),
             (
                 proptest::option::of(0u64..100_000),
                 proptest::option::of(0u64..100_000),

@@ -1,0 +1,79 @@
+//! Shared helpers: a real server on 127.0.0.1:0 and a client for it.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Serves `app` on an ephemeral loopback port until the test ends.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Seen {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// The single value of a header, as text; panics when absent or repeated.
+    pub fn one(&self, name: &str) -> &str {
+        let mut all = self.headers.get_all(name).iter();
+        let v = all
+            .next()
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers));
+        assert!(
+            all.next().is_none(),
+            "{name} appears more than once: {:?}",
+            self.headers
+        );
+        v.to_str().unwrap()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.headers.contains_key(name)
+    }
+}
+
+/// Sends one request over a real socket.
+pub async fn send(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)]) -> Seen {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = client
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Seen {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Seen {
+    send(addr, Method::GET, path, &[]).await
+}
+
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Seen {
+    send(addr, Method::GET, path, headers).await
+}
