@@ -74,5 +74,11 @@ pub mod cache_control;
 
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
 mod date;
+#[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
+mod directives;
+#[cfg_attr(not(feature = "cache-control"), allow(dead_code, unreachable_pub))]
+mod etag;
+
+pub use directives::{Directives, InvalidDirective};
 #[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
 mod macros;

@@ -12,8 +12,8 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::ResponseBody;
-use super::etag::{not_modified_parts, BodyHasher, Condition, Conditionals, ETagMode};
 use super::layer::{Config, PathMatches};
+use crate::etag::{not_modified_parts, BodyHasher, Condition, Conditionals, ETagMode};
 
 /// What the service learned from the request before handing it on: the
 /// request itself is consumed by the inner service.

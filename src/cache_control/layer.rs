@@ -5,10 +5,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::directives::Directives;
-use super::etag::ETagMode;
 use super::rules::{Rule, CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 use super::service::CacheControl;
+use crate::directives::Directives;
+use crate::etag::ETagMode;
 
 /// Bodies up to this size are buffered to hash an ETag by default.
 const DEFAULT_ETAG_MAX_BODY: usize = 1024 * 1024;

@@ -79,17 +79,15 @@
 //! ETag differs per content coding (RFC 9110 §8.8.3.3); or keep weak tags.
 
 mod body;
-mod directives;
-mod etag;
 mod future;
 mod glob;
 mod layer;
 mod rules;
 mod service;
 
+pub use crate::directives::{Directives, InvalidDirective};
+pub use crate::etag::{ETag, ETagMode, InvalidETag};
 pub use body::ResponseBody;
-pub use directives::{Directives, InvalidDirective};
-pub use etag::{ETag, ETagMode, InvalidETag};
 pub use future::ResponseFuture;
 pub use glob::{InvalidGlob, PathGlob};
 pub use layer::CacheControlLayer;

@@ -5,9 +5,9 @@ use std::fmt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
-use super::directives::Directives;
-use super::etag::ETagMode;
 use super::glob::{InvalidGlob, PathGlob};
+use crate::directives::Directives;
+use crate::etag::ETagMode;
 
 pub(crate) static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 pub(crate) static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
@@ -139,7 +139,7 @@ impl From<InvalidGlob> for InvalidRule {
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(super::directives::is_tchar)
+    !s.is_empty() && s.bytes().all(crate::directives::is_tchar)
 }
 
 impl MediaRange {

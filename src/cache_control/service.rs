@@ -7,9 +7,9 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::etag::Conditionals;
 use super::future::{RequestContext, ResponseFuture};
 use super::layer::Config;
+use crate::etag::Conditionals;
 
 /// Middleware that puts caching headers and validators on responses; built
 /// by [`CacheControlLayer`](super::CacheControlLayer).
