@@ -9,7 +9,8 @@ thread_local! {
     /// The last value formatted on this thread: (unix seconds, value). A
     /// response rate of thousands a second shares one formatted string per
     /// second instead of formatting each time.
-    static LAST: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("")));
+    static LAST: RefCell<(u64, HeaderValue)> =
+        const { RefCell::new((0, HeaderValue::from_static(""))) };
 }
 
 /// `now + secs` as an IMF-fixdate (`GMT`, never `+0000`), whole seconds.

@@ -82,3 +82,8 @@ mod etag;
 pub use directives::{Directives, InvalidDirective};
 #[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
 mod macros;
+
+/// Compiles the README's examples as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -212,3 +212,202 @@ fn finish<B: Body>(
     }
     Response::from_parts(parts, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::{Duration, SystemTime};
+
+    use bytes::Bytes;
+    use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+    use http_body::{Body, Frame};
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    use crate::cache_control::{CacheControlLayer, ETagMode};
+
+    type Chunk = Result<Frame<Bytes>, std::io::Error>;
+
+    async fn call<B>(
+        layer: CacheControlLayer,
+        req: Request<()>,
+        res: Response<B>,
+    ) -> Response<super::ResponseBody<B>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+    {
+        let res = std::sync::Mutex::new(Some(res));
+        let svc = service_fn(move |_req: Request<()>| {
+            let res = res.lock().unwrap().take().unwrap();
+            async move { Ok::<_, Infallible>(res) }
+        });
+        layer.layer(svc).oneshot(req).await.unwrap()
+    }
+
+    fn stream(frames: Vec<Chunk>) -> StreamBody<tokio_stream::Iter<std::vec::IntoIter<Chunk>>> {
+        StreamBody::new(tokio_stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn head_response_is_not_hashed() {
+        let req = Request::builder()
+            .method(Method::HEAD)
+            .uri("/")
+            .body(())
+            .unwrap();
+        let res = call(
+            CacheControlLayer::new(),
+            req,
+            Response::new(Full::new(Bytes::new())),
+        )
+        .await;
+        assert!(!res.headers().contains_key(header::ETAG));
+    }
+
+    #[tokio::test]
+    async fn known_length_over_the_cap_is_returned_without_reading_the_body() {
+        // A body that never yields: the response must not wait for it.
+        let body = StreamBody::new(tokio_stream::pending::<Chunk>());
+        let res = Response::builder()
+            .header(header::CONTENT_LENGTH, "2048")
+            .body(body)
+            .unwrap();
+        let layer = CacheControlLayer::new().etag_max_body(1024);
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            call(layer, Request::get("/").body(()).unwrap(), res),
+        )
+        .await
+        .expect("the layer waited on a body it should stream");
+        assert!(!res.headers().contains_key(header::ETAG));
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_body_keeps_every_byte_in_order() {
+        let frames = (0u8..10)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + i; 300]))))
+            .collect();
+        let layer = CacheControlLayer::new().etag_max_body(1000);
+        let res = call(
+            layer,
+            Request::get("/").body(()).unwrap(),
+            Response::new(stream(frames)),
+        )
+        .await;
+        assert!(!res.headers().contains_key(header::ETAG));
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let expected: Vec<u8> = (0u8..10).flat_map(|i| vec![b'a' + i; 300]).collect();
+        assert_eq!(body, expected);
+    }
+
+    #[tokio::test]
+    async fn trailers_survive_hashing() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-render-ms", "2".parse().unwrap());
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"page"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let res = call(
+            CacheControlLayer::new(),
+            Request::get("/").body(()).unwrap(),
+            Response::new(stream(frames)),
+        )
+        .await;
+        assert!(res.headers().contains_key(header::ETAG));
+        let collected = res.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-render-ms"], "2");
+        assert_eq!(collected.to_bytes(), "page");
+    }
+
+    #[tokio::test]
+    async fn body_error_while_hashing_is_replayed_then_raised() {
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"partial"))),
+            Err(std::io::Error::other("renderer died")),
+        ];
+        let res = call(
+            CacheControlLayer::new(),
+            Request::get("/").body(()).unwrap(),
+            Response::new(stream(frames)),
+        )
+        .await;
+        assert!(!res.headers().contains_key(header::ETAG));
+        let mut body = res.into_body();
+        // Not exact: a server must not frame the partial body as complete.
+        assert_eq!(body.size_hint().exact(), None);
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "partial");
+        assert!(body.frame().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn hashed_body_has_an_exact_length() {
+        let res = call(
+            CacheControlLayer::new(),
+            Request::get("/").body(()).unwrap(),
+            Response::new(stream(vec![Ok(Frame::data(Bytes::from_static(b"12345")))])),
+        )
+        .await;
+        assert_eq!(res.body().size_hint().exact(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn strong_mode_gives_a_strong_tag() {
+        let layer = CacheControlLayer::new().etag(ETagMode::Strong);
+        let res = call(
+            layer,
+            Request::get("/").body(()).unwrap(),
+            Response::new(Full::new(Bytes::from("x"))),
+        )
+        .await;
+        assert!(res.headers()[header::ETAG].as_bytes().starts_with(b"\""));
+    }
+
+    #[tokio::test]
+    async fn non_ok_status_is_not_hashed() {
+        let res = Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Full::new(Bytes::from("nope")))
+            .unwrap();
+        let res = call(
+            CacheControlLayer::new(),
+            Request::get("/").body(()).unwrap(),
+            res,
+        )
+        .await;
+        assert!(!res.headers().contains_key(header::ETAG));
+    }
+
+    #[tokio::test]
+    async fn last_modified_later_than_date_is_clamped_to_date() {
+        let future = SystemTime::now() + Duration::from_secs(86_400);
+        let res = Response::builder()
+            .header(header::DATE, "Sun, 06 Nov 1994 08:49:37 GMT")
+            .body(Full::new(Bytes::from("x")))
+            .unwrap();
+        let layer = CacheControlLayer::new().last_modified(future);
+        let res = call(layer, Request::get("/").body(()).unwrap(), res).await;
+        assert_eq!(
+            res.headers()[header::LAST_MODIFIED],
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+    }
+
+    #[tokio::test]
+    async fn not_modified_drops_the_body_and_content_headers() {
+        let res = Response::builder()
+            .header(header::ETAG, "\"v1\"")
+            .header(header::CONTENT_TYPE, "text/html")
+            .body(Full::new(Bytes::from("page")))
+            .unwrap();
+        let req = Request::get("/")
+            .header(header::IF_NONE_MATCH, "W/\"v1\"")
+            .body(())
+            .unwrap();
+        let res = call(CacheControlLayer::new(), req, res).await;
+        assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+        assert!(!res.headers().contains_key(header::CONTENT_TYPE));
+        assert!(res.body().is_end_stream());
+    }
+}

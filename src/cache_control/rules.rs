@@ -282,6 +282,7 @@ impl Rule {
     /// Dictionary. Extension directives that a Dictionary cannot carry are
     /// left out, and an empty policy sets nothing.
     #[must_use]
+    #[allow(clippy::needless_pass_by_value)] // by value, like `cache_control`
     pub fn cdn_cache_control(mut self, directives: Directives) -> Self {
         self.cdn_cache_control = directives.to_targeted_value();
         self
@@ -290,6 +291,7 @@ impl Rule {
     /// Sets `Surrogate-Control` (Edge Architecture Specification), read by
     /// Fastly and Akamai.
     #[must_use]
+    #[allow(clippy::needless_pass_by_value)] // by value, like `cache_control`
     pub fn surrogate_control(mut self, directives: Directives) -> Self {
         self.surrogate_control = Some(directives.to_header_value()).filter(|v| !v.is_empty());
         self
