@@ -18,7 +18,7 @@ use http::{header, Request, Response};
 use http_body::Body;
 use http_body_util::Full;
 use tower::{service_fn, Layer, Service};
-use tower_ssr::cache_control::{CacheControlLayer, Directives, ETagMode, Rule};
+use tower_ssr::cache_control::{CacheControlLayer, Directives, ETagMode, PathGlob, Rule};
 
 const TYPICAL: &str = "public, max-age=0, s-maxage=60, stale-while-revalidate=300";
 
@@ -86,6 +86,15 @@ fn directives(c: &mut Criterion) {
     g.bench_function("format typical", |b| {
         b.iter(|| black_box(&d).to_header_value())
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("path glob");
+    for pattern in ["/assets/**", "/**", "/posts/*", "/assets/app.*.js"] {
+        let glob: PathGlob = pattern.parse().unwrap();
+        g.bench_function(pattern, |b| {
+            b.iter(|| black_box(&glob).matches(black_box("/posts/1")))
+        });
+    }
     g.finish();
 }
 

@@ -39,16 +39,13 @@ pin_project! {
     enum State<F, B: Body> {
         Inner { #[pin] future: F },
         Hashing {
-            // The response head, held until the ETag is known.
-            parts: Option<Parts>,
             // Boxed so that it can move into the response body afterwards,
             // whether or not the body type is `Unpin`.
             body: Option<Pin<Box<B>>>,
-            chunks: VecDeque<Bytes>,
-            len: usize,
-            hasher: BodyHasher,
-            weak: bool,
-            trailers: Option<HeaderMap>,
+            // Boxed to keep the future small on the common path: the hasher
+            // state alone is about 400 bytes, and every response moves the
+            // future, hashed or not.
+            progress: Box<Progress>,
         },
         Done,
     }
@@ -105,24 +102,26 @@ where
                         )));
                     }
                     self.as_mut().project().state.set(State::Hashing {
-                        parts: Some(parts),
                         body: Some(Box::pin(body)),
-                        chunks: VecDeque::new(),
-                        len: 0,
-                        hasher: BodyHasher::new(),
-                        weak,
-                        trailers: None,
+                        progress: Box::new(Progress {
+                            parts: Some(parts),
+                            chunks: VecDeque::new(),
+                            len: 0,
+                            hasher: BodyHasher::new(),
+                            weak,
+                            trailers: None,
+                        }),
                     });
                 }
-                StateProj::Hashing {
-                    parts,
-                    body,
-                    chunks,
-                    len,
-                    hasher,
-                    weak,
-                    trailers,
-                } => {
+                StateProj::Hashing { body, progress } => {
+                    let Progress {
+                        parts,
+                        chunks,
+                        len,
+                        hasher,
+                        weak,
+                        trailers,
+                    } = &mut **progress;
                     let cap = this.ctx.config.etag_max_body;
                     let Some(inner) = body.as_mut() else {
                         return Poll::Pending;
@@ -178,6 +177,17 @@ where
             }
         }
     }
+}
+
+/// What has been read while hashing.
+struct Progress {
+    // The response head, held until the ETag is known.
+    parts: Option<Parts>,
+    chunks: VecDeque<Bytes>,
+    len: usize,
+    hasher: BodyHasher,
+    weak: bool,
+    trailers: Option<HeaderMap>,
 }
 
 enum Outcome<E> {

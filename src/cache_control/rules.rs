@@ -404,20 +404,28 @@ impl Rule {
     /// Writes this rule's headers into `headers`.
     pub(crate) fn apply(&self, headers: &mut HeaderMap, has_cookie: bool) {
         let over = self.override_existing;
-        let set = |headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue| {
-            if over || !headers.contains_key(name) {
-                // `insert` replaces every line: a second line is never appended.
-                headers.insert(name.clone(), value.clone());
+        // One lookup per field; `insert` on an occupied entry replaces every
+        // line, so a second line is never appended.
+        let set = |headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue| -> bool {
+            match headers.entry(name) {
+                header::Entry::Vacant(e) => {
+                    e.insert(value.clone());
+                    true
+                }
+                header::Entry::Occupied(mut e) if over => {
+                    e.insert(value.clone());
+                    true
+                }
+                header::Entry::Occupied(_) => false,
             }
         };
         if let Some(cc) = &self.cache_control {
-            let wrote = over || !headers.contains_key(header::CACHE_CONTROL);
             let value = if has_cookie {
                 &cc.private_value
             } else {
                 &cc.value
             };
-            set(headers, &header::CACHE_CONTROL, value);
+            let wrote = set(headers, &header::CACHE_CONTROL, value);
             if wrote && self.expires {
                 if let Some(age) = cc.directives.max_age_secs() {
                     set(headers, &header::EXPIRES, &crate::date::http_date_in(age));
