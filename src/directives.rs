@@ -1,5 +1,6 @@
 //! The typed `Cache-Control` value (RFC 9111 §5.2).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
@@ -673,21 +674,22 @@ pub(crate) fn is_tchar(b: u8) -> bool {
 }
 
 /// A directive argument as received.
-enum Arg {
+enum Arg<'a> {
     None,
-    Value(Vec<u8>),
+    /// Borrowed from the input unless a quoted-string needed unescaping.
+    Value(Cow<'a, [u8]>),
     /// Junk followed the argument (`max-age=5 6`), or a token was expected.
     Invalid,
 }
 
 /// Reads delta-seconds (RFC 9111 §1.2.2): `1*DIGIT`, capped at 2^31.
-fn delta_seconds(arg: &Arg) -> Option<u32> {
+fn delta_seconds(arg: &Arg<'_>) -> Option<u32> {
     let Arg::Value(v) = arg else { return None };
     if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let mut n: u64 = 0;
-    for &b in v {
+    for &b in v.iter() {
         n = n * 10 + u64::from(b - b'0');
         if n >= u64::from(DELTA_MAX) {
             return Some(DELTA_MAX);
@@ -696,7 +698,7 @@ fn delta_seconds(arg: &Arg) -> Option<u32> {
     u32::try_from(n).ok()
 }
 
-fn field_list(arg: &Arg) -> FieldList {
+fn field_list(arg: &Arg<'_>) -> FieldList {
     let Arg::Value(v) = arg else {
         return FieldList::default();
     };
@@ -750,14 +752,25 @@ impl Parser {
         first
     }
 
-    fn apply(&mut self, raw_name: &[u8], arg: &Arg) {
-        let name = String::from_utf8_lossy(raw_name).to_ascii_lowercase();
+    fn apply(&mut self, raw_name: &[u8], arg: &Arg<'_>) {
+        // Known names resolve without allocating; only extensions own theirs.
+        let owned;
+        let name: &str = match KNOWN
+            .iter()
+            .find(|k| k.as_bytes().eq_ignore_ascii_case(raw_name))
+        {
+            Some(known) => known,
+            None => {
+                owned = String::from_utf8_lossy(raw_name).to_ascii_lowercase();
+                &owned
+            }
+        };
         let d = &mut self.out;
-        match name.as_str() {
+        match name {
             // Flags: present even with an argument (the restrictive reading).
             "public" | "no-store" | "no-transform" | "must-revalidate" | "proxy-revalidate"
             | "must-understand" | "immutable" | "only-if-cached" => {
-                let field = match name.as_str() {
+                let field = match name {
                     "public" => &mut d.public,
                     "no-store" => &mut d.no_store,
                     "no-transform" => &mut d.no_transform,
@@ -770,7 +783,7 @@ impl Parser {
                 *field = true;
             }
             "private" | "no-cache" => {
-                if self.first(&name) {
+                if self.first(name) {
                     let list = Some(field_list(arg));
                     if name == "private" {
                         self.out.private = list;
@@ -782,7 +795,7 @@ impl Parser {
             // Invalid freshness reads as 0: stale, never fresh for ever
             // (RFC 9111 §4.2.1).
             "max-age" | "s-maxage" => {
-                if self.first(&name) {
+                if self.first(name) {
                     let v = Some(delta_seconds(arg).unwrap_or(0));
                     if name == "max-age" {
                         self.out.max_age = v;
@@ -795,8 +808,8 @@ impl Parser {
             // the "first occurrence" slot either.
             "stale-while-revalidate" | "stale-if-error" | "min-fresh" => {
                 if let Some(v) = delta_seconds(arg) {
-                    if self.first(&name) {
-                        let slot = match name.as_str() {
+                    if self.first(name) {
+                        let slot = match name {
                             "stale-while-revalidate" => &mut self.out.stale_while_revalidate,
                             "stale-if-error" => &mut self.out.stale_if_error,
                             _ => &mut self.out.min_fresh,
@@ -811,7 +824,7 @@ impl Parser {
                     other => delta_seconds(other).map(Some),
                 };
                 if let Some(v) = v {
-                    if self.first(&name) {
+                    if self.first(name) {
                         self.out.max_stale = Some(v);
                     }
                 }
@@ -831,7 +844,10 @@ impl Parser {
                     }
                     Arg::Invalid => return,
                 };
-                d.extensions.push(Extension { name, value });
+                d.extensions.push(Extension {
+                    name: name.to_owned(),
+                    value,
+                });
             }
         }
     }
@@ -839,7 +855,7 @@ impl Parser {
 
 /// Reads `[ OWS "=" OWS ( token / quoted-string ) ]` and what is left of the
 /// list element; returns the argument and the index after the element.
-fn read_arg(input: &[u8], mut i: usize) -> (Arg, usize) {
+fn read_arg(input: &[u8], mut i: usize) -> (Arg<'_>, usize) {
     let ows = |i: &mut usize| {
         while *i < input.len() && matches!(input[*i], b' ' | b'\t') {
             *i += 1;
@@ -854,34 +870,45 @@ fn read_arg(input: &[u8], mut i: usize) -> (Arg, usize) {
     }
     i += 1;
     ows(&mut i);
-    let mut value = Vec::new();
-    if i < input.len() && input[i] == b'"' {
+    let value = if i < input.len() && input[i] == b'"' {
         // quoted-string: `\x` reads as `x` (RFC 9110 §5.6.4). An
         // unterminated string runs to the end of the line.
         i += 1;
+        let start = i;
+        let mut owned: Option<Vec<u8>> = None;
+        let mut end = input.len();
         while i < input.len() {
             match input[i] {
                 b'"' => {
+                    end = i;
                     i += 1;
                     break;
                 }
                 b'\\' if i + 1 < input.len() => {
-                    value.push(input[i + 1]);
+                    owned
+                        .get_or_insert_with(|| input[start..i].to_vec())
+                        .push(input[i + 1]);
                     i += 2;
                 }
                 b => {
-                    value.push(b);
+                    if let Some(o) = owned.as_mut() {
+                        o.push(b);
+                    }
                     i += 1;
                 }
             }
+        }
+        match owned {
+            Some(v) => Cow::Owned(v),
+            None => Cow::Borrowed(&input[start..end.min(i)]),
         }
     } else {
         let start = i;
         while i < input.len() && is_tchar(input[i]) {
             i += 1;
         }
-        value.extend_from_slice(&input[start..i]);
-    }
+        Cow::Borrowed(&input[start..i])
+    };
     ows(&mut i);
     if i < input.len() && input[i] != b',' {
         return (Arg::Invalid, skip_element(input, i));
