@@ -561,10 +561,10 @@ fn if_none_match_matches(inm: &IfNoneMatch, response_headers: &HeaderMap) -> boo
 // Extra fields kept on a 304 beyond RFC 9110 §15.4.5's list: the CDN
 // directives and cache keys a CDN needs to refresh its stored copy, and
 // Set-Cookie so a session refresh is not lost on revalidation.
-const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
-const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
-const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
-const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+pub(crate) const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+pub(crate) const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+pub(crate) const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+pub(crate) const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 fn kept_on_304(name: &HeaderName) -> bool {
     // RFC 9110 §15.4.5: a 304 must carry the fields a 200 would have sent
@@ -811,16 +811,7 @@ mod tests {
 
     // ---- conditionals ----
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
+    use crate::test_helpers::headers;
 
     fn eval(request: &[(&str, &str)], status: StatusCode, response: &[(&str, &str)]) -> Condition {
         match Conditionals::from_request(&Method::GET, &headers(request)) {

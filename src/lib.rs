@@ -82,6 +82,8 @@ mod etag;
 pub use directives::{Directives, InvalidDirective};
 #[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
 mod macros;
+#[cfg(test)]
+mod test_helpers;
 
 /// Compiles the README's examples as doc tests.
 #[cfg(doctest)]

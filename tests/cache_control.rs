@@ -304,15 +304,20 @@ async fn etag_off_per_rule_skips_hashing() {
     assert!(get(addr, "/").await.has("etag"));
 }
 
-#[tokio::test]
-async fn handler_etag_is_kept() {
+/// A page whose handler sets its own ETag, `"v1"`.
+async fn serve_with_handler_etag() -> std::net::SocketAddr {
     let app = Router::new()
         .route(
             "/",
             route(|| async { ([(header::ETAG, "\"v1\"")], Html(PAGE)) }),
         )
         .layer(standard_layer());
-    let addr = serve(app).await;
+    serve(app).await
+}
+
+#[tokio::test]
+async fn handler_etag_is_kept() {
+    let addr = serve_with_handler_etag().await;
     assert_eq!(get(addr, "/").await.one("etag"), "\"v1\"");
     let res = get_with(addr, "/", &[("if-none-match", "W/\"v1\"")]).await;
     assert_eq!(res.status, StatusCode::NOT_MODIFIED);
@@ -485,13 +490,7 @@ async fn errors_and_unsafe_methods_never_become_304() {
 
 #[tokio::test]
 async fn head_is_answered_304_from_a_handler_etag() {
-    let app = Router::new()
-        .route(
-            "/",
-            route(|| async { ([(header::ETAG, "\"v1\"")], Html(PAGE)) }),
-        )
-        .layer(standard_layer());
-    let addr = serve(app).await;
+    let addr = serve_with_handler_etag().await;
     let res = send(addr, Method::HEAD, "/", &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(res.status, StatusCode::NOT_MODIFIED);
     assert_eq!(res.one("etag"), "\"v1\"");

@@ -9,10 +9,7 @@ use super::glob::{InvalidGlob, PathGlob};
 use crate::directives::Directives;
 use crate::etag::ETagMode;
 
-pub(crate) static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
-pub(crate) static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
-pub(crate) static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
-pub(crate) static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+pub(crate) use crate::etag::{CACHE_TAG, CDN_CACHE_CONTROL, SURROGATE_CONTROL, SURROGATE_KEY};
 
 /// One caching policy and the responses it applies to.
 ///
@@ -499,16 +496,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_helpers::headers;
 
     #[test]
     fn cacheable_rule_skips_client_and_server_errors() {
