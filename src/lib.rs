@@ -38,6 +38,11 @@
 //! | feature | default | what it enables |
 //! |---|---|---|
 //! | `cache-control` | yes | [`cache_control`] |
+//! | `balance` | yes | [`balance`]: endpoint set, strategies, passive health, retries |
+//! | `proxy` | yes | [`balance::proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
+//! | `tokio` | no (implied by `proxy`) | [`balance::ActiveProbes`] |
+//! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
+//! | `tracing` | no | debug events from `balance` |
 //!
 //! # Example
 //!
@@ -71,6 +76,10 @@
 #[cfg(feature = "cache-control")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
 pub mod cache_control;
+
+#[cfg(feature = "balance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
+pub mod balance;
 
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
 mod date;

@@ -1,0 +1,295 @@
+//! A caching, balancing reverse proxy in front of renderer processes.
+//!
+//! ```text
+//! cargo run --release --example proxy -- --listen 127.0.0.1:8080 \
+//!     --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
+//!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
+//!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
+//!     [--trust CIDR]... [--probe /healthz]
+//! ```
+//!
+//! It forwards every method and path, streams bodies both ways and returns
+//! the upstream's headers minus hop-by-hop ones; it adds no Cache-Control of
+//! its own. It prints `listening on ADDR` once ready and stops cleanly on
+//! Ctrl-C or SIGTERM. Try `cargo run --example renderer -- --listen
+//! 127.0.0.1:9001` for upstreams.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Uri};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tower::Service;
+use tower_ssr::balance::proxy::{http_check, ReverseProxy};
+use tower_ssr::balance::{
+    ActiveProbes, ClientAddr, Endpoints, Key, LeastInFlight, PowerOfTwo, Rendezvous, RoundRobin,
+    Strategy, TrustedProxies,
+};
+
+#[derive(Debug)]
+struct Args {
+    listen: SocketAddr,
+    upstreams: Vec<Uri>,
+    strategy: String,
+    weights: Option<Vec<u32>>,
+    /// `None`: --no-cache.
+    cache_mb: Option<u64>,
+    trust: Vec<String>,
+    probe: Option<String>,
+}
+
+fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut listen = None;
+    let mut upstreams = Vec::new();
+    let mut strategy = String::from("round-robin");
+    let mut weights = None;
+    let mut cache_mb = None;
+    let mut no_cache = false;
+    let mut trust = Vec::new();
+    let mut probe = None;
+    let mut it = argv;
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
+            "--upstream" => {
+                let v = value()?;
+                let uri: Uri = v.parse().map_err(|e| format!("--upstream {v}: {e}"))?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    return Err(format!("--upstream {v}: expected http://HOST:PORT"));
+                }
+                upstreams.push(uri);
+            }
+            "--strategy" => strategy = value()?,
+            "--weights" => {
+                let v = value()?;
+                let w = v
+                    .split(',')
+                    .map(|x| x.trim().parse::<u32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("--weights {v}: {e}"))?;
+                weights = Some(w);
+            }
+            "--cache-mb" => {
+                let v = value()?;
+                let mb: u64 = v.parse().map_err(|e| format!("--cache-mb {v}: {e}"))?;
+                if mb == 0 {
+                    return Err(
+                        "--cache-mb must be at least 1 (use --no-cache to turn it off)".into(),
+                    );
+                }
+                cache_mb = Some(mb);
+            }
+            "--no-cache" => no_cache = true,
+            "--trust" => trust.push(value()?),
+            "--probe" => probe = Some(value()?),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    let listen = listen.ok_or("--listen ADDR is required")?;
+    if upstreams.is_empty() {
+        return Err("at least one --upstream URL is required".into());
+    }
+    if no_cache && cache_mb.is_some() {
+        return Err("--cache-mb and --no-cache exclude each other".into());
+    }
+    if let Some(w) = &weights {
+        if w.len() != upstreams.len() {
+            return Err(format!(
+                "--weights has {} values for {} upstreams",
+                w.len(),
+                upstreams.len()
+            ));
+        }
+    }
+    Ok(Args {
+        listen,
+        upstreams,
+        strategy,
+        weights,
+        // The cache is on by default, 256 MB.
+        cache_mb: if no_cache {
+            None
+        } else {
+            Some(cache_mb.unwrap_or(256))
+        },
+        trust,
+        probe,
+    })
+}
+
+fn strategy_and_key(
+    name: &str,
+    trusted: TrustedProxies,
+) -> Result<(Box<dyn FnOnce() -> Endpoints<Uri>>, Key), String> {
+    fn set(s: impl Strategy) -> Box<dyn FnOnce() -> Endpoints<Uri>> {
+        Box::new(move || Endpoints::new(s))
+    }
+    Ok(match name {
+        "round-robin" => (set(RoundRobin::new()), Key::none()),
+        "least-in-flight" => (set(LeastInFlight::new()), Key::none()),
+        "p2c" => (set(PowerOfTwo::new()), Key::none()),
+        "ip-hash" => (set(Rendezvous::new()), Key::client_ip(trusted)),
+        other => match other.strip_prefix("header-hash:") {
+            Some(h) => {
+                let h = HeaderName::try_from(h).map_err(|e| format!("--strategy {other}: {e}"))?;
+                (set(Rendezvous::new()), Key::header(h))
+            }
+            None => return Err(format!("unknown --strategy {other}")),
+        },
+    })
+}
+
+const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
+[--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
+[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH]";
+
+#[tokio::main]
+async fn main() {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("proxy: {e}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(args).await {
+        eprintln!("proxy: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let trusted = TrustedProxies::try_new(&args.trust)?;
+    let (make_set, key) = strategy_and_key(&args.strategy, trusted)?;
+    let upstreams = make_set();
+    for (i, uri) in args.upstreams.iter().enumerate() {
+        let weight = args.weights.as_ref().map_or(1, |w| w[i]);
+        upstreams.add_weighted(&uri.to_string(), uri.clone(), weight)?;
+    }
+    let _probes = args.probe.as_deref().map(|path| {
+        ActiveProbes::new()
+            .interval(Duration::from_secs(5))
+            .spawn(&upstreams, http_check(path))
+    });
+    let proxy = ReverseProxy::builder(upstreams).key(key).build();
+
+    // ==== CACHE LAYER GOES HERE =============================================
+    // `args.cache_mb` is `Some(megabytes)` (default 256) or `None` for
+    // --no-cache. The lead wraps `proxy` in the cache layer at this spot,
+    // e.g. `ServiceBuilder::new().option_layer(cache).service(proxy)`.
+    let _cache_mb: Option<u64> = args.cache_mb;
+    let service = proxy;
+    // =========================================================================
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    // Out of file descriptors and the like: keep serving.
+                    Err(_) => continue,
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = service.clone();
+                let handler = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    let mut svc = svc.clone();
+                    async move { Ok::<_, Infallible>(svc.call(req).await.unwrap_or_else(|e| match e {})) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), handler);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    // Let requests in progress finish, within reason.
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(10)) => {}
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Result<Args, String> {
+        parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn the_issue_command_line_parses() {
+        let a = args(
+            "--listen 127.0.0.1:8080 --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
+             --strategy header-hash:x-user --weights 1,2 --cache-mb 64",
+        )
+        .unwrap();
+        assert_eq!(a.upstreams.len(), 2);
+        assert_eq!(a.weights, Some(vec![1, 2]));
+        assert_eq!(a.cache_mb, Some(64));
+        assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache")
+                .unwrap()
+                .cache_mb,
+            None
+        );
+        assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1")
+                .unwrap()
+                .cache_mb,
+            Some(256)
+        );
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(args("--upstream http://h:1").is_err());
+        assert!(args("--listen 127.0.0.1:1").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream ftp://h:1").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --weights 1,2").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb 0").is_err());
+        assert!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb 5 --no-cache").is_err()
+        );
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb lots").is_err());
+        assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
+        assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
+    }
+}

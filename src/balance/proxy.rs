@@ -1,0 +1,775 @@
+//! Reverse-proxy forwarding over hyper-util's pooled client (feature
+//! `proxy`).
+//!
+//! [`ReverseProxy`] is a whole reverse proxy as one service: it prepares the
+//! request as an intermediary must (hop-by-hop headers removed, RFC 9110
+//! §7.6.1; `Via` added, §7.6.3; `X-Forwarded-*` or `Forwarded`, RFC 7239),
+//! balances it over the upstreams with [`Balance`], forwards it with
+//! [`Forward`] (connect and response timeouts), and streams bodies both ways.
+//! Failures become responses: `502 Bad Gateway` when no upstream could be
+//! reached after retries, `504 Gateway Timeout` when the last attempt timed
+//! out, `503` when no upstream is eligible.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tower_ssr::balance::proxy::ReverseProxy;
+//! use tower_ssr::balance::{Endpoints, RoundRobin};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let upstreams = Endpoints::new(RoundRobin::new());
+//! upstreams.add("r1", "http://127.0.0.1:9001".parse()?)?;
+//! upstreams.add("r2", "http://127.0.0.1:9002".parse()?)?;
+//! let proxy = ReverseProxy::builder(upstreams).build();
+//! // serve `proxy` with hyper, inserting `ClientAddr` per connection;
+//! // see examples/proxy.rs
+//! # drop(proxy);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Behaviour
+//!
+//! | situation | response |
+//! |---|---|
+//! | an upstream answered | its status, headers minus hop-by-hop ones, body streamed |
+//! | every attempt failed to connect or broke before headers | `502 Bad Gateway` |
+//! | the last attempt outlasted the response timeout | `504 Gateway Timeout` |
+//! | no eligible upstream | `503 Service Unavailable` |
+//! | the client's body failed while being buffered | `400 Bad Request` |
+//!
+//! Idempotent requests with an empty body, or a body of known length up to
+//! [`replay_buffer`](ProxyBuilder::replay_buffer) (buffered first), can be
+//! retried on another upstream; other bodies stream straight through and are
+//! never replayed. Protocol upgrades (WebSocket) are not forwarded: the
+//! `Upgrade` header is hop-by-hop and removed.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{
+    peer_addr, Balance, BalanceLayer, Endpoints, Key, ReplayBody, ResponseBody, Retries, Rewrite,
+};
+
+/// Errors a body or client may return, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way to an upstream: held in memory (replayable on
+/// a retry) or streamed from the client (sent once).
+pub struct ProxyBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Full(b) => f
+                .debug_struct("ProxyBody")
+                .field("full", &b.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Kind::Stream(_) => f.debug_struct("ProxyBody").field("stream", &true).finish(),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// An empty body.
+    #[must_use]
+    pub fn empty() -> Self {
+        ProxyBody {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// A body held in memory.
+    #[must_use]
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// A body streamed from elsewhere.
+    pub fn stream<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ProxyBody {
+            kind: Kind::Stream(body.map_err(Into::into).boxed_unsync()),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+impl ReplayBody for ProxyBody {
+    fn try_replay(&self) -> Option<Self> {
+        match &self.kind {
+            Kind::Full(b) => Some(ProxyBody {
+                kind: Kind::Full(b.clone()),
+            }),
+            Kind::Stream(s) if s.is_end_stream() => Some(ProxyBody::empty()),
+            Kind::Stream(_) => None,
+        }
+    }
+}
+
+/// Why forwarding to an upstream failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The connection could not be made (refused, unreachable, connect
+    /// timeout).
+    Connect(BoxError),
+    /// No response headers within the response timeout.
+    Timeout,
+    /// The upstream broke the exchange before response headers.
+    Upstream(BoxError),
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::Connect(_) => f.write_str("could not connect to the upstream"),
+            ProxyError::Timeout => f.write_str("the upstream did not answer in time"),
+            ProxyError::Upstream(_) => f.write_str("the upstream failed before response headers"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProxyError::Connect(e) | ProxyError::Upstream(e) => Some(&**e),
+            ProxyError::Timeout => None,
+        }
+    }
+}
+
+/// The leaf HTTP/1 client: hyper-util's pooled client with a connect
+/// timeout and a timeout on response headers. Requests must carry an
+/// absolute URI ([`BalanceLayer`] rewrites them to one).
+#[derive(Clone)]
+pub struct Forward {
+    client: Client<HttpConnector, ProxyBody>,
+    response_timeout: Duration,
+}
+
+impl fmt::Debug for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forward {
+    /// A client with these timeouts.
+    #[must_use]
+    pub fn new(connect_timeout: Duration, response_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Forward {
+            client,
+            response_timeout,
+        }
+    }
+}
+
+impl Service<Request<ProxyBody>> for Forward {
+    type Response = Response<Incoming>;
+    type Error = ProxyError;
+    // Boxed: each call is a network round trip, which dwarfs one allocation.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let fut = self.client.request(req);
+        let timeout = self.response_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Err(_) => Err(ProxyError::Timeout),
+                Ok(Ok(res)) => Ok(res),
+                Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(Box::new(e))),
+                Ok(Err(e)) => Err(ProxyError::Upstream(Box::new(e))),
+            }
+        })
+    }
+}
+
+/// Which forwarding headers the proxy adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardingHeaders {
+    /// `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` (replaced).
+    XForwarded,
+    /// An element appended to `Forwarded` (RFC 7239):
+    /// `for=…;host=…;proto=…`.
+    Forwarded,
+    /// Neither.
+    None,
+}
+
+struct Settings {
+    preserve_host: bool,
+    forwarding: ForwardingHeaders,
+    proto: HeaderValue,
+    replay_buffer: usize,
+    buffer_timeout: Duration,
+}
+
+/// Builds a [`ReverseProxy`].
+#[must_use]
+pub struct ProxyBuilder {
+    endpoints: Endpoints<Uri>,
+    key: Key,
+    retries: Retries,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    preserve_host: bool,
+    forwarding: ForwardingHeaders,
+    https: bool,
+    replay_buffer: usize,
+}
+
+impl fmt::Debug for ProxyBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("key", &self.key)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyBuilder {
+    /// What consistent-hashing strategies hash. Default: [`Key::none`].
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// When failed requests move to another upstream. Default:
+    /// [`Retries::new`].
+    pub fn retries(mut self, retries: Retries) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// How long a connection to an upstream may take. Default: 2 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long an upstream may take to send response headers (the
+    /// body then streams for as long as it takes). Default: 30 s.
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// Whether upstreams see the client's `Host` (default, like HAProxy and
+    /// Envoy: SSR apps build absolute URLs from it) or their own authority
+    /// (like nginx's default).
+    pub fn preserve_host(mut self, yes: bool) -> Self {
+        self.preserve_host = yes;
+        self
+    }
+
+    /// Which forwarding headers to add. Default:
+    /// [`ForwardingHeaders::XForwarded`].
+    pub fn forwarding_headers(mut self, h: ForwardingHeaders) -> Self {
+        self.forwarding = h;
+        self
+    }
+
+    /// Whether clients reach this proxy over TLS (terminated in front of
+    /// it), for `X-Forwarded-Proto` / `proto=`. Default: `false`.
+    pub fn https(mut self, yes: bool) -> Self {
+        self.https = yes;
+        self
+    }
+
+    /// The largest request body (with a known length) that is read into
+    /// memory first so that an idempotent request can be retried; 0 replays
+    /// only empty bodies. Default: 64 KiB.
+    pub fn replay_buffer(mut self, bytes: usize) -> Self {
+        self.replay_buffer = bytes;
+        self
+    }
+
+    /// Builds the proxy. Its client spawns connection tasks on the tokio
+    /// runtime when used.
+    pub fn build(self) -> ReverseProxy {
+        let client = Forward::new(self.connect_timeout, self.response_timeout);
+        let balance = BalanceLayer::new(self.endpoints)
+            .key(self.key)
+            .retries(self.retries)
+            .layer(client);
+        ReverseProxy {
+            balance,
+            settings: Arc::new(Settings {
+                preserve_host: self.preserve_host,
+                forwarding: self.forwarding,
+                proto: HeaderValue::from_static(if self.https { "https" } else { "http" }),
+                replay_buffer: self.replay_buffer,
+                buffer_timeout: self.response_timeout,
+            }),
+        }
+    }
+}
+
+/// A balancing reverse proxy as one service; see the [module docs](self).
+#[derive(Clone)]
+pub struct ReverseProxy {
+    balance: Balance<Uri, Rewrite<Forward>>,
+    settings: Arc<Settings>,
+}
+
+impl fmt::Debug for ReverseProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReverseProxy")
+            .field("balance", &self.balance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReverseProxy {
+    /// A builder over these upstreams (values are base URIs).
+    pub fn builder(endpoints: Endpoints<Uri>) -> ProxyBuilder {
+        ProxyBuilder {
+            endpoints,
+            key: Key::none(),
+            retries: Retries::new(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            preserve_host: true,
+            forwarding: ForwardingHeaders::XForwarded,
+            https: false,
+            replay_buffer: 64 * 1024,
+        }
+    }
+
+    /// The upstream set, to change it at run time or read its stats.
+    #[must_use]
+    pub fn endpoints(&self) -> &Endpoints<Uri> {
+        self.balance.endpoints()
+    }
+}
+
+/// The body of the proxy's responses.
+pub type ProxyResponseBody = ResponseBody<Incoming>;
+
+impl<B> Service<Request<B>> for ReverseProxy
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyResponseBody>;
+    type Error = Infallible;
+    // Boxed: the request may be buffered before forwarding, and every call
+    // is a network round trip.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let mut balance = self.balance.clone();
+        let settings = Arc::clone(&self.settings);
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            prepare_request(&mut parts, &settings);
+            let body = match into_proxy_body(&parts, body, &settings).await {
+                Ok(b) => b,
+                Err(status) => return Ok(status_response(status)),
+            };
+            let req = Request::from_parts(parts, body);
+            let res = match balance.call(req).await {
+                Ok(res) => res,
+                Err(ProxyError::Timeout) => {
+                    return Ok(status_response(StatusCode::GATEWAY_TIMEOUT))
+                }
+                Err(_) => return Ok(status_response(StatusCode::BAD_GATEWAY)),
+            };
+            let (mut parts, body) = res.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
+
+fn status_response(status: StatusCode) -> Response<ProxyResponseBody> {
+    let mut res = Response::new(ResponseBody::unavailable());
+    *res.status_mut() = status;
+    res
+}
+
+async fn into_proxy_body<B>(
+    parts: &http::request::Parts,
+    body: B,
+    settings: &Settings,
+) -> Result<ProxyBody, StatusCode>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(ProxyBody::empty());
+    }
+    let len = body.size_hint().exact();
+    let small = len.is_some_and(|n| n <= settings.replay_buffer as u64);
+    if !(small && super::retry::is_idempotent(&parts.method)) {
+        return Ok(ProxyBody::stream(body));
+    }
+    // A client that announces a small body and then stalls must not hold
+    // the request forever.
+    match tokio::time::timeout(settings.buffer_timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(ProxyBody::full(collected.to_bytes())),
+        Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
+        Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
+    }
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1): those `Connection` lists, then the
+/// fixed ones. `Proxy-Authorization` / `Proxy-Authenticate` are meant for
+/// this proxy, never for the upstream.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn append_value(headers: &mut HeaderMap, name: HeaderName, add: &str) {
+    // One line, appended after what earlier proxies wrote (several lines
+    // are folded so that the list order stays unambiguous).
+    let joined = {
+        let existing: Vec<&str> = headers
+            .get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if existing.is_empty() {
+            add.to_owned()
+        } else {
+            format!("{}, {add}", existing.join(", "))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+fn prepare_request(parts: &mut http::request::Parts, settings: &Settings) {
+    remove_hop_by_hop(&mut parts.headers);
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if !settings.preserve_host {
+        // hyper-util then sets Host from the upstream's URI.
+        parts.headers.remove(header::HOST);
+    } else if let (None, Some(h)) = (parts.headers.get(header::HOST), &host) {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    let peer: Option<IpAddr> = peer_addr(parts).map(|a| a.ip().to_canonical());
+    match settings.forwarding {
+        ForwardingHeaders::XForwarded => {
+            if let Some(ip) = peer {
+                append_value(
+                    &mut parts.headers,
+                    HeaderName::from_static("x-forwarded-for"),
+                    &ip.to_string(),
+                );
+            }
+            parts.headers.insert(
+                HeaderName::from_static("x-forwarded-proto"),
+                settings.proto.clone(),
+            );
+            if let Some(h) = &host {
+                parts
+                    .headers
+                    .insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+            }
+        }
+        ForwardingHeaders::Forwarded => {
+            let node = match peer {
+                Some(IpAddr::V4(v4)) => v4.to_string(),
+                // IPv6 must be quoted and bracketed (RFC 7239 §6).
+                Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
+                None => "unknown".to_owned(),
+            };
+            let mut element = format!("for={node}");
+            if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+                element.push_str(";host=");
+                element.push_str(&quote_if_needed(h));
+            }
+            element.push_str(";proto=");
+            element.push_str(settings.proto.to_str().unwrap_or("http"));
+            append_value(&mut parts.headers, header::FORWARDED, &element);
+        }
+        ForwardingHeaders::None => {}
+    }
+    // RFC 9110 §7.6.3: a gateway MUST send Via on forwarded requests.
+    let version = match parts.version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    append_value(
+        &mut parts.headers,
+        header::VIA,
+        &format!("{version} tower-ssr"),
+    );
+}
+
+fn quote_if_needed(v: &str) -> String {
+    let token = !v.is_empty()
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+    if token {
+        v.to_owned()
+    } else {
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+/// An HTTP check for [`ActiveProbes`](super::ActiveProbes): `GET base +
+/// path`, healthy on a `2xx` or `3xx`.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use tower_ssr::balance::{ActiveProbes, Endpoints, RoundRobin};
+/// # use tower_ssr::balance::proxy::http_check;
+/// # async fn f(upstreams: Endpoints<http::Uri>) {
+/// let _probes = ActiveProbes::new().spawn(&upstreams, http_check("/healthz"));
+/// # }
+/// ```
+pub fn http_check(
+    path: &str,
+) -> impl Fn(Uri) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+    let client: Client<HttpConnector, ProxyBody> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let path: Arc<str> = Arc::from(if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    });
+    move |base: Uri| {
+        let client = client.clone();
+        let target = super::service::rewrite_uri(&base, &Uri::try_from(&*path).unwrap_or_default());
+        Box::pin(async move {
+            let Ok(req) = Request::get(target).body(ProxyBody::empty()) else {
+                return false;
+            };
+            match client.request(req).await {
+                Ok(res) => {
+                    let ok = res.status().is_success() || res.status().is_redirection();
+                    // Drain so the connection goes back to the pool.
+                    let _ = res.into_body().collect().await;
+                    ok
+                }
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(forwarding: ForwardingHeaders) -> Settings {
+        Settings {
+            preserve_host: true,
+            forwarding,
+            proto: HeaderValue::from_static("http"),
+            replay_buffer: 16,
+            buffer_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn parts(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = Request::builder().uri("/p");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut req = b.body(()).unwrap();
+        req.extensions_mut().insert(super::super::ClientAddr(
+            "[::ffff:198.51.100.7]:5000".parse().unwrap(),
+        ));
+        req.into_parts().0
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_with_those_connection_lists() {
+        let mut p = parts(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("authorization", "Bearer kept"),
+            ("host", "front.example"),
+        ]);
+        prepare_request(&mut p, &settings(ForwardingHeaders::None));
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-connection",
+        ] {
+            assert!(!p.headers.contains_key(gone), "{gone}");
+        }
+        // RFC 9110 §11.6.2: Authorization is not ours to touch.
+        assert_eq!(p.headers["authorization"], "Bearer kept");
+        assert_eq!(p.headers["host"], "front.example");
+        assert_eq!(p.headers["via"], "1.1 tower-ssr");
+    }
+
+    #[test]
+    fn x_forwarded_for_is_appended_and_proto_host_replaced() {
+        let mut p = parts(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("host", "front.example"),
+        ]);
+        prepare_request(&mut p, &settings(ForwardingHeaders::XForwarded));
+        assert_eq!(p.headers["x-forwarded-for"], "6.6.6.6, 198.51.100.7");
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["x-forwarded-host"], "front.example");
+    }
+
+    #[test]
+    fn forwarded_element_is_appended_quoted_where_needed() {
+        let mut p = parts(&[("forwarded", "for=6.6.6.6"), ("host", "front.example:8080")]);
+        prepare_request(&mut p, &settings(ForwardingHeaders::Forwarded));
+        assert_eq!(
+            p.headers["forwarded"],
+            "for=6.6.6.6, for=198.51.100.7;host=\"front.example:8080\";proto=http"
+        );
+    }
+
+    #[test]
+    fn host_is_dropped_when_not_preserved() {
+        let mut p = parts(&[("host", "front.example")]);
+        let mut s = settings(ForwardingHeaders::None);
+        s.preserve_host = false;
+        prepare_request(&mut p, &s);
+        assert!(!p.headers.contains_key("host"));
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("trailer", HeaderValue::from_static("x-t"));
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("public, s-maxage=60"),
+        );
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn full_bodies_replay_streams_do_not() {
+        let full = ProxyBody::full(Bytes::from_static(b"abc"));
+        assert!(full.try_replay().is_some());
+        let stream = ProxyBody::stream(http_body_util::Full::new(Bytes::from_static(b"abc")));
+        assert!(stream.try_replay().is_none());
+        let ended = ProxyBody::stream(http_body_util::Empty::<Bytes>::new());
+        assert!(ended.try_replay().is_some());
+    }
+}

@@ -1,0 +1,617 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::body::{InFlight, ResponseBody};
+use super::endpoint::{EndpointId, Endpoints, Shared};
+use super::future::ResponseFuture;
+use super::key::Key;
+use super::retry::{ReplayBody, Retries};
+use super::strategy::Candidates;
+
+/// How the balancer reaches the endpoint it picked: given the endpoint's
+/// value and the request, the service to call and the request to send it.
+///
+/// [`Direct`] calls the endpoint itself (in-process workers); [`Rewrite`]
+/// sends through one HTTP client, with the request target rewritten to the
+/// endpoint's base URI.
+pub trait Connect<T, B> {
+    /// The service that handles one attempt.
+    type Service: Service<Request<B>>;
+
+    /// The service for endpoint `target`, and the request as it should be
+    /// sent there.
+    fn connect(&self, target: &T, req: Request<B>) -> (Self::Service, Request<B>);
+}
+
+/// Endpoints are services: each attempt calls a clone of the chosen one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Direct;
+
+impl<S, B> Connect<S, B> for Direct
+where
+    S: Service<Request<B>> + Clone,
+{
+    type Service = S;
+
+    fn connect(&self, target: &S, req: Request<B>) -> (S, Request<B>) {
+        (target.clone(), req)
+    }
+}
+
+/// Endpoints are base URIs (`http://10.0.0.5:3000`, or with a path prefix
+/// `http://10.0.0.5:3000/app`); every attempt goes through one client
+/// service with its target rewritten to the chosen endpoint. The `Host`
+/// header is left as the request has it.
+#[derive(Debug, Clone)]
+pub struct Rewrite<C> {
+    client: C,
+}
+
+impl<C> Rewrite<C> {
+    pub(crate) fn new(client: C) -> Self {
+        Rewrite { client }
+    }
+}
+
+/// `base` + the request's path and query.
+pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
+    let mut parts = base.clone().into_parts();
+    let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let base_path = base.path().trim_end_matches('/');
+    let pq = if base_path.is_empty() {
+        PathAndQuery::try_from(req_pq).ok()
+    } else {
+        PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()
+    };
+    parts.path_and_query = pq.or_else(|| Some(PathAndQuery::from_static("/")));
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+impl<C, B> Connect<Uri, B> for Rewrite<C>
+where
+    C: Service<Request<B>> + Clone,
+{
+    type Service = C;
+
+    fn connect(&self, base: &Uri, mut req: Request<B>) -> (C, Request<B>) {
+        *req.uri_mut() = rewrite_uri(base, req.uri());
+        (self.client.clone(), req)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Config {
+    pub(crate) key: Key,
+    pub(crate) retries: Retries,
+}
+
+/// A load balancer over an [`Endpoints`] set; built by [`Balance::new`] over
+/// in-process services, or by [`BalanceLayer`](super::BalanceLayer) over
+/// one HTTP client.
+///
+/// `Clone` (clones share the set, its counters and the retry budget) and
+/// always ready: the pick happens in `call`, the chosen endpoint's readiness
+/// is driven in the response future, and when no endpoint is eligible the
+/// answer is `503 Service Unavailable` at once, never a wait.
+pub struct Balance<T, C = Direct> {
+    endpoints: Endpoints<T>,
+    connect: Arc<C>,
+    config: Arc<Config>,
+}
+
+impl<T, C> Clone for Balance<T, C> {
+    fn clone(&self) -> Self {
+        Balance {
+            endpoints: self.endpoints.clone(),
+            connect: Arc::clone(&self.connect),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<T, C: fmt::Debug> fmt::Debug for Balance<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balance")
+            .field("endpoints", &self.endpoints)
+            .field("connect", &self.connect)
+            .field("key", &self.config.key)
+            .field("retries", &self.config.retries)
+            .finish()
+    }
+}
+
+impl<S> Balance<S, Direct> {
+    /// Balances over the in-process services of `endpoints`.
+    #[must_use]
+    pub fn new(endpoints: Endpoints<S>) -> Self {
+        Balance::with_connect(endpoints, Direct, Config::default())
+    }
+}
+
+impl<T, C> Balance<T, C> {
+    pub(crate) fn with_connect(endpoints: Endpoints<T>, connect: C, config: Config) -> Self {
+        Balance {
+            endpoints,
+            connect: Arc::new(connect),
+            config: Arc::new(config),
+        }
+    }
+
+    /// What consistent-hashing strategies hash. Default: [`Key::none`].
+    #[must_use]
+    pub fn key(mut self, key: Key) -> Self {
+        Arc::make_mut(&mut self.config).key = key;
+        self
+    }
+
+    /// When failed requests move to another endpoint. Default:
+    /// [`Retries::new`].
+    #[must_use]
+    pub fn retries(mut self, retries: Retries) -> Self {
+        Arc::make_mut(&mut self.config).retries = retries;
+        self
+    }
+
+    /// The endpoint set, to add, remove, re-weight or drain endpoints and
+    /// read their stats.
+    #[must_use]
+    pub fn endpoints(&self) -> &Endpoints<T> {
+        &self.endpoints
+    }
+}
+
+/// One attempt on one endpoint.
+pub(crate) struct Attempt {
+    pub(crate) in_flight: InFlight,
+    pub(crate) trial: bool,
+    pub(crate) started: std::time::Instant,
+}
+
+/// Picks an endpoint and connects to it, counting the request as in flight.
+/// Gives the request back when no endpoint is eligible.
+#[allow(clippy::result_large_err)] // the request itself, moved back; not boxed on the hot path
+pub(crate) fn pick<T, C, B>(
+    shared: &Shared<T>,
+    connect: &C,
+    key: Option<u64>,
+    tried: &[EndpointId],
+    req: Request<B>,
+) -> Result<(Attempt, C::Service, Request<B>), Request<B>>
+where
+    C: Connect<T, B>,
+{
+    let snap = shared.snapshot.load();
+    let mut skip: Vec<EndpointId> = Vec::new();
+    for fail_open in [false, true] {
+        // A handful of tries: a pick can only be refused here when another
+        // request holds an ejected endpoint's trial.
+        for _ in 0..4 {
+            let excluded: &[EndpointId] = if skip.is_empty() { tried } else { &skip };
+            let candidates = Candidates {
+                states: &snap.states,
+                weights: &snap.weights,
+                hashes: &snap.hashes,
+                uniform: snap.uniform,
+                prepared: &*snap.prepared,
+                key,
+                tried: excluded,
+                fail_open,
+                now: std::cell::Cell::new(None),
+            };
+            let Some(i) = shared.strategy.pick(&candidates) else {
+                break;
+            };
+            let Some(state) = snap.states.get(i) else {
+                break;
+            };
+            let trial = if fail_open {
+                false
+            } else {
+                match state.claim_trial() {
+                    Ok(trial) => trial,
+                    Err(()) => {
+                        if skip.is_empty() {
+                            skip.extend_from_slice(tried);
+                        }
+                        skip.push(state.id);
+                        continue;
+                    }
+                }
+            };
+            if fail_open {
+                crate::balance::trace!(endpoint = %state.name, "no healthy endpoint: failing open");
+            }
+            let (svc, req) = connect.connect(&snap.values[i], req);
+            let attempt = Attempt {
+                in_flight: InFlight::start(Arc::clone(state)),
+                trial,
+                started: std::time::Instant::now(),
+            };
+            return Ok((attempt, svc, req));
+        }
+    }
+    Err(req)
+}
+
+impl<T, C, B, ResB> Service<Request<B>> for Balance<T, C>
+where
+    C: Connect<T, B>,
+    C::Service: Service<Request<B>, Response = Response<ResB>>,
+    B: ReplayBody,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = <C::Service as Service<Request<B>>>::Error;
+    type Future = ResponseFuture<T, C, B>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: readiness of the chosen endpoint is driven in the
+        // response future, so one slow endpoint never blocks the others.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let config = &self.config;
+        let shared = &self.endpoints.shared;
+        let (req, key) = if config.key.is_none() {
+            (req, None)
+        } else {
+            let (parts, body) = req.into_parts();
+            let key = config.key.extract(&parts);
+            (Request::from_parts(parts, body), key)
+        };
+        let retries = &config.retries;
+        retries.deposit();
+        // Keep a copy for retries only when one could happen: idempotent
+        // method, replayable body, more than one endpoint.
+        let spare = if retries.max > 0
+            && super::retry::is_idempotent(req.method())
+            && shared.snapshot.load().states.len() > 1
+        {
+            copy_request(&req)
+        } else {
+            None
+        };
+        ResponseFuture::start(
+            Arc::clone(shared),
+            Arc::clone(&self.connect),
+            Arc::clone(config),
+            key,
+            spare,
+            req,
+        )
+    }
+}
+
+/// A copy of `req` when its body can be replayed.
+pub(crate) fn copy_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
+    let body = req.body().try_replay()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_keeps_path_and_query() {
+        let base: Uri = "http://127.0.0.1:9001".parse().unwrap();
+        let u = rewrite_uri(&base, &"/posts/1?x=2".parse().unwrap());
+        assert_eq!(u, "http://127.0.0.1:9001/posts/1?x=2");
+        let u = rewrite_uri(&base, &"http://front.example/a".parse().unwrap());
+        assert_eq!(u, "http://127.0.0.1:9001/a");
+    }
+
+    #[test]
+    fn rewrite_prefixes_the_base_path() {
+        let base: Uri = "http://10.0.0.5:3000/app/".parse().unwrap();
+        let u = rewrite_uri(&base, &"/posts?p=1".parse().unwrap());
+        assert_eq!(u, "http://10.0.0.5:3000/app/posts?p=1");
+    }
+}
+
+#[cfg(test)]
+mod balance_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http::{Method, StatusCode};
+    use tower::{service_fn, BoxError, ServiceExt};
+
+    use super::*;
+    use crate::balance::{PassiveHealth, PowerOfTwo, Rendezvous, RoundRobin};
+
+    type Svc = tower::util::BoxCloneSyncService<Request<String>, Response<String>, BoxError>;
+
+    /// A worker that answers with its name, or fails while `fail` is set.
+    fn worker(name: &'static str, calls: Arc<AtomicUsize>, fail: bool) -> Svc {
+        Svc::new(service_fn(move |_req: Request<String>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err::<Response<String>, BoxError>("connection refused".into())
+                } else {
+                    Ok(Response::builder()
+                        .header("x-worker", name)
+                        .body(String::new())
+                        .unwrap())
+                }
+            }
+        }))
+    }
+
+    fn request(method: Method) -> Request<String> {
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .body(String::new())
+            .unwrap()
+    }
+
+    fn worker_of(res: &Response<ResponseBody<String>>) -> &str {
+        res.headers()["x-worker"].to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn empty_set_answers_503_at_once() {
+        let set: Endpoints<Svc> = Endpoints::new(RoundRobin::new());
+        let res = Balance::new(set)
+            .oneshot(request(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn all_drained_answers_503() {
+        let set = Endpoints::new(RoundRobin::new());
+        let a = set.add("a", worker("a", Arc::default(), false)).unwrap();
+        set.drain(a);
+        let res = Balance::new(set)
+            .oneshot(request(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn failed_get_moves_to_another_endpoint() {
+        let set = Endpoints::new(RoundRobin::new());
+        let dead_calls = Arc::new(AtomicUsize::new(0));
+        set.add("dead", worker("dead", Arc::clone(&dead_calls), true))
+            .unwrap();
+        set.add("live", worker("live", Arc::default(), false))
+            .unwrap();
+        let svc = Balance::new(set.clone());
+        for _ in 0..4 {
+            let res = svc.clone().oneshot(request(Method::GET)).await.unwrap();
+            assert_eq!(worker_of(&res), "live");
+        }
+        assert!(dead_calls.load(Ordering::SeqCst) >= 1);
+        let dead = set.stats().into_iter().find(|s| s.name == "dead").unwrap();
+        assert_eq!(dead.failures, dead_calls.load(Ordering::SeqCst) as u64);
+        assert_eq!(dead.in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn post_is_never_retried() {
+        let set = Endpoints::new(RoundRobin::new());
+        let live_calls = Arc::new(AtomicUsize::new(0));
+        set.add("dead", worker("dead", Arc::default(), true))
+            .unwrap();
+        set.add("live", worker("live", Arc::clone(&live_calls), false))
+            .unwrap();
+        let svc = Balance::new(set);
+        // Round robin sends the first request to "dead".
+        let err = svc
+            .clone()
+            .oneshot(request(Method::POST))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "connection refused");
+        assert_eq!(live_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_budget() {
+        let set = Endpoints::builder()
+            .health(PassiveHealth::disabled())
+            .strategy(RoundRobin::new())
+            .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            set.add(name, worker(name, Arc::clone(&calls), true))
+                .unwrap();
+        }
+        // No floor, no share: never a retry.
+        let svc = Balance::new(set.clone()).retries(Retries::new().max_retries(5).budget(0.0, 0));
+        assert!(svc.oneshot(request(Method::GET)).await.is_err());
+        assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
+        // Each request earns one token at 100 %: one retry, not five.
+        let svc = Balance::new(set).retries(Retries::new().max_retries(5).budget(1.0, 0));
+        assert!(svc.oneshot(request(Method::GET)).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn retries_never_go_back_to_a_tried_endpoint() {
+        let set = Endpoints::builder()
+            .health(PassiveHealth::disabled())
+            .strategy(RoundRobin::new())
+            .build();
+        let calls = Arc::new(AtomicUsize::new(0));
+        set.add("a", worker("a", Arc::clone(&calls), true)).unwrap();
+        set.add("b", worker("b", Arc::clone(&calls), true)).unwrap();
+        let svc = Balance::new(set).retries(Retries::new().max_retries(5));
+        assert!(svc.oneshot(request(Method::GET)).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn consecutive_failures_eject_and_the_trial_brings_it_back() {
+        let health = PassiveHealth::new()
+            .consecutive_failures(2)
+            .base_ejection(Duration::from_millis(1))
+            .max_ejected_share(0.5);
+        let set = Endpoints::builder()
+            .health(health)
+            .strategy(RoundRobin::new())
+            .build();
+        let flaky_calls = Arc::new(AtomicUsize::new(0));
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let f = Arc::clone(&fail);
+        let c = Arc::clone(&flaky_calls);
+        let flaky = Svc::new(service_fn(move |_req: Request<String>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let fail = f.load(Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err::<Response<String>, BoxError>("reset".into())
+                } else {
+                    Ok(Response::builder()
+                        .header("x-worker", "flaky")
+                        .body(String::new())
+                        .unwrap())
+                }
+            }
+        }));
+        let id = set.add("flaky", flaky).unwrap();
+        set.add("a", worker("a", Arc::default(), false)).unwrap();
+        let svc = Balance::new(set.clone());
+        while !set.stats_of(id).unwrap().ejected {
+            let res = svc.clone().oneshot(request(Method::GET)).await.unwrap();
+            assert_eq!(worker_of(&res), "a");
+        }
+        assert_eq!(flaky_calls.load(Ordering::SeqCst), 2);
+        fail.store(false, Ordering::SeqCst);
+        // After the (1 ms) backoff the next pick of "flaky" is its trial.
+        let mut seen = false;
+        for _ in 0..10_000 {
+            let res = svc.clone().oneshot(request(Method::GET)).await.unwrap();
+            if worker_of(&res) == "flaky" {
+                seen = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(seen);
+        assert!(!set.stats_of(id).unwrap().ejected);
+    }
+
+    #[tokio::test]
+    async fn share_cap_keeps_the_last_endpoint_in() {
+        let health = PassiveHealth::new()
+            .consecutive_failures(1)
+            .max_ejected_share(0.5);
+        let set = Endpoints::builder()
+            .health(health)
+            .strategy(RoundRobin::new())
+            .build();
+        let a = set.add("a", worker("a", Arc::default(), true)).unwrap();
+        let b = set.add("b", worker("b", Arc::default(), true)).unwrap();
+        let svc = Balance::new(set.clone()).retries(Retries::none());
+        for _ in 0..6 {
+            let _ = svc.clone().oneshot(request(Method::GET)).await;
+        }
+        let out = [a, b]
+            .iter()
+            .filter(|id| set.stats_of(**id).unwrap().ejected)
+            .count();
+        assert_eq!(out, 1);
+    }
+
+    #[tokio::test]
+    async fn all_out_fails_open() {
+        let set = Endpoints::new(RoundRobin::new());
+        let a = set.add("a", worker("a", Arc::default(), false)).unwrap();
+        set.shared.snapshot.load().states[0]
+            .probe_down
+            .store(true, Ordering::SeqCst);
+        let res = Balance::new(set.clone())
+            .oneshot(request(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(worker_of(&res), "a");
+        assert_eq!(set.stats_of(a).unwrap().requests, 1);
+    }
+
+    #[tokio::test]
+    async fn in_flight_lasts_until_the_body_is_dropped() {
+        let set = Endpoints::new(PowerOfTwo::with_seed(3));
+        let a = set.add("a", worker("a", Arc::default(), false)).unwrap();
+        let res = Balance::new(set.clone())
+            .oneshot(request(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(set.stats_of(a).unwrap().in_flight, 1);
+        drop(res);
+        assert_eq!(set.stats_of(a).unwrap().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn header_key_sticks_to_one_endpoint() {
+        let set = Endpoints::new(Rendezvous::new());
+        for name in ["a", "b", "c", "d"] {
+            set.add(name, worker(name, Arc::default(), false)).unwrap();
+        }
+        let svc = Balance::new(set).key(Key::header(http::HeaderName::from_static("x-user")));
+        let mut first = None;
+        for _ in 0..20 {
+            let req = Request::builder()
+                .header("x-user", "u42")
+                .body(String::new())
+                .unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            let w = worker_of(&res).to_owned();
+            assert_eq!(first.get_or_insert_with(|| w.clone()), &w);
+        }
+    }
+
+    #[tokio::test]
+    async fn five_xx_counts_only_when_configured() {
+        let five = |name: &'static str| {
+            Svc::new(service_fn(move |_r: Request<String>| async move {
+                Ok::<_, BoxError>(
+                    Response::builder()
+                        .status(502)
+                        .header("x-worker", name)
+                        .body(String::new())
+                        .unwrap(),
+                )
+            }))
+        };
+        for (counted, want) in [(false, 0), (true, 3)] {
+            let health = PassiveHealth::new()
+                .server_errors_are_failures(counted)
+                .consecutive_failures(100);
+            let set = Endpoints::builder()
+                .health(health)
+                .strategy(RoundRobin::new())
+                .build();
+            let a = set.add("a", five("a")).unwrap();
+            let svc = Balance::new(set.clone());
+            for _ in 0..3 {
+                let res = svc.clone().oneshot(request(Method::GET)).await.unwrap();
+                assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+            }
+            assert_eq!(set.stats_of(a).unwrap().failures, want);
+        }
+    }
+
+    #[test]
+    fn balance_is_clone_send_sync() {
+        fn check<T: Clone + Send + Sync>() {}
+        check::<Balance<Svc>>();
+        check::<Balance<http::Uri, Rewrite<Svc>>>();
+    }
+}
