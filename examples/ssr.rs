@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on {base}");
     println!("try:");
     println!("  curl -i {base}/                 # page: public, max-age=0, s-maxage=60, stale-while-revalidate=300, ETag");
-    println!("  curl -i {base}/posts/42         # another page");
+    println!("  curl -i {base}/posts/42         # another page, from one of 3 balanced renderer workers (X-Worker)");
     println!(
         "  curl -i -H 'If-None-Match: <etag from above>' {base}/posts/42   # 304 Not Modified"
     );
@@ -67,7 +67,7 @@ fn app() -> Result<Router, Box<dyn std::error::Error>> {
         .last_modified(SystemTime::now());
     Ok(Router::new()
         .route("/", get(|| async { Html(render("/")) }))
-        .route("/posts/{id}", get(post))
+        .route_service("/posts/{id}", renderer_workers()?)
         .route("/assets/{file}", get(asset))
         .route("/account", get(account))
         .route(
@@ -77,8 +77,35 @@ fn app() -> Result<Router, Box<dyn std::error::Error>> {
         .layer(headers))
 }
 
-async fn post(Path(id): Path<u32>) -> Html<String> {
-    Html(render(&format!("/posts/{id}")))
+/// Post pages come from a pool of in-process renderer workers, balanced by
+/// least requests in flight (bodies included). A real app would give each
+/// worker its own thread or JS isolate; here they share the runtime.
+fn renderer_workers() -> Result<
+    impl tower::Service<
+            axum::extract::Request,
+            Response = impl IntoResponse,
+            Error = std::convert::Infallible,
+            Future = impl Send,
+        > + Clone
+        + Send
+        + Sync,
+    Box<dyn std::error::Error>,
+> {
+    use tower_ssr::balance::{Balance, Endpoints, LeastInFlight};
+    let workers = Endpoints::new(LeastInFlight::new());
+    for name in ["worker-1", "worker-2", "worker-3"] {
+        let worker = tower::service_fn(move |req: axum::http::Request<String>| async move {
+            let mut res = Html(render(req.uri().path())).into_response();
+            res.headers_mut()
+                .insert("x-worker", HeaderValue::from_static(name));
+            Ok::<_, std::convert::Infallible>(res)
+        });
+        workers.add(name, worker)?;
+    }
+    // Pages are GETs: their (empty) bodies need not be read.
+    Ok(tower::ServiceBuilder::new()
+        .map_request(|req: axum::extract::Request| req.map(|_| String::new()))
+        .service(Balance::new(workers)))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
