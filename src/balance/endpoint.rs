@@ -145,6 +145,11 @@ impl EndpointState {
             .map_err(|_| ())
     }
 
+    /// Gives back a trial claimed by a request that ended undecided.
+    pub(crate) fn release_trial(&self) {
+        self.trial.store(false, Ordering::Release);
+    }
+
     pub(crate) fn record_latency(&self, elapsed: Duration) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.latency_total_us.fetch_add(us, Ordering::Relaxed);

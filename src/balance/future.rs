@@ -70,7 +70,7 @@ where
     ) -> Self {
         let (state, attempt, tried) = match pick(&shared, &*connect, key, &[], req) {
             Ok((attempt, svc, req)) => {
-                let id = attempt.in_flight.state().id;
+                let id = attempt.state().id;
                 (
                     State::Ready {
                         svc,
@@ -133,19 +133,10 @@ where
                             // Unreachable: an attempt exists while calling.
                             return Poll::Ready(Ok(res.map(|_| ResponseBody::unavailable())));
                         };
-                        let endpoint = attempt.in_flight.state();
-                        endpoint.record_latency(attempt.started.elapsed());
                         let ok =
                             !(this.shared.health.server_errors && res.status().is_server_error());
-                        endpoint.record_outcome(
-                            ok,
-                            attempt.trial,
-                            &this.shared.health,
-                            this.shared,
-                        );
-                        return Poll::Ready(Ok(
-                            res.map(|b| ResponseBody::new(b, attempt.in_flight))
-                        ));
+                        let in_flight = attempt.finish(ok, this.shared);
+                        return Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, in_flight))));
                     }
                     Poll::Ready(Err(e)) => e,
                 },
@@ -159,9 +150,7 @@ where
             };
             // The attempt failed before response headers.
             if let Some(attempt) = this.attempt.take() {
-                let endpoint = attempt.in_flight.state();
-                endpoint.record_latency(attempt.started.elapsed());
-                endpoint.record_outcome(false, attempt.trial, &this.shared.health, this.shared);
+                drop(attempt.finish(false, this.shared));
             }
             let retries = &this.config.retries;
             let budget_ok = this.spare.is_some()
@@ -183,8 +172,8 @@ where
             };
             match next {
                 Some((attempt, svc, req)) => {
-                    crate::balance::trace!(endpoint = %attempt.in_flight.state().name, "retrying on another endpoint");
-                    this.tried.push(attempt.in_flight.state().id);
+                    crate::balance::trace!(endpoint = %attempt.state().name, "retrying on another endpoint");
+                    this.tried.push(attempt.state().id);
                     *this.attempt = Some(attempt);
                     this.state.set(State::Ready {
                         svc,

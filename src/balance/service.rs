@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::body::{InFlight, ResponseBody};
-use super::endpoint::{EndpointId, Endpoints, Shared};
+use super::endpoint::{EndpointId, EndpointState, Endpoints, Shared};
 use super::future::ResponseFuture;
 use super::key::Key;
 use super::retry::{ReplayBody, Retries};
@@ -167,9 +167,53 @@ impl<T, C> Balance<T, C> {
 
 /// One attempt on one endpoint.
 pub(crate) struct Attempt {
-    pub(crate) in_flight: InFlight,
-    pub(crate) trial: bool,
-    pub(crate) started: std::time::Instant,
+    // Moves into the response body, or drops with the attempt.
+    in_flight: Option<InFlight>,
+    // This attempt is the single trial of an ejected endpoint, not decided
+    // yet.
+    trial: bool,
+    started: std::time::Instant,
+}
+
+impl Attempt {
+    fn new(state: Arc<EndpointState>, trial: bool) -> Self {
+        Attempt {
+            in_flight: Some(InFlight::start(state)),
+            trial,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> &Arc<EndpointState> {
+        // Only `finish` takes it, and it consumes the attempt.
+        self.in_flight
+            .as_ref()
+            .map(InFlight::state)
+            .expect("attempt already finished")
+    }
+
+    /// Records the outcome for health and stats; gives back the in-flight
+    /// count for the response body to hold.
+    pub(crate) fn finish<T>(mut self, ok: bool, shared: &Shared<T>) -> Option<InFlight> {
+        let in_flight = self.in_flight.take()?;
+        let state = in_flight.state();
+        state.record_latency(self.started.elapsed());
+        state.record_outcome(ok, self.trial, &shared.health, shared);
+        self.trial = false;
+        Some(in_flight)
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        // Dropped undecided (the caller hung up): give the trial back, or
+        // the endpoint would wait for a verdict that never comes.
+        if self.trial {
+            if let Some(f) = &self.in_flight {
+                f.state().release_trial();
+            }
+        }
+    }
 }
 
 /// Picks an endpoint and connects to it, counting the request as in flight.
@@ -227,11 +271,7 @@ where
                 crate::balance::trace!(endpoint = %state.name, "no healthy endpoint: failing open");
             }
             let (svc, req) = connect.connect(&snap.values[i], req);
-            let attempt = Attempt {
-                in_flight: InFlight::start(Arc::clone(state)),
-                trial,
-                started: std::time::Instant::now(),
-            };
+            let attempt = Attempt::new(Arc::clone(state), trial);
             return Ok((attempt, svc, req));
         }
     }
@@ -613,5 +653,91 @@ mod balance_tests {
         fn check<T: Clone + Send + Sync>() {}
         check::<Balance<Svc>>();
         check::<Balance<http::Uri, Rewrite<Svc>>>();
+    }
+}
+
+#[cfg(test)]
+mod trial_tests {
+    use std::time::Duration;
+
+    use http::Method;
+    use tower::{service_fn, BoxError, ServiceExt};
+
+    use super::*;
+    use crate::balance::{PassiveHealth, RoundRobin};
+
+    #[tokio::test]
+    async fn a_trial_dropped_undecided_is_given_back() {
+        let health = PassiveHealth::new()
+            .consecutive_failures(1)
+            .base_ejection(Duration::from_millis(1))
+            .max_ejected_share(1.0);
+        let set = Endpoints::builder()
+            .health(health)
+            .strategy(RoundRobin::new())
+            .build();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let f = Arc::clone(&fail);
+        type Svc = tower::util::BoxCloneSyncService<Request<String>, Response<String>, BoxError>;
+        let svc = Svc::new(service_fn(move |_r: Request<String>| {
+            let fail = f.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if fail {
+                    return Err::<Response<String>, BoxError>("refused".into());
+                }
+                // Answers only when the test lets it.
+                std::future::pending::<()>().await;
+                Ok(Response::new(String::new()))
+            }
+        }));
+        let id = set.add("a", svc).unwrap();
+        let b = service_fn(|_r: Request<String>| async {
+            Ok::<_, BoxError>(Response::new(String::new()))
+        });
+        set.add("b", Svc::new(b)).unwrap();
+        let balance = Balance::new(set.clone()).retries(Retries::none());
+        let req = || {
+            Request::builder()
+                .method(Method::GET)
+                .body(String::new())
+                .unwrap()
+        };
+        // "a" fails once: ejected.
+        let _ = balance.clone().oneshot(req()).await;
+        assert!(set.stats_of(id).unwrap().ejected);
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        // Wait out the backoff, then start the trial on "a" and drop it.
+        loop {
+            let state = Arc::clone(&set.shared.snapshot.load().states[0]);
+            if state.claim_trial() == Ok(true) {
+                state.release_trial();
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut trial = None;
+        for _ in 0..4 {
+            let mut fut = Box::pin(balance.clone().oneshot(req()));
+            if futures_poll_once(&mut fut).await.is_none() {
+                trial = Some(fut);
+                break;
+            }
+        }
+        assert!(trial.is_some(), "the trial on `a` should be pending");
+        drop(trial);
+        // Released: a later request may be the trial again.
+        let state = Arc::clone(&set.shared.snapshot.load().states[0]);
+        assert_eq!(state.claim_trial(), Ok(true));
+    }
+
+    /// Polls once; `Some` if it finished.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }

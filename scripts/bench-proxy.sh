@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Load benchmark: examples/proxy (round robin, no cache) beside nginx
+# `upstream` round robin, over the same three local renderers, same pinning,
+# alternating rounds in one run. Only 127.0.0.1.
+#
+#   bash scripts/bench-proxy.sh            # 3 rounds of 10 s each
+#   ROUNDS=5 DURATION=10s bash scripts/bench-proxy.sh
+#
+# Needs nginx and wrk (apt-get install -y nginx wrk). Pinning: both proxies
+# on CPU 0, renderers and wrk on CPU 1, so the proxy is what saturates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+BYTES=${BYTES:-8192}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OURS=127.0.0.1:18180
+NGINX=127.0.0.1:18181
+UP=(127.0.0.1:19101 127.0.0.1:19102 127.0.0.1:19103)
+
+command -v nginx >/dev/null && command -v wrk >/dev/null || {
+  echo "needs nginx and wrk: apt-get install -y nginx wrk" >&2; exit 1; }
+
+cargo build --release --example proxy --example renderer >&2
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -f "$work/nginx.pid" ]; then kill "$(cat "$work/nginx.pid")" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_for() { # wait_for FILE: until a process printed "listening on"
+  for _ in $(seq 1 100); do grep -q "listening on" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for $1" >&2; cat "$1" >&2; exit 1
+}
+
+i=0
+for addr in "${UP[@]}"; do
+  i=$((i + 1))
+  taskset -c "$LOAD_CPU" target/release/examples/renderer --listen "$addr" --name "r$i" --bytes "$BYTES" \
+    >"$work/r$i.log" 2>&1 &
+  pids+=($!)
+  wait_for "$work/r$i.log"
+done
+
+taskset -c "$PROXY_CPU" target/release/examples/proxy --listen "$OURS" \
+  --upstream "http://${UP[0]}" --upstream "http://${UP[1]}" --upstream "http://${UP[2]}" \
+  --strategy round-robin --no-cache >"$work/proxy.log" 2>&1 &
+ours_pid=$!
+pids+=($ours_pid)
+wait_for "$work/proxy.log"
+
+cat >"$work/nginx.conf" <<CONF
+user root;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/body;
+  proxy_temp_path $work/proxy;
+  upstream renderers {
+    server ${UP[0]};
+    server ${UP[1]};
+    server ${UP[2]};
+    keepalive 64;
+  }
+  server {
+    listen $NGINX;
+    location / {
+      proxy_pass http://renderers;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+taskset -c "$PROXY_CPU" nginx -c "$work/nginx.conf" -p "$work"
+for _ in $(seq 1 50); do [ -s "$work/nginx.pid" ] && break; sleep 0.1; done
+
+# Both answer, with the same body.
+curl -fsS "http://$OURS/page" -o "$work/a" && curl -fsS "http://$NGINX/page" -o "$work/b" && cmp -s "$work/a" "$work/b"
+
+cpu_ticks() { # summed utime+stime of the given pids and their threads
+  local t=0 p u s
+  for p in "$@"; do
+    read -r u s < <(cut -d' ' -f14,15 "/proc/$p/stat")
+    t=$((t + u + s))
+  done
+  echo "$t"
+}
+nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")"; cat "$work/nginx.pid"; }
+
+run() { # run NAME URL PIDS...: prints "NAME req/s cpu_us_per_req"
+  local name=$1 url=$2; shift 2
+  local before after out rps reqs
+  before=$(cpu_ticks "$@")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "$url")
+  after=$(cpu_ticks "$@")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v n="$name" -v r="$rps" -v q="$reqs" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%-12s %10.0f req/s  %6.1f us CPU/req\n", n, r, t / hz * 1e6 / q }'
+}
+
+# Warm both (connection pools, page faults).
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://$OURS/page" >/dev/null
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://$NGINX/page" >/dev/null
+
+echo "# $ROUNDS rounds, wrk -t1 -c$CONNS -d$DURATION, ${BYTES}-byte page, proxies on CPU $PROXY_CPU, renderers+wrk on CPU $LOAD_CPU"
+for r in $(seq 1 "$ROUNDS"); do
+  # shellcheck disable=SC2046
+  run nginx "http://$NGINX/page" $(nginx_pids)
+  run tower-ssr "http://$OURS/page" "$ours_pid"
+done
