@@ -20,8 +20,8 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PendingRequests};
 use tower::Service;
 use tower_ssr::balance::{
-    hash_key, Balance, Endpoints, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, RoundRobin,
-    Strategy,
+    hash_key, Balance, Endpoints, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, Retries,
+    RoundRobin, Strategy,
 };
 
 struct Noop;
@@ -142,6 +142,20 @@ fn call(c: &mut Criterion) {
                 black_box(res)
             });
         });
+        // With retries, as BalanceLayer does by default: a copy of each GET
+        // is kept for a retry.
+        let mut ours_plain =
+            Balance::new(set_of(PowerOfTwo::with_seed(1), n)).retries(Retries::new());
+        g.bench_with_input(
+            BenchmarkId::new("tower_ssr_p2c_with_retries", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    let res = block_on(ours_plain.call(Request::new(String::new()))).unwrap();
+                    black_box(res)
+                });
+            },
+        );
         let mut ours_rr = Balance::new(set_of(RoundRobin::new(), n));
         g.bench_with_input(BenchmarkId::new("tower_ssr_round_robin", n), &n, |b, _| {
             b.iter(|| {

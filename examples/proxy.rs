@@ -99,7 +99,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         return Err("--cache-mb and --no-cache exclude each other".into());
     }
     // Validated here so that a typo gets the usage text.
-    strategy_and_key(&strategy, TrustedProxies::none())?;
+    let _ = strategy_and_key(&strategy, TrustedProxies::none())?;
     if let Some(w) = &weights {
         if w.len() != upstreams.len() {
             return Err(format!(

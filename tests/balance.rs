@@ -527,3 +527,83 @@ async fn in_flight_lasts_until_a_streamed_body_ends() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn http_probes_take_a_failing_upstream_out_and_bring_it_back() {
+    use std::sync::atomic::AtomicBool;
+    use tower_ssr::balance::proxy::http_check;
+    use tower_ssr::balance::ActiveProbes;
+
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = Arc::clone(&healthy);
+    let app = Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let ok = h.load(Ordering::SeqCst);
+            async move {
+                if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let up = serve_app("127.0.0.1:0".parse().unwrap(), app, Arc::default()).await;
+    let set = set_of(RoundRobin::new(), &[&up]);
+    let id = set.id_of(&up.uri().to_string()).unwrap();
+    let _probes = ActiveProbes::new()
+        .interval(Duration::from_millis(20))
+        .unhealthy_threshold(2)
+        .healthy_threshold(2)
+        .spawn(&set, http_check("/healthz"));
+    let probe_healthy = || set.stats_of(id).unwrap().probe_healthy;
+    healthy.store(false, Ordering::SeqCst);
+    within(async {
+        while probe_healthy() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    healthy.store(true, Ordering::SeqCst);
+    within(async {
+        while !probe_healthy() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_connect_info_is_the_client_ip_key() {
+    use tower_ssr::balance::Balance;
+
+    type Worker = tower::util::BoxCloneSyncService<Request<Body>, Response, Infallible>;
+    use std::convert::Infallible;
+    let set = Endpoints::new(Rendezvous::new());
+    for name in ["w1", "w2", "w3", "w4"] {
+        let w = tower::service_fn(move |_req: Request<Body>| async move {
+            Ok::<_, Infallible>(([("x-upstream", name)], "page").into_response())
+        });
+        set.add(name, Worker::new(w)).unwrap();
+    }
+    let balance = Balance::new(set).key(Key::client_ip(TrustedProxies::none()));
+    let app = Router::new().route_service("/", balance);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    // Without the key the fallback (P2C) would spread these over four
+    // workers; with it, one client IP always lands on one worker.
+    let first = who(&common::get(addr, "/").await);
+    for _ in 0..20 {
+        assert_eq!(who(&common::get(addr, "/").await), first);
+    }
+}

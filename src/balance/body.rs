@@ -15,10 +15,12 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    pub(crate) fn start(state: Arc<EndpointState>) -> Self {
+    /// Counts a request; also returns how many requests the endpoint had
+    /// been sent before this one.
+    pub(crate) fn start(state: Arc<EndpointState>) -> (Self, u64) {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
-        state.record_request();
-        InFlight { state }
+        let n = state.record_request();
+        (InFlight { state }, n)
     }
 
     pub(crate) fn state(&self) -> &Arc<EndpointState> {
@@ -119,7 +121,10 @@ mod tests {
     #[test]
     fn dropping_the_body_releases_the_count() {
         let s = state();
-        let body = ResponseBody::new(String::from("page"), Some(InFlight::start(Arc::clone(&s))));
+        let body = ResponseBody::new(
+            String::from("page"),
+            Some(InFlight::start(Arc::clone(&s)).0),
+        );
         assert_eq!(s.in_flight.load(Ordering::Relaxed), 1);
         drop(body);
         assert_eq!(s.in_flight.load(Ordering::Relaxed), 0);
@@ -128,8 +133,10 @@ mod tests {
     #[test]
     fn reading_to_the_end_releases_the_count() {
         let s = state();
-        let mut body =
-            ResponseBody::new(String::from("page"), Some(InFlight::start(Arc::clone(&s))));
+        let mut body = ResponseBody::new(
+            String::from("page"),
+            Some(InFlight::start(Arc::clone(&s)).0),
+        );
         struct Noop;
         impl std::task::Wake for Noop {
             fn wake(self: Arc<Self>) {}

@@ -156,8 +156,8 @@ impl EndpointState {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn record_request(&self) -> u64 {
+        self.requests.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Counts an outcome for passive health. Returns `true` when this
@@ -264,7 +264,8 @@ pub struct EndpointStats {
     pub ejected: bool,
     /// Whether active probes, if any, consider it healthy.
     pub probe_healthy: bool,
-    /// Mean time to response headers.
+    /// Mean time to response headers, measured on one request in 8 (and
+    /// on every trial).
     pub latency_average: Option<Duration>,
 }
 

@@ -8,9 +8,9 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::endpoint::{EndpointId, Shared};
+use super::endpoint::EndpointId;
 use super::retry::ReplayBody;
-use super::service::{copy_request, pick, Attempt, Config, Connect};
+use super::service::{copy_request, pick, Attempt, Connect, Inner};
 
 pin_project! {
     /// Response future of [`Balance`](super::Balance).
@@ -23,13 +23,14 @@ pin_project! {
         // The attempt in progress: its in-flight count is released when the
         // attempt fails, or moves into the response body.
         attempt: Option<Attempt>,
-        // What a retry needs: the set, the connector, the settings, the
-        // request's key and a replayable copy of the request.
-        shared: Arc<Shared<T>>,
-        connect: Arc<C>,
-        config: Arc<Config>,
+        // What a retry needs: the set, the connector and the settings, the
+        // request's key, a replayable copy of the request, and the
+        // endpoints that failed it (allocated on the first failure only).
+        inner: Arc<Inner<T, C>>,
         key: Option<u64>,
-        spare: Option<Request<B>>,
+        // Boxed: it is there for retries only, and keeping it out of line
+        // keeps the future small to move.
+        spare: Option<Box<Request<B>>>,
         tried: Vec<EndpointId>,
     }
 }
@@ -61,40 +62,36 @@ where
     C: Connect<T, B>,
 {
     pub(crate) fn start(
-        shared: Arc<Shared<T>>,
-        connect: Arc<C>,
-        config: Arc<Config>,
+        inner: Arc<Inner<T, C>>,
         key: Option<u64>,
-        spare: Option<Request<B>>,
+        may_retry: bool,
         req: Request<B>,
-    ) -> Self {
-        let (state, attempt, tried) = match pick(&shared, &*connect, key, &[], req) {
-            Ok((attempt, svc, req)) => {
-                let id = attempt.state().id;
-                (
-                    State::Ready {
-                        svc,
-                        req: Some(req),
-                    },
-                    Some(attempt),
-                    vec![id],
-                )
-            }
+    ) -> Self
+    where
+        B: ReplayBody,
+    {
+        let mut spare = None;
+        let spare_slot = may_retry.then_some(&mut spare);
+        let (state, attempt) = match pick(&inner, key, &[], req, spare_slot) {
+            Ok((attempt, svc, req)) => (
+                State::Ready {
+                    svc,
+                    req: Some(req),
+                },
+                Some(attempt),
+            ),
             Err(_) => {
                 crate::balance::trace!("no endpoint available: 503");
-                (State::Unavailable, None, Vec::new())
+                (State::Unavailable, None)
             }
         };
         ResponseFuture {
             state,
             attempt,
-            shared,
-            connect,
-            config,
+            inner,
             key,
-            // No endpoint at all: nothing to retry on either.
-            spare: if tried.is_empty() { None } else { spare },
-            tried,
+            spare,
+            tried: Vec::new(),
         }
     }
 }
@@ -133,9 +130,9 @@ where
                             // Unreachable: an attempt exists while calling.
                             return Poll::Ready(Ok(res.map(|_| ResponseBody::unavailable())));
                         };
-                        let ok =
-                            !(this.shared.health.server_errors && res.status().is_server_error());
-                        let in_flight = attempt.finish(ok, this.shared);
+                        let shared = &*this.inner.endpoints.shared;
+                        let ok = !(shared.health.server_errors && res.status().is_server_error());
+                        let in_flight = attempt.finish(ok, shared);
                         return Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, in_flight))));
                     }
                     Poll::Ready(Err(e)) => e,
@@ -150,9 +147,10 @@ where
             };
             // The attempt failed before response headers.
             if let Some(attempt) = this.attempt.take() {
-                drop(attempt.finish(false, this.shared));
+                this.tried.push(attempt.state().id);
+                drop(attempt.finish(false, &this.inner.endpoints.shared));
             }
-            let retries = &this.config.retries;
+            let retries = &this.inner.config.retries;
             let budget_ok = this.spare.is_some()
                 && (this.tried.len() as u64) <= u64::from(retries.max)
                 && retries.withdraw();
@@ -160,20 +158,17 @@ where
                 // The last allowed retry sends the spare itself.
                 let last = this.tried.len() as u64 == u64::from(retries.max);
                 let req = if last {
-                    this.spare.take()
+                    this.spare.take().map(|b| *b)
                 } else {
-                    this.spare.as_ref().and_then(copy_request)
+                    this.spare.as_deref().and_then(copy_request)
                 };
-                req.and_then(|req| {
-                    pick(this.shared, &**this.connect, *this.key, this.tried, req).ok()
-                })
+                req.and_then(|req| pick(this.inner, *this.key, this.tried, req, None).ok())
             } else {
                 None
             };
             match next {
                 Some((attempt, svc, req)) => {
                     crate::balance::trace!(endpoint = %attempt.state().name, "retrying on another endpoint");
-                    this.tried.push(attempt.state().id);
                     *this.attempt = Some(attempt);
                     this.state.set(State::Ready {
                         svc,

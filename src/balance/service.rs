@@ -99,17 +99,31 @@ pub(crate) struct Config {
 /// is driven in the response future, and when no endpoint is eligible the
 /// answer is `503 Service Unavailable` at once, never a wait.
 pub struct Balance<T, C = Direct> {
-    endpoints: Endpoints<T>,
-    connect: Arc<C>,
-    config: Arc<Config>,
+    inner: Arc<Inner<T, C>>,
+}
+
+/// Everything a call needs, behind one `Arc` so that a call clones one
+/// pointer, not three.
+pub(crate) struct Inner<T, C> {
+    pub(crate) endpoints: Endpoints<T>,
+    pub(crate) connect: C,
+    pub(crate) config: Config,
+}
+
+impl<T, C: Clone> Clone for Inner<T, C> {
+    fn clone(&self) -> Self {
+        Inner {
+            endpoints: self.endpoints.clone(),
+            connect: self.connect.clone(),
+            config: self.config.clone(),
+        }
+    }
 }
 
 impl<T, C> Clone for Balance<T, C> {
     fn clone(&self) -> Self {
         Balance {
-            endpoints: self.endpoints.clone(),
-            connect: Arc::clone(&self.connect),
-            config: Arc::clone(&self.config),
+            inner: Arc::clone(&self.inner),
         }
     }
 }
@@ -117,51 +131,64 @@ impl<T, C> Clone for Balance<T, C> {
 impl<T, C: fmt::Debug> fmt::Debug for Balance<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balance")
-            .field("endpoints", &self.endpoints)
-            .field("connect", &self.connect)
-            .field("key", &self.config.key)
-            .field("retries", &self.config.retries)
+            .field("endpoints", &self.inner.endpoints)
+            .field("connect", &self.inner.connect)
+            .field("key", &self.inner.config.key)
+            .field("retries", &self.inner.config.retries)
             .finish()
     }
 }
 
 impl<S> Balance<S, Direct> {
     /// Balances over the in-process services of `endpoints`.
+    ///
+    /// Without retries unless [`retries`](Self::retries) says otherwise: an
+    /// in-process service that failed will most likely fail the same way
+    /// on its neighbour, and a retry needs a copy of every request.
     #[must_use]
     pub fn new(endpoints: Endpoints<S>) -> Self {
-        Balance::with_connect(endpoints, Direct, Config::default())
+        let config = Config {
+            key: Key::none(),
+            retries: Retries::none(),
+        };
+        Balance::with_connect(endpoints, Direct, config)
     }
 }
 
 impl<T, C> Balance<T, C> {
     pub(crate) fn with_connect(endpoints: Endpoints<T>, connect: C, config: Config) -> Self {
         Balance {
-            endpoints,
-            connect: Arc::new(connect),
-            config: Arc::new(config),
+            inner: Arc::new(Inner {
+                endpoints,
+                connect,
+                config,
+            }),
         }
-    }
-
-    /// What consistent-hashing strategies hash. Default: [`Key::none`].
-    #[must_use]
-    pub fn key(mut self, key: Key) -> Self {
-        Arc::make_mut(&mut self.config).key = key;
-        self
-    }
-
-    /// When failed requests move to another endpoint. Default:
-    /// [`Retries::new`].
-    #[must_use]
-    pub fn retries(mut self, retries: Retries) -> Self {
-        Arc::make_mut(&mut self.config).retries = retries;
-        self
     }
 
     /// The endpoint set, to add, remove, re-weight or drain endpoints and
     /// read their stats.
     #[must_use]
     pub fn endpoints(&self) -> &Endpoints<T> {
-        &self.endpoints
+        &self.inner.endpoints
+    }
+}
+
+impl<T, C: Clone> Balance<T, C> {
+    /// What consistent-hashing strategies hash. Default: [`Key::none`].
+    #[must_use]
+    pub fn key(mut self, key: Key) -> Self {
+        Arc::make_mut(&mut self.inner).config.key = key;
+        self
+    }
+
+    /// When failed requests move to another endpoint. Default:
+    /// [`Retries::none`] for [`Balance::new`], [`Retries::new`] for
+    /// [`BalanceLayer`](super::BalanceLayer).
+    #[must_use]
+    pub fn retries(mut self, retries: Retries) -> Self {
+        Arc::make_mut(&mut self.inner).config.retries = retries;
+        self
     }
 }
 
@@ -172,15 +199,21 @@ pub(crate) struct Attempt {
     // This attempt is the single trial of an ejected endpoint, not decided
     // yet.
     trial: bool,
-    started: std::time::Instant,
+    // Set on the sampled attempts whose latency is measured.
+    started: Option<std::time::Instant>,
 }
+
+/// One attempt in this many has its latency measured: reading the clock
+/// twice would be the largest cost of a balanced call.
+const LATENCY_SAMPLE: u64 = 8;
 
 impl Attempt {
     fn new(state: Arc<EndpointState>, trial: bool) -> Self {
+        let (in_flight, n) = InFlight::start(state);
         Attempt {
-            in_flight: Some(InFlight::start(state)),
+            in_flight: Some(in_flight),
             trial,
-            started: std::time::Instant::now(),
+            started: (n % LATENCY_SAMPLE == 0 || trial).then(std::time::Instant::now),
         }
     }
 
@@ -197,7 +230,9 @@ impl Attempt {
     pub(crate) fn finish<T>(mut self, ok: bool, shared: &Shared<T>) -> Option<InFlight> {
         let in_flight = self.in_flight.take()?;
         let state = in_flight.state();
-        state.record_latency(self.started.elapsed());
+        if let Some(started) = self.started {
+            state.record_latency(started.elapsed());
+        }
         state.record_outcome(ok, self.trial, &shared.health, shared);
         self.trial = false;
         Some(in_flight)
@@ -217,18 +252,22 @@ impl Drop for Attempt {
 }
 
 /// Picks an endpoint and connects to it, counting the request as in flight.
-/// Gives the request back when no endpoint is eligible.
+/// With `spare`, also keeps a replayable copy of the request there when a
+/// retry could happen (more than one endpoint). Gives the request back when
+/// no endpoint is eligible.
 #[allow(clippy::result_large_err)] // the request itself, moved back; not boxed on the hot path
 pub(crate) fn pick<T, C, B>(
-    shared: &Shared<T>,
-    connect: &C,
+    inner: &Inner<T, C>,
     key: Option<u64>,
     tried: &[EndpointId],
     req: Request<B>,
+    spare: Option<&mut Option<Box<Request<B>>>>,
 ) -> Result<(Attempt, C::Service, Request<B>), Request<B>>
 where
     C: Connect<T, B>,
+    B: ReplayBody,
 {
+    let shared = &*inner.endpoints.shared;
     let snap = shared.snapshot.load();
     let mut skip: Vec<EndpointId> = Vec::new();
     for fail_open in [false, true] {
@@ -270,7 +309,12 @@ where
             if fail_open {
                 crate::balance::trace!(endpoint = %state.name, "no healthy endpoint: failing open");
             }
-            let (svc, req) = connect.connect(&snap.values[i], req);
+            if let Some(spare) = spare {
+                if snap.states.len() > 1 {
+                    *spare = copy_request(&req).map(Box::new);
+                }
+            }
+            let (svc, req) = inner.connect.connect(&snap.values[i], req);
             let attempt = Attempt::new(Arc::clone(state), trial);
             return Ok((attempt, svc, req));
         }
@@ -295,8 +339,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let config = &self.config;
-        let shared = &self.endpoints.shared;
+        let config = &self.inner.config;
         let (req, key) = if config.key.is_none() {
             (req, None)
         } else {
@@ -307,23 +350,10 @@ where
         let retries = &config.retries;
         retries.deposit();
         // Keep a copy for retries only when one could happen: idempotent
-        // method, replayable body, more than one endpoint.
-        let spare = if retries.max > 0
-            && super::retry::is_idempotent(req.method())
-            && shared.snapshot.load().states.len() > 1
-        {
-            copy_request(&req)
-        } else {
-            None
-        };
-        ResponseFuture::start(
-            Arc::clone(shared),
-            Arc::clone(&self.connect),
-            Arc::clone(config),
-            key,
-            spare,
-            req,
-        )
+        // method, replayable body (and, checked in `pick`, more than one
+        // endpoint).
+        let may_retry = retries.max > 0 && super::retry::is_idempotent(req.method());
+        ResponseFuture::start(Arc::clone(&self.inner), key, may_retry, req)
     }
 }
 
@@ -432,7 +462,7 @@ mod balance_tests {
             .unwrap();
         set.add("live", worker("live", Arc::default(), false))
             .unwrap();
-        let svc = Balance::new(set.clone());
+        let svc = Balance::new(set.clone()).retries(Retries::new());
         for _ in 0..4 {
             let res = svc.clone().oneshot(request(Method::GET)).await.unwrap();
             assert_eq!(worker_of(&res), "live");
@@ -444,6 +474,21 @@ mod balance_tests {
     }
 
     #[tokio::test]
+    async fn in_process_balance_does_not_retry_by_default() {
+        let set = Endpoints::new(RoundRobin::new());
+        let live_calls = Arc::new(AtomicUsize::new(0));
+        set.add("dead", worker("dead", Arc::default(), true))
+            .unwrap();
+        set.add("live", worker("live", Arc::clone(&live_calls), false))
+            .unwrap();
+        assert!(Balance::new(set)
+            .oneshot(request(Method::GET))
+            .await
+            .is_err());
+        assert_eq!(live_calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
     async fn post_is_never_retried() {
         let set = Endpoints::new(RoundRobin::new());
         let live_calls = Arc::new(AtomicUsize::new(0));
@@ -451,7 +496,7 @@ mod balance_tests {
             .unwrap();
         set.add("live", worker("live", Arc::clone(&live_calls), false))
             .unwrap();
-        let svc = Balance::new(set);
+        let svc = Balance::new(set).retries(Retries::new());
         // Round robin sends the first request to "dead".
         let err = svc
             .clone()
@@ -527,7 +572,7 @@ mod balance_tests {
         }));
         let id = set.add("flaky", flaky).unwrap();
         set.add("a", worker("a", Arc::default(), false)).unwrap();
-        let svc = Balance::new(set.clone());
+        let svc = Balance::new(set.clone()).retries(Retries::new());
         while !set.stats_of(id).unwrap().ejected {
             let res = svc.clone().oneshot(request(Method::GET)).await.unwrap();
             assert_eq!(worker_of(&res), "a");
