@@ -501,6 +501,22 @@ impl Strategy for Rendezvous {
             };
         };
         let limit = self.bound.map(|b| b.limit(c));
+        if limit.is_none() && c.uniform_weights() {
+            // Fast path: the highest score wins unless it is out, so check
+            // health once, not for every new leader.
+            let mut best = 0;
+            let mut best_score = 0u64;
+            for (i, &h) in c.hashes.iter().enumerate() {
+                let s = mum(key ^ 0x2d35_8dcc_aa6c_78a5, h ^ 0x8bb8_4b93_962e_acc9);
+                if s > best_score || i == 0 {
+                    best = i;
+                    best_score = s;
+                }
+            }
+            if best < c.len() && c.is_eligible(best) {
+                return Some(best);
+            }
+        }
         let under = |i: usize| limit.map_or(true, |l| c.in_flight(i) < l);
         let mut best: Option<usize> = None;
         if c.uniform_weights() {
