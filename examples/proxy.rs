@@ -5,7 +5,7 @@
 //!     --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
 //!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
-//!     [--trust CIDR]... [--probe /healthz]
+//!     [--trust CIDR]... [--probe /healthz] [--threads N]
 //! ```
 //!
 //! It forwards every method and path, streams bodies both ways and returns
@@ -40,6 +40,9 @@ struct Args {
     cache_mb: Option<u64>,
     trust: Vec<String>,
     probe: Option<String>,
+    /// Runtime threads; 1 runs a single-threaded runtime (nginx's model of
+    /// one worker per core).
+    threads: usize,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -51,6 +54,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut no_cache = false;
     let mut trust = Vec::new();
     let mut probe = None;
+    let mut threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut it = argv;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -87,6 +91,14 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--no-cache" => no_cache = true,
             "--trust" => trust.push(value()?),
             "--probe" => probe = Some(value()?),
+            "--threads" => {
+                let v = value()?;
+                threads = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("--threads {v}: expected a count"))?;
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -122,6 +134,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         },
         trust,
         probe,
+        threads,
     })
 }
 
@@ -149,10 +162,9 @@ fn strategy_and_key(
 
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
-[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH]";
+[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N]";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -163,7 +175,21 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(args).await {
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    };
+    let result = match runtime {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result {
         eprintln!("proxy: {e}");
         std::process::exit(1);
     }
@@ -291,6 +317,7 @@ mod tests {
             args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb 5 --no-cache").is_err()
         );
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb lots").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --threads 0").is_err());
         assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
         assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
     }

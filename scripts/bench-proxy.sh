@@ -3,15 +3,17 @@
 # `upstream` round robin, over the same three local renderers, same pinning,
 # alternating rounds in one run. Only 127.0.0.1.
 #
-#   bash scripts/bench-proxy.sh            # 3 rounds of 10 s each
+#   bash scripts/bench-proxy.sh            # 5 rounds of 10 s each
 #   ROUNDS=5 DURATION=10s bash scripts/bench-proxy.sh
 #
 # Needs nginx and wrk (apt-get install -y nginx wrk). Pinning: both proxies
-# on CPU 0, renderers and wrk on CPU 1, so the proxy is what saturates.
+# on CPU 0 (one nginx worker, one tower-ssr runtime thread), renderers and
+# wrk on CPU 1. Besides req/s it reports each proxy's CPU time per request
+# (from /proc), which stays meaningful when something else limits req/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 BYTES=${BYTES:-8192}
@@ -51,7 +53,7 @@ done
 
 taskset -c "$PROXY_CPU" target/release/examples/proxy --listen "$OURS" \
   --upstream "http://${UP[0]}" --upstream "http://${UP[1]}" --upstream "http://${UP[2]}" \
-  --strategy round-robin --no-cache >"$work/proxy.log" 2>&1 &
+  --strategy round-robin --no-cache --threads 1 >"$work/proxy.log" 2>&1 &
 ours_pid=$!
 pids+=($ours_pid)
 wait_for "$work/proxy.log"
