@@ -24,11 +24,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tower::Service;
-use tower_ssr::balance::proxy::{http_check, ReverseProxy};
 use tower_ssr::balance::{
     ActiveProbes, ClientAddr, Endpoints, Key, LeastInFlight, PowerOfTwo, Rendezvous, RoundRobin,
     Strategy, TrustedProxies,
 };
+use tower_ssr::proxy::{http_check, ReverseProxy};
 
 #[derive(Debug)]
 struct Args {

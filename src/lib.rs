@@ -39,7 +39,7 @@
 //! |---|---|---|
 //! | `cache-control` | yes | [`cache_control`] |
 //! | `balance` | yes | [`balance`]: endpoint set, strategies, passive health, retries |
-//! | `proxy` | yes | [`balance::proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
+//! | `proxy` | yes | [`proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
 //! | `tokio` | no (implied by `proxy`) | [`balance::ActiveProbes`] |
 //! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
 //! | `tracing` | no | debug events from `balance` |
@@ -80,6 +80,10 @@ pub mod cache_control;
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
+
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
 mod date;

@@ -19,11 +19,11 @@ use http::Request;
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tower::Service;
-use tower_ssr::balance::proxy::ReverseProxy;
 use tower_ssr::balance::{
     ClientAddr, Endpoints, Key, LeastInFlight, PassiveHealth, PowerOfTwo, Rendezvous, Retries,
     RoundRobin, TrustedProxies,
 };
+use tower_ssr::proxy::ReverseProxy;
 
 /// A running upstream: answers `x-upstream: NAME` and echoes the request
 /// headers in its body; counts its requests.
@@ -531,8 +531,8 @@ async fn in_flight_lasts_until_a_streamed_body_ends() {
 #[tokio::test]
 async fn http_probes_take_a_failing_upstream_out_and_bring_it_back() {
     use std::sync::atomic::AtomicBool;
-    use tower_ssr::balance::proxy::http_check;
     use tower_ssr::balance::ActiveProbes;
+    use tower_ssr::proxy::http_check;
 
     let healthy = Arc::new(AtomicBool::new(true));
     let h = Arc::clone(&healthy);

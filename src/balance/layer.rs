@@ -10,7 +10,7 @@ use super::service::{Balance, Config, Rewrite};
 /// base URIs: each request's target is rewritten to the chosen upstream.
 ///
 /// The layer wraps the client (the leaf of the stack), for example
-/// hyper-util's pooled client, or [`proxy::Forward`](super::proxy::Forward)
+/// hyper-util's pooled client, or `proxy::Forward` (feature `proxy`)
 /// which adds timeouts and forwarding headers. For in-process services use
 /// [`Balance::new`] instead.
 #[derive(Debug, Clone)]

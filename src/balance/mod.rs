@@ -74,9 +74,6 @@ mod key;
 mod layer;
 #[cfg(feature = "tokio")]
 mod probe;
-#[cfg(feature = "proxy")]
-#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
-pub mod proxy;
 mod retry;
 mod service;
 mod strategy;
@@ -97,6 +94,8 @@ pub use service::{Balance, Connect, Direct, Rewrite};
 pub use strategy::{
     Candidates, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, RoundRobin, Strategy,
 };
+#[cfg(feature = "proxy")]
+pub(crate) use {retry::is_idempotent, service::rewrite_uri};
 
 /// A `tracing` debug event when the `tracing` feature is on; nothing
 /// otherwise.

@@ -13,7 +13,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use tower_ssr::balance::proxy::ReverseProxy;
+//! use tower_ssr::proxy::ReverseProxy;
 //! use tower_ssr::balance::{Endpoints, RoundRobin};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -66,7 +66,7 @@ use hyper_util::rt::TokioExecutor;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{
+use crate::balance::{
     peer_addr, Balance, BalanceLayer, Endpoints, Key, ReplayBody, ResponseBody, Retries, Rewrite,
 };
 
@@ -482,7 +482,7 @@ where
     }
     let len = body.size_hint().exact();
     let small = len.is_some_and(|n| n <= settings.replay_buffer as u64);
-    if !(small && super::retry::is_idempotent(&parts.method)) {
+    if !(small && crate::balance::is_idempotent(&parts.method)) {
         return Ok(ProxyBody::stream(body));
     }
     // A client that announces a small body and then stalls must not hold
@@ -619,13 +619,13 @@ fn quote_if_needed(v: &str) -> String {
     }
 }
 
-/// An HTTP check for [`ActiveProbes`](super::ActiveProbes): `GET base +
+/// An HTTP check for [`ActiveProbes`](crate::balance::ActiveProbes): `GET base +
 /// path`, healthy on a `2xx` or `3xx`.
 ///
 /// ```no_run
 /// # use std::time::Duration;
 /// # use tower_ssr::balance::{ActiveProbes, Endpoints, RoundRobin};
-/// # use tower_ssr::balance::proxy::http_check;
+/// # use tower_ssr::proxy::http_check;
 /// # async fn f(upstreams: Endpoints<http::Uri>) {
 /// let _probes = ActiveProbes::new().spawn(&upstreams, http_check("/healthz"));
 /// # }
@@ -642,7 +642,7 @@ pub fn http_check(
     });
     move |base: Uri| {
         let client = client.clone();
-        let target = super::service::rewrite_uri(&base, &Uri::try_from(&*path).unwrap_or_default());
+        let target = crate::balance::rewrite_uri(&base, &Uri::try_from(&*path).unwrap_or_default());
         Box::pin(async move {
             let Ok(req) = Request::get(target).body(ProxyBody::empty()) else {
                 return false;
@@ -680,7 +680,7 @@ mod tests {
             b = b.header(*k, *v);
         }
         let mut req = b.body(()).unwrap();
-        req.extensions_mut().insert(super::super::ClientAddr(
+        req.extensions_mut().insert(crate::balance::ClientAddr(
             "[::ffff:198.51.100.7]:5000".parse().unwrap(),
         ));
         req.into_parts().0
