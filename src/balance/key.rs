@@ -706,6 +706,36 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn forwarded_headers_never_panic(line in "[ -~]{0,80}", peer in 0u8..=255) {
+            let peer = format!("10.0.0.{peer}:1");
+            for name in ["forwarded", "x-forwarded-for"] {
+                let p = parts(&peer, &[(name, &line)]);
+                let _ = client_ip(&p, &fwd());
+                let _ = client_ip(&p, &lan());
+            }
+        }
+
+        #[test]
+        fn a_trusted_chain_never_yields_a_trusted_hop_unless_all_are(
+            hops in proptest::collection::vec((0u8..4, 0u8..=255), 1..6),
+        ) {
+            // Hops in 10/8 are trusted, others not.
+            let ips: Vec<String> = hops
+                .iter()
+                .map(|(net, host)| if *net == 0 { format!("203.0.113.{host}") } else { format!("10.{net}.0.{host}") })
+                .collect();
+            let p = parts("10.0.0.2:1", &[("x-forwarded-for", &ips.join(", "))]);
+            let got = client_ip(&p, &lan()).unwrap();
+            let rightmost_untrusted = ips.iter().rev().find(|ip| ip.starts_with("203."));
+            match rightmost_untrusted {
+                Some(ip) => proptest::prop_assert_eq!(got.to_string(), ip.clone()),
+                None => proptest::prop_assert_eq!(got.to_string(), ips[0].clone()),
+            }
+        }
+    }
+
     #[test]
     fn no_peer_means_no_ip_key() {
         let p = http::Request::new(()).into_parts().0;
