@@ -9,8 +9,11 @@
 //! - [`cache_control`]: typed, status-aware `Cache-Control`,
 //!   `CDN-Cache-Control` and `Surrogate-Control` policies by route, content
 //!   type and status; content ETags and `304 Not Modified`.
-//! - A shared in-memory response cache (RFC 9111) and an upstream balancer
-//!   are the next layers to land; see the README's roadmap.
+//! - [`balance`]: upstream selection over renderer workers or processes
+//!   (round robin, least in-flight, P2C, consistent hashing), passive and
+//!   active health, retries; [`proxy`] forwards to upstream processes.
+//! - A shared in-memory response cache (RFC 9111) is the next layer to
+//!   land; see the README's roadmap.
 //!
 //! # Layout
 //!
@@ -18,6 +21,11 @@
 //! value), [`cache_control::Rule`] (which responses get which policy), then
 //! [`cache_control::CacheControlLayer`] (the middleware, with its ETag and
 //! conditional-request handling).
+//!
+//! For balancing: [`balance::Endpoints`] (the set and its health),
+//! [`balance::Strategy`] and its built-ins, [`balance::Balance`] /
+//! [`balance::BalanceLayer`] (the middleware), then [`proxy::ReverseProxy`]
+//! (forwarding to upstream processes).
 //!
 //! # Layering order
 //!
