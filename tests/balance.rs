@@ -607,3 +607,84 @@ async fn axum_connect_info_is_the_client_ip_key() {
         assert_eq!(who(&common::get(addr, "/").await), first);
     }
 }
+
+/// An upstream that accepts connections and answers each with `reply`,
+/// then closes.
+async fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn garbage_or_silent_upstreams_give_502_and_the_proxy_goes_on() {
+    for reply in [&b"HTTP/1.1 abc\r\n\r\n"[..], b"", b"SSH-2.0-OpenSSH\r\n"] {
+        let bad = raw_upstream(reply).await;
+        let set = Endpoints::new(RoundRobin::new());
+        set.add("bad", format!("http://{bad}").parse().unwrap())
+            .unwrap();
+        let proxy = serve_proxy(ReverseProxy::builder(set).build()).await;
+        for _ in 0..3 {
+            let res = within(common::get(proxy, "/")).await;
+            assert_eq!(res.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_body_releases_the_count() {
+    // An endless page: one chunk every few milliseconds, forever.
+    let app = Router::new().fallback(|| async {
+        let stream = futures_stream();
+        Response::new(Body::from_stream(stream))
+    });
+    let up = serve_app("127.0.0.1:0".parse().unwrap(), app, Arc::default()).await;
+    let set = set_of(RoundRobin::new(), &[&up]);
+    let id = set.id_of(&up.uri().to_string()).unwrap();
+    let proxy = serve_proxy(ReverseProxy::builder(set.clone()).build()).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let res = within(client.get(format!("http://{proxy}/").parse().unwrap()))
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    let first = within(body.frame()).await.unwrap().unwrap();
+    assert!(first.is_data());
+    assert_eq!(set.stats_of(id).unwrap().in_flight, 1);
+    drop(body);
+    drop(client);
+    within(async {
+        while set.stats_of(id).unwrap().in_flight != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+fn futures_stream() -> impl tokio_stream::Stream<Item = Result<Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while tx
+            .send(Ok(Bytes::from_static(b"<p>more</p>")))
+            .await
+            .is_ok()
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
