@@ -72,6 +72,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
 pub mod cache_control;
 
+mod builder;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
 mod date;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
@@ -79,6 +80,7 @@ mod directives;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code, unreachable_pub))]
 mod etag;
 
+pub use builder::ServiceBuilderExt;
 pub use directives::{Directives, InvalidDirective};
 #[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
 mod macros;
