@@ -9,7 +9,7 @@ thread_local! {
     /// The last value formatted on this thread: (unix seconds, value). A
     /// response rate of thousands a second shares one formatted string per
     /// second instead of formatting each time.
-    static LAST: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("")));
+    static LAST: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static(""))) };
 }
 
 /// `now + secs` as an IMF-fixdate (`GMT`, never `+0000`), whole seconds.
@@ -32,6 +32,34 @@ pub(crate) fn http_date_in(secs: u64) -> HeaderValue {
     })
 }
 
+/// The current time as an IMF-fixdate, formatted at most once a second per
+/// thread.
+pub(crate) fn http_date_now() -> HeaderValue {
+    http_date_in(0)
+}
+
+/// A monotonic clock reading for ages and residence times (RFC 9111
+/// §4.2.3). With the `tokio` feature it is tokio's clock, so tests can pause
+/// and advance it; it is the std clock otherwise.
+#[cfg(feature = "cache")]
+pub(crate) fn monotonic_now() -> std::time::Instant {
+    #[cfg(feature = "tokio")]
+    {
+        tokio::time::Instant::now().into_std()
+    }
+    #[cfg(not(feature = "tokio"))]
+    {
+        std::time::Instant::now()
+    }
+}
+
+/// Parses an HTTP-date in any of the three forms of RFC 9110 §5.6.7
+/// (IMF-fixdate, RFC 850, asctime), trimming surrounding whitespace.
+pub(crate) fn parse(value: &HeaderValue) -> Option<SystemTime> {
+    let text = value.to_str().ok()?.trim();
+    httpdate::parse_http_date(text).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +70,20 @@ mod tests {
         let s = v.to_str().unwrap();
         assert_eq!(s.len(), 29);
         assert!(s.ends_with(" GMT"));
+    }
+
+    #[test]
+    fn parses_all_three_date_forms() {
+        let want = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        for form in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse(&HeaderValue::from_static(form)), Some(want), "{form}");
+        }
+        assert_eq!(parse(&HeaderValue::from_static("0")), None);
+        assert_eq!(parse(&HeaderValue::from_static("-1")), None);
     }
 
     #[test]

@@ -38,6 +38,8 @@
 //! | feature | default | what it enables |
 //! |---|---|---|
 //! | `cache-control` | yes | [`cache_control`] |
+//! | `cache` | yes | `cache`: the RFC 9111 shared response cache |
+//! | `tokio` | yes | the cache's background refreshes run on tokio |
 //!
 //! # Example
 //!
@@ -72,7 +74,14 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
 pub mod cache_control;
 
-#[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub mod cache;
+
+#[cfg_attr(
+    not(any(feature = "cache-control", feature = "cache")),
+    allow(dead_code)
+)]
 mod date;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
 mod directives;
@@ -80,5 +89,8 @@ mod directives;
 mod etag;
 
 pub use directives::{Directives, InvalidDirective};
-#[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
+#[cfg_attr(
+    not(any(feature = "cache-control", feature = "cache")),
+    allow(unused_macros, unused_imports)
+)]
 mod macros;

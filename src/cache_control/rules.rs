@@ -282,6 +282,8 @@ impl Rule {
     /// Dictionary. Extension directives that a Dictionary cannot carry are
     /// left out, and an empty policy sets nothing.
     #[must_use]
+    // By value like the other setters, so a policy reads as one expression.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn cdn_cache_control(mut self, directives: Directives) -> Self {
         self.cdn_cache_control = directives.to_targeted_value();
         self
@@ -290,6 +292,7 @@ impl Rule {
     /// Sets `Surrogate-Control` (Edge Architecture Specification), read by
     /// Fastly and Akamai.
     #[must_use]
+    #[allow(clippy::needless_pass_by_value)]
     pub fn surrogate_control(mut self, directives: Directives) -> Self {
         self.surrogate_control = Some(directives.to_header_value()).filter(|v| !v.is_empty());
         self
