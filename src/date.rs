@@ -34,6 +34,7 @@ pub(crate) fn http_date_in(secs: u64) -> HeaderValue {
 
 /// The current time as an IMF-fixdate, formatted at most once a second per
 /// thread.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))]
 pub(crate) fn http_date_now() -> HeaderValue {
     http_date_in(0)
 }
@@ -55,6 +56,7 @@ pub(crate) fn monotonic_now() -> std::time::Instant {
 
 /// Parses an HTTP-date in any of the three forms of RFC 9110 §5.6.7
 /// (IMF-fixdate, RFC 850, asctime), trimming surrounding whitespace.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))]
 pub(crate) fn parse(value: &HeaderValue) -> Option<SystemTime> {
     let text = value.to_str().ok()?.trim();
     httpdate::parse_http_date(text).ok()
