@@ -34,6 +34,12 @@ pub(crate) struct Entry {
     pub(crate) version: Version,
     /// Without hop-by-hop fields, `Age` or our own `Cache-Status` member.
     pub(crate) headers: HeaderMap,
+    /// `headers` plus an `Age` placeholder and, when the origin sent no
+    /// `Cache-Status`, a placeholder for ours: a hit replaces their values
+    /// in place, so the cloned map never grows (and reallocates) per hit.
+    pub(crate) response_headers: HeaderMap,
+    /// Whether `response_headers` holds the `Cache-Status` placeholder.
+    pub(crate) status_placeholder: bool,
     pub(crate) body: Bytes,
     /// The request's values of the fields the response's `Vary` named.
     pub(crate) vary: Box<[(HeaderName, Option<HeaderValue>)]>,
@@ -561,6 +567,7 @@ pub(crate) fn tags(headers: &HeaderMap) -> Box<[Box<str>]> {
 }
 
 /// Builds the entry for a storable response.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build(
     status: StatusCode,
     version: Version,
@@ -569,8 +576,21 @@ pub(crate) fn build(
     policy: Policy,
     request_headers: &HeaderMap,
     extra: Option<Box<str>>,
+    strip: Option<&HeaderName>,
 ) -> Entry {
-    let stored = headers_to_store(headers, body.len());
+    let mut stored = headers_to_store(headers, body.len());
+    if let Some(field) = strip {
+        stored.remove(field);
+    }
+    let status_placeholder = !stored.contains_key(CACHE_STATUS);
+    let mut response_headers = HeaderMap::with_capacity(stored.len() + 2);
+    for (name, value) in &stored {
+        response_headers.append(name.clone(), value.clone());
+    }
+    response_headers.insert(AGE, HeaderValue::from_static("0"));
+    if status_placeholder {
+        response_headers.insert(CACHE_STATUS, HeaderValue::from_static("-"));
+    }
     let vary: Box<[_]> = policy
         .vary_names
         .into_iter()
@@ -582,7 +602,8 @@ pub(crate) fn build(
     let tags = tags(&stored);
     let mut weight = ENTRY_OVERHEAD + body.len();
     for (name, value) in &stored {
-        weight += name.as_str().len() + value.len() + 32;
+        // Counted twice: the stored map and the prepared response map.
+        weight += 2 * (name.as_str().len() + value.len() + 32);
     }
     for (name, value) in vary.iter() {
         weight += name.as_str().len() + value.as_ref().map_or(0, HeaderValue::len) + 32;
@@ -593,6 +614,8 @@ pub(crate) fn build(
         status,
         version,
         headers: stored,
+        response_headers,
+        status_placeholder,
         body,
         vary,
         extra,

@@ -39,9 +39,9 @@ pub(crate) fn write_uri_key(out: &mut String, uri: &Uri, headers: &HeaderMap, qu
     };
     // A userinfo part never identifies the resource; drop it.
     let host = host.rsplit('@').next().unwrap_or(host);
-    for c in host.chars() {
-        out.push(c.to_ascii_lowercase());
-    }
+    let start = out.len();
+    out.push_str(host);
+    out[start..].make_ascii_lowercase();
     let path = uri.path();
     out.push_str(if path.is_empty() { "/" } else { path });
     match (uri.query(), query) {

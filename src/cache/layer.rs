@@ -1,7 +1,7 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use tower_layer::Layer;
 
@@ -10,7 +10,7 @@ use super::executor::Executor;
 use super::handle::ResponseCache;
 use super::key::QueryKey;
 use super::service::Cache;
-use super::status::member_name;
+use super::status::{hit, member_name};
 
 /// Bodies up to this size are stored by default.
 const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
@@ -49,6 +49,28 @@ pub(crate) struct Config {
     pub(crate) executor: Option<Arc<dyn Executor>>,
     /// A user-named targeted field, removed before responses leave.
     pub(crate) strip_field: Option<HeaderName>,
+    /// `name; hit; ttl=N` for N up to ten minutes, formatted on first use:
+    /// a hit then clones a value instead of formatting one.
+    pub(crate) hit_members: Arc<[OnceLock<HeaderValue>]>,
+}
+
+const HIT_MEMBERS: usize = 601;
+
+fn hit_members() -> Arc<[OnceLock<HeaderValue>]> {
+    (0..HIT_MEMBERS).map(|_| OnceLock::new()).collect()
+}
+
+impl Config {
+    /// The `Cache-Status` member of a hit with `ttl` seconds left.
+    pub(crate) fn hit_member(&self, ttl: i64) -> HeaderValue {
+        match usize::try_from(ttl)
+            .ok()
+            .and_then(|i| self.hit_members.get(i))
+        {
+            Some(slot) => slot.get_or_init(|| hit(&self.name, ttl)).clone(),
+            None => hit(&self.name, ttl),
+        }
+    }
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -108,6 +130,7 @@ impl CacheLayer {
                 #[cfg(not(feature = "tokio"))]
                 executor: None,
                 strip_field: None,
+                hit_members: hit_members(),
             }),
             cache,
         }
@@ -186,7 +209,9 @@ impl CacheLayer {
     /// `tower-ssr`). A name that is not an RFC 8941 token is sent quoted.
     #[must_use]
     pub fn cache_name(mut self, name: &str) -> Self {
-        self.config().name = member_name(name);
+        let config = self.config();
+        config.name = member_name(name);
+        config.hit_members = hit_members();
         self
     }
 

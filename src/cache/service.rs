@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -25,6 +25,7 @@ use super::handle::{Counters, ResponseCache, Shared};
 use super::key::{origin_of, write_uri_key};
 use super::layer::Config;
 use super::status::{self, Fwd};
+use super::store::Variants;
 use crate::etag::{not_modified_parts, Condition, Conditionals};
 
 /// Middleware that answers requests from a [`ResponseCache`]; built by
@@ -59,7 +60,9 @@ fn take_ready<S: Clone>(inner: &mut S) -> S {
 enum Lookup {
     UriMiss,
     VaryMiss,
-    Found(Arc<Entry>),
+    /// The variants of the key and the index of the one that matched:
+    /// kept as is so a hit clones no entry `Arc`.
+    Found(Arc<Variants>, usize),
 }
 
 fn lookup(
@@ -76,13 +79,12 @@ fn lookup(
     match variants
         .list
         .iter()
-        .rev()
-        .find(|e| e.matches(headers, extra))
+        .rposition(|e| e.matches(headers, extra))
     {
         // §3.5: a response to another user's authenticated request is
         // shared only if it said so.
-        Some(e) if has_auth && !e.auth_ok => Lookup::VaryMiss,
-        Some(e) => Lookup::Found(Arc::clone(e)),
+        Some(i) if has_auth && !variants.list[i].auth_ok => Lookup::VaryMiss,
+        Some(i) => Lookup::Found(variants, i),
         None => Lookup::VaryMiss,
     }
 }
@@ -126,8 +128,6 @@ where
         let (parts, body) = req.into_parts();
         let config = &*self.config;
         let shared = &self.cache.shared;
-        let mut key = String::with_capacity(64);
-        write_uri_key(&mut key, &parts.uri, &parts.headers, config.query);
 
         let is_head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !is_head {
@@ -136,6 +136,7 @@ where
             let inner = take_ready(&mut self.inner);
             let name = config.name.clone();
             let shared = Arc::clone(shared);
+            let key = owned_key(config, &parts);
             let req = Request::from_parts(parts, body);
             return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, name, shared)));
         }
@@ -144,7 +145,17 @@ where
             None => Some(None),
             Some(f) => f(&parts).map(|s| Some(s.into_boxed_str())),
         };
-        let (Some(extra), true) = (extra, key.len() <= config.max_key) else {
+        let req_cc = RequestDirectives::from_headers(&parts.headers, config.ignore_client_no_cache);
+        let has_auth = has_authorization(&parts.headers);
+        // The hit path builds its key in a per-thread buffer: no allocation.
+        let found = KEY.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            write_uri_key(&mut buf, &parts.uri, &parts.headers, config.query);
+            let extra = extra.as_ref()?;
+            (buf.len() <= config.max_key)
+                .then(|| lookup(shared, &buf, &parts.headers, extra.as_deref(), has_auth))
+        });
+        let (Some(found), Some(extra)) = (found, extra) else {
             Counters::bump(&shared.counters.misses);
             let inner = take_ready(&mut self.inner);
             let member = status::fwd(&config.name, Fwd::Bypass, None, false, None);
@@ -152,55 +163,57 @@ where
             return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
         };
 
-        let req_cc = RequestDirectives::from_headers(&parts.headers, config.ignore_client_no_cache);
-        let has_auth = has_authorization(&parts.headers);
         let now = crate::date::monotonic_now();
         let mut fwd = Fwd::UriMiss;
         let mut stale = None;
-        match lookup(shared, &key, &parts.headers, extra.as_deref(), has_auth) {
-            Lookup::Found(entry) => match reuse(&entry.fresh, &req_cc, now) {
-                Reuse::Fresh => {
-                    Counters::bump(&shared.counters.hits);
-                    return ResponseFuture::ready(hit(config, &entry, &parts, now));
-                }
-                Reuse::StaleAccepted => {
-                    Counters::bump(&shared.counters.hits);
-                    Counters::bump(&shared.counters.stale);
-                    return ResponseFuture::ready(hit(config, &entry, &parts, now));
-                }
-                Reuse::StaleWhileRevalidate if config.executor.is_some() => {
-                    Counters::bump(&shared.counters.hits);
-                    Counters::bump(&shared.counters.stale);
-                    let response = hit(config, &entry, &parts, now);
-                    let flight_key = flight_key(&key, extra.as_deref());
-                    if let Some(lead) = shared.flights.try_lead(&flight_key) {
-                        let job = Job {
-                            config: Arc::clone(&self.config),
-                            shared: Arc::clone(shared),
-                            conditionals: None,
-                            parts: as_get(parts),
-                            body,
-                            key,
-                            flight_key,
-                            extra,
-                            stale: Some(entry),
-                            fwd: Fwd::Stale,
-                            req_cc,
-                            has_auth,
-                        };
-                        refresh_in_background(self.inner.clone(), job, lead);
+        match found {
+            Lookup::Found(variants, i) => {
+                let entry = &variants.list[i];
+                match reuse(&entry.fresh, &req_cc, now) {
+                    Reuse::Fresh => {
+                        Counters::bump(&shared.counters.hits);
+                        return ResponseFuture::ready(hit(config, entry, &parts, now));
                     }
-                    return ResponseFuture::ready(response);
+                    Reuse::StaleAccepted => {
+                        Counters::bump(&shared.counters.hits);
+                        Counters::bump(&shared.counters.stale);
+                        return ResponseFuture::ready(hit(config, entry, &parts, now));
+                    }
+                    Reuse::StaleWhileRevalidate if config.executor.is_some() => {
+                        Counters::bump(&shared.counters.hits);
+                        Counters::bump(&shared.counters.stale);
+                        let response = hit(config, entry, &parts, now);
+                        let key = owned_key(config, &parts);
+                        let flight_key = flight_key(&key, extra.as_deref());
+                        if let Some(lead) = shared.flights.try_lead(&flight_key) {
+                            let job = Job {
+                                config: Arc::clone(&self.config),
+                                shared: Arc::clone(shared),
+                                conditionals: None,
+                                parts: as_get(parts),
+                                body,
+                                key,
+                                flight_key,
+                                extra,
+                                stale: Some(Arc::clone(entry)),
+                                fwd: Fwd::Stale,
+                                req_cc,
+                                has_auth,
+                            };
+                            refresh_in_background(self.inner.clone(), job, lead);
+                        }
+                        return ResponseFuture::ready(response);
+                    }
+                    Reuse::StaleWhileRevalidate | Reuse::ForwardStale => {
+                        fwd = Fwd::Stale;
+                        stale = Some(Arc::clone(entry));
+                    }
+                    Reuse::ForwardRequest => {
+                        fwd = Fwd::Request;
+                        stale = Some(Arc::clone(entry));
+                    }
                 }
-                Reuse::StaleWhileRevalidate | Reuse::ForwardStale => {
-                    fwd = Fwd::Stale;
-                    stale = Some(entry);
-                }
-                Reuse::ForwardRequest => {
-                    fwd = Fwd::Request;
-                    stale = Some(entry);
-                }
-            },
+            }
             Lookup::VaryMiss => fwd = Fwd::VaryMiss,
             Lookup::UriMiss => {}
         }
@@ -228,6 +241,7 @@ where
             let req = Request::from_parts(parts, body);
             return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
         }
+        let key = owned_key(config, &parts);
         let job = Job {
             config: Arc::clone(&self.config),
             shared: Arc::clone(shared),
@@ -244,6 +258,16 @@ where
         };
         ResponseFuture::miss(Box::pin(miss(inner, job)))
     }
+}
+
+thread_local! {
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn owned_key(config: &Config, parts: &Parts) -> String {
+    let mut key = String::with_capacity(64);
+    write_uri_key(&mut key, &parts.uri, &parts.headers, config.query);
+    key
 }
 
 fn as_get(mut parts: Parts) -> Parts {
@@ -279,18 +303,37 @@ fn from_entry<B: Body>(
         ResponseBody::stored(entry.body.clone())
     });
     *res.status_mut() = entry.status;
-    *res.headers_mut() = entry.headers.clone();
-    let age = HeaderValue::from(entry.fresh.age(now));
+    *res.headers_mut() = entry.response_headers.clone();
+    let age = age_value(entry.fresh.age(now));
+    let mut placeholder = entry.status_placeholder;
     if conditionals
         .is_some_and(|c| c.evaluate(entry.status, &entry.headers) == Condition::NotModified)
     {
+        // The 304 keeps only validators and caching fields (RFC 9110
+        // §15.4.5); no Cache-Status line survives, so ours is appended.
         let (parts, _) = res.into_parts();
+        placeholder = false;
         res = Response::from_parts(not_modified_parts(parts), ResponseBody::empty());
     }
     let headers = res.headers_mut();
     headers.insert(AGE, age);
-    headers.append(CACHE_STATUS, member);
+    if placeholder {
+        headers.insert(CACHE_STATUS, member);
+    } else {
+        headers.append(CACHE_STATUS, member);
+    }
     res
+}
+
+/// `Age` values up to ten minutes, formatted once.
+fn age_value(secs: u64) -> HeaderValue {
+    static SMALL: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..=600u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| small.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 fn hit<B: Body>(
@@ -300,7 +343,7 @@ fn hit<B: Body>(
     now: Instant,
 ) -> Response<ResponseBody<B>> {
     let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
-    let member = status::hit(&config.name, entry.fresh.ttl(now));
+    let member = config.hit_member(entry.fresh.ttl(now));
     from_entry(
         entry,
         parts.method == Method::HEAD,
@@ -404,17 +447,18 @@ where
                 // A flight may have stored the response between our lookup
                 // and now.
                 if job.stale.is_none() {
-                    if let Lookup::Found(entry) = lookup(
+                    if let Lookup::Found(variants, i) = lookup(
                         &job.shared,
                         &job.key,
                         &job.parts.headers,
                         job.extra.as_deref(),
                         false,
                     ) {
+                        let entry = &variants.list[i];
                         let now = crate::date::monotonic_now();
                         if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
                             lead.finish(Outcome::Stored);
-                            return Ok(hit(&job.config, &entry, &job.parts, now));
+                            return Ok(hit(&job.config, entry, &job.parts, now));
                         }
                     }
                 }
@@ -432,14 +476,15 @@ where
                             job.extra.as_deref(),
                             false,
                         );
-                        if let Lookup::Found(entry) = found {
+                        if let Lookup::Found(variants, i) = found {
+                            let entry = &variants.list[i];
                             // Just fetched or validated for the leader, so
                             // good for this request too, whatever it asked.
                             let now = crate::date::monotonic_now();
                             let member =
                                 status::fwd(&job.config.name, job.fwd, None, true, Some(true));
                             return Ok(from_entry(
-                                &entry,
+                                entry,
                                 false,
                                 job.conditionals.as_ref(),
                                 member,
@@ -631,7 +676,7 @@ where
     match collected {
         // §3.3: a body shorter than announced is incomplete: not stored.
         Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
-            let mut built = entry::build(
+            let built = entry::build(
                 status,
                 head.version,
                 &head.headers,
@@ -639,10 +684,8 @@ where
                 policy,
                 &request_headers,
                 extra,
+                config.strip_field.as_ref(),
             );
-            if let Some(field) = &config.strip_field {
-                built.headers.remove(field);
-            }
             let entry = Arc::new(built);
             shared.store.insert(&key, Arc::clone(&entry));
             shared.forget_uncacheable(&flight_key);
@@ -735,12 +778,10 @@ fn revalidated<B: Body>(
                 policy,
                 &HeaderMap::new(),
                 entry.extra.clone(),
+                config.strip_field.as_ref(),
             );
             // The variant stays the one it was.
             fresh.vary = entry.vary.clone();
-            if let Some(field) = &config.strip_field {
-                fresh.headers.remove(field);
-            }
             let fresh = Arc::new(fresh);
             shared.store.insert(key, Arc::clone(&fresh));
             Counters::bump(&shared.counters.revalidations);
