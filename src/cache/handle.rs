@@ -241,7 +241,12 @@ impl Shared {
                 map.clear();
             }
         }
-        map.insert(key.into(), now + for_);
+        match map.get_mut(key) {
+            Some(until) => *until = now + for_,
+            None => {
+                map.insert(key.into(), now + for_);
+            }
+        }
     }
 
     /// Forgets `key` (it was stored after all, or invalidated).

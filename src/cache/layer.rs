@@ -10,7 +10,7 @@ use super::executor::Executor;
 use super::handle::ResponseCache;
 use super::key::QueryKey;
 use super::service::Cache;
-use super::status::{hit, member_name};
+use super::status::{fwd, hit, member_name, Fwd};
 
 /// Bodies up to this size are stored by default.
 const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
@@ -52,6 +52,21 @@ pub(crate) struct Config {
     /// `name; hit; ttl=N` for N up to ten minutes, formatted on first use:
     /// a hit then clones a value instead of formatting one.
     pub(crate) hit_members: Arc<[OnceLock<HeaderValue>]>,
+    /// `name; fwd=X` and `name; fwd=X; stored` for every reason, formatted
+    /// once: the common forward members.
+    pub(crate) fwd_members: Arc<[HeaderValue]>,
+}
+
+fn fwd_members(name: &str) -> Arc<[HeaderValue]> {
+    Fwd::ALL
+        .iter()
+        .flat_map(|f| {
+            [
+                fwd(name, *f, None, false, None),
+                fwd(name, *f, None, true, None),
+            ]
+        })
+        .collect()
 }
 
 const HIT_MEMBERS: usize = 601;
@@ -70,6 +85,22 @@ impl Config {
             Some(slot) => slot.get_or_init(|| hit(&self.name, ttl)).clone(),
             None => hit(&self.name, ttl),
         }
+    }
+
+    /// The `Cache-Status` member of a forwarded response.
+    pub(crate) fn fwd_member(
+        &self,
+        reason: Fwd,
+        fwd_status: Option<u16>,
+        stored: bool,
+        collapsed: Option<bool>,
+    ) -> HeaderValue {
+        if fwd_status.is_none() && collapsed.is_none() {
+            if let Some(i) = Fwd::ALL.iter().position(|f| *f == reason) {
+                return self.fwd_members[2 * i + usize::from(stored)].clone();
+            }
+        }
+        fwd(&self.name, reason, fwd_status, stored, collapsed)
     }
 }
 
@@ -131,6 +162,7 @@ impl CacheLayer {
                 executor: None,
                 strip_field: None,
                 hit_members: hit_members(),
+                fwd_members: fwd_members("tower-ssr"),
             }),
             cache,
         }
@@ -212,6 +244,7 @@ impl CacheLayer {
         let config = self.config();
         config.name = member_name(name);
         config.hit_members = hit_members();
+        config.fwd_members = fwd_members(&config.name);
         self
     }
 

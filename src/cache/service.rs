@@ -24,7 +24,7 @@ use super::future::ResponseFuture;
 use super::handle::{Counters, ResponseCache, Shared};
 use super::key::{origin_of, write_uri_key};
 use super::layer::Config;
-use super::status::{self, Fwd};
+use super::status::Fwd;
 use super::store::Variants;
 use crate::etag::{not_modified_parts, Condition, Conditionals};
 
@@ -134,11 +134,11 @@ where
             // RFC 9111 §4: never answered from the cache.
             Counters::bump(&shared.counters.misses);
             let inner = take_ready(&mut self.inner);
-            let name = config.name.clone();
+            let member = config.fwd_member(Fwd::Method, None, false, None);
             let shared = Arc::clone(shared);
             let key = owned_key(config, &parts);
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, name, shared)));
+            return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, member, shared)));
         }
 
         let extra = match &config.key_fn {
@@ -158,7 +158,7 @@ where
         let (Some(found), Some(extra)) = (found, extra) else {
             Counters::bump(&shared.counters.misses);
             let inner = take_ready(&mut self.inner);
-            let member = status::fwd(&config.name, Fwd::Bypass, None, false, None);
+            let member = config.fwd_member(Fwd::Bypass, None, false, None);
             let req = Request::from_parts(parts, body);
             return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
         };
@@ -237,7 +237,7 @@ where
             || parts.headers.contains_key(IF_MATCH)
             || parts.headers.contains_key(IF_UNMODIFIED_SINCE)
         {
-            let member = status::fwd(&config.name, fwd, None, false, None);
+            let member = config.fwd_member(fwd, None, false, None);
             let req = Request::from_parts(parts, body);
             return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
         }
@@ -374,7 +374,7 @@ async fn forward_method<S, ReqBody, B>(
     mut inner: S,
     req: Request<ReqBody>,
     key: String,
-    name: String,
+    member: HeaderValue,
     shared: Arc<Shared>,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
@@ -411,10 +411,7 @@ where
             }
         }
     }
-    parts.headers.append(
-        CACHE_STATUS,
-        status::fwd(&name, Fwd::Method, None, false, None),
-    );
+    parts.headers.append(CACHE_STATUS, member);
     Ok(Response::from_parts(parts, ResponseBody::stream(body)))
 }
 
@@ -481,8 +478,7 @@ where
                             // Just fetched or validated for the leader, so
                             // good for this request too, whatever it asked.
                             let now = crate::date::monotonic_now();
-                            let member =
-                                status::fwd(&job.config.name, job.fwd, None, true, Some(true));
+                            let member = job.config.fwd_member(job.fwd, None, true, Some(true));
                             return Ok(from_entry(
                                 entry,
                                 false,
@@ -502,8 +498,7 @@ where
                             .filter(|e| e.fresh.sie_allows(now, job.req_cc.stale_if_error))
                         {
                             Counters::bump(&job.shared.counters.stale);
-                            let member =
-                                status::fwd(&job.config.name, Fwd::Stale, None, false, Some(true));
+                            let member = job.config.fwd_member(Fwd::Stale, None, false, Some(true));
                             return Ok(from_entry(
                                 entry,
                                 false,
@@ -585,7 +580,7 @@ where
             .filter(|e| e.fresh.sie_allows(now, req_cc.stale_if_error))
             .map(|entry| {
                 Counters::bump(&shared.counters.stale);
-                let member = status::fwd(&config.name, Fwd::Stale, status, false, collapsed);
+                let member = config.fwd_member(Fwd::Stale, status, false, collapsed);
                 from_entry(entry, false, conditionals.as_ref(), member, now)
             })
     };
@@ -655,7 +650,7 @@ where
             if let Some(field) = &config.strip_field {
                 head.headers.remove(field);
             }
-            let member = status::fwd(&config.name, fwd, fwd_status, false, collapsed);
+            let member = config.fwd_member(fwd, fwd_status, false, collapsed);
             return Ok(passthrough(head, body, conditionals.as_ref(), member));
         }
     };
@@ -672,7 +667,7 @@ where
     } else {
         Collected::TooLong(VecDeque::new(), Box::pin(body))
     };
-    let member = |stored: bool| status::fwd(&config.name, fwd, fwd_status, stored, collapsed);
+    let member = |stored: bool| config.fwd_member(fwd, fwd_status, stored, collapsed);
     match collected {
         // §3.3: a body shorter than announced is incomplete: not stored.
         Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
@@ -767,7 +762,7 @@ fn revalidated<B: Body>(
         request_time,
         response_time,
     );
-    let member = |stored| status::fwd(&config.name, fwd, Some(304), stored, collapsed);
+    let member = |stored| config.fwd_member(fwd, Some(304), stored, collapsed);
     match policy {
         Ok(policy) if same_tag => {
             let mut fresh = entry::build(

@@ -22,6 +22,15 @@ pub(crate) enum Fwd {
 }
 
 impl Fwd {
+    pub(crate) const ALL: [Fwd; 6] = [
+        Fwd::Bypass,
+        Fwd::Method,
+        Fwd::UriMiss,
+        Fwd::VaryMiss,
+        Fwd::Request,
+        Fwd::Stale,
+    ];
+
     fn token(self) -> &'static str {
         match self {
             Fwd::Bypass => "bypass",
