@@ -62,9 +62,9 @@ http {
       proxy_cache pages;
       proxy_cache_lock on;
       # The demo sends max-age=0 for browsers (its s-maxage is for shared
-      # caches); store 200s for a minute as an nginx user would configure.
+      # caches); store 200s for ten minutes, past the whole run.
       proxy_ignore_headers Cache-Control Expires;
-      proxy_cache_valid 200 60s;
+      proxy_cache_valid 200 10m;
       add_header X-Cache-Status \$upstream_cache_status always;
     }
   }

@@ -303,7 +303,7 @@ fn from_entry<B: Body>(
         ResponseBody::stored(entry.body.clone())
     });
     *res.status_mut() = entry.status;
-    *res.headers_mut() = entry.response_headers.clone();
+    *res.headers_mut() = entry.headers.clone();
     let age = age_value(entry.fresh.age(now));
     let mut placeholder = entry.status_placeholder;
     if conditionals
@@ -752,7 +752,10 @@ fn revalidated<B: Body>(
         }
         _ => true,
     };
-    let merged = entry::merge_304(&entry.headers, not_modified);
+    let mut merged = entry::merge_304(&entry.headers, not_modified);
+    if entry.status_placeholder {
+        merged.remove(CACHE_STATUS);
+    }
     let policy = entry::storable(
         entry.status,
         &merged,
