@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, Notify};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 
 /// Generous hang guard; never a timing assertion.
@@ -363,4 +363,167 @@ async fn memory_stays_within_capacity_when_filled_ten_times_over() {
     assert!(stats.bytes <= capacity, "{stats:?}");
     assert!(stats.bytes > capacity / 2, "{stats:?}");
     assert!(stats.evictions > 0, "{stats:?}");
+}
+
+/// An in-process origin answering with `cache-control` and a body naming
+/// the call, counting calls; calls after `gate_from` wait for `gate`.
+fn counting_origin(
+    cc: &'static str,
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Notify>,
+    gate_from: usize,
+) -> impl Service<
+    Request<Empty<Bytes>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(move |_req: Request<Empty<Bytes>>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let gate = Arc::clone(&gate);
+        async move {
+            if n >= gate_from {
+                gate.notified().await;
+            }
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("cache-control", cc)
+                    .body(Full::new(Bytes::from(format!("call {n}"))))
+                    .unwrap(),
+            )
+        }
+    })
+}
+
+async fn body_of(res: Response<tower_ssr::cache::ResponseBody<Full<Bytes>>>) -> Bytes {
+    res.into_body().collect().await.unwrap().to_bytes()
+}
+
+fn req(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("http://h{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_go_stale_when_their_lifetime_has_passed() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = counting_origin(
+        "max-age=10",
+        Arc::clone(&calls),
+        Arc::new(Notify::new()),
+        usize::MAX,
+    );
+    let svc = CacheLayer::new(ResponseCache::new()).layer(origin);
+    assert_eq!(
+        body_of(svc.clone().oneshot(req("/t")).await.unwrap()).await,
+        "call 1"
+    );
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let res = svc.clone().oneshot(req("/t")).await.unwrap();
+    assert_eq!(res.headers()["age"], "9");
+    assert_eq!(res.headers()["cache-status"], "tower-ssr; hit; ttl=1");
+    // §4.2: stale once the age reaches the lifetime.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let res = svc.clone().oneshot(req("/t")).await.unwrap();
+    assert_eq!(
+        res.headers()["cache-status"],
+        "tower-ssr; fwd=stale; stored"
+    );
+    assert_eq!(body_of(res).await, "call 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_makes_one_refresh_per_key_on_the_given_executor() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Notify::new());
+    let origin = counting_origin(
+        "max-age=10, stale-while-revalidate=100",
+        Arc::clone(&calls),
+        Arc::clone(&gate),
+        2,
+    );
+    let spawned = Arc::new(AtomicUsize::new(0));
+    let cache = ResponseCache::new();
+    let svc = {
+        let spawned = Arc::clone(&spawned);
+        CacheLayer::new(cache.clone())
+            .executor(move |task| {
+                spawned.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(task);
+            })
+            .layer(origin)
+    };
+    body_of(svc.clone().oneshot(req("/swr")).await.unwrap()).await;
+    tokio::time::advance(Duration::from_secs(15)).await;
+    // Fifty stale requests: each answered at once, one refresh behind them.
+    for _ in 0..50 {
+        let res = svc.clone().oneshot(req("/swr")).await.unwrap();
+        assert_eq!(res.headers()["cache-status"], "tower-ssr; hit; ttl=-5");
+        assert_eq!(res.headers()["age"], "15");
+        assert_eq!(body_of(res).await, "call 1");
+    }
+    assert_eq!(spawned.load(Ordering::SeqCst), 1);
+    until("the refresh to reach the origin", || {
+        calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    gate.notify_one();
+    until("the refresh to store", || cache.stats().stores == 2).await;
+    let res = svc.oneshot(req("/swr")).await.unwrap();
+    assert!(res.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("hit; ttl=10"));
+    assert_eq!(body_of(res).await, "call 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_ttl_and_heuristic_freshness_are_opt_in() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let never = Arc::new(Notify::new());
+    // No freshness information at all: not stored by default.
+    let origin = counting_origin("public", Arc::clone(&calls), Arc::clone(&never), usize::MAX);
+    let svc = CacheLayer::new(ResponseCache::new()).layer(origin.clone());
+    svc.clone().oneshot(req("/d")).await.unwrap();
+    svc.oneshot(req("/d")).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let svc = CacheLayer::new(ResponseCache::new())
+        .default_ttl(Duration::from_secs(30))
+        .layer(origin);
+    svc.clone().oneshot(req("/d")).await.unwrap();
+    let res = svc.oneshot(req("/d")).await.unwrap();
+    assert_eq!(res.headers()["cache-status"], "tower-ssr; hit; ttl=30");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // Heuristic: 10 % of Date − Last-Modified, capped.
+    let lm = service_fn(|_req: Request<Empty<Bytes>>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header(
+                    "date",
+                    httpdate::fmt_http_date(std::time::SystemTime::now()),
+                )
+                .header(
+                    "last-modified",
+                    httpdate::fmt_http_date(
+                        std::time::SystemTime::now() - Duration::from_secs(1000),
+                    ),
+                )
+                .body(Full::new(Bytes::from_static(b"page")))
+                .unwrap(),
+        )
+    });
+    let svc = CacheLayer::new(ResponseCache::new())
+        .heuristic_freshness(Duration::from_secs(3600))
+        .layer(lm);
+    svc.clone().oneshot(req("/h")).await.unwrap();
+    let res = svc.oneshot(req("/h")).await.unwrap();
+    let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(
+        status == "tower-ssr; hit; ttl=100" || status == "tower-ssr; hit; ttl=99",
+        "{status}"
+    );
 }
