@@ -9,8 +9,12 @@
 //! - [`cache_control`]: typed, status-aware `Cache-Control`,
 //!   `CDN-Cache-Control` and `Surrogate-Control` policies by route, content
 //!   type and status; content ETags and `304 Not Modified`.
-//! - A shared in-memory response cache (RFC 9111) and an upstream balancer
-//!   are the next layers to land; see the README's roadmap.
+//! - `cache` (feature `cache`): a shared in-memory response cache
+//!   (RFC 9111) that answers hits without running anything below it,
+//!   coalesces concurrent misses and serves stale pages while it refreshes
+//!   them.
+//! - An upstream balancer is the next layer to land; see the README's
+//!   roadmap.
 //!
 //! # Layout
 //!

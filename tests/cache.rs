@@ -635,3 +635,67 @@ async fn targeted_field_governs_only_when_configured() {
     assert!(!get(addr, &mine).await.has("x-my-cc"));
     assert_eq!(origin.calls(&mine), 1);
 }
+
+#[tokio::test]
+async fn failed_unsafe_request_invalidates_nothing() {
+    let (addr, origin, _) = standard().await;
+    let url = q("/keep", &[("cc", "max-age=60")]);
+    get(addr, &url).await;
+    // The same URL answering 404 to a DELETE: RFC 9111 §4.4 keeps the entry.
+    let del = q("/keep", &[("cc", "max-age=60"), ("status", "404")]);
+    send(addr, Method::DELETE, &del, &[]).await;
+    let res = get(addr, &url).await;
+    assert!(res.one("cache-status").contains("hit"));
+    assert_eq!(origin.calls(&url), 1);
+}
+
+#[tokio::test]
+async fn malformed_fields_are_handled_as_the_rfc_says_never_a_panic() {
+    let (addr, origin, _) = standard().await;
+    // Invalid Age counts as 0; a huge one caps at 2^31 and is stale at once.
+    let bad_age = q("/bad", &[("cc", "max-age=60"), ("age", "abc")]);
+    get(addr, &bad_age).await;
+    assert!(get(addr, &bad_age)
+        .await
+        .one("cache-status")
+        .contains("hit"));
+    let huge_age = q(
+        "/bad",
+        &[("cc", "max-age=60"), ("age", "99999999999999999999")],
+    );
+    get(addr, &huge_age).await;
+    get(addr, &huge_age).await;
+    assert_eq!(origin.calls(&huge_age), 2);
+    // max-age=abc reads as 0: stale, and without a validator never stored.
+    let bad_cc = q("/bad", &[("cc", "max-age=abc, ,,=, public")]);
+    get(addr, &bad_cc).await;
+    get(addr, &bad_cc).await;
+    assert_eq!(origin.calls(&bad_cc), 2);
+    // A garbage Date is replaced with the receipt time.
+    let bad_date = q("/bad", &[("cc", "max-age=60"), ("date", "yesterday")]);
+    get(addr, &bad_date).await;
+    assert!(get(addr, &bad_date)
+        .await
+        .one("cache-status")
+        .contains("hit"));
+    // An unparseable Vary is treated like Vary: * (never stored).
+    let bad_vary = q("/bad", &[("cc", "max-age=60"), ("vary", "accept language")]);
+    get(addr, &bad_vary).await;
+    get(addr, &bad_vary).await;
+    assert_eq!(origin.calls(&bad_vary), 2);
+    // Malformed request directives and conditionals are ignored.
+    let ok = q("/bad", &[("cc", "max-age=60"), ("etag", "\"e\"")]);
+    get(addr, &ok).await;
+    let res = get_with(
+        addr,
+        &ok,
+        &[
+            ("cache-control", "max-age=-1, max-stale=x, min-fresh"),
+            ("if-none-match", "e, \"unterminated"),
+            ("if-modified-since", "not a date"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert!(res.one("cache-status").contains("hit"));
+}

@@ -103,6 +103,14 @@
 //! the policy `CacheControlLayer` set, and stores responses carrying the
 //! same headers as those it forwards. Put compression outside the cache
 //! only if responses say `Vary: Accept-Encoding`.
+//!
+//! # Several cores, several processes
+//!
+//! One [`ResponseCache`] serves every thread of a runtime; clone the
+//! handle, not the builder, so every layer shares it. Each process keeps
+//! its own cache: behind a load balancer, N instances render each page up
+//! to N times (a shared second tier is planned). Hits are cheapest when the
+//! layer wraps the router rather than a handler, since nothing else runs.
 
 mod body;
 mod entry;
