@@ -527,3 +527,88 @@ async fn default_ttl_and_heuristic_freshness_are_opt_in() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn storable_streamed_response_reaches_the_client_before_it_ends_and_is_stored() {
+    let (app, tx) = streaming_origin("max-age=60");
+    let cache = ResponseCache::new();
+    let addr = serve(app.layer(CacheLayer::new(cache.clone()))).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let res = client
+        .request(
+            Request::get(format!("http://{addr}/stream"))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["cache-status"], "tower-ssr; fwd=uri-miss");
+    let mut body = res.into_body();
+    tx.send(Bytes::from_static(b"<head>")).await.unwrap();
+    let frame = tokio::time::timeout(GUARD, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "<head>");
+    assert_eq!(cache.stats().stores, 0, "not stored before the end");
+    tx.send(Bytes::from_static(b"<body>")).await.unwrap();
+    drop(tx);
+    let rest = tokio::time::timeout(GUARD, body.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.to_bytes(), "<body>");
+    until("the store", || cache.stats().stores == 1).await;
+    // The origin's route serves one request only: this must be a hit.
+    let hit = get(addr, "/stream").await;
+    assert_eq!(hit.body, "<head><body>");
+    assert!(hit.one("cache-status").contains("hit"));
+}
+
+#[tokio::test]
+async fn client_hanging_up_mid_stream_stores_nothing_and_frees_the_key() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let senders = Arc::new(Mutex::new(Vec::new()));
+    let origin = {
+        let calls = Arc::clone(&calls);
+        let senders = Arc::clone(&senders);
+        service_fn(move |_req: Request<Empty<Bytes>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let (tx, rx) = mpsc::channel::<Bytes>(4);
+            senders.lock().unwrap().push(tx);
+            async move {
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .map(|b| Ok::<_, Infallible>(http_body::Frame::data(b)));
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("cache-control", "max-age=60")
+                        .body(http_body_util::StreamBody::new(stream))
+                        .unwrap(),
+                )
+            }
+        })
+    };
+    let cache = ResponseCache::new();
+    let svc = CacheLayer::new(cache.clone()).layer(origin);
+    let res = svc.clone().oneshot(req("/s")).await.unwrap();
+    let tx = senders.lock().unwrap()[0].clone();
+    tx.send(Bytes::from_static(b"part")).await.unwrap();
+    let mut body = res.into_body();
+    let frame = tokio::time::timeout(GUARD, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap(), "part");
+    drop(body); // the client hangs up
+    drop(tx);
+    // The next request finds no entry and no stuck flight.
+    let next = tokio::time::timeout(GUARD, svc.oneshot(req("/s")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.headers()["cache-status"], "tower-ssr; fwd=uri-miss");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(cache.stats().stores, 0);
+}

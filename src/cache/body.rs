@@ -6,11 +6,13 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::tee::Pending;
+
 pin_project! {
     /// The response body of [`Cache`](super::Cache): a stored body (a
     /// `Bytes` shared by every hit, never copied), the inner body streamed
-    /// through, or the part read while trying to store it replayed before
-    /// the rest.
+    /// through (and stored as it passes when it may be), or the part read
+    /// while trying to store it replayed before the rest.
     pub struct ResponseBody<B: Body> {
         #[pin]
         kind: Kind<B>,
@@ -22,6 +24,13 @@ pin_project! {
     enum Kind<B: Body> {
         Stored { data: Option<Bytes> },
         Stream { #[pin] body: B },
+        Tee {
+            #[pin]
+            body: B,
+            // What storing needs once the body ends; `None` once stored or
+            // given up. Boxed: the common variants stay small.
+            pending: Option<Box<Pending>>,
+        },
         Replay {
             // Chunks read while trying to store the response, sent first.
             buffered: VecDeque<Bytes>,
@@ -41,6 +50,7 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
         let kind = match &self.kind {
             Kind::Stored { .. } => "Stored",
             Kind::Stream { .. } => "Stream",
+            Kind::Tee { .. } => "Tee",
             Kind::Replay { .. } => "Replay",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
@@ -65,6 +75,15 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn stream(body: B) -> Self {
         ResponseBody {
             kind: Kind::Stream { body },
+        }
+    }
+
+    pub(crate) fn tee(body: B, pending: Pending) -> Self {
+        ResponseBody {
+            kind: Kind::Tee {
+                body,
+                pending: Some(Box::new(pending)),
+            },
         }
     }
 
@@ -97,6 +116,35 @@ where
         match self.project().kind.project() {
             KindProj::Stored { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Stream { body } => body.poll_frame(cx),
+            KindProj::Tee { mut body, pending } => {
+                let frame = std::task::ready!(body.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let (Some(data), Some(p)) = (f.data_ref(), pending.as_mut()) {
+                            if !p.push(data) {
+                                if let Some(p) = pending.take() {
+                                    p.too_long();
+                                }
+                            }
+                        }
+                        // A server stops polling once the body says it has
+                        // ended, so that is when the response is complete.
+                        if body.is_end_stream() {
+                            if let Some(p) = pending.take() {
+                                p.store();
+                            }
+                        }
+                    }
+                    // Nothing partial is stored: dropping gives up.
+                    Some(Err(_)) => drop(pending.take()),
+                    None => {
+                        if let Some(p) = pending.take() {
+                            p.store();
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
             KindProj::Replay {
                 buffered,
                 error,
@@ -119,7 +167,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Stored { data } => data.is_none(),
-            Kind::Stream { body } => body.is_end_stream(),
+            Kind::Stream { body } | Kind::Tee { body, .. } => body.is_end_stream(),
             Kind::Replay {
                 buffered,
                 error,
@@ -137,7 +185,7 @@ where
             Kind::Stored { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Stream { body } => body.size_hint(),
+            Kind::Stream { body } | Kind::Tee { body, .. } => body.size_hint(),
             Kind::Replay {
                 buffered,
                 error,

@@ -26,6 +26,7 @@ use super::key::{origin_of, write_uri_key};
 use super::layer::Config;
 use super::status::Fwd;
 use super::store::Variants;
+use super::tee::Pending;
 use crate::etag::{not_modified_parts, Condition, Conditionals};
 
 /// Middleware that answers requests from a [`ResponseCache`]; built by
@@ -661,32 +662,47 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let cap = config.max_body;
-    let fits = declared.map_or(true, |n| n <= cap as u64) && body.size_hint().lower() <= cap as u64;
+    let hint = body.size_hint();
+    let fits = declared.map_or(true, |n| n <= cap as u64) && hint.lower() <= cap as u64;
+    let member = |stored: bool| config.fwd_member(fwd, fwd_status, stored, collapsed);
+    let mut pending = Pending {
+        shared: Arc::clone(&shared),
+        config: Arc::clone(&config),
+        key,
+        flight_key,
+        status,
+        version: head.version,
+        headers: head.headers.clone(),
+        policy,
+        request_headers,
+        extra,
+        lead,
+        chunks: Vec::new(),
+        len: 0,
+    };
+    // A body of unknown length (a streamed render) is stored as it passes
+    // to the client, so the first bytes are not held back; unless the
+    // client's own conditional may turn the answer into a 304, which needs
+    // the whole response first.
+    if fits && declared.is_none() && hint.exact().is_none() && conditionals.is_none() {
+        if let Some(field) = &config.strip_field {
+            head.headers.remove(field);
+        }
+        // Whether it ends up stored is not known yet: no `stored`.
+        head.headers.append(CACHE_STATUS, member(false));
+        return Ok(Response::from_parts(head, ResponseBody::tee(body, pending)));
+    }
     let collected = if fits {
         collect(body, cap).await
     } else {
         Collected::TooLong(VecDeque::new(), Box::pin(body))
     };
-    let member = |stored: bool| config.fwd_member(fwd, fwd_status, stored, collapsed);
     match collected {
         // §3.3: a body shorter than announced is incomplete: not stored.
         Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
-            let built = entry::build(
-                status,
-                head.version,
-                &head.headers,
-                bytes,
-                policy,
-                &request_headers,
-                extra,
-                config.strip_field.as_ref(),
-            );
-            let entry = Arc::new(built);
-            shared.store.insert(&key, Arc::clone(&entry));
-            shared.forget_uncacheable(&flight_key);
-            Counters::bump(&shared.counters.stores);
-            tracing::debug!(key = %key, bytes = entry.body.len(), "response stored");
-            finish(lead, Outcome::Stored);
+            pending.len = bytes.len();
+            pending.chunks.push(bytes);
+            let entry = pending.store();
             Ok(from_entry(
                 &entry,
                 false,
@@ -696,14 +712,15 @@ where
             ))
         }
         Collected::Complete(bytes) => {
-            finish(lead, Outcome::Failed);
+            if let Some(lead) = pending.lead.take() {
+                lead.finish(Outcome::Failed);
+            }
             head.headers.remove(CONTENT_LENGTH);
             head.headers.append(CACHE_STATUS, member(false));
             Ok(Response::from_parts(head, ResponseBody::stored(bytes)))
         }
         Collected::TooLong(buffered, rest) => {
-            shared.remember_uncacheable(&flight_key, config.uncacheable_for);
-            finish(lead, Outcome::NotStorable);
+            pending.too_long();
             head.headers.append(CACHE_STATUS, member(false));
             Ok(Response::from_parts(
                 head,
@@ -711,8 +728,9 @@ where
             ))
         }
         Collected::Failed(buffered, error) => {
-            // Nothing partial is stored; a waiter tries again.
-            finish(lead, Outcome::Abandoned);
+            // Nothing partial is stored; dropping `pending` lets a waiter
+            // try again.
+            drop(pending);
             head.headers.append(CACHE_STATUS, member(false));
             Ok(Response::from_parts(
                 head,
@@ -873,7 +891,11 @@ where
         if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
             return; // the lead guard drops: a later request tries again
         }
-        // The response only matters for what it stores.
-        drop(fetch(&mut svc, job, Some(lead), None).await);
+        // The response only matters for what it stores: read its body to
+        // the end, since a streamed one is stored as it is read.
+        if let Ok(res) = fetch(&mut svc, job, Some(lead), None).await {
+            let mut body = std::pin::pin!(res.into_body());
+            while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
+        }
     }));
 }
