@@ -11,6 +11,8 @@
 //!   layer vs no layer.
 //! - `miss/*`: a miss that stores (a new key each time) vs the bare
 //!   service.
+//! - `passthrough_socket/*`: an uncacheable streamed 30 KB response over a
+//!   real loopback connection (keep-alive), through the layer vs without.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -276,12 +278,97 @@ fn miss(c: &mut Criterion) {
     group.finish();
 }
 
+/// Serves `app` on 127.0.0.1:0 on `rt`; returns its address.
+fn serve_on(rt: &tokio::runtime::Runtime, app: axum::Router) -> std::net::SocketAddr {
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    })
+}
+
+fn passthrough_socket(c: &mut Criterion) {
+    use axum::routing::get;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::ServiceBuilder;
+
+    // One thread runs client and servers: no cross-thread wake-ups, so
+    // the figure is the CPU cost of the round trip on a loaded machine.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chunk = Bytes::from(vec![b'x'; 10 * 1024]);
+    let app = move || {
+        let chunk = chunk.clone();
+        axum::Router::new().route(
+            "/live",
+            get(move || {
+                let chunks = (0..3).map({
+                    let chunk = chunk.clone();
+                    move |_| Ok::<_, Infallible>(chunk.clone())
+                });
+                async move {
+                    (
+                        [(header::CACHE_CONTROL, "no-store")],
+                        axum::body::Body::from_stream(tokio_stream::iter(chunks)),
+                    )
+                }
+            }),
+        )
+    };
+    let plain = serve_on(&rt, app());
+    // The layer outside the router, as the ssr demo stacks it.
+    let layered = {
+        let svc = ServiceBuilder::new()
+            .map_request(|req: axum::extract::Request| req)
+            .map_response(|res: Response<_>| res.map(axum::body::Body::new))
+            .layer(CacheLayer::new(ResponseCache::new()))
+            .service(app());
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(listener, axum::ServiceExt::into_make_service(svc))
+                    .await
+                    .unwrap()
+            });
+            addr
+        })
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let fetch = |addr: std::net::SocketAddr| {
+        rt.block_on(async {
+            let res = client
+                .request(
+                    Request::get(format!("http://{addr}/live"))
+                        .body(Empty::new())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            res.into_body().collect().await.unwrap().to_bytes().len()
+        })
+    };
+    assert_eq!(fetch(plain), 30 * 1024);
+    assert_eq!(fetch(layered), 30 * 1024);
+    let mut group = c.benchmark_group("passthrough_socket");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("no_layer", |b| b.iter(|| black_box(fetch(plain))));
+    group.bench_function("layer", |b| b.iter(|| black_box(fetch(layered))));
+    group.bench_function("no_layer_again", |b| b.iter(|| black_box(fetch(plain))));
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = hit, passthrough, miss
+    targets = hit, passthrough, miss, passthrough_socket
 }
 criterion_main!(benches);

@@ -106,6 +106,9 @@ struct Job<ReqBody> {
     req_cc: RequestDirectives,
     has_auth: bool,
     conditionals: Option<Conditionals>,
+    /// The key was just seen uncacheable: skip copying the request's
+    /// headers, which only a `Vary` response would need.
+    light: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
@@ -200,6 +203,7 @@ where
                                 fwd: Fwd::Stale,
                                 req_cc,
                                 has_auth,
+                                light: false,
                             };
                             refresh_in_background(self.inner.clone(), job, lead);
                         }
@@ -256,6 +260,7 @@ where
             fwd,
             req_cc,
             has_auth,
+            light: false,
         };
         ResponseFuture::miss(Box::pin(miss(inner, job)))
     }
@@ -426,7 +431,7 @@ fn invalidate(shared: &Shared, key: &str) {
 /// The miss path: coalesce with other requests for the key, or lead.
 async fn miss<S, ReqBody, B>(
     mut inner: S,
-    job: Job<ReqBody>,
+    mut job: Job<ReqBody>,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
@@ -434,7 +439,11 @@ where
 {
     // Requests that cannot share a response go alone: another user's
     // credentials, no-store, or a key just seen to be uncacheable.
-    if job.has_auth || job.req_cc.no_store || job.shared.is_uncacheable(&job.flight_key) {
+    if job.has_auth || job.req_cc.no_store {
+        return fetch(&mut inner, job, None, None).await;
+    }
+    if job.shared.is_uncacheable(&job.flight_key) {
+        job.light = true;
         return fetch(&mut inner, job, None, None).await;
     }
     let mut collapsed = None;
@@ -544,6 +553,7 @@ where
         req_cc,
         has_auth,
         conditionals,
+        light,
     } = job;
     let finish = |lead: Option<Lead>, outcome: Outcome| {
         if let Some(lead) = lead {
@@ -569,7 +579,7 @@ where
             parts.headers.insert(IF_MODIFIED_SINCE, lm.clone());
         }
     }
-    let request_headers = parts.headers.clone();
+    let request_headers = (!light).then(|| parts.headers.clone());
     let request_time = crate::date::monotonic_now();
     let result = inner.call(Request::from_parts(parts, body)).await;
     let now = crate::date::monotonic_now();
@@ -636,7 +646,15 @@ where
         request_time,
         response_time,
     );
+    // Without the request's headers a `Vary` response cannot be keyed:
+    // forward it this once and let the next request lead again.
     let policy = match policy {
+        Ok(p) if request_headers.is_none() && !p.vary_names.is_empty() => {
+            shared.forget_uncacheable(&flight_key);
+            finish(lead, Outcome::NotStorable);
+            let member = config.fwd_member(fwd, fwd_status, false, collapsed);
+            return Ok(passthrough(head, body, conditionals.as_ref(), member));
+        }
         Ok(p) => p,
         Err(reason) => {
             tracing::debug!(key = %key, ?reason, "response not stored");
@@ -674,7 +692,7 @@ where
         version: head.version,
         headers: head.headers.clone(),
         policy,
-        request_headers,
+        request_headers: request_headers.unwrap_or_default(),
         extra,
         lead,
         chunks: Vec::new(),
