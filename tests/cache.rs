@@ -699,3 +699,24 @@ async fn malformed_fields_are_handled_as_the_rfc_says_never_a_panic() {
     assert_eq!(res.status, StatusCode::OK);
     assert!(res.one("cache-status").contains("hit"));
 }
+
+#[tokio::test]
+async fn query_options_and_cache_name_are_configurable() {
+    let (addr, origin, _) = start(|c| {
+        CacheLayer::new(c)
+            .query(tower_ssr::cache::QueryKey::Sort)
+            .cache_name("edge 1")
+    })
+    .await;
+    let ab = q("/sorted", &[("cc", "max-age=60"), ("a", "1")]) + "&b=2";
+    let ba = "/sorted?b=2&".to_owned() + &ab["/sorted?".len()..ab.len() - "&b=2".len()];
+    let first = get(addr, &ab).await;
+    assert_eq!(
+        first.one("cache-status"),
+        "\"edge 1\"; fwd=uri-miss; stored"
+    );
+    let second = get(addr, &ba).await;
+    assert_eq!(second.body, first.body, "{ba} shares {ab}'s entry");
+    assert!(second.one("cache-status").starts_with("\"edge 1\"; hit"));
+    assert_eq!(origin.calls(&ab) + origin.calls(&ba), 1);
+}
