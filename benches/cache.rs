@@ -339,6 +339,24 @@ fn passthrough_socket(c: &mut Criterion) {
             addr
         })
     };
+    // The same outer stack without the cache: separates the layer's cost
+    // from that of wrapping a Router in a service stack.
+    let wrapped = {
+        let svc = ServiceBuilder::new()
+            .map_request(|req: axum::extract::Request| req)
+            .map_response(|res: Response<_>| res.map(axum::body::Body::new))
+            .service(app());
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(listener, axum::ServiceExt::into_make_service(svc))
+                    .await
+                    .unwrap()
+            });
+            addr
+        })
+    };
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let fetch = |addr: std::net::SocketAddr| {
         rt.block_on(async {
@@ -358,6 +376,9 @@ fn passthrough_socket(c: &mut Criterion) {
     let mut group = c.benchmark_group("passthrough_socket");
     group.throughput(Throughput::Elements(1));
     group.bench_function("no_layer", |b| b.iter(|| black_box(fetch(plain))));
+    group.bench_function("same_stack_no_layer", |b| {
+        b.iter(|| black_box(fetch(wrapped)))
+    });
     group.bench_function("layer", |b| b.iter(|| black_box(fetch(layered))));
     group.bench_function("no_layer_again", |b| b.iter(|| black_box(fetch(plain))));
     group.finish();

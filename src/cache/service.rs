@@ -106,9 +106,6 @@ struct Job<ReqBody> {
     req_cc: RequestDirectives,
     has_auth: bool,
     conditionals: Option<Conditionals>,
-    /// The key was just seen uncacheable: skip copying the request's
-    /// headers, which only a `Vary` response would need.
-    light: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
@@ -203,7 +200,6 @@ where
                                 fwd: Fwd::Stale,
                                 req_cc,
                                 has_auth,
-                                light: false,
                             };
                             refresh_in_background(self.inner.clone(), job, lead);
                         }
@@ -247,11 +243,23 @@ where
             return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
         }
         let key = owned_key(config, &parts);
+        let flight_key = flight_key(&key, extra.as_deref());
+        if stale.is_none() && shared.is_uncacheable(&flight_key) {
+            // Just seen uncacheable: straight through, as if there were no
+            // cache, without queueing or copying anything for a store.
+            let member = config.fwd_member(fwd, None, false, None);
+            let req = Request::from_parts(parts, body);
+            let shared = Arc::clone(shared);
+            let config = Arc::clone(&self.config);
+            return ResponseFuture::miss(Box::pin(forward_uncacheable(
+                inner, req, member, config, shared, flight_key,
+            )));
+        }
         let job = Job {
             config: Arc::clone(&self.config),
             shared: Arc::clone(shared),
             conditionals: Conditionals::from_request(&parts.method, &parts.headers),
-            flight_key: flight_key(&key, extra.as_deref()),
+            flight_key,
             parts,
             body,
             key,
@@ -260,7 +268,6 @@ where
             fwd,
             req_cc,
             has_auth,
-            light: false,
         };
         ResponseFuture::miss(Box::pin(miss(inner, job)))
     }
@@ -374,6 +381,40 @@ where
     Ok(Response::from_parts(parts, ResponseBody::stream(body)))
 }
 
+/// Forwards a request for a key remembered as uncacheable, untouched (the
+/// client's conditionals included: the inner service answers them), and
+/// streams the response back. Should the response have become storable,
+/// the memory is dropped so that the next request leads a flight again.
+async fn forward_uncacheable<S, ReqBody, B>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    member: HeaderValue,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    flight_key: String,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    let (mut parts, body) = inner.call(req).await?.into_parts();
+    let now = crate::date::monotonic_now();
+    let storable = entry::storable(
+        parts.status,
+        &parts.headers,
+        &RequestDirectives::default(),
+        false,
+        &config.rules,
+        now,
+        (now, SystemTime::now()),
+    );
+    if storable.is_ok() {
+        shared.forget_uncacheable(&flight_key);
+    }
+    parts.headers.append(CACHE_STATUS, member);
+    Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+}
+
 /// Forwards an unsafe (or uncacheable safe) method and, on success,
 /// invalidates what it may have changed (RFC 9111 §4.4).
 async fn forward_method<S, ReqBody, B>(
@@ -431,19 +472,15 @@ fn invalidate(shared: &Shared, key: &str) {
 /// The miss path: coalesce with other requests for the key, or lead.
 async fn miss<S, ReqBody, B>(
     mut inner: S,
-    mut job: Job<ReqBody>,
+    job: Job<ReqBody>,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     B: Body<Data = Bytes>,
 {
     // Requests that cannot share a response go alone: another user's
-    // credentials, no-store, or a key just seen to be uncacheable.
+    // credentials, or no-store.
     if job.has_auth || job.req_cc.no_store {
-        return fetch(&mut inner, job, None, None).await;
-    }
-    if job.shared.is_uncacheable(&job.flight_key) {
-        job.light = true;
         return fetch(&mut inner, job, None, None).await;
     }
     let mut collapsed = None;
@@ -553,7 +590,6 @@ where
         req_cc,
         has_auth,
         conditionals,
-        light,
     } = job;
     let finish = |lead: Option<Lead>, outcome: Outcome| {
         if let Some(lead) = lead {
@@ -579,7 +615,7 @@ where
             parts.headers.insert(IF_MODIFIED_SINCE, lm.clone());
         }
     }
-    let request_headers = (!light).then(|| parts.headers.clone());
+    let request_headers = parts.headers.clone();
     let request_time = crate::date::monotonic_now();
     let result = inner.call(Request::from_parts(parts, body)).await;
     let now = crate::date::monotonic_now();
@@ -646,15 +682,7 @@ where
         request_time,
         response_time,
     );
-    // Without the request's headers a `Vary` response cannot be keyed:
-    // forward it this once and let the next request lead again.
     let policy = match policy {
-        Ok(p) if request_headers.is_none() && !p.vary_names.is_empty() => {
-            shared.forget_uncacheable(&flight_key);
-            finish(lead, Outcome::NotStorable);
-            let member = config.fwd_member(fwd, fwd_status, false, collapsed);
-            return Ok(passthrough(head, body, conditionals.as_ref(), member));
-        }
         Ok(p) => p,
         Err(reason) => {
             tracing::debug!(key = %key, ?reason, "response not stored");
@@ -692,7 +720,7 @@ where
         version: head.version,
         headers: head.headers.clone(),
         policy,
-        request_headers: request_headers.unwrap_or_default(),
+        request_headers,
         extra,
         lead,
         chunks: Vec::new(),
