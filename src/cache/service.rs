@@ -31,6 +31,10 @@ use crate::etag::{not_modified_parts, Condition, Conditionals};
 
 /// Middleware that answers requests from a [`ResponseCache`]; built by
 /// [`CacheLayer`](super::CacheLayer).
+///
+/// The inner service must be `Clone` and `Send` (axum's `Router` is): a
+/// request that waits for another to fill the cache, or a background
+/// refresh, calls a clone of it later. Its error type is kept.
 #[derive(Debug, Clone)]
 pub struct Cache<S> {
     inner: S,
