@@ -159,9 +159,11 @@ impl ResponseCache {
     }
 
     /// Drops every variant stored for one key, given as
-    /// `scheme://host/path?query` (for example `http://example.com/a?x=1`,
-    /// host lowercased, as the cache builds keys). Returns whether anything
-    /// was stored.
+    /// `scheme://host/path?query` the way the cache builds keys: the
+    /// request's scheme (`http` for an origin-form target), its `Host`
+    /// lowercased with any port, the path, and the query as configured
+    /// (for example `http://example.com:8080/a?x=1`). Returns whether
+    /// anything was stored.
     #[allow(clippy::must_use_candidate)] // purging is the point; the flag is extra
     pub fn purge(&self, key: &str) -> bool {
         self.purged();
