@@ -9,8 +9,12 @@
 //! - [`cache_control`]: typed, status-aware `Cache-Control`,
 //!   `CDN-Cache-Control` and `Surrogate-Control` policies by route, content
 //!   type and status; content ETags and `304 Not Modified`.
-//! - A shared in-memory response cache (RFC 9111) and an upstream balancer
-//!   are the next layers to land; see the README's roadmap.
+//! - `cache` (feature `cache`): a shared in-memory response cache
+//!   (RFC 9111) that answers hits without running anything below it,
+//!   coalesces concurrent misses and serves stale pages while it refreshes
+//!   them.
+//! - An upstream balancer is the next layer to land; see the README's
+//!   roadmap.
 //!
 //! # Layout
 //!
@@ -38,6 +42,8 @@
 //! | feature | default | what it enables |
 //! |---|---|---|
 //! | `cache-control` | yes | [`cache_control`] |
+//! | `cache` | yes | `cache`: the RFC 9111 shared response cache |
+//! | `tokio` | yes | the cache's background refreshes run on tokio |
 //!
 //! # Example
 //!
@@ -72,8 +78,15 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
 pub mod cache_control;
 
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub mod cache;
+
 mod builder;
-#[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "cache-control", feature = "cache")),
+    allow(dead_code)
+)]
 mod date;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
 mod directives;
@@ -82,7 +95,10 @@ mod etag;
 
 pub use builder::ServiceBuilderExt;
 pub use directives::{Directives, InvalidDirective};
-#[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
+#[cfg_attr(
+    not(any(feature = "cache-control", feature = "cache")),
+    allow(unused_macros, unused_imports)
+)]
 mod macros;
 #[cfg(test)]
 mod test_helpers;
