@@ -12,11 +12,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::Path;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post as post_route};
+use axum::{Router, ServiceExt as _};
+use tower::ServiceBuilder;
+use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::cache_control::{CacheControlLayer, Directives, Rule};
 
 #[tokio::main]
@@ -27,7 +29,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
         Err(_) => 3000,
     };
-    let app = app()?;
+    // The response cache goes outside the router: a hit costs one lookup
+    // and no routing. It stores what CacheControlLayer (inside) decided.
+    let cache = ResponseCache::builder().max_bytes(128 << 20).build();
+    let app = ServiceBuilder::new()
+        // Names the request body type for the router below.
+        .map_request(|req: axum::extract::Request| req)
+        .map_response(|res: http::Response<_>| res.map(axum::body::Body::new))
+        .layer(CacheLayer::new(cache.clone()).ignore_client_no_cache(true))
+        .service(app(cache)?);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -41,7 +51,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i {base}/assets/app.3f9a1c.js   # one year, immutable");
     println!("  curl -i {base}/account          # sets a cookie: private");
     println!("  curl -i {base}/boom             # a 500: no-store");
-    axum::serve(listener, app)
+    println!("  curl -i {base}/ (twice)         # the second is a hit: Age, Cache-Status: tower-ssr; hit");
+    println!("  curl -i -X POST '{base}/admin/purge?path=/'   # demo only: purge a path");
+    println!("  curl -i -X POST '{base}/admin/purge?tag=pages' # or a tag");
+    println!("  curl {base}/admin/stats         # cache counters");
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -49,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn app() -> Result<Router, Box<dyn std::error::Error>> {
+fn app(cache: ResponseCache) -> Result<Router, Box<dyn std::error::Error>> {
     let page = Directives::new()
         .public()
         .max_age(Duration::ZERO)
@@ -74,7 +88,52 @@ fn app() -> Result<Router, Box<dyn std::error::Error>> {
             "/boom",
             get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "the renderer crashed\n") }),
         )
-        .layer(headers))
+        .layer(headers)
+        .merge(admin(cache)))
+}
+
+/// Demo only: unauthenticated cache administration. A real deployment puts
+/// this behind authentication or on a private listener.
+fn admin(cache: ResponseCache) -> Router {
+    Router::new()
+        .route("/admin/purge", post_route(purge))
+        .route("/admin/stats", get(stats))
+        .with_state(cache)
+}
+
+async fn purge(
+    State(cache): State<ResponseCache>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let what = if let Some(path) = q.get("path") {
+        cache.purge_path(path);
+        format!("purged path {path}\n")
+    } else if let Some(prefix) = q.get("prefix") {
+        cache.purge_prefix(prefix);
+        format!("purged prefix {prefix}\n")
+    } else if let Some(tag) = q.get("tag") {
+        cache.purge_tag(tag);
+        format!("purged tag {tag}\n")
+    } else if q.contains_key("all") {
+        cache.purge_all();
+        "purged everything\n".to_owned()
+    } else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "use ?path=/, ?prefix=/posts/, ?tag=pages or ?all\n",
+        )
+            .into_response();
+    };
+    ([(header::CACHE_CONTROL, "no-store")], what).into_response()
+}
+
+async fn stats(State(cache): State<ResponseCache>) -> Response {
+    let s = cache.stats();
+    let text = format!(
+        "hits {}\nmisses {}\nstale {}\nrevalidations {}\ncoalesced {}\nstores {}\nevictions {}\npurges {}\nbytes {}\nentries {}\n",
+        s.hits, s.misses, s.stale, s.revalidations, s.coalesced, s.stores, s.evictions, s.purges, s.bytes, s.entries
+    );
+    ([(header::CACHE_CONTROL, "no-store")], text).into_response()
 }
 
 /// Post pages come from a pool of in-process renderer workers, balanced by

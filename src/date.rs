@@ -33,6 +33,36 @@ pub(crate) fn http_date_in(secs: u64) -> HeaderValue {
     })
 }
 
+/// The current time as an IMF-fixdate, formatted at most once a second per
+/// thread.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))]
+pub(crate) fn http_date_now() -> HeaderValue {
+    http_date_in(0)
+}
+
+/// A monotonic clock reading for ages and residence times (RFC 9111
+/// §4.2.3). With the `tokio` feature it is tokio's clock, so tests can pause
+/// and advance it; it is the std clock otherwise.
+#[cfg(feature = "cache")]
+pub(crate) fn monotonic_now() -> std::time::Instant {
+    #[cfg(feature = "tokio")]
+    {
+        tokio::time::Instant::now().into_std()
+    }
+    #[cfg(not(feature = "tokio"))]
+    {
+        std::time::Instant::now()
+    }
+}
+
+/// Parses an HTTP-date in any of the three forms of RFC 9110 §5.6.7
+/// (IMF-fixdate, RFC 850, asctime), trimming surrounding whitespace.
+#[cfg_attr(not(feature = "cache"), allow(dead_code))]
+pub(crate) fn parse(value: &HeaderValue) -> Option<SystemTime> {
+    let text = value.to_str().ok()?.trim();
+    httpdate::parse_http_date(text).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +73,20 @@ mod tests {
         let s = v.to_str().unwrap();
         assert_eq!(s.len(), 29);
         assert!(s.ends_with(" GMT"));
+    }
+
+    #[test]
+    fn parses_all_three_date_forms() {
+        let want = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        for form in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse(&HeaderValue::from_static(form)), Some(want), "{form}");
+        }
+        assert_eq!(parse(&HeaderValue::from_static("0")), None);
+        assert_eq!(parse(&HeaderValue::from_static("-1")), None);
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //! - [`cache_control`]: typed, status-aware `Cache-Control`,
 //!   `CDN-Cache-Control` and `Surrogate-Control` policies by route, content
 //!   type and status; content ETags and `304 Not Modified`.
+//! - `cache` (feature `cache`): a shared in-memory response cache
+//!   (RFC 9111) that answers hits without running anything below it,
+//!   coalesces concurrent misses and serves stale pages while it refreshes
+//!   them.
 //! - [`balance`]: upstream selection over renderer workers or processes
 //!   (round robin, least in-flight, P2C, consistent hashing), passive and
 //!   active health, retries; [`proxy`] forwards to upstream processes.
-//! - A shared in-memory response cache (RFC 9111) is the next layer to
-//!   land; see the README's roadmap.
 //!
 //! # Layout
 //!
@@ -46,9 +48,10 @@
 //! | feature | default | what it enables |
 //! |---|---|---|
 //! | `cache-control` | yes | [`cache_control`] |
+//! | `cache` | yes | `cache`: the RFC 9111 shared response cache |
+//! | `tokio` | yes | the cache's background refreshes run on tokio; [`balance::ActiveProbes`] |
 //! | `balance` | yes | [`balance`]: endpoint set, strategies, passive health, retries |
 //! | `proxy` | yes | [`proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
-//! | `tokio` | no (implied by `proxy`) | [`balance::ActiveProbes`] |
 //! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
 //! | `tracing` | no | debug events from `balance` |
 //!
@@ -85,6 +88,10 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
 pub mod cache_control;
 
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub mod cache;
+
 #[cfg(feature = "balance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
@@ -93,15 +100,23 @@ pub mod balance;
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
 
-#[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
+mod builder;
+#[cfg_attr(
+    not(any(feature = "cache-control", feature = "cache")),
+    allow(dead_code)
+)]
 mod date;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code))]
 mod directives;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code, unreachable_pub))]
 mod etag;
 
+pub use builder::ServiceBuilderExt;
 pub use directives::{Directives, InvalidDirective};
-#[cfg_attr(not(feature = "cache-control"), allow(unused_macros, unused_imports))]
+#[cfg_attr(
+    not(any(feature = "cache-control", feature = "cache")),
+    allow(unused_macros, unused_imports)
+)]
 mod macros;
 #[cfg(test)]
 mod test_helpers;

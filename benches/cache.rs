@@ -1,0 +1,395 @@
+//! Costs of the response cache, each beside its baseline in one run.
+//!
+//! ```text
+//! cargo bench --bench cache
+//! ```
+//!
+//! - `hit/*`: a 30 KB page through the layer, beside the same page from a
+//!   moka lookup written in a handler, beside a bare service that returns
+//!   a prebuilt response.
+//! - `passthrough/*`: an uncacheable (`no-store`) response through the
+//!   layer vs no layer.
+//! - `miss/*`: a miss that stores (a new key each time) vs the bare
+//!   service.
+//! - `passthrough_socket/*`: an uncacheable streamed 30 KB response over a
+//!   real loopback connection (keep-alive), through the layer vs without.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{header, HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::Full;
+use tower::{service_fn, Layer, Service};
+use tower_ssr::cache::{CacheLayer, ResponseCache};
+
+struct Noop;
+impl Wake for Noop {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Drives a future that never waits (every service here is ready at once).
+fn block_on<F: Future>(f: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// Reads a body to its end, as the server would.
+fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
+    let waker = Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    let mut body = pin!(body);
+    let mut n = 0;
+    while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
+        if let Ok(data) = frame.into_data() {
+            n += data.len();
+        }
+    }
+    n
+}
+
+fn page() -> Bytes {
+    Bytes::from(
+        (0..30 * 1024)
+            .map(|i| b"<p>lorem ipsum dolor sit amet</p>\n"[i % 34])
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn typical_response(body: Bytes, cc: &'static str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_static("W/\"0123456789abcdef0123456789abcdef\""),
+    );
+    res
+}
+
+fn request(uri: &str) -> Request<()> {
+    Request::get(uri)
+        .header(header::HOST, "example.com")
+        .header(header::ACCEPT, "text/html")
+        .body(())
+        .unwrap()
+}
+
+fn hit(c: &mut Criterion) {
+    let body = page();
+    let mut group = c.benchmark_group("hit");
+    group.throughput(Throughput::Elements(1));
+
+    // Baseline 1: a bare service returning a prebuilt response.
+    let prebuilt = typical_response(body.clone(), "public, s-maxage=600");
+    let mut bare = service_fn(move |_req: Request<()>| {
+        let res = prebuilt.clone();
+        async move { Ok::<_, Infallible>(res) }
+    });
+    group.bench_function("bare_service", |b| {
+        b.iter(|| {
+            let res = block_on(bare.call(request("/posts/1"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+
+    // Baseline 2: the lookup a user would write in a handler: a moka map
+    // from path to (headers, body), with Age added per hit.
+    let map: moka::sync::Cache<String, Arc<(http::HeaderMap, Bytes)>> =
+        moka::sync::Cache::new(10_000);
+    let stored = typical_response(body.clone(), "public, s-maxage=600");
+    map.insert(
+        "http://example.com/posts/1".to_owned(),
+        Arc::new((stored.headers().clone(), body.clone())),
+    );
+    let mut handler = service_fn(move |req: Request<()>| {
+        let host = req.headers()[header::HOST].to_str().unwrap_or("");
+        let key = format!("http://{host}{}", req.uri().path());
+        let found = map.get(&key);
+        async move {
+            let (headers, body) = &*found.expect("stored");
+            let mut res = Response::new(Full::new(body.clone()));
+            *res.headers_mut() = headers.clone();
+            res.headers_mut()
+                .insert(header::AGE, HeaderValue::from(0u64));
+            Ok::<_, Infallible>(res)
+        }
+    });
+    group.bench_function("moka_in_handler", |b| {
+        b.iter(|| {
+            let res = block_on(handler.call(request("/posts/1"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+
+    // Baseline 3: the same hand-written lookup sending the same response
+    // as the layer: the origin's Date and Content-Length kept, Age and a
+    // Cache-Status member formatted per hit.
+    let map: moka::sync::Cache<String, Arc<(http::HeaderMap, Bytes)>> =
+        moka::sync::Cache::new(10_000);
+    let mut stored = typical_response(body.clone(), "public, s-maxage=600");
+    stored.headers_mut().insert(
+        header::DATE,
+        HeaderValue::from_static("Thu, 26 Nov 2026 19:00:00 GMT"),
+    );
+    stored
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    map.insert(
+        "http://example.com/posts/1".to_owned(),
+        Arc::new((stored.headers().clone(), body.clone())),
+    );
+    let mut handler = service_fn(move |req: Request<()>| {
+        let host = req.headers()[header::HOST].to_str().unwrap_or("");
+        let key = format!("http://{host}{}", req.uri().path());
+        let found = map.get(&key);
+        async move {
+            let (headers, body) = &*found.expect("stored");
+            let mut res = Response::new(Full::new(body.clone()));
+            *res.headers_mut() = headers.clone();
+            let h = res.headers_mut();
+            h.insert(header::AGE, HeaderValue::from(0u64));
+            let status = format!("tower-ssr; hit; ttl={}", 600);
+            h.insert("cache-status", HeaderValue::from_str(&status).unwrap());
+            Ok::<_, Infallible>(res)
+        }
+    });
+    group.bench_function("moka_in_handler_same_headers", |b| {
+        b.iter(|| {
+            let res = block_on(handler.call(request("/posts/1"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+
+    // The layer, the page stored once.
+    let cache = ResponseCache::new();
+    let inner_body = body;
+    let renderer = service_fn(move |_req: Request<()>| {
+        let res = typical_response(inner_body.clone(), "public, s-maxage=600");
+        async move { Ok::<_, Infallible>(res) }
+    });
+    let mut layered = CacheLayer::new(cache.clone()).layer(renderer);
+    let res = block_on(layered.call(request("/posts/1"))).unwrap();
+    drain(res.into_body());
+    let res = block_on(layered.call(request("/posts/1"))).unwrap();
+    assert!(
+        res.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit"),
+        "{:?}",
+        res.headers()
+    );
+    group.bench_function("layer", |b| {
+        b.iter(|| {
+            let res = block_on(layered.call(request("/posts/1"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    group.finish();
+    assert!(cache.stats().hits > 0);
+}
+
+fn passthrough(c: &mut Criterion) {
+    let body = page();
+    let mut group = c.benchmark_group("passthrough");
+    group.throughput(Throughput::Elements(1));
+    let make = |body: Bytes| {
+        service_fn(move |_req: Request<()>| {
+            let res = typical_response(body.clone(), "no-store");
+            async move { Ok::<_, Infallible>(res) }
+        })
+    };
+    let mut bare = make(body.clone());
+    group.bench_function("no_layer", |b| {
+        b.iter(|| {
+            let res = block_on(bare.call(request("/api/live"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    // Steady state: the key is remembered as uncacheable, so requests
+    // skip coalescing and go straight through.
+    let mut layered = CacheLayer::new(ResponseCache::new()).layer(make(body.clone()));
+    group.bench_function("layer", |b| {
+        b.iter(|| {
+            let res = block_on(layered.call(request("/api/live"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    // The uncacheable memory off: every call takes the full miss path (a
+    // flight, the inner call, the storability check).
+    let mut layered = CacheLayer::new(ResponseCache::new())
+        .uncacheable_for(Duration::ZERO)
+        .layer(make(body));
+    group.bench_function("layer_no_memory", |b| {
+        b.iter(|| {
+            let res = block_on(layered.call(request("/api/live"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    group.finish();
+}
+
+fn miss(c: &mut Criterion) {
+    let body = page();
+    let mut group = c.benchmark_group("miss");
+    group.throughput(Throughput::Elements(1));
+    let make = |body: Bytes| {
+        service_fn(move |_req: Request<()>| {
+            let res = typical_response(body.clone(), "public, s-maxage=600");
+            async move { Ok::<_, Infallible>(res) }
+        })
+    };
+    let mut bare = make(body.clone());
+    group.bench_function("bare_service", |b| {
+        b.iter(|| {
+            let res = block_on(bare.call(request("/posts/1"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    let cache = ResponseCache::builder().max_bytes(256 << 20).build();
+    let mut layered = CacheLayer::new(cache).layer(make(body));
+    let n = AtomicU64::new(0);
+    group.bench_function("layer_store", |b| {
+        b.iter(|| {
+            let i = n.fetch_add(1, Ordering::Relaxed);
+            let res = block_on(layered.call(request(&format!("/posts/{i}")))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    group.finish();
+}
+
+/// Serves `app` on 127.0.0.1:0 on `rt`; returns its address.
+fn serve_on(rt: &tokio::runtime::Runtime, app: axum::Router) -> std::net::SocketAddr {
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    })
+}
+
+fn passthrough_socket(c: &mut Criterion) {
+    use axum::routing::get;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use tower::ServiceBuilder;
+
+    // One thread runs client and servers: no cross-thread wake-ups, so
+    // the figure is the CPU cost of the round trip on a loaded machine.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chunk = Bytes::from(vec![b'x'; 10 * 1024]);
+    let app = move || {
+        let chunk = chunk.clone();
+        axum::Router::new().route(
+            "/live",
+            get(move || {
+                let chunks = (0..3).map({
+                    let chunk = chunk.clone();
+                    move |_| Ok::<_, Infallible>(chunk.clone())
+                });
+                async move {
+                    (
+                        [(header::CACHE_CONTROL, "no-store")],
+                        axum::body::Body::from_stream(tokio_stream::iter(chunks)),
+                    )
+                }
+            }),
+        )
+    };
+    let plain = serve_on(&rt, app());
+    // The layer outside the router, as the ssr demo stacks it.
+    let layered = {
+        let svc = ServiceBuilder::new()
+            .map_request(|req: axum::extract::Request| req)
+            .map_response(|res: Response<_>| res.map(axum::body::Body::new))
+            .layer(CacheLayer::new(ResponseCache::new()))
+            .service(app());
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(listener, axum::ServiceExt::into_make_service(svc))
+                    .await
+                    .unwrap()
+            });
+            addr
+        })
+    };
+    // The same outer stack without the cache: separates the layer's cost
+    // from that of wrapping a Router in a service stack.
+    let wrapped = {
+        let svc = ServiceBuilder::new()
+            .map_request(|req: axum::extract::Request| req)
+            .map_response(|res: Response<_>| res.map(axum::body::Body::new))
+            .service(app());
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                axum::serve(listener, axum::ServiceExt::into_make_service(svc))
+                    .await
+                    .unwrap()
+            });
+            addr
+        })
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let fetch = |addr: std::net::SocketAddr| {
+        rt.block_on(async {
+            let res = client
+                .request(
+                    Request::get(format!("http://{addr}/live"))
+                        .body(Empty::new())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            res.into_body().collect().await.unwrap().to_bytes().len()
+        })
+    };
+    assert_eq!(fetch(plain), 30 * 1024);
+    assert_eq!(fetch(layered), 30 * 1024);
+    let mut group = c.benchmark_group("passthrough_socket");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("no_layer", |b| b.iter(|| black_box(fetch(plain))));
+    group.bench_function("same_stack_no_layer", |b| {
+        b.iter(|| black_box(fetch(wrapped)))
+    });
+    group.bench_function("layer", |b| b.iter(|| black_box(fetch(layered))));
+    group.bench_function("no_layer_again", |b| b.iter(|| black_box(fetch(plain))));
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = hit, passthrough, miss, passthrough_socket
+}
+criterion_main!(benches);

@@ -1,0 +1,214 @@
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::tee::Pending;
+
+pin_project! {
+    /// The response body of [`Cache`](super::Cache): a stored body (a
+    /// `Bytes` shared by every hit, never copied), the inner body streamed
+    /// through (and stored as it passes when it may be), or the part read
+    /// while trying to store it replayed before the rest.
+    pub struct ResponseBody<B: Body> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B: Body> {
+        Stored { data: Option<Bytes> },
+        Stream { #[pin] body: B },
+        Tee {
+            #[pin]
+            body: B,
+            // What storing needs once the body ends; `None` once stored or
+            // given up. Boxed: the common variants stay small.
+            pending: Option<Box<Pending>>,
+        },
+        Replay {
+            // Chunks read while trying to store the response, sent first.
+            buffered: VecDeque<Bytes>,
+            // An error the inner body raised while being read: passed on
+            // after the buffered chunks, so the client sees the failure.
+            error: Option<B::Error>,
+            // The unread rest of a body longer than the storing cap. Boxed
+            // because it was pinned while being read; only bodies too long
+            // to store pay for it.
+            rest: Option<Pin<Box<B>>>,
+        },
+    }
+}
+
+impl<B: Body> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Stored { .. } => "Stored",
+            Kind::Stream { .. } => "Stream",
+            Kind::Tee { .. } => "Tee",
+            Kind::Replay { .. } => "Replay",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn stored(data: Bytes) -> Self {
+        ResponseBody {
+            kind: Kind::Stored {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        ResponseBody {
+            kind: Kind::Stored { data: None },
+        }
+    }
+
+    pub(crate) fn stream(body: B) -> Self {
+        ResponseBody {
+            kind: Kind::Stream { body },
+        }
+    }
+
+    pub(crate) fn tee(body: B, pending: Pending) -> Self {
+        ResponseBody {
+            kind: Kind::Tee {
+                body,
+                pending: Some(Box::new(pending)),
+            },
+        }
+    }
+
+    pub(crate) fn replay(
+        buffered: VecDeque<Bytes>,
+        error: Option<B::Error>,
+        rest: Option<Pin<Box<B>>>,
+    ) -> Self {
+        ResponseBody {
+            kind: Kind::Replay {
+                buffered,
+                error,
+                rest,
+            },
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Stored { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Stream { body } => body.poll_frame(cx),
+            KindProj::Tee { mut body, pending } => {
+                let frame = std::task::ready!(body.as_mut().poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let (Some(data), Some(p)) = (f.data_ref(), pending.as_mut()) {
+                            if !p.push(data) {
+                                if let Some(p) = pending.take() {
+                                    p.too_long();
+                                }
+                            }
+                        }
+                        // A server stops polling once the body says it has
+                        // ended, so that is when the response is complete.
+                        if body.is_end_stream() {
+                            if let Some(p) = pending.take() {
+                                p.store();
+                            }
+                        }
+                    }
+                    // Nothing partial is stored: dropping gives up.
+                    Some(Err(_)) => drop(pending.take()),
+                    None => {
+                        if let Some(p) = pending.take() {
+                            p.store();
+                        }
+                    }
+                }
+                Poll::Ready(frame)
+            }
+            KindProj::Replay {
+                buffered,
+                error,
+                rest,
+            } => {
+                if let Some(chunk) = buffered.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                if let Some(e) = error.take() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                match rest {
+                    Some(body) => body.as_mut().poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Stored { data } => data.is_none(),
+            Kind::Stream { body } | Kind::Tee { body, .. } => body.is_end_stream(),
+            Kind::Replay {
+                buffered,
+                error,
+                rest,
+            } => {
+                buffered.is_empty()
+                    && error.is_none()
+                    && rest.as_ref().map_or(true, |b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Stored { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Stream { body } | Kind::Tee { body, .. } => body.size_hint(),
+            Kind::Replay {
+                buffered,
+                error,
+                rest,
+            } => {
+                let have: u64 = buffered.iter().map(|b| b.len() as u64).sum();
+                let mut out = SizeHint::new();
+                out.set_lower(have);
+                match rest {
+                    // An exact hint would frame the read part as a complete
+                    // body (Content-Length) and hide the error.
+                    None if error.is_some() => {}
+                    None => return SizeHint::with_exact(have),
+                    Some(body) => {
+                        let h = body.size_hint();
+                        out.set_lower(h.lower().saturating_add(have));
+                        if let Some(upper) = h.upper() {
+                            out.set_upper(upper.saturating_add(have));
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The shared handle: the store, the flights in progress, the keys known
+//! to be uncacheable, and the counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::flight::Flights;
+use super::store::Store;
+
+/// Default capacity: 64 MiB of stored responses.
+const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Keys remembered as uncacheable at most; past this the memory is cleared,
+/// which only costs some queueing, never a wrong answer.
+const MAX_UNCACHEABLE_KEYS: usize = 10_000;
+
+/// A response cache: the storage behind one or more [`CacheLayer`]s, and
+/// the handle to purge it and read its statistics.
+///
+/// Cloning is cheap and every clone is the same cache.
+///
+/// ```
+/// use tower_ssr::cache::{CacheLayer, ResponseCache};
+///
+/// let cache = ResponseCache::builder().max_bytes(256 << 20).build();
+/// let layer = CacheLayer::new(cache.clone());
+/// # let _ = layer;
+/// // Later, from an admin endpoint or a deploy hook:
+/// cache.purge_prefix("/posts/");
+/// cache.purge_tag("pages");
+/// assert_eq!(cache.stats().hits, 0);
+/// ```
+///
+/// [`CacheLayer`]: super::CacheLayer
+#[derive(Clone)]
+pub struct ResponseCache {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) flights: Arc<Flights>,
+    uncacheable: Mutex<HashMap<Box<str>, Instant>>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) revalidations: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) stores: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) purges: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("store", &self.shared.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ResponseCache {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+/// Builds a [`ResponseCache`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ResponseCacheBuilder {
+    max_bytes: u64,
+}
+
+impl ResponseCacheBuilder {
+    /// The most memory the stored responses may take, in bytes (default
+    /// 64 MiB). Each entry weighs its body, its headers, its `Vary` values
+    /// and a fixed overhead; past the bound, the least useful entries are
+    /// evicted (moka's TinyLFU).
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// Builds the cache.
+    #[must_use]
+    pub fn build(self) -> ResponseCache {
+        let counters = Arc::new(Counters::default());
+        let evictions = Arc::clone(&counters);
+        let store = Store::new(self.max_bytes, move || {
+            Counters::bump(&evictions.evictions);
+        });
+        ResponseCache {
+            shared: Arc::new(Shared {
+                store,
+                flights: Arc::new(Flights::default()),
+                uncacheable: Mutex::new(HashMap::new()),
+                counters,
+            }),
+        }
+    }
+}
+
+/// A snapshot of a [`ResponseCache`]'s counters and size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Requests answered from the cache without going to the inner service,
+    /// stale copies served under `stale-while-revalidate` included.
+    pub hits: u64,
+    /// Requests that went to the inner service (misses, revalidations,
+    /// bypasses, unsafe methods).
+    pub misses: u64,
+    /// Stale responses served (`stale-while-revalidate`, `stale-if-error`,
+    /// a client's `max-stale`).
+    pub stale: u64,
+    /// Stored responses confirmed by a `304 Not Modified` from the inner
+    /// service.
+    pub revalidations: u64,
+    /// Requests that waited for another request for the same key instead of
+    /// going to the inner service themselves.
+    pub coalesced: u64,
+    /// Responses stored.
+    pub stores: u64,
+    /// Entries evicted for lack of room.
+    pub evictions: u64,
+    /// Purge calls made.
+    pub purges: u64,
+    /// Weighted size of what is stored, in bytes.
+    pub bytes: u64,
+    /// Stored keys (each may hold several `Vary` variants).
+    pub entries: u64,
+}
+
+impl ResponseCache {
+    /// A cache of the default size (64 MiB).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts building a cache.
+    pub fn builder() -> ResponseCacheBuilder {
+        ResponseCacheBuilder {
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+
+    /// Drops every variant stored for one key, given as
+    /// `scheme://host/path?query` the way the cache builds keys: the
+    /// request's scheme (`http` for an origin-form target), its `Host`
+    /// lowercased with any port, the path, and the query as configured
+    /// (for example `http://example.com:8080/a?x=1`). Returns whether
+    /// anything was stored.
+    #[allow(clippy::must_use_candidate)] // purging is the point; the flag is extra
+    pub fn purge(&self, key: &str) -> bool {
+        self.purged();
+        self.shared.store.remove(key)
+    }
+
+    /// Drops every entry whose path and query are exactly `path_and_query`
+    /// (for example `/` or `/search?q=a`), on every host.
+    pub fn purge_path(&self, path_and_query: &str) {
+        self.purged();
+        self.shared.store.purge_path(path_and_query);
+    }
+
+    /// Drops every entry whose path and query start with `prefix` (for
+    /// example `/posts/`), on every host.
+    pub fn purge_prefix(&self, prefix: &str) {
+        self.purged();
+        self.shared.store.purge_prefix(prefix);
+    }
+
+    /// Drops every entry tagged `tag` by a `Surrogate-Key` (space-separated)
+    /// or `Cache-Tag` (comma-separated) response header.
+    pub fn purge_tag(&self, tag: &str) {
+        self.purged();
+        self.shared.store.purge_tag(tag);
+    }
+
+    /// Drops everything.
+    pub fn purge_all(&self) {
+        self.purged();
+        self.shared.store.clear();
+    }
+
+    fn purged(&self) {
+        Counters::bump(&self.shared.counters.purges);
+        tracing::debug!("cache purge");
+    }
+
+    /// The counters and size now. Runs the store's pending housekeeping
+    /// first, so `bytes` and `entries` are exact; call it for monitoring,
+    /// not on every request.
+    #[must_use]
+    pub fn stats(&self) -> CacheStats {
+        let s = &self.shared;
+        s.store.sync();
+        let c = &s.counters;
+        CacheStats {
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            stale: c.stale.load(Relaxed),
+            revalidations: c.revalidations.load(Relaxed),
+            coalesced: c.coalesced.load(Relaxed),
+            stores: c.stores.load(Relaxed),
+            evictions: c.evictions.load(Relaxed),
+            purges: c.purges.load(Relaxed),
+            bytes: s.store.bytes(),
+            entries: s.store.entries(),
+        }
+    }
+}
+
+impl Shared {
+    /// Remembers `key` as uncacheable until `for_` has passed, so requests
+    /// for it go straight through instead of queueing behind each other.
+    pub(crate) fn remember_uncacheable(&self, key: &str, for_: Duration) {
+        if for_.is_zero() {
+            return;
+        }
+        let now = crate::date::monotonic_now();
+        let mut map = self
+            .uncacheable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_UNCACHEABLE_KEYS {
+            map.retain(|_, until| *until > now);
+            if map.len() >= MAX_UNCACHEABLE_KEYS {
+                map.clear();
+            }
+        }
+        match map.get_mut(key) {
+            Some(until) => *until = now + for_,
+            None => {
+                map.insert(key.into(), now + for_);
+            }
+        }
+    }
+
+    /// Forgets `key` (it was stored after all, or invalidated).
+    pub(crate) fn forget_uncacheable(&self, key: &str) {
+        let mut map = self
+            .uncacheable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !map.is_empty() {
+            map.remove(key);
+        }
+    }
+
+    pub(crate) fn is_uncacheable(&self, key: &str) -> bool {
+        let map = self
+            .uncacheable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.is_empty() {
+            return false;
+        }
+        map.get(key)
+            .is_some_and(|until| *until > crate::date::monotonic_now())
+    }
+}

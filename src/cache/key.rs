@@ -1,0 +1,132 @@
+//! The primary cache key: method-normalised scheme, host, path and query
+//! (RFC 9111 §2). `Vary` and the user's key closure select among the
+//! variants stored under one key (see `store.rs`).
+
+use http::header::HOST;
+use http::{HeaderMap, Uri};
+
+/// How the query string takes part in the cache key.
+///
+/// The query is part of the target URI, so RFC 9111 §2 keys on it; dropping
+/// it serves `/search?q=a` to a request for `/search?q=b`, a bug other
+/// caches shipped as a default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueryKey {
+    /// The query as received, byte for byte (the default).
+    #[default]
+    Keep,
+    /// Parameters sorted, so `?b=2&a=1` and `?a=1&b=2` share an entry. Only
+    /// right when the application ignores parameter order.
+    Sort,
+    /// The query ignored. Only right when no response depends on it.
+    Drop,
+}
+
+/// Writes `scheme://host/path?query` into `out`. The host is lowercased
+/// (RFC 3986 §6.2.2.1); the scheme is the request URI's, or `http` for an
+/// origin-form target.
+pub(crate) fn write_uri_key(out: &mut String, uri: &Uri, headers: &HeaderMap, query: QueryKey) {
+    out.clear();
+    out.push_str(uri.scheme_str().unwrap_or("http"));
+    out.push_str("://");
+    let host = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    };
+    // A userinfo part never identifies the resource; drop it.
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let start = out.len();
+    out.push_str(host);
+    out[start..].make_ascii_lowercase();
+    let path = uri.path();
+    out.push_str(if path.is_empty() { "/" } else { path });
+    match (uri.query(), query) {
+        (Some(q), QueryKey::Keep) => {
+            out.push('?');
+            out.push_str(q);
+        }
+        (Some(q), QueryKey::Sort) => {
+            let mut params: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+            params.sort_unstable();
+            out.push('?');
+            for (i, p) in params.iter().enumerate() {
+                if i > 0 {
+                    out.push('&');
+                }
+                out.push_str(p);
+            }
+        }
+        (_, _) => {}
+    }
+}
+
+/// The path-and-query part of a key written by [`write_uri_key`].
+pub(crate) fn path_of(key: &str) -> &str {
+    let rest = key.find("://").map_or(key, |i| &key[i + 3..]);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
+/// The `scheme://host` part of a key, for comparing origins (RFC 9111 §4.4).
+pub(crate) fn origin_of(key: &str) -> &str {
+    let start = key.find("://").map_or(0, |i| i + 3);
+    match key[start..].find('/') {
+        Some(i) => &key[..start + i],
+        None => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(uri: &str, host: Option<&str>, q: QueryKey) -> String {
+        let uri: Uri = uri.parse().unwrap();
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(HOST, host.parse().unwrap());
+        }
+        let mut out = String::new();
+        write_uri_key(&mut out, &uri, &h, q);
+        out
+    }
+
+    #[test]
+    fn key_keeps_scheme_host_path_and_query() {
+        assert_eq!(
+            key("/a?x=1", Some("Example.COM:8080"), QueryKey::Keep),
+            "http://example.com:8080/a?x=1"
+        );
+        assert_eq!(
+            key("https://h.test/a?x=2", None, QueryKey::Keep),
+            "https://h.test/a?x=2"
+        );
+        assert_ne!(
+            key("/a?x=1", Some("h"), QueryKey::Keep),
+            key("/a?x=2", Some("h"), QueryKey::Keep)
+        );
+        assert_ne!(
+            key("/a", Some("h1"), QueryKey::Keep),
+            key("/a", Some("h2"), QueryKey::Keep)
+        );
+    }
+
+    #[test]
+    fn query_can_be_sorted_or_dropped() {
+        assert_eq!(
+            key("/a?b=2&a=1", Some("h"), QueryKey::Sort),
+            key("/a?a=1&b=2", Some("h"), QueryKey::Sort)
+        );
+        assert_eq!(key("/a?b=2", Some("h"), QueryKey::Drop), "http://h/a");
+    }
+
+    #[test]
+    fn path_and_origin_are_recovered_from_a_key() {
+        assert_eq!(path_of("http://h:1/a/b?x"), "/a/b?x");
+        assert_eq!(origin_of("http://h:1/a/b?x"), "http://h:1");
+        assert_eq!(path_of("http://h"), "/");
+    }
+}

@@ -1,0 +1,321 @@
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use tower_layer::Layer;
+
+use super::entry::StoreRules;
+use super::executor::Executor;
+use super::handle::ResponseCache;
+use super::key::QueryKey;
+use super::service::Cache;
+use super::status::{fwd, hit, member_name, Fwd};
+
+/// Bodies up to this size are stored by default.
+const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
+/// Keys longer than this bypass the cache by default.
+const DEFAULT_MAX_KEY: usize = 4096;
+/// How long a key whose response was not storable skips coalescing.
+const DEFAULT_UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
+/// How long an entry with a validator is kept past its usable life, to be
+/// revalidated with a cheap 304 instead of fetched whole.
+const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(60);
+
+/// The user's key closure: `None` bypasses the cache for the request.
+pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Caches responses in a [`ResponseCache`]; see the
+/// [module docs](crate::cache).
+///
+/// The layer is its own builder: every setter takes and returns `self`, and
+/// building never fails.
+#[derive(Clone)]
+pub struct CacheLayer {
+    config: Arc<Config>,
+    cache: ResponseCache,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) rules: StoreRules,
+    pub(crate) max_body: usize,
+    pub(crate) max_key: usize,
+    pub(crate) query: QueryKey,
+    pub(crate) key_fn: Option<KeyFn>,
+    pub(crate) name: String,
+    pub(crate) ignore_client_no_cache: bool,
+    pub(crate) uncacheable_for: Duration,
+    pub(crate) executor: Option<Arc<dyn Executor>>,
+    /// A user-named targeted field, removed before responses leave.
+    pub(crate) strip_field: Option<HeaderName>,
+    /// `name; hit; ttl=N` for N up to ten minutes, formatted on first use:
+    /// a hit then clones a value instead of formatting one.
+    pub(crate) hit_members: Arc<[OnceLock<HeaderValue>]>,
+    /// `name; fwd=X` and `name; fwd=X; stored` for every reason, formatted
+    /// once: the common forward members.
+    pub(crate) fwd_members: Arc<[HeaderValue]>,
+}
+
+fn fwd_members(name: &str) -> Arc<[HeaderValue]> {
+    Fwd::ALL
+        .iter()
+        .flat_map(|f| {
+            [
+                fwd(name, *f, None, false, None),
+                fwd(name, *f, None, true, None),
+            ]
+        })
+        .collect()
+}
+
+const HIT_MEMBERS: usize = 601;
+
+fn hit_members() -> Arc<[OnceLock<HeaderValue>]> {
+    (0..HIT_MEMBERS).map(|_| OnceLock::new()).collect()
+}
+
+impl Config {
+    /// The `Cache-Status` member of a hit with `ttl` seconds left.
+    pub(crate) fn hit_member(&self, ttl: i64) -> HeaderValue {
+        match usize::try_from(ttl)
+            .ok()
+            .and_then(|i| self.hit_members.get(i))
+        {
+            Some(slot) => slot.get_or_init(|| hit(&self.name, ttl)).clone(),
+            None => hit(&self.name, ttl),
+        }
+    }
+
+    /// The `Cache-Status` member of a forwarded response.
+    pub(crate) fn fwd_member(
+        &self,
+        reason: Fwd,
+        fwd_status: Option<u16>,
+        stored: bool,
+        collapsed: Option<bool>,
+    ) -> HeaderValue {
+        if fwd_status.is_none() && collapsed.is_none() {
+            if let Some(i) = Fwd::ALL.iter().position(|f| *f == reason) {
+                return self.fwd_members[2 * i + usize::from(stored)].clone();
+            }
+        }
+        fwd(&self.name, reason, fwd_status, stored, collapsed)
+    }
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("config", &self.config)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("rules", &self.rules)
+            .field("max_body", &self.max_body)
+            .field("max_key", &self.max_key)
+            .field("query", &self.query)
+            .field(
+                "key_fn",
+                &self.key_fn.as_ref().map(|_| "Fn(&Parts) -> Option<String>"),
+            )
+            .field("name", &self.name)
+            .field("ignore_client_no_cache", &self.ignore_client_no_cache)
+            .field("uncacheable_for", &self.uncacheable_for)
+            .field("executor", &self.executor.as_ref().map(|_| "dyn Executor"))
+            .field("strip_field", &self.strip_field)
+            .finish()
+    }
+}
+
+impl CacheLayer {
+    /// A layer storing into `cache`, with the safe defaults: no heuristic
+    /// freshness and no default TTL (only responses with explicit freshness
+    /// are stored), bodies up to 8 MiB, the query kept in the key, client
+    /// `no-cache` honoured, `Cache-Status` named `tower-ssr`, and (with the
+    /// `tokio` feature) background refreshes on tokio.
+    #[must_use]
+    pub fn new(cache: ResponseCache) -> Self {
+        CacheLayer {
+            config: Arc::new(Config {
+                rules: StoreRules {
+                    default_ttl: None,
+                    heuristic_max: None,
+                    targeted: None,
+                    keep_stale: DEFAULT_KEEP_STALE,
+                },
+                max_body: DEFAULT_MAX_BODY,
+                max_key: DEFAULT_MAX_KEY,
+                query: QueryKey::Keep,
+                key_fn: None,
+                name: member_name("tower-ssr"),
+                ignore_client_no_cache: false,
+                uncacheable_for: DEFAULT_UNCACHEABLE_FOR,
+                #[cfg(feature = "tokio")]
+                executor: Some(Arc::new(super::executor::TokioExecutor)),
+                #[cfg(not(feature = "tokio"))]
+                executor: None,
+                strip_field: None,
+                hit_members: hit_members(),
+                fwd_members: fwd_members("tower-ssr"),
+            }),
+            cache,
+        }
+    }
+
+    /// The handle of the cache this layer stores into.
+    #[must_use]
+    pub fn cache(&self) -> &ResponseCache {
+        &self.cache
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// The largest body stored, in bytes (default 8 MiB). A longer response
+    /// streams through after the part already read, and is not stored.
+    #[must_use]
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.config().max_body = bytes;
+        self
+    }
+
+    /// The longest key, in bytes (default 4096); a request with a longer
+    /// one bypasses the cache (`Cache-Status: …; fwd=bypass`).
+    #[must_use]
+    pub fn max_key(mut self, bytes: usize) -> Self {
+        self.config().max_key = bytes;
+        self
+    }
+
+    /// A freshness lifetime for responses that carry no explicit one
+    /// (`max-age`, `s-maxage`, `Expires`), for renderers that send no
+    /// caching headers at all. Off by default: without it such responses
+    /// are not stored. Rounded down to whole seconds. `no-store`,
+    /// `private`, `Set-Cookie` and the other exclusions still apply.
+    #[must_use]
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config().rules.default_ttl = Some(ttl.as_secs());
+        self
+    }
+
+    /// Heuristic freshness (RFC 9111 §4.2.2) for responses without an
+    /// explicit lifetime but with `Last-Modified`: 10% of the time since
+    /// then, at most `max`. Off by default, because SSR pages rarely carry
+    /// a meaningful `Last-Modified` and a guessed lifetime serves outdated
+    /// pages.
+    #[must_use]
+    pub fn heuristic_freshness(mut self, max: Duration) -> Self {
+        self.config().rules.heuristic_max = Some(max.as_secs());
+        self
+    }
+
+    /// How the query string takes part in the key (default
+    /// [`QueryKey::Keep`]).
+    #[must_use]
+    pub fn query(mut self, query: QueryKey) -> Self {
+        self.config().query = query;
+        self
+    }
+
+    /// Adds a value of your own to the key, for example a locale read from
+    /// a cookie; requests with different values get different entries of
+    /// the same URI. Returning `None` bypasses the cache for the request
+    /// (for example for a logged-in user's session cookie).
+    #[must_use]
+    pub fn key_with<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.config().key_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// The identifier of this cache in `Cache-Status` (default
+    /// `tower-ssr`). A name that is not an RFC 8941 token is sent quoted.
+    #[must_use]
+    pub fn cache_name(mut self, name: &str) -> Self {
+        let config = self.config();
+        config.name = member_name(name);
+        config.hit_members = hit_members();
+        config.fwd_members = fwd_members(&config.name);
+        self
+    }
+
+    /// Whether to ignore the client's `Cache-Control: no-cache` and
+    /// `max-age`, and `Pragma: no-cache` (default `false`: honoured).
+    ///
+    /// Honoured, they make the cache revalidate with the inner service
+    /// before answering (RFC 9111 §5.2.1): a reload in a browser sees the
+    /// current page. Coalescing bounds the cost to one request per key at a
+    /// time, but any anonymous client can still keep the renderer busy with
+    /// one request after another. Public deployments usually turn this on,
+    /// as Varnish, nginx and Apache Traffic Server do by default.
+    #[must_use]
+    pub fn ignore_client_no_cache(mut self, ignore: bool) -> Self {
+        self.config().ignore_client_no_cache = ignore;
+        self
+    }
+
+    /// Honours a targeted field (RFC 9213) ahead of `Cache-Control`: when a
+    /// response carries it, non-empty, its directives alone decide storing
+    /// and freshness, and `Expires` is ignored. Use
+    /// `CDN-Cache-Control` to give browsers `max-age=0` and this cache a
+    /// long life; that field is left on responses for CDNs downstream. A
+    /// field of any other name is for this cache only and is removed
+    /// before responses leave. Off by default. The value is read with the
+    /// lenient `Cache-Control` parser rather than as an RFC 8941
+    /// dictionary.
+    #[must_use]
+    pub fn targeted_field(mut self, name: HeaderName) -> Self {
+        let strip = name != HeaderName::from_static("cdn-cache-control");
+        let config = self.config();
+        config.strip_field = strip.then(|| name.clone());
+        config.rules.targeted = Some(name);
+        self
+    }
+
+    /// How long a key whose response could not be stored is remembered as
+    /// uncacheable (default 10 s). Meanwhile its requests go to the inner
+    /// service at once, side by side, instead of queueing behind each other
+    /// to learn, one at a time, that the response cannot be shared.
+    /// `Duration::ZERO` turns the memory off.
+    #[must_use]
+    pub fn uncacheable_for(mut self, duration: Duration) -> Self {
+        self.config().uncacheable_for = duration;
+        self
+    }
+
+    /// How long an entry that carries a validator (`ETag`,
+    /// `Last-Modified`) is kept once it can no longer be served, so the
+    /// next request revalidates it with a cheap `304` instead of fetching
+    /// it whole (default 60 s). Memory pressure may evict it sooner.
+    #[must_use]
+    pub fn keep_stale(mut self, duration: Duration) -> Self {
+        self.config().rules.keep_stale = duration;
+        self
+    }
+
+    /// Where `stale-while-revalidate` refreshes run. Default: tokio, with
+    /// the `tokio` feature; without an executor, a stale entry is
+    /// revalidated in the foreground (the request waits).
+    #[must_use]
+    pub fn executor<E: Executor>(mut self, executor: E) -> Self {
+        self.config().executor = Some(Arc::new(executor));
+        self
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Cache::from_parts(inner, Arc::clone(&self.config), self.cache.clone())
+    }
+}

@@ -1,0 +1,951 @@
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_UNMODIFIED_SINCE, LOCATION, RANGE,
+};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower_service::Service;
+
+use super::body::ResponseBody;
+use super::entry::{
+    self, has_authorization, reuse, Entry, NotStorable, RequestDirectives, Reuse, CACHE_STATUS,
+};
+use super::flight::{Join, Lead, Outcome};
+use super::future::ResponseFuture;
+use super::handle::{Counters, ResponseCache, Shared};
+use super::key::{origin_of, write_uri_key};
+use super::layer::Config;
+use super::status::Fwd;
+use super::store::Variants;
+use super::tee::Pending;
+use crate::etag::{not_modified_parts, Condition, Conditionals};
+
+/// Middleware that answers requests from a [`ResponseCache`]; built by
+/// [`CacheLayer`](super::CacheLayer).
+///
+/// The inner service must be `Clone` and `Send` (axum's `Router` is): a
+/// request that waits for another to fill the cache, or a background
+/// refresh, calls a clone of it later. Its error type is kept.
+#[derive(Debug, Clone)]
+pub struct Cache<S> {
+    inner: S,
+    config: Arc<Config>,
+    cache: ResponseCache,
+}
+
+impl<S> Cache<S> {
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>, cache: ResponseCache) -> Self {
+        Cache {
+            inner,
+            config,
+            cache,
+        }
+    }
+
+    crate::macros::define_inner_service_accessors!();
+}
+
+/// The service that `poll_ready` made ready, leaving a clone in its place
+/// (tower's usual way to move a ready service into a future).
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+/// What a lookup found for a request.
+enum Lookup {
+    UriMiss,
+    VaryMiss,
+    /// The variants of the key and the index of the one that matched:
+    /// kept as is so a hit clones no entry `Arc`.
+    Found(Arc<Variants>, usize),
+}
+
+fn lookup(
+    shared: &Shared,
+    key: &str,
+    headers: &HeaderMap,
+    extra: Option<&str>,
+    has_auth: bool,
+) -> Lookup {
+    let Some(variants) = shared.store.get(key) else {
+        return Lookup::UriMiss;
+    };
+    // §4: the most recent matching variant (later ones were stored later).
+    match variants
+        .list
+        .iter()
+        .rposition(|e| e.matches(headers, extra))
+    {
+        // §3.5: a response to another user's authenticated request is
+        // shared only if it said so.
+        Some(i) if has_auth && !variants.list[i].auth_ok => Lookup::VaryMiss,
+        Some(i) => Lookup::Found(variants, i),
+        None => Lookup::VaryMiss,
+    }
+}
+
+/// Everything the miss path needs, moved into its future.
+struct Job<ReqBody> {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    parts: Parts,
+    body: ReqBody,
+    key: String,
+    flight_key: String,
+    extra: Option<Box<str>>,
+    /// The stored entry selected but not usable as is: validate it, or
+    /// serve it on error where allowed.
+    stale: Option<Arc<Entry>>,
+    fwd: Fwd,
+    req_cc: RequestDirectives,
+    has_auth: bool,
+    conditionals: Option<Conditionals>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let config = &*self.config;
+        let shared = &self.cache.shared;
+
+        let is_head = parts.method == Method::HEAD;
+        if parts.method != Method::GET && !is_head {
+            // RFC 9111 §4: never answered from the cache.
+            Counters::bump(&shared.counters.misses);
+            let inner = take_ready(&mut self.inner);
+            let member = config.fwd_member(Fwd::Method, None, false, None);
+            let shared = Arc::clone(shared);
+            let key = owned_key(config, &parts);
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, member, shared)));
+        }
+
+        let extra = match &config.key_fn {
+            None => Some(None),
+            Some(f) => f(&parts).map(|s| Some(s.into_boxed_str())),
+        };
+        let req_cc = RequestDirectives::from_headers(&parts.headers, config.ignore_client_no_cache);
+        let has_auth = has_authorization(&parts.headers);
+        // The hit path builds its key in a per-thread buffer: no allocation.
+        let found = KEY.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            write_uri_key(&mut buf, &parts.uri, &parts.headers, config.query);
+            let extra = extra.as_ref()?;
+            (buf.len() <= config.max_key)
+                .then(|| lookup(shared, &buf, &parts.headers, extra.as_deref(), has_auth))
+        });
+        let (Some(found), Some(extra)) = (found, extra) else {
+            Counters::bump(&shared.counters.misses);
+            let inner = take_ready(&mut self.inner);
+            let member = config.fwd_member(Fwd::Bypass, None, false, None);
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+        };
+
+        let now = crate::date::monotonic_now();
+        let mut fwd = Fwd::UriMiss;
+        let mut stale = None;
+        match found {
+            Lookup::Found(variants, i) => {
+                let entry = &variants.list[i];
+                match reuse(&entry.fresh, &req_cc, now) {
+                    Reuse::Fresh => {
+                        Counters::bump(&shared.counters.hits);
+                        return ResponseFuture::ready(hit(config, entry, &parts, now));
+                    }
+                    Reuse::StaleAccepted => {
+                        Counters::bump(&shared.counters.hits);
+                        Counters::bump(&shared.counters.stale);
+                        return ResponseFuture::ready(hit(config, entry, &parts, now));
+                    }
+                    Reuse::StaleWhileRevalidate if config.executor.is_some() => {
+                        Counters::bump(&shared.counters.hits);
+                        Counters::bump(&shared.counters.stale);
+                        let response = hit(config, entry, &parts, now);
+                        let key = owned_key(config, &parts);
+                        let flight_key = flight_key(&key, extra.as_deref());
+                        if let Some(lead) = shared.flights.try_lead(&flight_key) {
+                            let job = Job {
+                                config: Arc::clone(&self.config),
+                                shared: Arc::clone(shared),
+                                conditionals: None,
+                                parts: as_get(parts),
+                                body,
+                                key,
+                                flight_key,
+                                extra,
+                                stale: Some(Arc::clone(entry)),
+                                fwd: Fwd::Stale,
+                                req_cc,
+                                has_auth,
+                            };
+                            refresh_in_background(self.inner.clone(), job, lead);
+                        }
+                        return ResponseFuture::ready(response);
+                    }
+                    Reuse::StaleWhileRevalidate | Reuse::ForwardStale => {
+                        fwd = Fwd::Stale;
+                        stale = Some(Arc::clone(entry));
+                    }
+                    Reuse::ForwardRequest => {
+                        fwd = Fwd::Request;
+                        stale = Some(Arc::clone(entry));
+                    }
+                }
+            }
+            Lookup::VaryMiss => fwd = Fwd::VaryMiss,
+            Lookup::UriMiss => {}
+        }
+
+        if req_cc.only_if_cached {
+            // §5.2.1.7; a locally generated response gets no Cache-Status
+            // member (RFC 9211 §2).
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            return ResponseFuture::ready(res);
+        }
+
+        Counters::bump(&shared.counters.misses);
+        let inner = take_ready(&mut self.inner);
+        // HEAD is never stored (its response has no body to store) and a
+        // HEAD miss goes inward as HEAD, so a HEAD can never leave an empty
+        // body where a GET will look. Ranges and origin-only preconditions
+        // (RFC 9111 §4.3.2) go inward untouched too.
+        if is_head
+            || parts.headers.contains_key(RANGE)
+            || parts.headers.contains_key(IF_MATCH)
+            || parts.headers.contains_key(IF_UNMODIFIED_SINCE)
+        {
+            let member = config.fwd_member(fwd, None, false, None);
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+        }
+        let key = owned_key(config, &parts);
+        let flight_key = flight_key(&key, extra.as_deref());
+        if stale.is_none() && shared.is_uncacheable(&flight_key) {
+            // Just seen uncacheable: straight through, as if there were no
+            // cache, without queueing or copying anything for a store.
+            let member = config.fwd_member(fwd, None, false, None);
+            let req = Request::from_parts(parts, body);
+            let shared = Arc::clone(shared);
+            let config = Arc::clone(&self.config);
+            return ResponseFuture::miss(Box::pin(forward_uncacheable(
+                inner, req, member, config, shared, flight_key,
+            )));
+        }
+        let job = Job {
+            config: Arc::clone(&self.config),
+            shared: Arc::clone(shared),
+            conditionals: Conditionals::from_request(&parts.method, &parts.headers),
+            flight_key,
+            parts,
+            body,
+            key,
+            extra,
+            stale,
+            fwd,
+            req_cc,
+            has_auth,
+        };
+        ResponseFuture::miss(Box::pin(miss(inner, job)))
+    }
+}
+
+thread_local! {
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+fn owned_key(config: &Config, parts: &Parts) -> String {
+    let mut key = String::with_capacity(64);
+    write_uri_key(&mut key, &parts.uri, &parts.headers, config.query);
+    key
+}
+
+fn as_get(mut parts: Parts) -> Parts {
+    parts.method = Method::GET;
+    parts
+}
+
+fn flight_key(key: &str, extra: Option<&str>) -> String {
+    match extra {
+        None => key.to_owned(),
+        Some(e) => {
+            let mut k = String::with_capacity(key.len() + e.len() + 1);
+            k.push_str(key);
+            k.push('\u{1}');
+            k.push_str(e);
+            k
+        }
+    }
+}
+
+/// A response from a stored entry (RFC 9111 §4): `Age` set, the client's
+/// own conditionals answered (§4.3.2), no body for HEAD.
+fn from_entry<B: Body>(
+    entry: &Entry,
+    is_head: bool,
+    conditionals: Option<&Conditionals>,
+    member: HeaderValue,
+    now: Instant,
+) -> Response<ResponseBody<B>> {
+    let mut res = Response::new(if is_head {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::stored(entry.body.clone())
+    });
+    *res.status_mut() = entry.status;
+    *res.headers_mut() = entry.headers.clone();
+    let age = age_value(entry.fresh.age(now));
+    let mut placeholder = entry.status_placeholder;
+    if conditionals
+        .is_some_and(|c| c.evaluate(entry.status, &entry.headers) == Condition::NotModified)
+    {
+        // The 304 keeps only validators and caching fields (RFC 9110
+        // §15.4.5); no Cache-Status line survives, so ours is appended.
+        let (parts, _) = res.into_parts();
+        placeholder = false;
+        res = Response::from_parts(not_modified_parts(parts), ResponseBody::empty());
+    }
+    let headers = res.headers_mut();
+    headers.insert(AGE, age);
+    if placeholder {
+        headers.insert(CACHE_STATUS, member);
+    } else {
+        headers.append(CACHE_STATUS, member);
+    }
+    res
+}
+
+/// `Age` values up to ten minutes, formatted once.
+fn age_value(secs: u64) -> HeaderValue {
+    static SMALL: OnceLock<Box<[HeaderValue]>> = OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..=600u64).map(HeaderValue::from).collect());
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| small.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(secs))
+}
+
+fn hit<B: Body>(
+    config: &Config,
+    entry: &Entry,
+    parts: &Parts,
+    now: Instant,
+) -> Response<ResponseBody<B>> {
+    let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
+    let member = config.hit_member(entry.fresh.ttl(now));
+    from_entry(
+        entry,
+        parts.method == Method::HEAD,
+        conditionals.as_ref(),
+        member,
+        now,
+    )
+}
+
+/// Forwards a request untouched and streams the response back.
+async fn pass<S, ReqBody, B>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    member: HeaderValue,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    let (mut parts, body) = inner.call(req).await?.into_parts();
+    parts.headers.append(CACHE_STATUS, member);
+    Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+}
+
+/// Forwards a request for a key remembered as uncacheable, untouched (the
+/// client's conditionals included: the inner service answers them), and
+/// streams the response back. Should the response have become storable,
+/// the memory is dropped so that the next request leads a flight again.
+async fn forward_uncacheable<S, ReqBody, B>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    member: HeaderValue,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    flight_key: String,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    let (mut parts, body) = inner.call(req).await?.into_parts();
+    let now = crate::date::monotonic_now();
+    let storable = entry::storable(
+        parts.status,
+        &parts.headers,
+        &RequestDirectives::default(),
+        false,
+        &config.rules,
+        now,
+        (now, SystemTime::now()),
+    );
+    if storable.is_ok() {
+        shared.forget_uncacheable(&flight_key);
+    }
+    parts.headers.append(CACHE_STATUS, member);
+    Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+}
+
+/// Forwards an unsafe (or uncacheable safe) method and, on success,
+/// invalidates what it may have changed (RFC 9111 §4.4).
+async fn forward_method<S, ReqBody, B>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    key: String,
+    member: HeaderValue,
+    shared: Arc<Shared>,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    let unsafe_method = !matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
+    let (mut parts, body) = inner.call(req).await?.into_parts();
+    if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
+        invalidate(&shared, &key);
+        let origin = origin_of(&key);
+        for name in [LOCATION, CONTENT_LOCATION] {
+            let Some(target) = parts.headers.get(name).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            // §4.4: only URIs of the same origin as the target.
+            let other = if target.starts_with('/') && !target.starts_with("//") {
+                format!("{origin}{target}")
+            } else if let Ok(uri) = target.parse::<http::Uri>() {
+                if uri.authority().is_none() {
+                    continue;
+                }
+                let mut k = String::new();
+                write_uri_key(&mut k, &uri, &HeaderMap::new(), super::key::QueryKey::Keep);
+                k
+            } else {
+                continue;
+            };
+            if origin_of(&other) == origin {
+                invalidate(&shared, &other);
+            }
+        }
+    }
+    parts.headers.append(CACHE_STATUS, member);
+    Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+}
+
+fn invalidate(shared: &Shared, key: &str) {
+    if shared.store.remove(key) {
+        tracing::debug!(key, "cache invalidated by an unsafe method");
+    }
+    shared.forget_uncacheable(key);
+}
+
+/// The miss path: coalesce with other requests for the key, or lead.
+async fn miss<S, ReqBody, B>(
+    mut inner: S,
+    job: Job<ReqBody>,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    // Requests that cannot share a response go alone: another user's
+    // credentials, or no-store.
+    if job.has_auth || job.req_cc.no_store {
+        return fetch(&mut inner, job, None, None).await;
+    }
+    let mut collapsed = None;
+    loop {
+        let joined = job.shared.flights.join(&job.flight_key);
+        match joined {
+            Join::Lead(lead) => {
+                // A flight may have stored the response between our lookup
+                // and now.
+                if job.stale.is_none() {
+                    if let Lookup::Found(variants, i) = lookup(
+                        &job.shared,
+                        &job.key,
+                        &job.parts.headers,
+                        job.extra.as_deref(),
+                        false,
+                    ) {
+                        let entry = &variants.list[i];
+                        let now = crate::date::monotonic_now();
+                        if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
+                            lead.finish(Outcome::Stored);
+                            return Ok(hit(&job.config, entry, &job.parts, now));
+                        }
+                    }
+                }
+                return fetch(&mut inner, job, Some(lead), collapsed).await;
+            }
+            Join::Wait(wait) => {
+                Counters::bump(&job.shared.counters.coalesced);
+                tracing::debug!(key = %job.key, "waiting for a request in flight");
+                match wait.await {
+                    Outcome::Stored => {
+                        let found = lookup(
+                            &job.shared,
+                            &job.key,
+                            &job.parts.headers,
+                            job.extra.as_deref(),
+                            false,
+                        );
+                        if let Lookup::Found(variants, i) = found {
+                            let entry = &variants.list[i];
+                            // Just fetched or validated for the leader, so
+                            // good for this request too, whatever it asked.
+                            let now = crate::date::monotonic_now();
+                            let member = job.config.fwd_member(job.fwd, None, true, Some(true));
+                            return Ok(from_entry(
+                                entry,
+                                false,
+                                job.conditionals.as_ref(),
+                                member,
+                                now,
+                            ));
+                        }
+                        return fetch(&mut inner, job, None, Some(false)).await;
+                    }
+                    Outcome::NotStorable => return fetch(&mut inner, job, None, Some(false)).await,
+                    Outcome::Failed => {
+                        let now = crate::date::monotonic_now();
+                        if let Some(entry) = job
+                            .stale
+                            .as_ref()
+                            .filter(|e| e.fresh.sie_allows(now, job.req_cc.stale_if_error))
+                        {
+                            Counters::bump(&job.shared.counters.stale);
+                            let member = job.config.fwd_member(Fwd::Stale, None, false, Some(true));
+                            return Ok(from_entry(
+                                entry,
+                                false,
+                                job.conditionals.as_ref(),
+                                member,
+                                now,
+                            ));
+                        }
+                        return fetch(&mut inner, job, None, Some(false)).await;
+                    }
+                    // The leader's client hung up: take over.
+                    Outcome::Abandoned => collapsed = Some(false),
+                }
+            }
+        }
+    }
+}
+
+/// Goes to the inner service for `job`, validating its stale entry if it
+/// has one, and stores what may be stored. `lead`, when held, is finished
+/// with the outcome so waiters learn it.
+async fn fetch<S, ReqBody, B>(
+    inner: &mut S,
+    job: Job<ReqBody>,
+    lead: Option<Lead>,
+    collapsed: Option<bool>,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+    B: Body<Data = Bytes>,
+{
+    let Job {
+        config,
+        shared,
+        mut parts,
+        body,
+        key,
+        flight_key,
+        extra,
+        stale,
+        fwd,
+        req_cc,
+        has_auth,
+        conditionals,
+    } = job;
+    let finish = |lead: Option<Lead>, outcome: Outcome| {
+        if let Some(lead) = lead {
+            lead.finish(outcome);
+        }
+    };
+
+    // The client's own conditionals are answered here from the full
+    // response (§4.3.2); the inner service sees only ours, so that what
+    // comes back can be stored.
+    parts.headers.remove(IF_NONE_MATCH);
+    parts.headers.remove(IF_MODIFIED_SINCE);
+    let validating = stale
+        .as_ref()
+        .filter(|e| e.etag().is_some() || e.last_modified().is_some())
+        .cloned();
+    if let Some(entry) = &validating {
+        // §4.3.1: the stored entity tag, and Last-Modified as well.
+        if let Some(etag) = entry.etag() {
+            parts.headers.insert(IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = entry.last_modified() {
+            parts.headers.insert(IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+    let request_headers = parts.headers.clone();
+    let request_time = crate::date::monotonic_now();
+    let result = inner.call(Request::from_parts(parts, body)).await;
+    let now = crate::date::monotonic_now();
+    let response_time = (now, SystemTime::now());
+
+    let serve_stale = |status: Option<u16>| {
+        stale
+            .as_ref()
+            .filter(|e| e.fresh.sie_allows(now, req_cc.stale_if_error))
+            .map(|entry| {
+                Counters::bump(&shared.counters.stale);
+                let member = config.fwd_member(Fwd::Stale, status, false, collapsed);
+                from_entry(entry, false, conditionals.as_ref(), member, now)
+            })
+    };
+
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => {
+            finish(lead, Outcome::Failed);
+            // RFC 5861 §4: an error may be answered with a stale copy.
+            return serve_stale(None).ok_or(e);
+        }
+    };
+    let (mut head, body) = res.into_parts();
+    let status = head.status;
+
+    if status == StatusCode::NOT_MODIFIED {
+        if let Some(entry) = validating {
+            let response = revalidated(
+                &config,
+                &shared,
+                &key,
+                &entry,
+                &head.headers,
+                &req_cc,
+                has_auth,
+                request_time,
+                response_time,
+                fwd,
+                collapsed,
+                conditionals.as_ref(),
+            );
+            finish(lead, Outcome::Stored);
+            return Ok(response);
+        }
+    }
+
+    // RFC 5861 §4: 500, 502, 503 and 504 count as errors.
+    if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
+        if let Some(response) = serve_stale(Some(status.as_u16())) {
+            finish(lead, Outcome::Failed);
+            return Ok(response);
+        }
+    }
+
+    let fwd_status = validating.is_some().then_some(status.as_u16());
+    let policy = entry::storable(
+        status,
+        &head.headers,
+        &req_cc,
+        has_auth,
+        &config.rules,
+        request_time,
+        response_time,
+    );
+    let policy = match policy {
+        Ok(p) => p,
+        Err(reason) => {
+            tracing::debug!(key = %key, ?reason, "response not stored");
+            if matches!(reason, NotStorable::Response(_)) {
+                shared.remember_uncacheable(&flight_key, config.uncacheable_for);
+            }
+            if let Some(entry) = &stale {
+                // Superseded by a response that may not be stored.
+                shared.store.remove_variant(&key, entry);
+            }
+            finish(lead, Outcome::NotStorable);
+            if let Some(field) = &config.strip_field {
+                head.headers.remove(field);
+            }
+            let member = config.fwd_member(fwd, fwd_status, false, collapsed);
+            return Ok(passthrough(head, body, conditionals.as_ref(), member));
+        }
+    };
+
+    let declared = head
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let cap = config.max_body;
+    let hint = body.size_hint();
+    let fits = declared.map_or(true, |n| n <= cap as u64) && hint.lower() <= cap as u64;
+    let member = |stored: bool| config.fwd_member(fwd, fwd_status, stored, collapsed);
+    let mut pending = Pending {
+        shared: Arc::clone(&shared),
+        config: Arc::clone(&config),
+        key,
+        flight_key,
+        status,
+        version: head.version,
+        headers: head.headers.clone(),
+        policy,
+        request_headers,
+        extra,
+        lead,
+        chunks: Vec::new(),
+        len: 0,
+    };
+    // A body of unknown length (a streamed render) is stored as it passes
+    // to the client, so the first bytes are not held back; unless the
+    // client's own conditional may turn the answer into a 304, which needs
+    // the whole response first.
+    if fits && declared.is_none() && hint.exact().is_none() && conditionals.is_none() {
+        if let Some(field) = &config.strip_field {
+            head.headers.remove(field);
+        }
+        // Whether it ends up stored is not known yet: no `stored`.
+        head.headers.append(CACHE_STATUS, member(false));
+        return Ok(Response::from_parts(head, ResponseBody::tee(body, pending)));
+    }
+    let collected = if fits {
+        collect(body, cap).await
+    } else {
+        Collected::TooLong(VecDeque::new(), Box::pin(body))
+    };
+    match collected {
+        // §3.3: a body shorter than announced is incomplete: not stored.
+        Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
+            pending.len = bytes.len();
+            pending.chunks.push(bytes);
+            let entry = pending.store();
+            Ok(from_entry(
+                &entry,
+                false,
+                conditionals.as_ref(),
+                member(true),
+                crate::date::monotonic_now(),
+            ))
+        }
+        Collected::Complete(bytes) => {
+            if let Some(lead) = pending.lead.take() {
+                lead.finish(Outcome::Failed);
+            }
+            head.headers.remove(CONTENT_LENGTH);
+            head.headers.append(CACHE_STATUS, member(false));
+            Ok(Response::from_parts(head, ResponseBody::stored(bytes)))
+        }
+        Collected::TooLong(buffered, rest) => {
+            pending.too_long();
+            head.headers.append(CACHE_STATUS, member(false));
+            Ok(Response::from_parts(
+                head,
+                ResponseBody::replay(buffered, None, Some(rest)),
+            ))
+        }
+        Collected::Failed(buffered, error) => {
+            // Nothing partial is stored; dropping `pending` lets a waiter
+            // try again.
+            drop(pending);
+            head.headers.append(CACHE_STATUS, member(false));
+            Ok(Response::from_parts(
+                head,
+                ResponseBody::replay(buffered, Some(error), None),
+            ))
+        }
+    }
+}
+
+/// A 304 answered our validators: freshen the stored entry (RFC 9111
+/// §4.3.4) and answer from it.
+#[allow(clippy::too_many_arguments)]
+fn revalidated<B: Body>(
+    config: &Config,
+    shared: &Shared,
+    key: &str,
+    entry: &Arc<Entry>,
+    not_modified: &HeaderMap,
+    req_cc: &RequestDirectives,
+    has_auth: bool,
+    request_time: Instant,
+    response_time: (Instant, SystemTime),
+    fwd: Fwd,
+    collapsed: Option<bool>,
+    conditionals: Option<&Conditionals>,
+) -> Response<ResponseBody<B>> {
+    let now = response_time.0;
+    // §4.3.4: a 304 naming another strong validator selects no stored
+    // response: answer from what we have, and let the next request fetch.
+    let same_tag = match (not_modified.get(http::header::ETAG), entry.etag()) {
+        (Some(a), Some(b)) => {
+            let (a, b) = (
+                crate::etag::ETag::parse(a.as_bytes()),
+                crate::etag::ETag::parse(b.as_bytes()),
+            );
+            matches!((a, b), (Some(a), Some(b)) if a.weak_eq(&b))
+        }
+        _ => true,
+    };
+    let mut merged = entry::merge_304(&entry.headers, not_modified);
+    if entry.status_placeholder {
+        merged.remove(CACHE_STATUS);
+    }
+    let policy = entry::storable(
+        entry.status,
+        &merged,
+        req_cc,
+        has_auth,
+        &config.rules,
+        request_time,
+        response_time,
+    );
+    let member = |stored| config.fwd_member(fwd, Some(304), stored, collapsed);
+    match policy {
+        Ok(policy) if same_tag => {
+            let mut fresh = entry::build(
+                entry.status,
+                entry.version,
+                &merged,
+                entry.body.clone(),
+                policy,
+                &HeaderMap::new(),
+                entry.extra.clone(),
+                config.strip_field.as_ref(),
+            );
+            // The variant stays the one it was.
+            fresh.vary = entry.vary.clone();
+            let fresh = Arc::new(fresh);
+            shared.store.insert(key, Arc::clone(&fresh));
+            Counters::bump(&shared.counters.revalidations);
+            Counters::bump(&shared.counters.stores);
+            tracing::debug!(key, "stored response revalidated");
+            from_entry(&fresh, false, conditionals, member(true), now)
+        }
+        _ => {
+            shared.store.remove_variant(key, entry);
+            from_entry(entry, false, conditionals, member(false), now)
+        }
+    }
+}
+
+/// An unstored response streamed through, the client's conditionals
+/// answered from its head.
+fn passthrough<B: Body>(
+    mut head: http::response::Parts,
+    body: B,
+    conditionals: Option<&Conditionals>,
+    member: HeaderValue,
+) -> Response<ResponseBody<B>> {
+    if conditionals
+        .is_some_and(|c| c.evaluate(head.status, &head.headers) == Condition::NotModified)
+    {
+        let mut parts = not_modified_parts(head);
+        parts.headers.append(CACHE_STATUS, member);
+        return Response::from_parts(parts, ResponseBody::empty());
+    }
+    head.headers.append(CACHE_STATUS, member);
+    Response::from_parts(head, ResponseBody::stream(body))
+}
+
+enum Collected<B: Body> {
+    Complete(Bytes),
+    TooLong(VecDeque<Bytes>, Pin<Box<B>>),
+    Failed(VecDeque<Bytes>, B::Error),
+}
+
+/// Reads a body whole, up to `cap` bytes. Trailers are dropped (RFC 9111
+/// §3.1 allows it).
+async fn collect<B: Body<Data = Bytes>>(body: B, cap: usize) -> Collected<B> {
+    let mut body = Box::pin(body);
+    let mut chunks = VecDeque::new();
+    let mut len = 0usize;
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    len = len.saturating_add(data.len());
+                    if !data.is_empty() {
+                        chunks.push_back(data);
+                    }
+                    if len > cap {
+                        return Collected::TooLong(chunks, body);
+                    }
+                }
+            }
+            Err(e) => return Collected::Failed(chunks, e),
+        }
+    }
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(len);
+            for c in chunks {
+                all.extend_from_slice(&c);
+            }
+            all.freeze()
+        }
+    };
+    Collected::Complete(bytes)
+}
+
+/// Starts a `stale-while-revalidate` refresh on the executor.
+fn refresh_in_background<S, ReqBody, B>(mut svc: S, job: Job<ReqBody>, lead: Lead)
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    let Some(executor) = job.config.executor.clone() else {
+        return;
+    };
+    tracing::debug!(key = %job.key, "background refresh");
+    executor.execute(Box::pin(async move {
+        if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
+            return; // the lead guard drops: a later request tries again
+        }
+        // The response only matters for what it stores: read its body to
+        // the end, since a streamed one is stored as it is read.
+        if let Ok(res) = fetch(&mut svc, job, Some(lead), None).await {
+            let mut body = std::pin::pin!(res.into_body());
+            while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
+        }
+    }));
+}

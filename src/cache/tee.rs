@@ -1,0 +1,112 @@
+//! Storing a response while it streams to the client that asked for it.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode, Version};
+
+use super::entry::{self, Entry, Policy};
+use super::flight::{Lead, Outcome};
+use super::handle::{Counters, Shared};
+use super::layer::Config;
+
+/// A storable response on its way: what is needed to store it once its
+/// body has ended. Dropped unfinished (the client hung up, the body
+/// failed), it stores nothing and its flight's waiters take over.
+pub(crate) struct Pending {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) key: String,
+    pub(crate) flight_key: String,
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) policy: Policy,
+    pub(crate) request_headers: HeaderMap,
+    pub(crate) extra: Option<Box<str>>,
+    pub(crate) lead: Option<Lead>,
+    pub(crate) chunks: Vec<Bytes>,
+    pub(crate) len: usize,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("key", &self.key)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// Keeps a chunk; `false` once the body is longer than may be stored.
+    pub(crate) fn push(&mut self, data: &Bytes) -> bool {
+        self.len = self.len.saturating_add(data.len());
+        if self.len > self.config.max_body {
+            return false;
+        }
+        if !data.is_empty() {
+            // A reference count, not a copy.
+            self.chunks.push(data.clone());
+        }
+        true
+    }
+
+    /// Stores the complete response and wakes the flight's waiters.
+    pub(crate) fn store(self) -> Arc<Entry> {
+        let Pending {
+            shared,
+            config,
+            key,
+            flight_key,
+            status,
+            version,
+            headers,
+            policy,
+            request_headers,
+            extra,
+            lead,
+            mut chunks,
+            len,
+        } = self;
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(len);
+                for c in &chunks {
+                    all.extend_from_slice(c);
+                }
+                all.freeze()
+            }
+        };
+        let entry = Arc::new(entry::build(
+            status,
+            version,
+            &headers,
+            body,
+            policy,
+            &request_headers,
+            extra,
+            config.strip_field.as_ref(),
+        ));
+        shared.store.insert(&key, Arc::clone(&entry));
+        shared.forget_uncacheable(&flight_key);
+        Counters::bump(&shared.counters.stores);
+        tracing::debug!(key = %key, bytes = entry.body.len(), "response stored");
+        if let Some(lead) = lead {
+            lead.finish(Outcome::Stored);
+        }
+        entry
+    }
+
+    /// The body outgrew the cap: remember the key and let waiters go.
+    pub(crate) fn too_long(self) {
+        self.shared
+            .remember_uncacheable(&self.flight_key, self.config.uncacheable_for);
+        tracing::debug!(key = %self.key, "response too long to store");
+        if let Some(lead) = self.lead {
+            lead.finish(Outcome::NotStorable);
+        }
+    }
+}
