@@ -1,6 +1,6 @@
 //! [`ServiceBuilderExt`]: the crate's layers as `ServiceBuilder` methods.
 
-#[cfg(feature = "cache-control")]
+#[cfg(any(feature = "cache-control", feature = "balance"))]
 use tower_layer::Stack;
 
 /// Adds tower-ssr's layers to [`tower::ServiceBuilder`] as methods, the way
@@ -39,6 +39,15 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: crate::cache_control::CacheControlLayer,
     ) -> tower::ServiceBuilder<Stack<crate::cache_control::CacheControlLayer, L>>;
+
+    /// Adds a [`BalanceLayer`](crate::balance::BalanceLayer) over the
+    /// client service that follows.
+    #[cfg(feature = "balance")]
+    #[must_use]
+    fn balance(
+        self,
+        layer: crate::balance::BalanceLayer,
+    ) -> tower::ServiceBuilder<Stack<crate::balance::BalanceLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
@@ -47,6 +56,14 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
         self,
         layer: crate::cache_control::CacheControlLayer,
     ) -> tower::ServiceBuilder<Stack<crate::cache_control::CacheControlLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "balance")]
+    fn balance(
+        self,
+        layer: crate::balance::BalanceLayer,
+    ) -> tower::ServiceBuilder<Stack<crate::balance::BalanceLayer, L>> {
         self.layer(layer)
     }
 }

@@ -56,3 +56,47 @@ impl<C> Layer<C> for BalanceLayer {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::{Request, Response, Uri};
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::balance::RoundRobin;
+    use crate::ServiceBuilderExt;
+
+    #[tokio::test]
+    async fn the_layer_rewrites_the_target_to_the_chosen_upstream() {
+        let set = Endpoints::new(RoundRobin::new());
+        set.add("a", "http://10.0.0.1:3000".parse().unwrap())
+            .unwrap();
+        set.add("b", "http://10.0.0.2:3000/app".parse().unwrap())
+            .unwrap();
+        // A client that answers with the URI it was asked for.
+        let client = service_fn(|req: Request<String>| async move {
+            Ok::<_, std::convert::Infallible>(Response::new(req.uri().to_string()))
+        });
+        let svc = ServiceBuilder::new()
+            .balance(BalanceLayer::new(set))
+            .service(client);
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let req = Request::get("/posts/1?x=2").body(String::new()).unwrap();
+            let res = svc.clone().oneshot(req).await.unwrap();
+            let bytes = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let uri: Uri = std::str::from_utf8(&bytes).unwrap().parse().unwrap();
+            seen.push(uri.to_string());
+        }
+        assert_eq!(
+            seen,
+            [
+                "http://10.0.0.1:3000/posts/1?x=2",
+                "http://10.0.0.2:3000/app/posts/1?x=2"
+            ]
+        );
+    }
+}
