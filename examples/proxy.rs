@@ -23,11 +23,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tower::Service;
+use tower::{Layer, Service};
 use tower_ssr::balance::{
     ActiveProbes, ClientAddr, Endpoints, Key, LeastInFlight, PowerOfTwo, Rendezvous, RoundRobin,
     Strategy, TrustedProxies,
 };
+use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::proxy::{http_check, ReverseProxy};
 
 #[derive(Debug)]
@@ -210,15 +211,36 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     let proxy = ReverseProxy::builder(upstreams).key(key).build();
 
-    // ==== CACHE LAYER GOES HERE =============================================
-    // `args.cache_mb` is `Some(megabytes)` (default 256) or `None` for
-    // --no-cache. The lead wraps `proxy` in the cache layer at this spot,
-    // e.g. `ServiceBuilder::new().option_layer(cache).service(proxy)`.
-    let _cache_mb: Option<u64> = args.cache_mb;
-    let service = proxy;
-    // =========================================================================
-
+    // The cache (on by default) is a pure RFC 9111 shared cache: it stores
+    // what the upstreams' own headers allow and injects no policy.
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    match args.cache_mb {
+        Some(mb) => {
+            let cache = ResponseCache::builder().max_bytes(mb.saturating_mul(1 << 20)).build();
+            serve(listener, CacheLayer::new(cache).layer(proxy)).await
+        }
+        None => serve(listener, proxy).await,
+    }
+}
+
+/// Accepts connections until Ctrl-C or SIGTERM, then lets requests in
+/// progress finish, within reason.
+async fn serve<S, B>(
+    listener: tokio::net::TcpListener,
+    service: S,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     println!("listening on {}", listener.local_addr()?);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
