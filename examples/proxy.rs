@@ -216,7 +216,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     match args.cache_mb {
         Some(mb) => {
-            let cache = ResponseCache::builder().max_bytes(mb.saturating_mul(1 << 20)).build();
+            let cache = ResponseCache::builder()
+                .max_bytes(mb.saturating_mul(1 << 20))
+                .build();
             serve(listener, CacheLayer::new(cache).layer(proxy)).await
         }
         None => serve(listener, proxy).await,

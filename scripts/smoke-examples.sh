@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Runs the examples the way README.md and the issues tell a user to, on
+# loopback ports, and checks what they answer. Used by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+cargo build --quiet --examples
+ex=target/debug/examples
+logs=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$logs"
+}
+trap cleanup EXIT
+
+fail() { echo "smoke: FAIL: $*" >&2; exit 1; }
+ok() { echo "smoke: ok: $*"; }
+
+# start NAME CMD...: runs CMD in the background, waits for its
+# "listening on ADDR" line and sets ADDR (host:port, without http://).
+start() {
+  local name=$1; shift
+  "$@" >"$logs/$name.log" 2>&1 &
+  pids+=($!)
+  LAST_PID=$!
+  for _ in $(seq 1 200); do
+    if grep -q "listening on" "$logs/$name.log"; then
+      ADDR=$(grep -m1 "listening on" "$logs/$name.log" | sed -E 's#.*listening on (http://)?##')
+      return 0
+    fi
+    kill -0 "$LAST_PID" 2>/dev/null || { cat "$logs/$name.log" >&2; fail "$name exited early"; }
+    sleep 0.1
+  done
+  cat "$logs/$name.log" >&2
+  fail "$name never said 'listening on'"
+}
+
+# header URL NAME [curl args...]: the value of one response header.
+header() {
+  local url=$1 name=$2; shift 2
+  curl -s -o /dev/null -D - "$@" "$url" | tr -d '\r' | grep -i "^$name:" | head -1 | cut -d' ' -f2-
+}
+status() {
+  local url=$1; shift
+  curl -s -o /dev/null -w '%{http_code}' "$@" "$url"
+}
+expect() { # expect WHAT GOT WANT-REGEX
+  [[ "$2" =~ $3 ]] || fail "$1: got '$2', want /$3/"
+  ok "$1"
+}
+
+# ---- the ssr demo: `cargo run --example ssr` (PORT overrides 3000) -------
+start ssr env PORT=0 "$ex/ssr"
+base="http://$ADDR"
+expect "ssr page policy" "$(header "$base/posts/1" cache-control)" '^public, max-age=0, s-maxage=60, stale-while-revalidate=300$'
+expect "ssr second request is a hit" "$(header "$base/posts/1" cache-status)" '^tower-ssr; hit; ttl=[0-9]+$'
+expect "ssr hit carries Age" "$(header "$base/posts/1" age)" '^[0-9]+$'
+etag=$(header "$base/posts/1" etag)
+expect "ssr weak ETag" "$etag" '^W/"[0-9a-f]{32}"$'
+expect "ssr If-None-Match gives 304" "$(status "$base/posts/1" -H "If-None-Match: $etag")" '^304$'
+expect "ssr asset is immutable" "$(header "$base/assets/app.3f9a1c.js" cache-control)" '^public, max-age=31536000, immutable$'
+expect "ssr account is private" "$(header "$base/account" cache-control)" '^private'
+expect "ssr account is never a hit" "$(header "$base/account" cache-status)" 'fwd='
+expect "ssr boom is a 500" "$(status "$base/boom")" '^500$'
+expect "ssr boom is no-store" "$(header "$base/boom" cache-control)" '^no-store$'
+expect "ssr purge answers" "$(status "$base/admin/purge?path=/posts/1" -X POST)" '^200$'
+expect "ssr purged page is a miss" "$(header "$base/posts/1" cache-status)" 'fwd=uri-miss'
+kill -INT "$LAST_PID"
+for _ in $(seq 1 50); do kill -0 "$LAST_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$LAST_PID" 2>/dev/null && fail "ssr did not stop on Ctrl-C"
+ok "ssr stops on Ctrl-C"
+
+# ---- the proxy, with exactly the issue's command line shape ---------------
+start r1 "$ex/renderer" --listen 127.0.0.1:0 --name r1
+up1=$ADDR
+start r2 "$ex/renderer" --listen 127.0.0.1:0 --name r2
+up2=$ADDR
+start proxy "$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --upstream "http://$up2" \
+  --strategy round-robin --weights 1,2 --cache-mb 64
+proxy_pid=$LAST_PID
+base="http://$ADDR"
+expect "proxy first request is stored" "$(header "$base/p/1" cache-status)" 'fwd=uri-miss; stored'
+expect "proxy second request is a hit" "$(header "$base/p/1" cache-status)" '^tower-ssr; hit'
+kill -TERM "$proxy_pid"
+for _ in $(seq 1 100); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$proxy_pid" 2>/dev/null && fail "proxy did not stop on SIGTERM"
+ok "proxy stops on SIGTERM"
+
+start proxy2 "$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --upstream "http://$up2" \
+  --strategy round-robin --no-cache
+base="http://$ADDR"
+expect "proxy --no-cache adds no Cache-Status" "$(header "$base/p/1" cache-status)" '^$'
+a=$(header "$base/p/2" x-upstream); b=$(header "$base/p/2" x-upstream)
+[[ -n "$a" && -n "$b" && "$a" != "$b" ]] || fail "round robin: got '$a' then '$b'"
+ok "proxy round robin alternates upstreams"
+expect "proxy rejects bad flags" "$("$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --strategy nope >/dev/null 2>&1; echo $?)" '^2$'
+
+echo "smoke: all examples answered as documented"
