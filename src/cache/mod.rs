@@ -113,12 +113,16 @@
 //! layer wraps the router rather than a handler, since nothing else runs.
 
 mod body;
+#[cfg(feature = "redis")]
+mod codec;
 mod entry;
 mod executor;
 mod flight;
 mod future;
 mod handle;
 mod key;
+#[cfg(feature = "redis")]
+mod l2;
 mod layer;
 mod service;
 mod status;
@@ -133,5 +137,8 @@ pub use executor::{Executor, Task};
 pub use future::ResponseFuture;
 pub use handle::{CacheStats, ResponseCache, ResponseCacheBuilder};
 pub use key::QueryKey;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use l2::{InvalidRedisUrl, RedisTier};
 pub use layer::CacheLayer;
 pub use service::Cache;
