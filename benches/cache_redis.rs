@@ -70,7 +70,9 @@ fn req() -> Request<()> {
 
 fn benches(c: &mut Criterion) {
     let Ok(url) = std::env::var("TOWER_SSR_REDIS_URL") else {
-        eprintln!("cache_redis bench skipped: set TOWER_SSR_REDIS_URL (e.g. redis://127.0.0.1:6379)");
+        eprintln!(
+            "cache_redis bench skipped: set TOWER_SSR_REDIS_URL (e.g. redis://127.0.0.1:6379)"
+        );
         return;
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -88,7 +90,10 @@ fn benches(c: &mut Criterion) {
         let cold_cache = ResponseCache::builder().max_bytes(1).redis(tier()).build();
         let cold = CacheLayer::new(cold_cache.clone()).layer(renderer());
         for c in [&tiered_cache, &cold_cache] {
-            assert!(c.redis_ready(Duration::from_secs(5)).await, "redis is not reachable at {url}");
+            assert!(
+                c.redis_ready(Duration::from_secs(5)).await,
+                "redis is not reachable at {url}"
+            );
         }
         // Fill memory (and Redis, through the tiered cache).
         plain.clone().oneshot(req()).await.unwrap();
@@ -144,7 +149,10 @@ fn benches(c: &mut Criterion) {
 
     // Honesty check: how many of the cold cache's answers came from Redis.
     let s = cold_cache.stats();
-    eprintln!("cold cache: {} answers from redis, {} from memory", s.l2_hits, s.hits);
+    eprintln!(
+        "cold cache: {} answers from redis, {} from memory",
+        s.l2_hits, s.hits
+    );
     rt.block_on(async {
         writer_cache.purge_all();
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -44,6 +44,7 @@
 //! | `cache-control` | yes | [`cache_control`] |
 //! | `cache` | yes | `cache`: the RFC 9111 shared response cache |
 //! | `tokio` | yes | the cache's background refreshes run on tokio |
+//! | `redis` | no | a shared second cache tier on Redis for many instances |
 //!
 //! # Example
 //!

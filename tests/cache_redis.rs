@@ -478,3 +478,29 @@ async fn killing_redis_fails_no_request_and_a_restart_restores_sharing() {
         .one("cache-status")
         .contains("fwd=uri-miss"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("crashed");
+    let origin = Origin::default();
+    // Waits far longer than the planted lock lives: only its expiry can
+    // let the request through.
+    let tier = RedisTier::new(&url)
+        .unwrap()
+        .namespace(&ns)
+        .render_lock(PATIENCE);
+    let (a, ca) = instance(&origin, tier).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    let lock = format!("{ns}:l:http://shop.example/locked");
+    let set = resp(
+        &url,
+        &[b"SET", lock.as_bytes(), b"crashed-holder", b"PX", b"300"],
+    );
+    assert!(set.starts_with("+OK"), "{set}");
+    let seen = get(a, "/locked").await;
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders("/locked"), 1);
+}
