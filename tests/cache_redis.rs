@@ -504,3 +504,37 @@ async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry() {
     assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
     assert_eq!(origin.renders("/locked"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both() {
+    let Some(url) = redis_url() else { return };
+    let (origin, [(a, ca), (b, cb)]) = two_instances("unsafe", &url, false).await;
+
+    get(a, "/cart").await;
+    eventually("the write", || ca.stats().l2_writes == 1).await;
+    assert!(get(b, "/cart").await.one("cache-status").contains("redis"));
+    assert!(get(b, "/cart").await.one("cache-status").contains("hit"));
+
+    // RFC 9111 §4.4 on the first instance; the second hears of it.
+    let posted = tokio::time::timeout(
+        PATIENCE,
+        common::send(
+            a,
+            axum::http::Method::POST,
+            "/cart",
+            &[("host", "shop.example")],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.status, 200);
+    eventually("the invalidation reaches the second instance", || {
+        cb.stats().remote_purges == 1
+    })
+    .await;
+    assert!(get(b, "/cart")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+    assert_eq!(origin.renders("/cart"), 3, "GET, POST, and the GET after");
+}
