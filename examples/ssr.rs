@@ -6,6 +6,22 @@
 //! PORT=4000 cargo run --example ssr  # another port
 //! ```
 //!
+//! Two instances sharing one Redis (feature `redis`; without `REDIS_URL`
+//! the shared tier is off and no Redis is needed):
+//!
+//! ```text
+//! redis-server --port 6379 --save '' --appendonly no --daemonize yes
+//! REDIS_URL=redis://127.0.0.1:6379 PORT=3000 cargo run --example ssr --features redis
+//! REDIS_URL=redis://127.0.0.1:6379 PORT=3001 cargo run --example ssr --features redis
+//! curl -si -H 'Host: shop.local' http://127.0.0.1:3000/posts/1 | grep -i cache-status  # fwd=uri-miss; stored
+//! curl -si -H 'Host: shop.local' http://127.0.0.1:3001/posts/1 | grep -i cache-status  # hit; ...; detail=redis
+//! curl -si -X POST -H 'Host: shop.local' 'http://127.0.0.1:3001/admin/purge?tag=pages'  # purges both
+//! ```
+//!
+//! The host is part of the cache key: behind a load balancer every
+//! instance sees the public host; curling two ports directly, send the same
+//! `Host` to both.
+//!
 //! Every page costs about 1–2 ms of CPU to render (a 20–40 KB HTML page,
 //! deterministic per URL), like a real SSR framework would.
 
@@ -31,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     // The response cache goes outside the router: a hit costs one lookup
     // and no routing. It stores what CacheControlLayer (inside) decided.
-    let cache = ResponseCache::builder().max_bytes(128 << 20).build();
+    let cache = shared_tier(ResponseCache::builder().max_bytes(128 << 20))?.build();
     let app = ServiceBuilder::new()
         // Names the request body type for the router below.
         .map_request(|req: axum::extract::Request| req)
@@ -55,12 +71,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i -X POST '{base}/admin/purge?path=/'   # demo only: purge a path");
     println!("  curl -i -X POST '{base}/admin/purge?tag=pages' # or a tag");
     println!("  curl {base}/admin/stats         # cache counters");
+    println!("two instances sharing one Redis (feature redis):");
+    println!(
+        "  REDIS_URL=redis://127.0.0.1:6379 PORT=3001 cargo run --example ssr --features redis"
+    );
+    println!("  then the same URL with the same Host on both ports: the second instance answers from Redis");
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
     Ok(())
+}
+
+/// The shared Redis tier when `REDIS_URL` is set; off otherwise.
+fn shared_tier(
+    builder: tower_ssr::cache::ResponseCacheBuilder,
+) -> Result<tower_ssr::cache::ResponseCacheBuilder, Box<dyn std::error::Error>> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return Ok(builder);
+    };
+    #[cfg(feature = "redis")]
+    {
+        println!("shared cache tier on Redis from REDIS_URL (render lock on)");
+        let tier = tower_ssr::cache::RedisTier::new(&url)?.render_lock(Duration::from_secs(2));
+        Ok(builder.redis(tier))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        Err(format!(
+            "REDIS_URL={url} needs the redis feature: cargo run --example ssr --features redis"
+        )
+        .into())
+    }
 }
 
 fn app(cache: ResponseCache) -> Result<Router, Box<dyn std::error::Error>> {

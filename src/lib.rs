@@ -54,6 +54,7 @@
 //! | `proxy` | yes | [`proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
 //! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
 //! | `tracing` | no | debug events from `balance` |
+//! | `redis` | no | a shared second cache tier on Redis for many instances |
 //!
 //! # Example
 //!

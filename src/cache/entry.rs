@@ -601,16 +601,7 @@ pub(crate) fn build(
             (n, v)
         })
         .collect();
-    let mut weight = ENTRY_OVERHEAD + body.len();
-    for (name, value) in &stored {
-        // A map slot is about 100 bytes besides the name and value.
-        weight += name.as_str().len() + value.len() + 100;
-    }
-    for (name, value) in vary.iter() {
-        weight += name.as_str().len() + value.as_ref().map_or(0, HeaderValue::len) + 32;
-    }
-    weight += tags.iter().map(|t| t.len() + 16).sum::<usize>();
-    weight += extra.as_ref().map_or(0, |e| e.len());
+    let weight = weigh(&stored, body.len(), &vary, &tags, extra.as_deref());
     Entry {
         status,
         version,
@@ -624,6 +615,27 @@ pub(crate) fn build(
         auth_ok: policy.auth_ok,
         weight,
     }
+}
+
+/// What an entry is counted as in the store's byte bound.
+pub(crate) fn weigh(
+    headers: &HeaderMap,
+    body_len: usize,
+    vary: &[(HeaderName, Option<HeaderValue>)],
+    tags: &[Box<str>],
+    extra: Option<&str>,
+) -> usize {
+    let mut weight = ENTRY_OVERHEAD + body_len;
+    for (name, value) in headers {
+        // A map slot is about 100 bytes besides the name and value.
+        weight += name.as_str().len() + value.len() + 100;
+    }
+    for (name, value) in vary {
+        weight += name.as_str().len() + value.as_ref().map_or(0, HeaderValue::len) + 32;
+    }
+    weight += tags.iter().map(|t| t.len() + 16).sum::<usize>();
+    weight += extra.map_or(0, str::len);
+    weight
 }
 
 /// Whether the request carries credentials that restrict reuse (§3.5).

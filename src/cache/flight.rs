@@ -73,6 +73,8 @@ impl Flights {
             key: key.into(),
             flight,
             done: false,
+            #[cfg(feature = "redis")]
+            render_lock: None,
         })
     }
 
@@ -98,6 +100,11 @@ pub(crate) struct Lead {
     key: Box<str>,
     flight: Arc<Flight>,
     done: bool,
+    /// The cross-instance render lock, when this leader holds one: released
+    /// when the flight ends, unless the store took it to release after its
+    /// Redis write.
+    #[cfg(feature = "redis")]
+    pub(crate) render_lock: Option<super::l2::RenderLock>,
 }
 
 impl Lead {

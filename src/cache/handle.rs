@@ -6,8 +6,24 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::flight::Flights;
+use super::entry::Entry;
+use super::flight::{Flights, Lead};
+#[cfg(feature = "redis")]
+pub(crate) use super::l2::Purge;
+#[cfg(feature = "redis")]
+use super::l2::{RedisTier, Tier};
 use super::store::Store;
+
+/// Without the tier, purges stay local and this is never built.
+#[cfg(not(feature = "redis"))]
+#[allow(dead_code)]
+pub(crate) enum Purge {
+    Key(String),
+    Path(String),
+    Prefix(String),
+    Tag(String),
+    All,
+}
 
 /// Default capacity: 64 MiB of stored responses.
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -43,6 +59,9 @@ pub(crate) struct Shared {
     pub(crate) flights: Arc<Flights>,
     uncacheable: Mutex<HashMap<Box<str>, Instant>>,
     pub(crate) counters: Arc<Counters>,
+    /// The shared Redis tier, when configured.
+    #[cfg(feature = "redis")]
+    pub(crate) l2: Option<Arc<Tier>>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +74,12 @@ pub(crate) struct Counters {
     pub(crate) stores: AtomicU64,
     pub(crate) evictions: AtomicU64,
     pub(crate) purges: AtomicU64,
+    pub(crate) l2_hits: AtomicU64,
+    pub(crate) l2_misses: AtomicU64,
+    pub(crate) l2_errors: AtomicU64,
+    pub(crate) l2_timeouts: AtomicU64,
+    pub(crate) l2_writes: AtomicU64,
+    pub(crate) remote_purges: AtomicU64,
 }
 
 impl Counters {
@@ -82,6 +107,8 @@ impl Default for ResponseCache {
 #[must_use]
 pub struct ResponseCacheBuilder {
     max_bytes: u64,
+    #[cfg(feature = "redis")]
+    redis: Option<RedisTier>,
 }
 
 impl ResponseCacheBuilder {
@@ -94,7 +121,21 @@ impl ResponseCacheBuilder {
         self
     }
 
-    /// Builds the cache.
+    /// Adds a shared second tier on Redis behind the memory tier, for
+    /// many instances of one app (feature `redis`): an L1 miss reads
+    /// Redis before rendering, a stored response is written to both, a
+    /// purge on any instance reaches every instance's memory over pub/sub.
+    /// Redis being slow or down never fails a request: the cache goes on
+    /// with memory alone and reconnects by itself. See [`RedisTier`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(mut self, tier: RedisTier) -> Self {
+        self.redis = Some(tier);
+        self
+    }
+
+    /// Builds the cache. With a Redis tier, built inside a tokio runtime,
+    /// the purge listener starts at once; else on first use.
     #[must_use]
     pub fn build(self) -> ResponseCache {
         let counters = Arc::new(Counters::default());
@@ -102,14 +143,25 @@ impl ResponseCacheBuilder {
         let store = Store::new(self.max_bytes, move || {
             Counters::bump(&evictions.evictions);
         });
-        ResponseCache {
+        #[cfg(feature = "redis")]
+        let l2 = self
+            .redis
+            .map(|cfg| Arc::new(Tier::new(cfg, Arc::clone(&counters))));
+        let cache = ResponseCache {
             shared: Arc::new(Shared {
                 store,
                 flights: Arc::new(Flights::default()),
                 uncacheable: Mutex::new(HashMap::new()),
                 counters,
+                #[cfg(feature = "redis")]
+                l2,
             }),
+        };
+        #[cfg(feature = "redis")]
+        if let Some(tier) = &cache.shared.l2 {
+            tier.listen(&cache.shared);
         }
+        cache
     }
 }
 
@@ -138,6 +190,21 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Purge calls made.
     pub purges: u64,
+    /// Requests answered from the shared Redis tier after a memory miss
+    /// (feature `redis`; these count in `misses` too, which are memory
+    /// misses, not in `hits`).
+    pub l2_hits: u64,
+    /// Redis lookups that found nothing usable.
+    pub l2_misses: u64,
+    /// Redis calls that failed (connection refused or dropped, bad reply).
+    pub l2_errors: u64,
+    /// Redis calls that took longer than the tier's timeout.
+    pub l2_timeouts: u64,
+    /// Entries written to Redis.
+    pub l2_writes: u64,
+    /// Purges heard from other instances over Redis pub/sub and applied
+    /// to this one's memory.
+    pub remote_purges: u64,
     /// Weighted size of what is stored, in bytes.
     pub bytes: u64,
     /// Stored keys (each may hold several `Vary` variants).
@@ -155,6 +222,8 @@ impl ResponseCache {
     pub fn builder() -> ResponseCacheBuilder {
         ResponseCacheBuilder {
             max_bytes: DEFAULT_MAX_BYTES,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
@@ -167,6 +236,7 @@ impl ResponseCache {
     #[allow(clippy::must_use_candidate)] // purging is the point; the flag is extra
     pub fn purge(&self, key: &str) -> bool {
         self.purged();
+        self.shared.purge_cluster(|| Purge::Key(key.into()));
         self.shared.store.remove(key)
     }
 
@@ -174,6 +244,8 @@ impl ResponseCache {
     /// (for example `/` or `/search?q=a`), on every host.
     pub fn purge_path(&self, path_and_query: &str) {
         self.purged();
+        self.shared
+            .purge_cluster(|| Purge::Path(path_and_query.into()));
         self.shared.store.purge_path(path_and_query);
     }
 
@@ -181,6 +253,7 @@ impl ResponseCache {
     /// example `/posts/`), on every host.
     pub fn purge_prefix(&self, prefix: &str) {
         self.purged();
+        self.shared.purge_cluster(|| Purge::Prefix(prefix.into()));
         self.shared.store.purge_prefix(prefix);
     }
 
@@ -188,12 +261,14 @@ impl ResponseCache {
     /// or `Cache-Tag` (comma-separated) response header.
     pub fn purge_tag(&self, tag: &str) {
         self.purged();
+        self.shared.purge_cluster(|| Purge::Tag(tag.into()));
         self.shared.store.purge_tag(tag);
     }
 
     /// Drops everything.
     pub fn purge_all(&self) {
         self.purged();
+        self.shared.purge_cluster(|| Purge::All);
         self.shared.store.clear();
     }
 
@@ -219,13 +294,65 @@ impl ResponseCache {
             stores: c.stores.load(Relaxed),
             evictions: c.evictions.load(Relaxed),
             purges: c.purges.load(Relaxed),
+            l2_hits: c.l2_hits.load(Relaxed),
+            l2_misses: c.l2_misses.load(Relaxed),
+            l2_errors: c.l2_errors.load(Relaxed),
+            l2_timeouts: c.l2_timeouts.load(Relaxed),
+            l2_writes: c.l2_writes.load(Relaxed),
+            remote_purges: c.remote_purges.load(Relaxed),
             bytes: s.store.bytes(),
             entries: s.store.entries(),
         }
     }
 }
 
+impl ResponseCache {
+    /// Waits up to `within` for the Redis tier to be connected and
+    /// listening for other instances' purges; `false` if it is not by
+    /// then, or if no tier is configured. Requests never wait for this:
+    /// it is for readiness probes and tests. Needs a tokio runtime.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub async fn redis_ready(&self, within: Duration) -> bool {
+        let Some(tier) = &self.shared.l2 else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if tier.ready(&self.shared).await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Shared {
+    /// After a response is stored in memory: writes it to the shared tier,
+    /// handing over the leader's render lock so it is released once the
+    /// entry is there to be found.
+    pub(crate) fn stored_l2(&self, key: &str, entry: &Arc<Entry>, lead: Option<&mut Lead>) {
+        #[cfg(feature = "redis")]
+        if let Some(tier) = &self.l2 {
+            let lock = lead.and_then(|l| l.render_lock.take());
+            tier.write(key, entry, lock);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = (key, entry, lead);
+    }
+
+    /// Purges in Redis and on every other instance, when there is a tier.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn purge_cluster(&self, purge: impl FnOnce() -> Purge) {
+        #[cfg(feature = "redis")]
+        if let Some(tier) = &self.l2 {
+            tier.purge(purge());
+        }
+    }
+
     /// Remembers `key` as uncacheable until `for_` has passed, so requests
     /// for it go straight through instead of queueing behind each other.
     pub(crate) fn remember_uncacheable(&self, key: &str, for_: Duration) {

@@ -109,16 +109,28 @@
 //! One [`ResponseCache`] serves every thread of a runtime; clone the
 //! handle, not the builder, so every layer shares it. Each process keeps
 //! its own cache: behind a load balancer, N instances render each page up
-//! to N times (a shared second tier is planned). Hits are cheapest when the
-//! layer wraps the router rather than a handler, since nothing else runs.
+//! to N times, unless they share a second tier on Redis (feature `redis`,
+//! `ResponseCacheBuilder::redis` with a `RedisTier`): an L1 miss then reads
+//! Redis before rendering (`Cache-Status: …; hit; ttl=N; detail=redis`), a
+//! stored response goes to both tiers, a purge on any instance reaches
+//! every instance over pub/sub, and an optional render lock lets one
+//! instance render a page while the others wait for it. Redis being slow
+//! or down never fails a request: every call has a timeout and the cache
+//! goes on with memory alone until it reconnects by itself. Hits are
+//! cheapest when the layer wraps the router rather than a handler, since
+//! nothing else runs.
 
 mod body;
+#[cfg(feature = "redis")]
+mod codec;
 mod entry;
 mod executor;
 mod flight;
 mod future;
 mod handle;
 mod key;
+#[cfg(feature = "redis")]
+mod l2;
 mod layer;
 mod service;
 mod status;
@@ -133,5 +145,8 @@ pub use executor::{Executor, Task};
 pub use future::ResponseFuture;
 pub use handle::{CacheStats, ResponseCache, ResponseCacheBuilder};
 pub use key::QueryKey;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use l2::{InvalidRedisUrl, RedisTier};
 pub use layer::CacheLayer;
 pub use service::Cache;

@@ -370,6 +370,19 @@ fn hit<B: Body>(
     )
 }
 
+/// A response from an entry the shared tier had (`detail=redis`).
+#[cfg(feature = "redis")]
+fn l2_hit<B: Body>(
+    config: &Config,
+    entry: &Entry,
+    parts: &Parts,
+    now: Instant,
+) -> Response<ResponseBody<B>> {
+    let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
+    let member = super::status::hit_detail(&config.name, entry.fresh.ttl(now), "redis");
+    from_entry(entry, false, conditionals.as_ref(), member, now)
+}
+
 /// Forwards a request untouched and streams the response back.
 async fn pass<S, ReqBody, B>(
     mut inner: S,
@@ -467,6 +480,9 @@ where
 }
 
 fn invalidate(shared: &Shared, key: &str) {
+    // Other instances may hold it too (RFC 9111 §4.4 asks only for this
+    // cache, but a cluster is one cache to its users).
+    shared.purge_cluster(|| super::handle::Purge::Key(key.into()));
     if shared.store.remove(key) {
         tracing::debug!(key, "cache invalidated by an unsafe method");
     }
@@ -476,7 +492,7 @@ fn invalidate(shared: &Shared, key: &str) {
 /// The miss path: coalesce with other requests for the key, or lead.
 async fn miss<S, ReqBody, B>(
     mut inner: S,
-    job: Job<ReqBody>,
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))] mut job: Job<ReqBody>,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
@@ -491,7 +507,8 @@ where
     loop {
         let joined = job.shared.flights.join(&job.flight_key);
         match joined {
-            Join::Lead(lead) => {
+            #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+            Join::Lead(mut lead) => {
                 // A flight may have stored the response between our lookup
                 // and now.
                 if job.stale.is_none() {
@@ -507,6 +524,43 @@ where
                         if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
                             lead.finish(Outcome::Stored);
                             return Ok(hit(&job.config, entry, &job.parts, now));
+                        }
+                    }
+                }
+                // Then the shared tier: another instance may have rendered
+                // it (or be rendering it, with the render lock on).
+                #[cfg(feature = "redis")]
+                if job.stale.is_none() {
+                    if let Some(tier) = job.shared.l2.clone() {
+                        let found = tier
+                            .before_render(
+                                &job.shared,
+                                &job.key,
+                                &job.flight_key,
+                                &job.parts.headers,
+                                job.extra.as_deref(),
+                                &job.req_cc,
+                                &mut lead,
+                            )
+                            .await;
+                        match found {
+                            Some((entry, Reuse::Fresh | Reuse::StaleAccepted)) => {
+                                job.shared.store.insert(&job.key, Arc::clone(&entry));
+                                lead.finish(Outcome::Stored);
+                                let now = crate::date::monotonic_now();
+                                return Ok(l2_hit(&job.config, &entry, &job.parts, now));
+                            }
+                            // Not usable as is: validate it like a stale
+                            // entry of our own.
+                            Some((entry, how)) => {
+                                job.fwd = if how == Reuse::ForwardRequest {
+                                    Fwd::Request
+                                } else {
+                                    Fwd::Stale
+                                };
+                                job.stale = Some(entry);
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -850,6 +904,7 @@ fn revalidated<B: Body>(
             fresh.vary = entry.vary.clone();
             let fresh = Arc::new(fresh);
             shared.store.insert(key, Arc::clone(&fresh));
+            shared.stored_l2(key, &fresh, None);
             Counters::bump(&shared.counters.revalidations);
             Counters::bump(&shared.counters.stores);
             tracing::debug!(key, "stored response revalidated");

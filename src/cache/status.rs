@@ -83,6 +83,14 @@ pub(crate) fn hit(name: &str, ttl: i64) -> HeaderValue {
     value(&s)
 }
 
+/// `name; hit; ttl=N; detail=D`, for a hit from the shared tier.
+#[cfg(feature = "redis")]
+pub(crate) fn hit_detail(name: &str, ttl: i64, detail: &str) -> HeaderValue {
+    let mut s = String::with_capacity(name.len() + 40);
+    let _ = write!(s, "{name}; hit; ttl={ttl}; detail={detail}");
+    value(&s)
+}
+
 /// `name; fwd=reason[; fwd-status=N][; stored][; collapsed[=?0]]`.
 pub(crate) fn fwd(
     name: &str,

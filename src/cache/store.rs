@@ -77,6 +77,7 @@ impl Expiry<String, Arc<Variants>> for KeepFor {
 /// The memory tier.
 pub(crate) struct Store {
     map: Moka<String, Arc<Variants>>,
+    max_bytes: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -103,7 +104,7 @@ impl Store {
                 }
             })
             .build();
-        Store { map }
+        Store { map, max_bytes }
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<Arc<Variants>> {
@@ -129,7 +130,13 @@ impl Store {
                 list.remove(0);
             }
             list.push(entry);
-            moka::ops::compute::Op::Put(Arc::new(Variants::new(list, key.len())))
+            let variants = Variants::new(list, key.len());
+            if u64::from(variants.weight) > self.max_bytes {
+                // Could never be kept: moka would only evict it later,
+                // after lookups had seen it.
+                return moka::ops::compute::Op::Nop;
+            }
+            moka::ops::compute::Op::Put(Arc::new(variants))
         });
     }
 

@@ -65,7 +65,7 @@ impl Pending {
             policy,
             request_headers,
             extra,
-            lead,
+            mut lead,
             mut chunks,
             len,
         } = self;
@@ -91,6 +91,7 @@ impl Pending {
             config.strip_field.as_ref(),
         ));
         shared.store.insert(&key, Arc::clone(&entry));
+        shared.stored_l2(&key, &entry, lead.as_mut());
         shared.forget_uncacheable(&flight_key);
         Counters::bump(&shared.counters.stores);
         tracing::debug!(key = %key, bytes = entry.body.len(), "response stored");

@@ -1,0 +1,163 @@
+//! Costs of the shared Redis tier, each beside its baseline in one run.
+//!
+//! ```text
+//! redis-server --port 6399 --save '' --appendonly no --daemonize yes
+//! TOWER_SSR_REDIS_URL=redis://127.0.0.1:6399 cargo bench --bench cache_redis --features redis
+//! ```
+//!
+//! Skipped, with a message, when `TOWER_SSR_REDIS_URL` is unset.
+//!
+//! - `l1_hit/*`: a 30 KB page answered from memory, with the Redis tier
+//!   configured vs without (an L1 hit never touches Redis, so these should
+//!   match).
+//! - `l2_hit/*`: the same page answered from Redis with memory empty (a
+//!   cache whose memory tier is too small to keep it), beside the L1 hit.
+//!
+//! Every variant is driven by the same current-thread tokio runtime's
+//! `block_on`, whose small cost is in every figure alike.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{header, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_ssr::cache::{CacheLayer, RedisTier, ResponseCache};
+
+fn page() -> Bytes {
+    Bytes::from(
+        (0..30 * 1024)
+            .map(|i| b"<p>lorem ipsum dolor sit amet</p>\n"[i % 34])
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn renderer() -> impl Service<
+    Request<()>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let body = page();
+    service_fn(move |_req: Request<()>| {
+        let body = body.clone();
+        async move {
+            let mut res = Response::new(Full::new(body));
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, s-maxage=3600"),
+            );
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+fn req() -> Request<()> {
+    Request::get("http://shop.example/posts/1")
+        .body(())
+        .unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let Ok(url) = std::env::var("TOWER_SSR_REDIS_URL") else {
+        eprintln!(
+            "cache_redis bench skipped: set TOWER_SSR_REDIS_URL (e.g. redis://127.0.0.1:6379)"
+        );
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ns = format!("bench-{}", std::process::id());
+    let tier = || RedisTier::new(&url).unwrap().namespace(&ns);
+
+    let (plain, tiered, cold, writer_cache, cold_cache) = rt.block_on(async {
+        let plain = CacheLayer::new(ResponseCache::new()).layer(renderer());
+        let tiered_cache = ResponseCache::builder().redis(tier()).build();
+        let tiered = CacheLayer::new(tiered_cache.clone()).layer(renderer());
+        // Memory too small for any entry: every request reads Redis.
+        let cold_cache = ResponseCache::builder().max_bytes(1).redis(tier()).build();
+        let cold = CacheLayer::new(cold_cache.clone()).layer(renderer());
+        for c in [&tiered_cache, &cold_cache] {
+            assert!(
+                c.redis_ready(Duration::from_secs(5)).await,
+                "redis is not reachable at {url}"
+            );
+        }
+        // Fill memory (and Redis, through the tiered cache).
+        plain.clone().oneshot(req()).await.unwrap();
+        tiered.clone().oneshot(req()).await.unwrap();
+        while tiered_cache.stats().l2_writes == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let res = cold.clone().oneshot(req()).await.unwrap();
+        let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(status.ends_with("detail=redis"), "{status}");
+        (plain, tiered, cold, tiered_cache, cold_cache)
+    });
+
+    let mut g = c.benchmark_group("l1_hit");
+    g.throughput(Throughput::Bytes(30 * 1024));
+    g.bench_function("without_tier", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let res = plain.clone().oneshot(req()).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap().to_bytes().len())
+            })
+        })
+    });
+    g.bench_function("with_tier", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let res = tiered.clone().oneshot(req()).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap().to_bytes().len())
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("l2_hit");
+    g.throughput(Throughput::Bytes(30 * 1024));
+    g.bench_function("l1_hit_baseline", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let res = tiered.clone().oneshot(req()).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap().to_bytes().len())
+            })
+        })
+    });
+    g.bench_function("from_redis_l1_empty", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let res = cold.clone().oneshot(req()).await.unwrap();
+                black_box(res.into_body().collect().await.unwrap().to_bytes().len())
+            })
+        })
+    });
+    g.finish();
+
+    // Honesty check: how many of the cold cache's answers came from Redis.
+    let s = cold_cache.stats();
+    eprintln!(
+        "cold cache: {} answers from redis, {} from memory",
+        s.l2_hits, s.hits
+    );
+    rt.block_on(async {
+        writer_cache.purge_all();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+}
+
+criterion_group!(cache_redis, benches);
+criterion_main!(cache_redis);

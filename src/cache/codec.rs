@@ -1,0 +1,386 @@
+//! The binary form of a stored response in the shared tier.
+//!
+//! Instances of different crate versions may share one Redis during a
+//! rolling deploy, so every value starts with a magic and a version byte:
+//! a value this build does not know (another version, another program's
+//! key, a truncated write) decodes to `None` and counts as a miss, never as
+//! an error and never as a misread response.
+//!
+//! Times cross processes as wall-clock milliseconds: `Instant`s mean
+//! nothing in another process. What RFC 9111 §4.2.3 needs to compute
+//! `current_age` later is kept: the corrected initial age and the
+//! response time; the reader adds the time since as resident time.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode, Version};
+
+use super::entry::{weigh, Entry, Freshness};
+
+/// `TSR` then the format version; bump the version on any layout change.
+const MAGIC: &[u8; 3] = b"TSR";
+const VERSION: u8 = 1;
+
+const F_NO_CACHE: u8 = 1;
+const F_MUST_REVALIDATE: u8 = 1 << 1;
+const F_S_MAXAGE: u8 = 1 << 2;
+const F_AUTH_OK: u8 = 1 << 3;
+const F_PLACEHOLDER: u8 = 1 << 4;
+
+/// Encodes `entry` as of `now` (monotonic) / `wall` (the same instant on
+/// the wall clock).
+pub(crate) fn encode(entry: &Entry, now: Instant, wall: SystemTime) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entry.body.len() + 64 + entry.headers.len() * 48);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&entry.status.as_u16().to_be_bytes());
+    out.push(match entry.version {
+        Version::HTTP_09 => 0,
+        Version::HTTP_10 => 1,
+        Version::HTTP_2 => 3,
+        Version::HTTP_3 => 4,
+        _ => 2,
+    });
+    let f = &entry.fresh;
+    let mut flags = 0;
+    for (on, bit) in [
+        (f.no_cache, F_NO_CACHE),
+        (f.must_revalidate, F_MUST_REVALIDATE),
+        (f.s_maxage, F_S_MAXAGE),
+        (entry.auth_ok, F_AUTH_OK),
+        (entry.status_placeholder, F_PLACEHOLDER),
+    ] {
+        if on {
+            flags |= bit;
+        }
+    }
+    out.push(flags);
+    // The response time on the wall clock.
+    let resident = now.saturating_duration_since(f.stored_at);
+    let stored_wall = wall.checked_sub(resident).unwrap_or(wall);
+    let stored_ms = stored_wall
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    put_u64(&mut out, stored_ms);
+    put_u64(&mut out, f.lifetime);
+    put_u64(&mut out, f.initial_age);
+    put_opt(&mut out, f.swr);
+    put_opt(&mut out, f.sie);
+    put_u64(
+        &mut out,
+        u64::try_from(f.keep_for.as_millis()).unwrap_or(u64::MAX),
+    );
+    put_u32(&mut out, entry.headers.len());
+    for (name, value) in &entry.headers {
+        put_bytes(&mut out, name.as_str().as_bytes());
+        put_bytes(&mut out, value.as_bytes());
+    }
+    put_u32(&mut out, entry.vary.len());
+    for (name, value) in entry.vary.iter() {
+        put_bytes(&mut out, name.as_str().as_bytes());
+        match value {
+            Some(v) => {
+                out.push(1);
+                put_bytes(&mut out, v.as_bytes());
+            }
+            None => out.push(0),
+        }
+    }
+    match &entry.extra {
+        Some(e) => {
+            out.push(1);
+            put_bytes(&mut out, e.as_bytes());
+        }
+        None => out.push(0),
+    }
+    put_u32(&mut out, entry.tags.len());
+    for t in entry.tags.iter() {
+        put_bytes(&mut out, t.as_bytes());
+    }
+    put_bytes(&mut out, &entry.body);
+    out
+}
+
+/// Decodes a value written by [`encode`] as of `now` / `wall`; `None` for
+/// anything else (another format version included).
+pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<Entry> {
+    let mut r = Reader { buf: bytes, at: 0 };
+    if r.take(3)? != MAGIC || r.u8()? != VERSION {
+        return None;
+    }
+    let status = StatusCode::from_u16(r.u16()?).ok()?;
+    let version = match r.u8()? {
+        0 => Version::HTTP_09,
+        1 => Version::HTTP_10,
+        2 => Version::HTTP_11,
+        3 => Version::HTTP_2,
+        4 => Version::HTTP_3,
+        _ => return None,
+    };
+    let flags = r.u8()?;
+    let stored_ms = r.u64()?;
+    let lifetime = r.u64()?;
+    let initial_age = r.u64()?;
+    let swr = r.opt()?;
+    let sie = r.opt()?;
+    let keep_for = Duration::from_millis(r.u64()?);
+
+    let n = r.u32()?;
+    let mut headers = HeaderMap::with_capacity(n.min(256));
+    for _ in 0..n {
+        let name = HeaderName::from_bytes(r.bytes()?).ok()?;
+        let value = HeaderValue::from_bytes(r.bytes()?).ok()?;
+        headers.append(name, value);
+    }
+    let n = r.u32()?;
+    let mut vary = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        let name = HeaderName::from_bytes(r.bytes()?).ok()?;
+        let value = match r.u8()? {
+            0 => None,
+            1 => Some(HeaderValue::from_bytes(r.bytes()?).ok()?),
+            _ => return None,
+        };
+        vary.push((name, value));
+    }
+    let extra = match r.u8()? {
+        0 => None,
+        1 => Some(std::str::from_utf8(r.bytes()?).ok()?.into()),
+        _ => return None,
+    };
+    let n = r.u32()?;
+    let mut tags: Vec<Box<str>> = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        tags.push(std::str::from_utf8(r.bytes()?).ok()?.into());
+    }
+    let body_len = r.len()?;
+    let start = r.at;
+    r.take(body_len)?;
+    if r.at != bytes.len() {
+        return None;
+    }
+    // A slice of the value read from Redis: no copy of the body.
+    let body = bytes.slice(start..start + body_len);
+
+    // Time since the response was received, on this machine's clock; a
+    // clock behind the writer's counts as none.
+    let since = wall
+        .duration_since(UNIX_EPOCH + Duration::from_millis(stored_ms))
+        .unwrap_or(Duration::ZERO);
+    // An `Instant` that far back may not exist (just after boot): count the
+    // rest as age carried in.
+    let (stored_at, initial_age) = match now.checked_sub(since) {
+        Some(at) => (at, initial_age),
+        None => (now, initial_age.saturating_add(since.as_secs())),
+    };
+    let vary: Box<[_]> = vary.into_boxed_slice();
+    let tags: Box<[_]> = tags.into_boxed_slice();
+    let weight = weigh(&headers, body.len(), &vary, &tags, extra.as_deref());
+    Some(Entry {
+        status,
+        version,
+        headers,
+        status_placeholder: flags & F_PLACEHOLDER != 0,
+        body,
+        vary,
+        extra,
+        fresh: Freshness {
+            lifetime,
+            initial_age,
+            stored_at,
+            swr,
+            sie,
+            no_cache: flags & F_NO_CACHE != 0,
+            must_revalidate: flags & F_MUST_REVALIDATE != 0,
+            s_maxage: flags & F_S_MAXAGE != 0,
+            keep_for,
+        },
+        tags,
+        auth_ok: flags & F_AUTH_OK != 0,
+        weight,
+    })
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_u32(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            out.push(1);
+            put_u64(out, v);
+        }
+        None => out.push(0),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(out, b.len());
+    out.extend_from_slice(b);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let out = self.buf.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_be_bytes)
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        let n = self.take(4)?.try_into().ok().map(u32::from_be_bytes)?;
+        usize::try_from(n).ok()
+    }
+
+    fn u32(&mut self) -> Option<usize> {
+        self.len()
+    }
+
+    fn opt(&mut self) -> Option<Option<u64>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => self.u64().map(Some),
+            _ => None,
+        }
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.len()?;
+        self.take(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::{build, storable, RequestDirectives, StoreRules};
+
+    fn sample() -> Entry {
+        let now = Instant::now();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("public, s-maxage=60, stale-while-revalidate=30"),
+        );
+        h.insert("vary", HeaderValue::from_static("accept-language"));
+        h.insert("surrogate-key", HeaderValue::from_static("pages post-1"));
+        h.insert("etag", HeaderValue::from_static("\"v1\""));
+        let rules = StoreRules {
+            default_ttl: None,
+            heuristic_max: None,
+            targeted: None,
+            keep_stale: Duration::from_secs(60),
+        };
+        let policy = storable(
+            StatusCode::OK,
+            &h,
+            &RequestDirectives::default(),
+            false,
+            &rules,
+            now,
+            (now, SystemTime::now()),
+        )
+        .unwrap();
+        let mut req = HeaderMap::new();
+        req.insert("accept-language", HeaderValue::from_static("fr"));
+        build(
+            StatusCode::OK,
+            Version::HTTP_11,
+            &h,
+            Bytes::from_static(b"<h1>page</h1>"),
+            policy,
+            &req,
+            Some("user-a".into()),
+            None,
+        )
+    }
+
+    #[test]
+    fn an_entry_survives_the_round_trip() {
+        let e = sample();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let back = decode(&Bytes::from(encode(&e, now, wall)), now, wall).unwrap();
+        assert_eq!(back.status, e.status);
+        assert_eq!(back.headers, e.headers);
+        assert_eq!(back.body, e.body);
+        assert_eq!(&*back.vary, &*e.vary);
+        assert_eq!(back.extra, e.extra);
+        assert_eq!(back.tags, e.tags);
+        assert_eq!(back.auth_ok, e.auth_ok);
+        assert_eq!(back.status_placeholder, e.status_placeholder);
+        assert_eq!(back.weight, e.weight);
+        assert_eq!(back.fresh.lifetime, 60);
+        assert_eq!(back.fresh.swr, Some(30));
+        assert!(back.fresh.s_maxage);
+        assert_eq!(back.fresh.keep_for, e.fresh.keep_for);
+    }
+
+    #[test]
+    fn time_spent_in_the_tier_counts_as_age() {
+        let e = sample();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let bytes = Bytes::from(encode(&e, now, wall));
+        // Read 25 s later by another process.
+        let later = now + Duration::from_secs(25);
+        let back = decode(&bytes, later, wall + Duration::from_secs(25)).unwrap();
+        assert_eq!(back.fresh.age(later), 25);
+        assert_eq!(back.fresh.ttl(later), 35);
+    }
+
+    #[test]
+    fn another_version_or_garbage_is_a_miss() {
+        let e = sample();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut v = encode(&e, now, wall);
+        assert!(decode(&Bytes::from(v.clone()), now, wall).is_some());
+        v[3] = VERSION + 1;
+        assert!(decode(&Bytes::from(v.clone()), now, wall).is_none());
+        v[3] = VERSION;
+        v.pop();
+        assert!(
+            decode(&Bytes::from(v.clone()), now, wall).is_none(),
+            "truncated"
+        );
+        v.extend_from_slice(b"xx");
+        assert!(
+            decode(&Bytes::from(v), now, wall).is_none(),
+            "trailing bytes"
+        );
+        assert!(decode(&Bytes::from_static(b"<html>"), now, wall).is_none());
+        assert!(decode(&Bytes::new(), now, wall).is_none());
+    }
+
+    #[test]
+    fn every_truncation_decodes_to_none_without_panicking() {
+        let e = sample();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let v = encode(&e, now, wall);
+        for n in 0..v.len() {
+            assert!(decode(&Bytes::copy_from_slice(&v[..n]), now, wall).is_none());
+        }
+    }
+}

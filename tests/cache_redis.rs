@@ -1,0 +1,540 @@
+//! The shared Redis tier against a real `redis-server` on 127.0.0.1.
+//!
+//! Two cache instances in one test (two separate stacks, each with its own
+//! memory tier, each served on its own socket) stand for two processes.
+//! Most tests use the server whose URL is in `TOWER_SSR_REDIS_URL` (`.ci/run`
+//! starts one) and are skipped with a message without it; the outage test
+//! starts a private `redis-server` of its own so it can kill and restart it.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::Uri;
+use axum::response::Response;
+use axum::Router;
+use common::{get_with, serve, Seen};
+use std::io::{Read, Write};
+use tower_ssr::cache::{CacheLayer, RedisTier, ResponseCache};
+
+/// A hang guard only: nothing here is expected to take more than moments.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn redis_url() -> Option<String> {
+    match std::env::var("TOWER_SSR_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "skipped: set TOWER_SSR_REDIS_URL (e.g. redis://127.0.0.1:6379) to run the Redis tier tests"
+            );
+            None
+        }
+    }
+}
+
+/// A namespace of its own per test and run, so tests sharing one server
+/// never see each other's entries or purges.
+fn namespace(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{test}-{}-{nanos}", std::process::id())
+}
+
+/// The renderer behind both instances: counts renders per path-and-query.
+/// `kb` sets the body size, `tag` a Surrogate-Key, `sleep` a render time in
+/// milliseconds.
+#[derive(Clone, Default)]
+struct Origin {
+    renders: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Origin {
+    fn renders(&self, pq: &str) -> usize {
+        self.renders.lock().unwrap().get(pq).copied().unwrap_or(0)
+    }
+}
+
+async fn render(
+    State(origin): State<Origin>,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let pq = uri.path_and_query().unwrap().as_str().to_owned();
+    *origin
+        .renders
+        .lock()
+        .unwrap()
+        .entry(pq.clone())
+        .or_insert(0) += 1;
+    if let Some(ms) = q.get("sleep") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    let kb: usize = q.get("kb").map_or(1, |k| k.parse().unwrap());
+    let body = format!("<p>{pq}</p>")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(kb * 1024)
+        .collect::<Vec<u8>>();
+    let mut res = Response::builder()
+        .header("cache-control", "public, s-maxage=60")
+        .header("content-type", "text/html");
+    if let Some(tag) = q.get("tag") {
+        res = res.header("surrogate-key", tag.as_str());
+    }
+    res.body(Body::from(body)).unwrap()
+}
+
+/// One instance: its own cache (own memory tier) on the shared Redis.
+async fn instance(origin: &Origin, tier: RedisTier) -> (SocketAddr, ResponseCache) {
+    let cache = ResponseCache::builder().redis(tier).build();
+    let app = Router::new()
+        .fallback(render)
+        .with_state(origin.clone())
+        .layer(CacheLayer::new(cache.clone()));
+    let addr = serve(app).await;
+    (addr, cache)
+}
+
+/// Both instances are reached under the same public host, as behind a
+/// load balancer (the host is part of the cache key).
+async fn get(addr: SocketAddr, path: &str) -> Seen {
+    tokio::time::timeout(PATIENCE, get_with(addr, path, &[("host", "shop.example")]))
+        .await
+        .expect("a request hung")
+}
+
+/// Polls `cond` until it holds; panics after [`PATIENCE`].
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn two_instances(
+    test: &str,
+    url: &str,
+    lock: bool,
+) -> (Origin, [(SocketAddr, ResponseCache); 2]) {
+    let ns = namespace(test);
+    let tier = || {
+        let t = RedisTier::new(url).unwrap().namespace(&ns);
+        if lock {
+            t.render_lock(PATIENCE)
+        } else {
+            t
+        }
+    };
+    let origin = Origin::default();
+    let a = instance(&origin, tier()).await;
+    let b = instance(&origin, tier()).await;
+    for (_, cache) in [&a, &b] {
+        assert!(
+            cache.redis_ready(PATIENCE).await,
+            "redis at {url} is not reachable"
+        );
+    }
+    (origin, [a, b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_rendered_by_one_instance_is_a_hit_on_the_other() {
+    let Some(url) = redis_url() else { return };
+    let (origin, [(a, ca), (b, cb)]) = two_instances("share", &url, false).await;
+
+    let first = get(a, "/posts/1?kb=30").await;
+    assert_eq!(first.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    eventually("the write reaches redis", || ca.stats().l2_writes == 1).await;
+
+    let other = get(b, "/posts/1?kb=30").await;
+    assert!(
+        other
+            .one("cache-status")
+            .starts_with("tower-ssr; hit; ttl=")
+            && other.one("cache-status").ends_with("; detail=redis"),
+        "{:?}",
+        other.headers
+    );
+    assert_eq!(other.body, first.body);
+    assert_eq!(other.status, 200);
+    assert_eq!(origin.renders("/posts/1?kb=30"), 1);
+    // The Redis hit filled the other instance's memory.
+    let again = get(b, "/posts/1?kb=30").await;
+    assert!(!again.one("cache-status").contains("redis"));
+    let (sa, sb) = (ca.stats(), cb.stats());
+    assert_eq!((sb.l2_hits, sb.hits), (1, 1));
+    assert_eq!(
+        sa.l2_misses, 1,
+        "the first instance looked before rendering"
+    );
+    assert_eq!(
+        sa.l2_errors + sb.l2_errors + sa.l2_timeouts + sb.l2_timeouts,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_instance_empties_both() {
+    let Some(url) = redis_url() else { return };
+    let (origin, [(a, ca), (b, cb)]) = two_instances("purge", &url, false).await;
+
+    for path in ["/p/1?tag=pages", "/p/2", "/q/1"] {
+        get(a, path).await;
+    }
+    eventually("three writes", || ca.stats().l2_writes == 3).await;
+    for path in ["/p/1?tag=pages", "/p/2", "/q/1"] {
+        assert!(get(b, path).await.one("cache-status").contains("redis"));
+    }
+
+    // By tag, on the other instance: both memories and Redis lose it.
+    cb.purge_tag("pages");
+    eventually("the purge reaches the first instance", || {
+        ca.stats().remote_purges == 1
+    })
+    .await;
+    let seen = get(a, "/p/1?tag=pages").await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders("/p/1?tag=pages"), 2);
+    eventually("the new render is written", || ca.stats().l2_writes == 4).await;
+    // The other instance's memory lost it too: its answer comes from Redis.
+    let seen = get(b, "/p/1?tag=pages").await;
+    assert!(
+        seen.one("cache-status").ends_with("detail=redis"),
+        "{:?}",
+        seen.headers
+    );
+
+    // By prefix: the rest of /p/ goes, /q/ stays.
+    ca.purge_prefix("/p/");
+    eventually("the prefix purge reaches the second instance", || {
+        cb.stats().remote_purges == 1
+    })
+    .await;
+    assert!(get(b, "/p/2")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+    assert!(get(b, "/q/1").await.one("cache-status").contains("hit"));
+    assert_eq!(origin.renders("/q/1"), 1);
+
+    // All, including what is only in Redis.
+    get(a, "/r/1").await;
+    eventually("the write", || ca.stats().l2_writes >= 5).await;
+    ca.purge_all();
+    eventually("purge all reaches the second instance", || {
+        cb.stats().remote_purges == 2
+    })
+    .await;
+    assert!(get(b, "/q/1")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+    assert!(get(b, "/r/1")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_both_instances_renders_once_with_the_render_lock() {
+    let Some(url) = redis_url() else { return };
+    let (origin, [(a, _), (b, _)]) = two_instances("lock", &url, true).await;
+
+    let mut burst = Vec::new();
+    for i in 0..12 {
+        let addr = if i % 2 == 0 { a } else { b };
+        burst.push(tokio::spawn(async move {
+            get(addr, "/hot?sleep=200&kb=30").await
+        }));
+    }
+    for r in burst {
+        let seen = r.await.unwrap();
+        assert_eq!(seen.status, 200);
+        assert_eq!(seen.body.len(), 30 * 1024);
+    }
+    assert_eq!(origin.renders("/hot?sleep=200&kb=30"), 1);
+}
+
+/// Sends one RESP command over a raw (blocking, loopback) socket and
+/// returns the reply: enough to plant values no instance wrote.
+fn resp(url: &str, args: &[&[u8]]) -> String {
+    let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        cmd.extend_from_slice(a);
+        cmd.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&cmd).unwrap();
+    let mut buf = vec![0; 512];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_of_another_format_version_or_garbage_is_a_miss() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("version");
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    let key = format!("{ns}:e:http://shop.example/v");
+    // Version 99 of our magic, then plain garbage.
+    resp(&url, &[b"HSET", key.as_bytes(), b"f1", b"TSR\x63rest"]);
+    resp(&url, &[b"HSET", key.as_bytes(), b"f2", b"<html>"]);
+    let seen = get(a, "/v").await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders("/v"), 1);
+    let s = ca.stats();
+    assert_eq!((s.l2_misses, s.l2_errors), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_over_the_size_cap_stay_in_memory() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("cap");
+    let tier = || {
+        RedisTier::new(&url)
+            .unwrap()
+            .namespace(&ns)
+            .max_value_bytes(8 * 1024)
+    };
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, tier()).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+
+    get(a, "/big?kb=30").await;
+    get(a, "/small?kb=1").await;
+    eventually("the small page is written", || ca.stats().l2_writes == 1).await;
+    assert!(get(a, "/big?kb=30")
+        .await
+        .one("cache-status")
+        .contains("hit"));
+    assert!(get(b, "/small?kb=1")
+        .await
+        .one("cache-status")
+        .contains("redis"));
+    assert!(get(b, "/big?kb=30")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+    assert_eq!(origin.renders("/big?kb=30"), 2);
+    assert_eq!(ca.stats().l2_writes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_redis_listening_requests_go_on_with_memory_alone() {
+    // Needs no server: a port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let origin = Origin::default();
+    let tier = RedisTier::new(&format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .retry_after(Duration::from_millis(1));
+    let (a, ca) = instance(&origin, tier).await;
+    assert!(!ca.redis_ready(Duration::from_millis(50)).await);
+
+    for _ in 0..3 {
+        let seen = get(a, "/down").await;
+        assert_eq!(seen.status, 200);
+    }
+    assert_eq!(origin.renders("/down"), 1, "memory still caches");
+    ca.purge_all(); // fire and forget: must not panic or hang
+    assert!(get(a, "/down")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+    let s = ca.stats();
+    assert!(s.l2_errors + s.l2_timeouts >= 1, "{s:?}");
+}
+
+/// A private `redis-server` this test may kill and restart.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(port: u16) -> Option<Child> {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+    }
+
+    async fn up(&self) {
+        let start = tokio::time::Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                s.set_read_timeout(Some(PATIENCE)).unwrap();
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0; 16];
+                    if matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG")) {
+                        return;
+                    }
+                }
+            }
+            assert!(start.elapsed() < PATIENCE, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_redis_fails_no_request_and_a_restart_restores_sharing() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let Some(child) = Server::start(port) else {
+        eprintln!("skipped: no redis-server on PATH for the outage test");
+        return;
+    };
+    let mut server = Server {
+        port,
+        child: Some(child),
+    };
+    server.up().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let tier = || {
+        RedisTier::new(&url)
+            .unwrap()
+            .retry_after(Duration::from_millis(50))
+    };
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, tier()).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+
+    get(a, "/before").await;
+    eventually("the write", || ca.stats().l2_writes == 1).await;
+    assert!(get(b, "/before")
+        .await
+        .one("cache-status")
+        .contains("redis"));
+
+    server.kill();
+    for path in ["/before", "/during", "/during", "/during2"] {
+        for addr in [a, b] {
+            let seen = get(addr, path).await;
+            assert_eq!(seen.status, 200, "{path}");
+        }
+    }
+    // Each instance rendered what it could not share, once, from memory after.
+    assert_eq!(origin.renders("/during"), 2);
+    assert_eq!(origin.renders("/before"), 1);
+    let s = ca.stats();
+    assert!(s.l2_errors + s.l2_timeouts >= 1, "{s:?}");
+
+    server.child = Server::start(port);
+    server.up().await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+    let writes = ca.stats().l2_writes;
+    get(a, "/after").await;
+    eventually("a write after the restart", || {
+        ca.stats().l2_writes > writes
+    })
+    .await;
+    assert!(get(b, "/after").await.one("cache-status").contains("redis"));
+    assert_eq!(origin.renders("/after"), 1);
+    // And purges travel again.
+    ca.purge_all();
+    eventually("purge after the restart", || cb.stats().remote_purges >= 1).await;
+    assert!(get(b, "/after")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("crashed");
+    let origin = Origin::default();
+    // Waits far longer than the planted lock lives: only its expiry can
+    // let the request through.
+    let tier = RedisTier::new(&url)
+        .unwrap()
+        .namespace(&ns)
+        .render_lock(PATIENCE);
+    let (a, ca) = instance(&origin, tier).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    let lock = format!("{ns}:l:http://shop.example/locked");
+    let set = resp(
+        &url,
+        &[b"SET", lock.as_bytes(), b"crashed-holder", b"PX", b"300"],
+    );
+    assert!(set.starts_with("+OK"), "{set}");
+    let seen = get(a, "/locked").await;
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders("/locked"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both() {
+    let Some(url) = redis_url() else { return };
+    let (origin, [(a, ca), (b, cb)]) = two_instances("unsafe", &url, false).await;
+
+    get(a, "/cart").await;
+    eventually("the write", || ca.stats().l2_writes == 1).await;
+    assert!(get(b, "/cart").await.one("cache-status").contains("redis"));
+    assert!(get(b, "/cart").await.one("cache-status").contains("hit"));
+
+    // RFC 9111 §4.4 on the first instance; the second hears of it.
+    let posted = tokio::time::timeout(
+        PATIENCE,
+        common::send(
+            a,
+            axum::http::Method::POST,
+            "/cart",
+            &[("host", "shop.example")],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.status, 200);
+    eventually("the invalidation reaches the second instance", || {
+        cb.stats().remote_purges == 1
+    })
+    .await;
+    assert!(get(b, "/cart")
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+    assert_eq!(origin.renders("/cart"), 3, "GET, POST, and the GET after");
+}
