@@ -435,7 +435,14 @@ impl Conditionals {
         }
         let conditionals = Conditionals {
             if_none_match: capture_if_none_match(headers),
-            if_modified_since: capture_if_modified_since(headers),
+            // RFC 9110 §13.1.3: If-Modified-Since MUST be ignored when the
+            // request contains If-None-Match at all, even one we could not
+            // parse and so ignore as well.
+            if_modified_since: if headers.contains_key(IF_NONE_MATCH) {
+                None
+            } else {
+                capture_if_modified_since(headers)
+            },
         };
         if conditionals.if_none_match.is_none() && conditionals.if_modified_since.is_none() {
             return None;
@@ -1001,12 +1008,12 @@ mod tests {
     }
 
     #[test]
-    fn malformed_if_none_match_falls_back_to_if_modified_since() {
+    fn malformed_if_none_match_still_disables_if_modified_since() {
         let request = [("if-none-match", "*, \"a\""), ("if-modified-since", LM)];
         let response = [("etag", "\"a\""), ("last-modified", LM)];
         assert_eq!(
             eval(&request, StatusCode::OK, &response),
-            Condition::NotModified
+            Condition::Proceed
         );
     }
 

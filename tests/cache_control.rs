@@ -460,6 +460,18 @@ async fn if_none_match_takes_precedence_over_if_modified_since() {
     )
     .await;
     assert_eq!(res.status, StatusCode::OK);
+    // RFC 9110 §13.1.3: even an If-None-Match we cannot parse turns
+    // If-Modified-Since off.
+    let res = get_with(
+        addr,
+        "/",
+        &[
+            ("if-none-match", "abc"),
+            ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
 }
 
 #[tokio::test]
