@@ -59,8 +59,39 @@ pub(crate) fn monotonic_now() -> std::time::Instant {
 /// (IMF-fixdate, RFC 850, asctime), trimming surrounding whitespace.
 #[cfg_attr(not(feature = "cache"), allow(dead_code))]
 pub(crate) fn parse(value: &HeaderValue) -> Option<SystemTime> {
-    let text = value.to_str().ok()?.trim();
-    httpdate::parse_http_date(text).ok()
+    parse_str(value.to_str().ok()?)
+}
+
+/// [`parse`] for text. Day and month names and `GMT` are matched
+/// case-insensitively (RFC 9111 §4.2: a cache SHOULD), and any zone other
+/// than `GMT` is invalid.
+pub(crate) fn parse_str(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    if let Ok(t) = httpdate::parse_http_date(text) {
+        return Some(t);
+    }
+    // Slow path, only for odd input: rewrite each word in the canonical
+    // case (`Sun`, `Nov`, `GMT`) and try once more.
+    if text.len() > 40 || !text.is_ascii() {
+        return None;
+    }
+    let mut canonical = String::with_capacity(text.len());
+    let mut word_start = true;
+    for c in text.chars() {
+        if c.is_ascii_alphabetic() {
+            canonical.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            canonical.push(c);
+            word_start = true;
+        }
+    }
+    let canonical = canonical.replace("Gmt", "GMT");
+    httpdate::parse_http_date(&canonical).ok()
 }
 
 #[cfg(test)]
@@ -73,6 +104,20 @@ mod tests {
         let s = v.to_str().unwrap();
         assert_eq!(s.len(), 29);
         assert!(s.ends_with(" GMT"));
+    }
+
+    #[test]
+    fn parses_dates_case_insensitively() {
+        let want = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        for form in [
+            "sun, 06 nov 1994 08:49:37 gmt",
+            "SUNDAY, 06-NOV-94 08:49:37 GMT",
+            "sun nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_str(form), Some(want), "{form}");
+        }
+        assert_eq!(parse_str("Sun, 06 Nov 1994 08:49:37 UTC"), None);
+        assert_eq!(parse_str("Sun, 06 Nov 1994 08:49:37 +0000"), None);
     }
 
     #[test]

@@ -527,7 +527,7 @@ fn single_http_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime
         return None;
     }
     let text = std::str::from_utf8(trim_ows(value.as_bytes())).ok()?;
-    httpdate::parse_http_date(text).ok()
+    crate::date::parse_str(text)
 }
 
 /// Weak comparison (RFC 9110 §13.1.2) of every listed tag against the
