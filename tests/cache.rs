@@ -720,3 +720,108 @@ async fn query_options_and_cache_name_are_configurable() {
     assert!(second.one("cache-status").starts_with("\"edge 1\"; hit"));
     assert_eq!(origin.calls(&ab) + origin.calls(&ba), 1);
 }
+
+#[tokio::test]
+async fn location_on_another_origin_is_not_invalidated() {
+    let (addr, origin, _) = standard().await;
+    let page = q("/kept", &[("cc", "max-age=60")]);
+    get(addr, &page).await;
+    // RFC 9111 §4.4: MUST NOT invalidate a Location on another origin.
+    let elsewhere = format!("http://other.example{page}");
+    send(
+        addr,
+        Method::POST,
+        &q("/things", &[("loc", &elsewhere)]),
+        &[],
+    )
+    .await;
+    assert!(get(addr, &page).await.one("cache-status").contains("hit"));
+    assert_eq!(origin.calls(&page), 1);
+}
+
+#[tokio::test]
+async fn request_no_store_response_is_not_stored() {
+    let (addr, origin, _) = standard().await;
+    let url = q("/private-ask", &[("cc", "max-age=60")]);
+    let first = get_with(addr, &url, &[("cache-control", "no-store")]).await;
+    assert!(!first.one("cache-status").contains("stored"), "{first:?}");
+    // RFC 9111 §5.2.1.5: nothing of that exchange was kept.
+    get(addr, &url).await;
+    assert_eq!(origin.calls(&url), 2);
+}
+
+#[tokio::test]
+async fn revalidation_sends_if_modified_since_from_last_modified() {
+    let (addr, origin, _) = standard().await;
+    let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let url = q("/dated", &[("cc", "no-cache, max-age=60"), ("lm", lm)]);
+    get(addr, &url).await;
+    get(addr, &url).await;
+    // RFC 9111 §4.3.1: the stored Last-Modified goes out as If-Modified-Since.
+    let (_, headers) = origin.last_request();
+    assert_eq!(headers["if-modified-since"], lm);
+}
+
+#[tokio::test]
+async fn request_min_fresh_and_max_age_ask_the_origin() {
+    let (addr, origin, _) = standard().await;
+    let url = q("/fresh-enough", &[("cc", "max-age=60")]);
+    get(addr, &url).await;
+    // RFC 9111 §5.2.1.3: 60 s of life cannot give 120 s of freshness.
+    let res = get_with(addr, &url, &[("cache-control", "min-fresh=120")]).await;
+    assert!(res.one("cache-status").contains("fwd="), "{res:?}");
+    assert_eq!(origin.calls(&url), 2);
+    // A fresh entry within the client's max-age is a hit (§5.2.1.1).
+    let res = get_with(addr, &url, &[("cache-control", "max-age=30")]).await;
+    assert!(res.one("cache-status").contains("hit"), "{res:?}");
+}
+
+#[tokio::test]
+async fn only_if_cached_with_a_stale_entry_is_504_unless_max_stale_accepts_it() {
+    let (addr, origin, _) = standard().await;
+    // Stored although never fresh: it has a validator.
+    let url = q("/stale-now", &[("cc", "max-age=0"), ("etag", "\"v1\"")]);
+    get(addr, &url).await;
+    // RFC 9111 §5.2.1.7: nothing suitable stored, so 504, and no forward.
+    let res = get_with(addr, &url, &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(res.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.calls(&url), 1);
+    let res = get_with(
+        addr,
+        &url,
+        &[("cache-control", "only-if-cached, max-stale=60")],
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(origin.calls(&url), 1);
+}
+
+#[tokio::test]
+async fn proxy_revalidate_is_never_served_stale() {
+    let (addr, origin, _) = standard().await;
+    let url = q(
+        "/strict",
+        &[("cc", "max-age=0, proxy-revalidate"), ("etag", "\"v1\"")],
+    );
+    get(addr, &url).await;
+    // RFC 9111 §5.2.2.8: a shared cache must validate once stale, whatever
+    // the client's max-stale says (§4.2.4).
+    get_with(addr, &url, &[("cache-control", "max-stale=600")]).await;
+    assert_eq!(origin.calls(&url), 2);
+}
+
+#[tokio::test]
+async fn expires_in_another_zone_means_already_expired() {
+    let (addr, origin, _) = standard().await;
+    let url = q(
+        "/zoned",
+        &[
+            ("cc", "public"),
+            ("expires", "Sun, 06 Nov 2094 08:49:37 UTC"),
+        ],
+    );
+    get(addr, &url).await;
+    get(addr, &url).await;
+    // RFC 9111 §4.2 / §5.3: only GMT is valid; an invalid Expires is past.
+    assert_eq!(origin.calls(&url), 2);
+}
