@@ -9,7 +9,7 @@
 //! - [`cache_control`]: typed, status-aware `Cache-Control`,
 //!   `CDN-Cache-Control` and `Surrogate-Control` policies by route, content
 //!   type and status; content ETags and `304 Not Modified`.
-//! - `cache` (feature `cache`): a shared in-memory response cache
+//! - [`cache`]: a shared in-memory response cache
 //!   (RFC 9111) that answers hits without running anything below it,
 //!   coalesces concurrent misses and serves stale pages while it refreshes
 //!   them.
@@ -23,6 +23,10 @@
 //! value), [`cache_control::Rule`] (which responses get which policy), then
 //! [`cache_control::CacheControlLayer`] (the middleware, with its ETag and
 //! conditional-request handling).
+//!
+//! For caching: [`cache::ResponseCache`] (the shared handle: capacity,
+//! purge, stats), then [`cache::CacheLayer`] (the middleware and its
+//! options).
 //!
 //! For balancing: [`balance::Endpoints`] (the set and its health),
 //! [`balance::Strategy`] and its built-ins, [`balance::Balance`] /
@@ -48,7 +52,7 @@
 //! | feature | default | what it enables |
 //! |---|---|---|
 //! | `cache-control` | yes | [`cache_control`] |
-//! | `cache` | yes | `cache`: the RFC 9111 shared response cache |
+//! | `cache` | yes | [`cache`]: the RFC 9111 shared response cache |
 //! | `tokio` | yes | the cache's background refreshes run on tokio; [`balance::ActiveProbes`] |
 //! | `balance` | yes | [`balance`]: endpoint set, strategies, passive health, retries |
 //! | `proxy` | yes | [`proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
@@ -58,9 +62,13 @@
 //!
 //! # Example
 //!
+//! The cache outside the router, the policy inside it:
+//!
 //! ```no_run
 //! use std::time::Duration;
-//! use axum::{response::Html, routing::get, Router};
+//! use axum::{response::Html, routing::get, Router, ServiceExt as _};
+//! use tower::ServiceBuilder;
+//! use tower_ssr::cache::{CacheLayer, ResponseCache};
 //! use tower_ssr::cache_control::{CacheControlLayer, Directives, Rule};
 //!
 //! # #[tokio::main]
@@ -71,11 +79,20 @@
 //!         Directives::new().public().s_maxage(Duration::from_secs(60))
 //!             .stale_while_revalidate(Duration::from_secs(300)),
 //!     ));
-//! let app = Router::new()
+//! let router = Router::new()
 //!     .route("/", get(|| async { Html("<h1>rendered</h1>") }))
 //!     .layer(policy);
+//!
+//! let cache = ResponseCache::builder().max_bytes(256 << 20).build();
+//! let app = ServiceBuilder::new()
+//!     // Names the request type and unifies the body type for axum::serve.
+//!     .map_request(|req: axum::extract::Request| req)
+//!     .map_response(|res: http::Response<_>| res.map(axum::body::Body::new))
+//!     .layer(CacheLayer::new(cache.clone()))
+//!     .service(router);
+//!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await?;
+//! axum::serve(listener, app.into_make_service()).await?;
 //! # Ok(())
 //! # }
 //! ```
