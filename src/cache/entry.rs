@@ -533,6 +533,8 @@ pub(crate) fn headers_to_store(headers: &HeaderMap, body_len: usize) -> HeaderMa
 
 /// §3.2: the stored headers updated by a 304's: every field the 304 carries
 /// replaces the stored one, except the excluded fields and `Content-Length`.
+/// The result also carries the 304's own `Age` (or none), for the age
+/// calculation only: storing drops it again.
 pub(crate) fn merge_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let named = connection_named(not_modified);
     let mut out = stored.clone();
@@ -546,6 +548,22 @@ pub(crate) fn merge_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderM
             replaced.push(name);
         }
         out.append(name.clone(), value.clone());
+    }
+    // RFC 9110 §6.6.1: a 304 without a valid Date is dated when received.
+    // Keeping the stored Date would count apparent_age (§4.2.3) from the
+    // first response, leaving the entry this 304 freshens (§4.3.4) already
+    // stale, and every later request would go to the origin again.
+    if single(not_modified, &DATE)
+        .and_then(crate::date::parse)
+        .is_none()
+    {
+        out.insert(DATE, crate::date::http_date_now());
+    }
+    // §4.2.3: age_value is the Age of the response that validated the
+    // entry, not the stored placeholder.
+    out.remove(AGE);
+    if let Some(age) = not_modified.get(AGE) {
+        out.insert(AGE, age.clone());
     }
     out
 }
@@ -967,6 +985,44 @@ mod tests {
         assert_eq!(m["content-length"], "5");
         assert_eq!(m["x-a"], "1");
         assert_eq!(m["x-b"], "2");
+    }
+
+    #[test]
+    fn merge_304_without_date_is_dated_on_receipt_and_brings_its_age() {
+        let stored = hm(&[
+            ("cache-control", "max-age=60"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("age", "0"),
+        ]);
+        let m = merge_304(&stored, &hm(&[("age", "7")]));
+        let date = crate::date::parse(&m[DATE]).unwrap();
+        let behind = SystemTime::now().duration_since(date).unwrap_or_default();
+        assert!(behind < Duration::from_secs(60), "{:?}", m[DATE]);
+        let p = storable(
+            StatusCode::OK,
+            &m,
+            &RequestDirectives::default(),
+            false,
+            &rules(),
+            Instant::now(),
+            (Instant::now(), SystemTime::now()),
+        )
+        .unwrap();
+        assert_eq!(p.fresh.initial_age, 7, "the 304's Age, not the old Date");
+
+        let m = merge_304(&stored, &hm(&[("date", "garbage")]));
+        assert_ne!(m[DATE], "garbage");
+        assert!(!m.contains_key(AGE));
+    }
+
+    #[test]
+    fn merge_304_keeps_a_valid_date_of_the_304() {
+        let stored = hm(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let nm = hm(&[("date", "Mon, 07 Nov 1994 08:49:37 GMT")]);
+        assert_eq!(
+            merge_304(&stored, &nm)[DATE],
+            "Mon, 07 Nov 1994 08:49:37 GMT"
+        );
     }
 
     #[test]
