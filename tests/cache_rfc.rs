@@ -69,3 +69,85 @@ async fn a_304_without_date_freshens_the_entry_from_its_receipt() {
     assert_eq!(next.body, "page");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// Generous hang guard for raw exchanges; never a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+/// A raw HTTP/1.1 exchange, for requests a client library would refuse to
+/// send: returns the `cache-status` value (if any) and the whole response.
+async fn raw(addr: std::net::SocketAddr, head: &str) -> (Option<String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let out = tokio::time::timeout(GUARD, exchange).await.expect("hang");
+    let head_end = out.find("\r\n\r\n").unwrap_or(out.len());
+    let status = out[..head_end].lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("cache-status")
+            .then(|| value.trim().to_owned())
+    });
+    (status, out)
+}
+
+/// RFC 9111 §2, §4; RFC 9110 §4.2.4, §7.2: the key's authority comes from a
+/// `Host` (or absolute-form authority) that parses as one, without userinfo.
+/// A `Host` holding a path used to be pasted in front of the request's
+/// path, so `GET /` with `Host: victim.com/admin` was stored as the page
+/// `/admin/` of `victim.com`, and served to its next visitor.
+#[tokio::test]
+async fn a_host_that_is_not_an_authority_bypasses_the_cache() {
+    let app = Router::new()
+        .fallback(|uri: axum::http::Uri| async move {
+            (
+                [("cache-control", "max-age=60")],
+                format!("rendered path [{}]", uri.path()),
+            )
+        })
+        .layer(CacheLayer::new(cache()));
+    let addr = serve(app).await;
+    let req = |path: &str, host: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+
+    let (status, attack) = raw(addr, &req("/", "victim.com/admin")).await;
+    assert!(attack.contains("rendered path [/]"), "{attack}");
+    assert_eq!(status.as_deref(), Some("tower-ssr; fwd=bypass"), "{attack}");
+
+    let (status, page) = raw(addr, &req("/admin/", "victim.com")).await;
+    assert!(page.contains("rendered path [/admin/]"), "{page}");
+    assert_eq!(
+        status.as_deref(),
+        Some("tower-ssr; fwd=uri-miss; stored"),
+        "{page}"
+    );
+    // A sound Host still caches.
+    let (status, page) = raw(addr, &req("/admin/", "Victim.COM")).await;
+    assert!(page.contains("rendered path [/admin/]"), "{page}");
+    assert!(status.unwrap().starts_with("tower-ssr; hit"), "{page}");
+
+    // Userinfo names no resource (and hides the real host): not keyed.
+    for host in [
+        "x@victim.com",
+        "victim.com?x",
+        "victim.com#x",
+        "vic tim.com",
+    ] {
+        let (status, res) = raw(addr, &req("/admin/", host)).await;
+        if res.starts_with("HTTP/1.1 400") {
+            continue; // refused by the server before the layer: fine too
+        }
+        assert_eq!(status.as_deref(), Some("tower-ssr; fwd=bypass"), "{res}");
+    }
+    // Two Host lines are a bad request (RFC 9112 §3.2): never keyed.
+    let two =
+        "GET /admin/ HTTP/1.1\r\nHost: victim.com\r\nHost: evil.com\r\nConnection: close\r\n\r\n";
+    let (status, res) = raw(addr, two).await;
+    if !res.starts_with("HTTP/1.1 400") {
+        assert_eq!(status.as_deref(), Some("tower-ssr; fwd=bypass"), "{res}");
+    }
+}
