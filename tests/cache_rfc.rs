@@ -151,3 +151,75 @@ async fn a_host_that_is_not_an_authority_bypasses_the_cache() {
         assert_eq!(status.as_deref(), Some("tower-ssr; fwd=bypass"), "{res}");
     }
 }
+
+/// RFC 9213 §2.1, RFC 8941 §4.2: a targeted field is a structured-field
+/// Dictionary. A field that fails to parse is ignored as a whole, and the
+/// cache falls back to `Cache-Control`; a repeated key keeps its last
+/// value. The field used to be read with the `Cache-Control` parser, so
+/// `Max-Age=600` overrode the origin's `no-store`.
+#[tokio::test]
+async fn the_targeted_field_is_read_as_a_structured_dictionary() {
+    let calls: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let counter = Arc::clone(&calls);
+    let origin = move |uri: axum::http::Uri| {
+        let path = uri.path().to_owned();
+        *counter.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+        async move {
+            let (cc, cdn): (&str, &[&str]) = match path.as_str() {
+                // Invalid Dictionaries: Cache-Control's no-store governs.
+                "/upper" => ("no-store", &["Max-Age=600"]),
+                "/trailing-comma" => ("no-store", &["max-age=600,"]),
+                "/sixteen-digits" => ("no-store", &["max-age=1234567890123456"]),
+                "/bad-second-line" => ("no-store", &["max-age=600", "Private"]),
+                // Valid ones govern, Cache-Control ignored.
+                "/last-wins" => ("no-store", &["max-age=1, max-age=600"]),
+                "/two-lines" => ("no-store", &["max-age=1", "max-age=600;p=1"]),
+                "/decimal" => ("max-age=600", &["max-age=1.5"]),
+                _ => ("no-store", &[]),
+            };
+            let mut res = (([("cache-control", cc)]), "page").into_response();
+            for line in cdn {
+                res.headers_mut()
+                    .append("cdn-cache-control", line.parse().unwrap());
+            }
+            res
+        }
+    };
+    let layer = CacheLayer::new(cache())
+        .targeted_field(axum::http::HeaderName::from_static("cdn-cache-control"));
+    let addr = serve(Router::new().fallback(origin).layer(layer)).await;
+    let calls = |path: &str| calls.lock().unwrap().get(path).copied().unwrap_or(0);
+
+    for path in [
+        "/upper",
+        "/trailing-comma",
+        "/sixteen-digits",
+        "/bad-second-line",
+        // Valid, but max-age=1.5 is no Integer: ignored, not coerced, and
+        // nothing else gives freshness (§2.1 "SHOULD NOT accept").
+        "/decimal",
+    ] {
+        get(addr, path).await;
+        let again = get(addr, path).await;
+        assert!(
+            !again.one("cache-status").contains("hit"),
+            "{path}: {:?}",
+            again.headers
+        );
+        assert_eq!(calls(path), 2, "{path}");
+    }
+    for path in ["/last-wins", "/two-lines"] {
+        let first = get(addr, path).await;
+        assert_eq!(first.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+        let hit = get(addr, path).await;
+        let status = hit.one("cache-status");
+        let ttl: i64 = status
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{path}: {status}"));
+        assert!(ttl > 500, "{path}: max-age=600 governs, got {status}");
+        assert_eq!(calls(path), 1, "{path}");
+    }
+}
