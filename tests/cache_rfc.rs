@@ -70,6 +70,47 @@ async fn a_304_without_date_freshens_the_entry_from_its_receipt() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// The documented stack, `CacheLayer` outside `CacheControlLayer`, over a
+/// handler that sends no `Date`: the layer's content ETag answers the
+/// revalidation with a 304 without `Date`, and that 304 must keep the page
+/// cached for another `s-maxage` rather than leave it stale for good.
+#[tokio::test]
+async fn the_documented_stack_keeps_caching_after_the_first_expiry() {
+    use tower_ssr::cache_control::{CacheControlLayer, Rule};
+    use tower_ssr::Directives;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let render = move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { "page" }
+    };
+    let policy = Directives::new()
+        .public()
+        .max_age(Duration::ZERO)
+        .s_maxage(Duration::from_secs(2));
+    let app = Router::new()
+        .route("/page", route(render))
+        .layer(CacheControlLayer::new().rule(Rule::any().cache_control(policy)))
+        .layer(CacheLayer::new(cache()));
+    let addr = serve(app).await;
+
+    get(addr, "/page").await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let validated = get(addr, "/page").await;
+    assert_eq!(
+        validated.one("cache-status"),
+        "tower-ssr; fwd=stale; fwd-status=304; stored"
+    );
+    let next = get(addr, "/page").await;
+    assert!(
+        next.one("cache-status").starts_with("tower-ssr; hit"),
+        "{:?}",
+        next.headers
+    );
+    assert_eq!(next.body, "page");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 /// Generous hang guard for raw exchanges; never a timing assertion.
 const GUARD: Duration = Duration::from_secs(60);
 
