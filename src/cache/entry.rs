@@ -12,6 +12,7 @@ use http::header::{
 };
 use http::{HeaderMap, StatusCode, Version};
 
+use super::sf::{self, Item};
 use crate::directives::{Directives, DELTA_MAX};
 
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -275,18 +276,74 @@ pub(crate) struct Policy {
 }
 
 /// The directives that govern caching: the configured targeted field when
-/// present and non-empty (RFC 9213 §2.2), else `Cache-Control`. The flag says
-/// whether the targeted field was used, in which case `Expires` is ignored.
+/// present, valid and non-empty (RFC 9213 §2.2), else `Cache-Control`. The
+/// flag says whether the targeted field was used, in which case `Expires`
+/// is ignored.
 fn governing(headers: &HeaderMap, targeted: Option<&HeaderName>) -> (Directives, bool) {
-    if let Some(name) = targeted {
-        if headers.contains_key(name) {
-            let d = Directives::from_values(headers.get_all(name));
-            if !d.is_empty() {
-                return (d, true);
-            }
-        }
+    if let Some(d) = targeted.and_then(|name| targeted_directives(headers, name)) {
+        return (d, true);
     }
     (Directives::from_headers(headers), false)
+}
+
+/// RFC 9213 §2.1: a targeted field is an RFC 8941 Dictionary, its lines
+/// combined first (RFC 8941 §4.2). `None` when it is absent, empty or fails
+/// to parse: the whole field is then ignored. A member of the wrong type
+/// (`max-age=1.5`, `no-store=1`) is ignored rather than coerced ("SHOULD
+/// NOT accept values that break these constraints"), and a Boolean false
+/// (`no-store=?0`) is read as the directive's absence.
+fn targeted_directives(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
+    let mut combined = Vec::new();
+    for (i, line) in headers.get_all(name).iter().enumerate() {
+        if i > 0 {
+            combined.extend_from_slice(b", ");
+        }
+        combined.extend_from_slice(line.as_bytes());
+    }
+    let dictionary = sf::parse_dictionary(&combined)?;
+    if dictionary.is_empty() {
+        return None;
+    }
+    let mut d = Directives::new();
+    for (key, item) in dictionary {
+        d = match (key.as_str(), item) {
+            (_, Item::Boolean(false)) => d,
+            ("max-age", Item::Integer(n)) if n >= 0 => d.max_age(secs(n)),
+            ("s-maxage", Item::Integer(n)) if n >= 0 => d.s_maxage(secs(n)),
+            ("stale-while-revalidate", Item::Integer(n)) if n >= 0 => {
+                d.stale_while_revalidate(secs(n))
+            }
+            ("stale-if-error", Item::Integer(n)) if n >= 0 => d.stale_if_error(secs(n)),
+            ("no-store", Item::Boolean(true)) => d.no_store(),
+            ("public", Item::Boolean(true)) => d.public(),
+            ("must-revalidate", Item::Boolean(true)) => d.must_revalidate(),
+            ("proxy-revalidate", Item::Boolean(true)) => d.proxy_revalidate(),
+            ("must-understand", Item::Boolean(true)) => d.must_understand(),
+            ("immutable", Item::Boolean(true)) => d.immutable(),
+            ("no-transform", Item::Boolean(true)) => d.no_transform(),
+            ("no-cache", Item::Boolean(true)) => d.no_cache(),
+            ("no-cache", Item::String(fields)) => d.no_cache_fields(field_names(&fields)),
+            ("private", Item::Boolean(true)) => d.private(),
+            ("private", Item::String(fields)) => d.private_fields(field_names(&fields)),
+            // RFC 9111 §5.2.3: unknown directives are ignored.
+            _ => d,
+        };
+    }
+    Some(d)
+}
+
+/// An SF Integer already checked to be non-negative, as seconds.
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(u64::try_from(n).unwrap_or(0))
+}
+
+/// The field names of a qualified `no-cache` / `private` String. A name that
+/// is not a field name is dropped; an empty list reads as unqualified, the
+/// more restrictive reading.
+fn field_names(list: &str) -> Vec<HeaderName> {
+    list.split(',')
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// RFC 9110 §15.1: statuses cacheable by default (heuristically).
@@ -533,6 +590,8 @@ pub(crate) fn headers_to_store(headers: &HeaderMap, body_len: usize) -> HeaderMa
 
 /// §3.2: the stored headers updated by a 304's: every field the 304 carries
 /// replaces the stored one, except the excluded fields and `Content-Length`.
+/// The result also carries the 304's own `Age` (or none), for the age
+/// calculation only: storing drops it again.
 pub(crate) fn merge_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let named = connection_named(not_modified);
     let mut out = stored.clone();
@@ -546,6 +605,22 @@ pub(crate) fn merge_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderM
             replaced.push(name);
         }
         out.append(name.clone(), value.clone());
+    }
+    // RFC 9110 §6.6.1: a 304 without a valid Date is dated when received.
+    // Keeping the stored Date would count apparent_age (§4.2.3) from the
+    // first response, leaving the entry this 304 freshens (§4.3.4) already
+    // stale, and every later request would go to the origin again.
+    if single(not_modified, &DATE)
+        .and_then(crate::date::parse)
+        .is_none()
+    {
+        out.insert(DATE, crate::date::http_date_now());
+    }
+    // §4.2.3: age_value is the Age of the response that validated the
+    // entry, not the stored placeholder.
+    out.remove(AGE);
+    if let Some(age) = not_modified.get(AGE) {
+        out.insert(AGE, age.clone());
     }
     out
 }
@@ -967,6 +1042,71 @@ mod tests {
         assert_eq!(m["content-length"], "5");
         assert_eq!(m["x-a"], "1");
         assert_eq!(m["x-b"], "2");
+    }
+
+    #[test]
+    fn merge_304_without_date_is_dated_on_receipt_and_brings_its_age() {
+        let stored = hm(&[
+            ("cache-control", "max-age=60"),
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("age", "0"),
+        ]);
+        let m = merge_304(&stored, &hm(&[("age", "7")]));
+        let date = crate::date::parse(&m[DATE]).unwrap();
+        let behind = SystemTime::now().duration_since(date).unwrap_or_default();
+        assert!(behind < Duration::from_secs(60), "{:?}", m[DATE]);
+        let p = storable(
+            StatusCode::OK,
+            &m,
+            &RequestDirectives::default(),
+            false,
+            &rules(),
+            Instant::now(),
+            (Instant::now(), SystemTime::now()),
+        )
+        .unwrap();
+        assert_eq!(p.fresh.initial_age, 7, "the 304's Age, not the old Date");
+
+        let m = merge_304(&stored, &hm(&[("date", "garbage")]));
+        assert_ne!(m[DATE], "garbage");
+        assert!(!m.contains_key(AGE));
+    }
+
+    #[test]
+    fn merge_304_keeps_a_valid_date_of_the_304() {
+        let stored = hm(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let nm = hm(&[("date", "Mon, 07 Nov 1994 08:49:37 GMT")]);
+        assert_eq!(
+            merge_304(&stored, &nm)[DATE],
+            "Mon, 07 Nov 1994 08:49:37 GMT"
+        );
+    }
+
+    #[test]
+    fn targeted_field_maps_types_and_falls_back_when_invalid() {
+        let name = HeaderName::from_static("cdn-cache-control");
+        let read = |cdn: &'static str| {
+            let h = hm(&[("cache-control", "max-age=5"), ("cdn-cache-control", cdn)]);
+            governing(&h, Some(&name))
+        };
+        let (d, targeted) = read("s-maxage=60, no-cache=\"x-a, x-b\", private=?0, x=1.5");
+        assert!(targeted);
+        assert_eq!(d.s_maxage_secs(), Some(60));
+        assert_eq!(d.no_cache_field_names().len(), 2);
+        assert!(!d.is_private(), "?0 is the directive's absence");
+        // Wrong types are ignored, never coerced.
+        let (d, targeted) = read("max-age=1.5, no-store=1, must-revalidate=\"y\", s-maxage=-1");
+        assert!(targeted);
+        assert!(d.is_empty(), "{d:?}");
+        // Invalid or empty: Cache-Control governs.
+        for bad in ["Max-Age=60", "max-age=60,", "", "max-age=99999999999999999"] {
+            let (d, targeted) = read(bad);
+            assert!(!targeted, "{bad:?}");
+            assert_eq!(d.max_age_secs(), Some(5), "{bad:?}");
+        }
+        // Integers up to 15 digits cap at 2^31 (RFC 9111 §1.2.2).
+        let (d, _) = read("max-age=999999999999999");
+        assert_eq!(d.max_age_secs(), Some(u64::from(DELTA_MAX)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! variants stored under one key (see `store.rs`).
 
 use http::header::HOST;
+use http::uri::Authority;
 use http::{HeaderMap, Uri};
 
 /// How the query string takes part in the cache key.
@@ -26,19 +27,48 @@ pub enum QueryKey {
 /// Writes `scheme://host/path?query` into `out`. The host is lowercased
 /// (RFC 3986 §6.2.2.1); the scheme is the request URI's, or `http` for an
 /// origin-form target.
-pub(crate) fn write_uri_key(out: &mut String, uri: &Uri, headers: &HeaderMap, query: QueryKey) {
+///
+/// Returns `false` (and `out` is then no key) when the target names no one
+/// URI: a `Host` that is not a bare authority, several `Host` lines, or
+/// userinfo. Such a request must bypass the cache: the text of a `Host` such
+/// as `victim.com/admin` would otherwise be pasted in front of the path and
+/// key the page `/admin/…` of `victim.com` (RFC 9111 §2, §4).
+#[must_use]
+pub(crate) fn write_uri_key(
+    out: &mut String,
+    uri: &Uri,
+    headers: &HeaderMap,
+    query: QueryKey,
+) -> bool {
     out.clear();
     out.push_str(uri.scheme_str().unwrap_or("http"));
     out.push_str("://");
+    // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
+    // (and `http` has parsed it already).
     let host = match uri.authority() {
         Some(a) => a.as_str(),
-        None => headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(""),
+        None => {
+            let mut lines = headers.get_all(HOST).iter();
+            match (lines.next(), lines.next()) {
+                (None, _) => "",
+                // RFC 9112 §3.2: a request with several Host lines is bad.
+                (Some(_), Some(_)) => return false,
+                (Some(h), None) if h.is_empty() => "",
+                // RFC 9110 §7.2: Host is `uri-host [ ":" port ]`; anything
+                // that does not parse as an authority (a '/', '?', '#',
+                // spaces, non-ASCII) cannot be part of a key.
+                (Some(h), None) => match (Authority::try_from(h.as_bytes()), h.to_str()) {
+                    (Ok(_), Ok(text)) => text,
+                    _ => return false,
+                },
+            }
+        }
     };
-    // A userinfo part never identifies the resource; drop it.
-    let host = host.rsplit('@').next().unwrap_or(host);
+    // RFC 9110 §4.2.4: userinfo is to be treated as an error (it disguises
+    // the authority); never key on what follows it.
+    if host.contains('@') {
+        return false;
+    }
     let start = out.len();
     out.push_str(host);
     out[start..].make_ascii_lowercase();
@@ -62,6 +92,7 @@ pub(crate) fn write_uri_key(out: &mut String, uri: &Uri, headers: &HeaderMap, qu
         }
         (_, _) => {}
     }
+    true
 }
 
 /// The path-and-query part of a key written by [`write_uri_key`].
@@ -90,8 +121,42 @@ mod tests {
             h.insert(HOST, host.parse().unwrap());
         }
         let mut out = String::new();
-        write_uri_key(&mut out, &uri, &h, q);
+        assert!(write_uri_key(&mut out, &uri, &h, q), "{uri} {host:?}");
         out
+    }
+
+    fn valid(uri: &str, hosts: &[&[u8]]) -> bool {
+        let uri: Uri = uri.parse().unwrap();
+        let mut h = HeaderMap::new();
+        for host in hosts {
+            h.append(HOST, http::HeaderValue::from_bytes(host).unwrap());
+        }
+        write_uri_key(&mut String::new(), &uri, &h, QueryKey::Keep)
+    }
+
+    #[test]
+    fn a_host_that_is_not_one_authority_gives_no_key() {
+        for host in [
+            &b"victim.com/admin"[..],
+            b"victim.com?x",
+            b"victim.com#x",
+            b"user@victim.com",
+            b"victim.com:80/",
+            b"vic tim.com",
+            b"caf\xc3\xa9.test",
+        ] {
+            assert!(!valid("/a", &[host]), "{:?}", String::from_utf8_lossy(host));
+        }
+        assert!(!valid("/a", &[b"a.test", b"b.test"]), "two Host lines");
+        assert!(!valid("http://user@h.test/a", &[]), "userinfo in the URI");
+        assert!(valid("/a", &[b"h.test:8080"]));
+        assert!(valid("/a", &[b"[::1]:8080"]));
+        assert!(valid("/a", &[]), "no Host: one shared authority-less key");
+        // The absolute-form authority wins over Host (RFC 9112 §3.2.2).
+        assert_eq!(
+            key("http://h.test/a", Some("other.test"), QueryKey::Keep),
+            "http://h.test/a"
+        );
     }
 
     #[test]

@@ -269,9 +269,12 @@ impl CacheLayer {
     /// `CDN-Cache-Control` to give browsers `max-age=0` and this cache a
     /// long life; that field is left on responses for CDNs downstream. A
     /// field of any other name is for this cache only and is removed
-    /// before responses leave. Off by default. The value is read with the
-    /// lenient `Cache-Control` parser rather than as an RFC 8941
-    /// dictionary.
+    /// before responses leave. Off by default. The value is read as an
+    /// RFC 8941 Dictionary (RFC 9213 §2.1): keys are lowercase, a repeated
+    /// key keeps its last value, a member of the wrong type (`max-age=1.5`)
+    /// is ignored, and a field that fails to parse (`Max-Age=60`, a trailing
+    /// comma, a 16-digit integer) is ignored as a whole, so `Cache-Control`
+    /// and `Expires` govern again.
     #[must_use]
     pub fn targeted_field(mut self, name: HeaderName) -> Self {
         let strip = name != HeaderName::from_static("cdn-cache-control");

@@ -133,6 +133,7 @@ mod key;
 mod l2;
 mod layer;
 mod service;
+mod sf;
 mod status;
 mod store;
 mod tee;

@@ -141,7 +141,12 @@ where
             let inner = take_ready(&mut self.inner);
             let member = config.fwd_member(Fwd::Method, None, false, None);
             let shared = Arc::clone(shared);
-            let key = owned_key(config, &parts);
+            let Some(key) = checked_key(config, &parts) else {
+                // A target that names no URI has nothing stored to
+                // invalidate (and must not reach another URI's entry).
+                let req = Request::from_parts(parts, body);
+                return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+            };
             let req = Request::from_parts(parts, body);
             return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, member, shared)));
         }
@@ -155,7 +160,10 @@ where
         // The hit path builds its key in a per-thread buffer: no allocation.
         let found = KEY.with(|buf| {
             let mut buf = buf.borrow_mut();
-            write_uri_key(&mut buf, &parts.uri, &parts.headers, config.query);
+            // No key, no cache: a bad Host bypasses (see write_uri_key).
+            if !write_uri_key(&mut buf, &parts.uri, &parts.headers, config.query) {
+                return None;
+            }
             let extra = extra.as_ref()?;
             (buf.len() <= config.max_key)
                 .then(|| lookup(shared, &buf, &parts.headers, extra.as_deref(), has_auth))
@@ -281,10 +289,16 @@ thread_local! {
     static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// The key of a request the hit path has already checked with
+/// `write_uri_key`.
 fn owned_key(config: &Config, parts: &Parts) -> String {
+    checked_key(config, parts).unwrap_or_default()
+}
+
+/// The key of a request; `None` when its target names no one URI.
+fn checked_key(config: &Config, parts: &Parts) -> Option<String> {
     let mut key = String::with_capacity(64);
-    write_uri_key(&mut key, &parts.uri, &parts.headers, config.query);
-    key
+    write_uri_key(&mut key, &parts.uri, &parts.headers, config.query).then_some(key)
 }
 
 fn as_get(mut parts: Parts) -> Parts {
@@ -465,7 +479,9 @@ where
                     continue;
                 }
                 let mut k = String::new();
-                write_uri_key(&mut k, &uri, &HeaderMap::new(), super::key::QueryKey::Keep);
+                if !write_uri_key(&mut k, &uri, &HeaderMap::new(), super::key::QueryKey::Keep) {
+                    continue;
+                }
                 k
             } else {
                 continue;
