@@ -569,6 +569,7 @@ where
             Join::Wait(wait) => {
                 Counters::bump(&job.shared.counters.coalesced);
                 tracing::debug!(key = %job.key, "waiting for a request in flight");
+                let waited_from = crate::date::monotonic_now();
                 match wait.await {
                     Outcome::Stored => {
                         let found = lookup(
@@ -578,11 +579,25 @@ where
                             job.extra.as_deref(),
                             false,
                         );
+                        let now = crate::date::monotonic_now();
+                        // The flight covers the whole URI, so the leader may
+                        // have stored another variant and left ours as it
+                        // was. A waiter only gets a response the leader
+                        // stored (RFC-CHECKLIST §4, collapsing), never the
+                        // stale one it came with: unvalidated, that would
+                        // break §4.2.4 and must-revalidate (§5.2.2.2).
+                        let usable = |entry: &Arc<Entry>| {
+                            !job.stale.as_ref().is_some_and(|s| Arc::ptr_eq(s, entry))
+                                && (entry.fresh.stored_at >= waited_from
+                                    || reuse(&entry.fresh, &job.req_cc, now) == Reuse::Fresh)
+                        };
                         if let Lookup::Found(variants, i) = found {
                             let entry = &variants.list[i];
+                            if !usable(entry) {
+                                return fetch(&mut inner, job, None, Some(false)).await;
+                            }
                             // Just fetched or validated for the leader, so
                             // good for this request too, whatever it asked.
-                            let now = crate::date::monotonic_now();
                             let member = job.config.fwd_member(job.fwd, None, true, Some(true));
                             return Ok(from_entry(
                                 entry,
