@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,4 +144,96 @@ async fn a_waiter_never_gets_its_own_stale_variant_when_another_variant_was_fetc
     assert_eq!(origin.calls(), 3);
     // The origin was asked to validate the stored en variant.
     assert_eq!(origin.nth(3)["if-none-match"], "\"en1\"");
+}
+
+/// An origin at `path` answering every GET with `cache_control` (and an
+/// ETag), counting what it sees; a `Range` gets a 206, an `If-Match` a 412,
+/// as a real origin would answer them.
+fn plain_origin(path: &str, cache_control: &'static str, origin: Seen2) -> Router {
+    Router::new().route(
+        path,
+        route(move |headers: HeaderMap| async move {
+            let n = origin.record(&headers);
+            let res = Response::builder()
+                .header("cache-control", cache_control)
+                .header("age", "5")
+                .header("etag", format!("\"{n}\""));
+            if headers.contains_key("range") {
+                return res
+                    .status(206)
+                    .header("content-range", "bytes 0-0/4")
+                    .body(Body::from("p"))
+                    .unwrap();
+            }
+            if headers.contains_key("if-match") {
+                return res.status(412).body(Body::empty()).unwrap();
+            }
+            res.body(Body::from(format!("page {n}"))).unwrap()
+        }),
+    )
+}
+
+/// Audit bug 4. RFC 9111 §5.2.1.5: a request's `no-store` concerns that
+/// request and its response only; it does not purge what is stored for
+/// everyone else.
+#[tokio::test]
+async fn a_client_no_store_request_does_not_evict_the_stored_entry() {
+    let origin = Seen2::default();
+    // Fresh for ten minutes despite the Age of 5.
+    let app = plain_origin("/ns", "max-age=600", origin.clone());
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(text(&get(addr, "/ns").await), "page 1");
+    let bust = get_with(addr, "/ns", &[("cache-control", "no-store, no-cache")]).await;
+    assert_eq!(text(&bust), "page 2");
+    let after = get(addr, "/ns").await;
+    assert_eq!(text(&after), "page 1", "{after:?}");
+    assert!(after.one("cache-status").contains("hit"), "{after:?}");
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(cache.stats().entries, 1);
+}
+
+/// Audit bug 4. The stale-while-revalidate refresh is the cache's own
+/// request (RFC 5861 §3): a plain GET validated with the stored validators
+/// (RFC 9111 §4.3.1), never the client's range, preconditions or
+/// directives, whose answers (206, 412, not stored) would evict the entry.
+#[tokio::test]
+async fn the_background_refresh_is_a_clean_get_whatever_the_client_sent() {
+    let origin = Seen2::default();
+    // Stale on arrival, within its stale-while-revalidate window.
+    let app = plain_origin(
+        "/swr",
+        "max-age=1, stale-while-revalidate=600",
+        origin.clone(),
+    );
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(text(&get(addr, "/swr").await), "page 1");
+    let client = [
+        ("range", "bytes=0-0"),
+        ("if-range", "\"1\""),
+        ("if-match", "\"other\""),
+        ("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("if-none-match", "\"other\""),
+        ("cache-control", "no-store"),
+        ("pragma", "no-cache"),
+    ];
+    let stale = get_with(addr, "/swr", &client).await;
+    assert!(stale.one("cache-status").contains("hit"), "{stale:?}");
+
+    until("the refresh to reach the origin", || origin.calls() == 2).await;
+    let refresh = origin.nth(2);
+    for (name, _) in client.iter().filter(|(n, _)| *n != "if-none-match") {
+        assert!(
+            !refresh.contains_key(*name),
+            "refresh sent {name}: {refresh:?}"
+        );
+    }
+    assert_eq!(refresh["if-none-match"], "\"1\"", "the stored validator");
+
+    until("the refresh to store", || cache.stats().stores == 2).await;
+    let after = get(addr, "/swr").await;
+    // Stale again on arrival, so served while another refresh starts.
+    assert_eq!(text(&after), "page 2", "{after:?}");
+    assert!(after.one("cache-status").contains("hit"), "{after:?}");
 }

@@ -7,8 +7,8 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_UNMODIFIED_SINCE, LOCATION, RANGE,
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -759,12 +759,12 @@ where
         Ok(p) => p,
         Err(reason) => {
             tracing::debug!(key = %key, ?reason, "response not stored");
-            if matches!(reason, NotStorable::Response(_)) {
+            if supersedes(reason, status) {
                 shared.remember_uncacheable(&flight_key, config.uncacheable_for);
-            }
-            if let Some(entry) = &stale {
-                // Superseded by a response that may not be stored.
-                shared.store.remove_variant(&key, entry);
+                if let Some(entry) = &stale {
+                    // Superseded by a response that may not be stored.
+                    shared.store.remove_variant(&key, entry);
+                }
             }
             finish(lead, Outcome::NotStorable);
             if let Some(field) = &config.strip_field {
@@ -857,6 +857,17 @@ where
             ))
         }
     }
+}
+
+/// Whether a response that may not be stored says the resource is no longer
+/// storable, so that it replaces the stored variant and the key is
+/// remembered as uncacheable. Not when only this request forbade storing
+/// (a request's `no-store` concerns that request alone, RFC 9111 §5.2.1.5;
+/// `Authorization`, §3.5), nor for an answer to what this request asked
+/// rather than a new representation: a range (206, 416) or a precondition
+/// (304, 412; §3, §4.3.2). RFC 9111 asks to purge only on §4.4.
+fn supersedes(reason: NotStorable, status: StatusCode) -> bool {
+    matches!(reason, NotStorable::Response(_)) && !matches!(status.as_u16(), 206 | 304 | 412 | 416)
 }
 
 /// A 304 answered our validators: freshen the stored entry (RFC 9111
@@ -994,7 +1005,7 @@ async fn collect<B: Body<Data = Bytes>>(body: B, cap: usize) -> Collected<B> {
 }
 
 /// Starts a `stale-while-revalidate` refresh on the executor.
-fn refresh_in_background<S, ReqBody, B>(mut svc: S, job: Job<ReqBody>, lead: Lead)
+fn refresh_in_background<S, ReqBody, B>(mut svc: S, mut job: Job<ReqBody>, lead: Lead)
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -1006,6 +1017,31 @@ where
     let Some(executor) = job.config.executor.clone() else {
         return;
     };
+    // The refresh is the cache's own request (RFC 5861 §3): a plain GET
+    // validated with the stored validators (RFC 9111 §4.3.1, added by
+    // `fetch`), not the client's range, preconditions or directives, whose
+    // answers (206, 412, a response not to store) would refresh nothing.
+    // A header the stored variant varies on stays, to refresh that variant.
+    let varies_on = |name: &http::HeaderName| {
+        job.stale
+            .as_ref()
+            .is_some_and(|e| e.vary.iter().any(|(n, _)| n == name))
+    };
+    for name in [
+        RANGE,
+        IF_RANGE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        CACHE_CONTROL,
+        PRAGMA,
+    ] {
+        if !varies_on(&name) {
+            job.parts.headers.remove(name);
+        }
+    }
+    job.req_cc = RequestDirectives::default();
     tracing::debug!(key = %job.key, "background refresh");
     executor.execute(Box::pin(async move {
         if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
