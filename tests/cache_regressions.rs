@@ -237,3 +237,86 @@ async fn the_background_refresh_is_a_clean_get_whatever_the_client_sent() {
     assert_eq!(text(&after), "page 2", "{after:?}");
     assert!(after.one("cache-status").contains("hit"), "{after:?}");
 }
+
+/// An origin at `path` whose `n`th call answers `script(n)`: a status, its
+/// Cache-Control, and whether to wait at `gate` first.
+fn scripted(
+    path: &str,
+    origin: Seen2,
+    gate: Gate,
+    script: fn(usize) -> (u16, &'static str, bool),
+) -> Router {
+    Router::new().route(
+        path,
+        route(move |headers: HeaderMap| async move {
+            let n = origin.record(&headers);
+            let (status, cache_control, gated) = script(n);
+            if gated {
+                gate.pass().await;
+            }
+            Response::builder()
+                .status(status)
+                .header("cache-control", cache_control)
+                .header("etag", "\"e\"")
+                .body(Body::from(format!("page {n}")))
+                .unwrap()
+        }),
+    )
+}
+
+/// Audit bug 5. RFC 9111 §4.3.3: a 5xx to a validation may be forwarded, or
+/// the cache may act as if the origin did not answer; nothing calls for
+/// dropping the stored response. Here the 5xx carries `no-store`, as
+/// `CacheControlLayer` sends by default.
+#[tokio::test]
+async fn a_server_error_does_not_evict_the_stored_entry() {
+    let origin = Seen2::default();
+    let app = scripted("/down", origin.clone(), Gate::default(), |n| match n {
+        2 => (500, "no-store", false),
+        _ => (200, "max-age=600", false),
+    });
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(text(&get(addr, "/down").await), "page 1");
+    let reload = get_with(addr, "/down", &[("cache-control", "no-cache")]).await;
+    assert_eq!(reload.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let after = get(addr, "/down").await;
+    assert_eq!(text(&after), "page 1", "{after:?}");
+    assert!(after.one("cache-status").contains("hit"), "{after:?}");
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(cache.stats().entries, 1);
+}
+
+/// Audit bug 5. A 5xx says nothing about whether the resource is storable,
+/// so it must not mark the URI uncacheable: during an outage, requests for
+/// one key still make one call to the origin at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_keeps_requests_coalesced() {
+    let origin = Seen2::default();
+    let gate = Gate::default();
+    let app = scripted("/outage", origin.clone(), gate.clone(), |n| match n {
+        1 => (503, "no-store", false),
+        _ => (200, "max-age=600", true),
+    });
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(
+        get(addr, "/outage").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let a = tokio::spawn(async move { get(addr, "/outage").await });
+    let b = tokio::spawn(async move { get(addr, "/outage").await });
+    // Either the second request waits on the first, or (the bug) both reach
+    // the origin; whichever happens first, the test then knows.
+    until("a wait or a second call", || {
+        cache.stats().coalesced >= 1 || origin.calls() >= 3
+    })
+    .await;
+    assert_eq!(cache.stats().coalesced, 1, "not coalesced");
+    gate.open();
+    for t in [a, b] {
+        let seen = tokio::time::timeout(GUARD, t).await.unwrap().unwrap();
+        assert_eq!(text(&seen), "page 2", "{seen:?}");
+    }
+    assert_eq!(origin.calls(), 2);
+}

@@ -57,7 +57,7 @@
 //! | GET with `only-if-cached`, nothing usable | `504`, generated locally | none |
 //! | HEAD | answered from the GET entry, headers only; a miss goes inward as HEAD and is not stored | as GET |
 //! | POST, PUT, DELETE, … | forwarded; a 2xx/3xx invalidates the URI and its same-origin `Location` / `Content-Location` | `fwd=method` |
-//! | response not storable | streamed through as it arrives, never buffered; the key is remembered for [`uncacheable_for`](CacheLayer::uncacheable_for) so requests stop queueing | `fwd=uri-miss` |
+//! | response not storable | streamed through as it arrives, never buffered; the key is remembered for [`uncacheable_for`](CacheLayer::uncacheable_for) so requests stop queueing; a 5xx, or a request's own `no-store`, neither marks the key nor drops the stored entry | `fwd=uri-miss` |
 //!
 //! Never stored: responses with `no-store`, `private` (qualified or not),
 //! `Set-Cookie`, `Vary: *`; 206, 304 and 1xx; responses to requests with

@@ -865,9 +865,14 @@ where
 /// (a request's `no-store` concerns that request alone, RFC 9111 §5.2.1.5;
 /// `Authorization`, §3.5), nor for an answer to what this request asked
 /// rather than a new representation: a range (206, 416) or a precondition
-/// (304, 412; §3, §4.3.2). RFC 9111 asks to purge only on §4.4.
+/// (304, 412; §3, §4.3.2). Nor a server error: the cache may forward it or
+/// act as if the origin did not answer (§4.3.3), and one failure must not
+/// drop a good entry or stop coalescing during an outage. RFC 9111 asks to
+/// purge only on §4.4.
 fn supersedes(reason: NotStorable, status: StatusCode) -> bool {
-    matches!(reason, NotStorable::Response(_)) && !matches!(status.as_u16(), 206 | 304 | 412 | 416)
+    matches!(reason, NotStorable::Response(_))
+        && !matches!(status.as_u16(), 206 | 304 | 412 | 416)
+        && !status.is_server_error()
 }
 
 /// A 304 answered our validators: freshen the stored entry (RFC 9111
