@@ -320,3 +320,34 @@ async fn a_server_error_keeps_requests_coalesced() {
     }
     assert_eq!(origin.calls(), 2);
 }
+
+/// Audit bug 5, related. When the leader's request fails, one waiter takes
+/// over and the others wait for it, instead of every waiter calling the
+/// origin at once: a single failure (a 503 here) is retried once, not
+/// multiplied by the number of waiters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_leader_one_waiter_takes_over() {
+    let origin = Seen2::default();
+    let gate = Gate::default();
+    let app = scripted("/blip", origin.clone(), gate.clone(), |n| match n {
+        1 => (503, "no-store", true),
+        _ => (200, "max-age=600", false),
+    });
+    let (addr, cache) = serve_cached(app).await;
+
+    let first = tokio::spawn(async move { get(addr, "/blip").await });
+    until("the leader to reach the origin", || origin.calls() == 1).await;
+    let waiters: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "/blip").await }))
+        .collect();
+    until("three waiters", || cache.stats().coalesced >= 3).await;
+    gate.open();
+
+    let first = tokio::time::timeout(GUARD, first).await.unwrap().unwrap();
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
+    for t in waiters {
+        let seen = tokio::time::timeout(GUARD, t).await.unwrap().unwrap();
+        assert_eq!(text(&seen), "page 2", "{seen:?}");
+    }
+    assert_eq!(origin.calls(), 2, "one take-over, not one call per waiter");
+}

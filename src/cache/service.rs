@@ -504,6 +504,7 @@ where
         return fetch(&mut inner, job, None, None).await;
     }
     let mut collapsed = None;
+    let mut retried = false;
     loop {
         let joined = job.shared.flights.join(&job.flight_key);
         match joined {
@@ -627,7 +628,16 @@ where
                                 now,
                             ));
                         }
-                        return fetch(&mut inner, job, None, Some(false)).await;
+                        // One waiter takes over and the others wait for it
+                        // (collapsing, RFC 9111 §4), once: a transient
+                        // failure is retried by one call, not by every
+                        // waiter at once, and no waiter waits more than one
+                        // further round.
+                        if retried {
+                            return fetch(&mut inner, job, None, Some(false)).await;
+                        }
+                        retried = true;
+                        collapsed = Some(false);
                     }
                     // The leader's client hung up: take over.
                     Outcome::Abandoned => collapsed = Some(false),
@@ -766,7 +776,14 @@ where
                     shared.store.remove_variant(&key, entry);
                 }
             }
-            finish(lead, Outcome::NotStorable);
+            // To waiters, a server error is a failure: they may answer it
+            // with their stale copy (RFC 5861 §4), or one takes over.
+            let outcome = if status.is_server_error() {
+                Outcome::Failed
+            } else {
+                Outcome::NotStorable
+            };
+            finish(lead, outcome);
             if let Some(field) = &config.strip_field {
                 head.headers.remove(field);
             }
