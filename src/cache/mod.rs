@@ -48,7 +48,7 @@
 //! | request / response | what the cache does | `Cache-Status` |
 //! |---|---|---|
 //! | GET, fresh entry | answers from memory with `Age`; the client's `If-None-Match` / `If-Modified-Since` get a 304 | `hit; ttl=N` |
-//! | GET, nothing stored | one request per key goes inward, the others wait for it; a storable response is stored (up to [`max_body`](CacheLayer::max_body)), a streamed one as it passes to the first client | `fwd=uri-miss; stored` (`fwd=uri-miss` while a streamed one is still passing; `; collapsed` for the waiters) |
+//! | GET, nothing stored | one request per key goes inward, the others wait for it; a storable response is stored (up to [`max_body`](CacheLayer::max_body)), a streamed one as it passes to the first client; should that one fail (an error or a 5xx), one waiter takes over, once | `fwd=uri-miss; stored` (`fwd=uri-miss` while a streamed one is still passing; `; collapsed` for the waiters) |
 //! | GET, stored for other `Vary` values | as a miss; variants live side by side | `fwd=vary-miss` |
 //! | GET, stale or `no-cache` entry | revalidated inward with `If-None-Match` / `If-Modified-Since`; a 304 refreshes the stored headers and the stored body is sent | `fwd=stale; fwd-status=304; stored` |
 //! | GET, stale within `stale-while-revalidate` | served at once; one background refresh per key | `hit; ttl=-N` |
@@ -57,7 +57,7 @@
 //! | GET with `only-if-cached`, nothing usable | `504`, generated locally | none |
 //! | HEAD | answered from the GET entry, headers only; a miss goes inward as HEAD and is not stored | as GET |
 //! | POST, PUT, DELETE, … | forwarded; a 2xx/3xx invalidates the URI and its same-origin `Location` / `Content-Location` | `fwd=method` |
-//! | response not storable | streamed through as it arrives, never buffered; the key is remembered for [`uncacheable_for`](CacheLayer::uncacheable_for) so requests stop queueing | `fwd=uri-miss` |
+//! | response not storable | streamed through as it arrives, never buffered; the key is remembered for [`uncacheable_for`](CacheLayer::uncacheable_for) so requests stop queueing; a 5xx, or a request's own `no-store`, neither marks the key nor drops the stored entry | `fwd=uri-miss` |
 //!
 //! Never stored: responses with `no-store`, `private` (qualified or not),
 //! `Set-Cookie`, `Vary: *`; 206, 304 and 1xx; responses to requests with

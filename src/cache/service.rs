@@ -7,8 +7,8 @@ use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    HeaderValue, AGE, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    IF_UNMODIFIED_SINCE, LOCATION, RANGE,
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -520,6 +520,7 @@ where
         return fetch(&mut inner, job, None, None).await;
     }
     let mut collapsed = None;
+    let mut retried = false;
     loop {
         let joined = job.shared.flights.join(&job.flight_key);
         match joined {
@@ -585,6 +586,7 @@ where
             Join::Wait(wait) => {
                 Counters::bump(&job.shared.counters.coalesced);
                 tracing::debug!(key = %job.key, "waiting for a request in flight");
+                let waited_from = crate::date::monotonic_now();
                 match wait.await {
                     Outcome::Stored => {
                         let found = lookup(
@@ -594,11 +596,25 @@ where
                             job.extra.as_deref(),
                             false,
                         );
+                        let now = crate::date::monotonic_now();
+                        // The flight covers the whole URI, so the leader may
+                        // have stored another variant and left ours as it
+                        // was. A waiter only gets a response the leader
+                        // stored (RFC-CHECKLIST §4, collapsing), never the
+                        // stale one it came with: unvalidated, that would
+                        // break §4.2.4 and must-revalidate (§5.2.2.2).
+                        let usable = |entry: &Arc<Entry>| {
+                            !job.stale.as_ref().is_some_and(|s| Arc::ptr_eq(s, entry))
+                                && (entry.fresh.stored_at >= waited_from
+                                    || reuse(&entry.fresh, &job.req_cc, now) == Reuse::Fresh)
+                        };
                         if let Lookup::Found(variants, i) = found {
                             let entry = &variants.list[i];
+                            if !usable(entry) {
+                                return fetch(&mut inner, job, None, Some(false)).await;
+                            }
                             // Just fetched or validated for the leader, so
                             // good for this request too, whatever it asked.
-                            let now = crate::date::monotonic_now();
                             let member = job.config.fwd_member(job.fwd, None, true, Some(true));
                             return Ok(from_entry(
                                 entry,
@@ -628,7 +644,16 @@ where
                                 now,
                             ));
                         }
-                        return fetch(&mut inner, job, None, Some(false)).await;
+                        // One waiter takes over and the others wait for it
+                        // (collapsing, RFC 9111 §4), once: a transient
+                        // failure is retried by one call, not by every
+                        // waiter at once, and no waiter waits more than one
+                        // further round.
+                        if retried {
+                            return fetch(&mut inner, job, None, Some(false)).await;
+                        }
+                        retried = true;
+                        collapsed = Some(false);
                     }
                     // The leader's client hung up: take over.
                     Outcome::Abandoned => collapsed = Some(false),
@@ -760,14 +785,21 @@ where
         Ok(p) => p,
         Err(reason) => {
             tracing::debug!(key = %key, ?reason, "response not stored");
-            if matches!(reason, NotStorable::Response(_)) {
+            if supersedes(reason, status) {
                 shared.remember_uncacheable(&flight_key, config.uncacheable_for);
+                if let Some(entry) = &stale {
+                    // Superseded by a response that may not be stored.
+                    shared.store.remove_variant(&key, entry);
+                }
             }
-            if let Some(entry) = &stale {
-                // Superseded by a response that may not be stored.
-                shared.store.remove_variant(&key, entry);
-            }
-            finish(lead, Outcome::NotStorable);
+            // To waiters, a server error is a failure: they may answer it
+            // with their stale copy (RFC 5861 §4), or one takes over.
+            let outcome = if status.is_server_error() {
+                Outcome::Failed
+            } else {
+                Outcome::NotStorable
+            };
+            finish(lead, outcome);
             if let Some(field) = &config.strip_field {
                 head.headers.remove(field);
             }
@@ -858,6 +890,22 @@ where
             ))
         }
     }
+}
+
+/// Whether a response that may not be stored says the resource is no longer
+/// storable, so that it replaces the stored variant and the key is
+/// remembered as uncacheable. Not when only this request forbade storing
+/// (a request's `no-store` concerns that request alone, RFC 9111 §5.2.1.5;
+/// `Authorization`, §3.5), nor for an answer to what this request asked
+/// rather than a new representation: a range (206, 416) or a precondition
+/// (304, 412; §3, §4.3.2). Nor a server error: the cache may forward it or
+/// act as if the origin did not answer (§4.3.3), and one failure must not
+/// drop a good entry or stop coalescing during an outage. RFC 9111 asks to
+/// purge only on §4.4.
+fn supersedes(reason: NotStorable, status: StatusCode) -> bool {
+    matches!(reason, NotStorable::Response(_))
+        && !matches!(status.as_u16(), 206 | 304 | 412 | 416)
+        && !status.is_server_error()
 }
 
 /// A 304 answered our validators: freshen the stored entry (RFC 9111
@@ -995,7 +1043,7 @@ async fn collect<B: Body<Data = Bytes>>(body: B, cap: usize) -> Collected<B> {
 }
 
 /// Starts a `stale-while-revalidate` refresh on the executor.
-fn refresh_in_background<S, ReqBody, B>(mut svc: S, job: Job<ReqBody>, lead: Lead)
+fn refresh_in_background<S, ReqBody, B>(mut svc: S, mut job: Job<ReqBody>, lead: Lead)
 where
     S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
@@ -1007,6 +1055,31 @@ where
     let Some(executor) = job.config.executor.clone() else {
         return;
     };
+    // The refresh is the cache's own request (RFC 5861 §3): a plain GET
+    // validated with the stored validators (RFC 9111 §4.3.1, added by
+    // `fetch`), not the client's range, preconditions or directives, whose
+    // answers (206, 412, a response not to store) would refresh nothing.
+    // A header the stored variant varies on stays, to refresh that variant.
+    let varies_on = |name: &http::HeaderName| {
+        job.stale
+            .as_ref()
+            .is_some_and(|e| e.vary.iter().any(|(n, _)| n == name))
+    };
+    for name in [
+        RANGE,
+        IF_RANGE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        CACHE_CONTROL,
+        PRAGMA,
+    ] {
+        if !varies_on(&name) {
+            job.parts.headers.remove(name);
+        }
+    }
+    job.req_cc = RequestDirectives::default();
     tracing::debug!(key = %job.key, "background refresh");
     executor.execute(Box::pin(async move {
         if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {

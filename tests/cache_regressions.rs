@@ -1,0 +1,353 @@
+//! Regression tests for bugs found by the RFC audit of the response cache,
+//! through an axum server on 127.0.0.1:0. Each test names the rule it holds
+//! the cache to. Entries are made stale on arrival with an upstream `Age`
+//! larger than their lifetime, so no test waits for a clock; concurrency is
+//! ordered with gates and counters, never with sleeps.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get as route;
+use axum::Router;
+use common::{get, get_with, serve, Seen};
+use tokio::sync::Notify;
+use tower_ssr::cache::{CacheLayer, ResponseCache};
+
+/// Generous hang guard; never a timing assertion.
+const GUARD: Duration = Duration::from_secs(60);
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(GUARD, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// A gate the origin waits at until the test opens it (for good: later
+/// calls pass straight through).
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        if !self.open.load(Ordering::SeqCst) {
+            self.notify.notified().await;
+        }
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        // Stores a permit if the origin is not waiting yet.
+        self.notify.notify_one();
+    }
+}
+
+/// The requests the origin saw, in order, and their count.
+#[derive(Clone, Default)]
+struct Seen2 {
+    requests: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+impl Seen2 {
+    fn record(&self, headers: &HeaderMap) -> usize {
+        let mut all = self.requests.lock().unwrap();
+        all.push(headers.clone());
+        all.len()
+    }
+
+    fn calls(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    fn nth(&self, n: usize) -> HeaderMap {
+        self.requests.lock().unwrap()[n - 1].clone()
+    }
+}
+
+fn text(seen: &Seen) -> &str {
+    std::str::from_utf8(&seen.body).unwrap()
+}
+
+async fn serve_cached(app: Router) -> (std::net::SocketAddr, ResponseCache) {
+    let cache = ResponseCache::builder().max_bytes(16 << 20).build();
+    let addr = serve(app.layer(CacheLayer::new(cache.clone()))).await;
+    (addr, cache)
+}
+
+/// Audit bug 1. RFC 9111 §4.2.4 and §5.2.2.2: a stale `must-revalidate`
+/// response is never used without validation, and a collapsed waiter may
+/// only get the leader's own response (RFC-CHECKLIST §4). Here the leader
+/// fetches another variant (`fr`); the `en` waiter must not be handed its
+/// own stale variant when the flight ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_never_gets_its_own_stale_variant_when_another_variant_was_fetched() {
+    let origin = Seen2::default();
+    let gate = Gate::default();
+    let app = Router::new().route(
+        "/v",
+        route({
+            let origin = origin.clone();
+            let gate = gate.clone();
+            move |headers: HeaderMap| async move {
+                let n = origin.record(&headers);
+                let lang = headers
+                    .get("accept-language")
+                    .map_or("", |v| v.to_str().unwrap())
+                    .to_owned();
+                if lang == "fr" {
+                    gate.pass().await;
+                }
+                Response::builder()
+                    // Stale on arrival (Age > max-age), and strict.
+                    .header("cache-control", "max-age=1, must-revalidate")
+                    .header("age", "5")
+                    .header("vary", "accept-language")
+                    .header("etag", format!("\"{lang}{n}\""))
+                    .body(Body::from(format!("{lang} v{n}")))
+                    .unwrap()
+            }
+        }),
+    );
+    let (addr, cache) = serve_cached(app).await;
+    let en = [("accept-language", "en")];
+
+    let first = get_with(addr, "/v", &en).await;
+    assert_eq!(text(&first), "en v1");
+    assert!(first.one("cache-status").contains("stored"), "{first:?}");
+
+    // The fr request leads the flight for the URI and is held at the origin.
+    let fr = tokio::spawn(async move { get_with(addr, "/v", &[("accept-language", "fr")]).await });
+    until("fr to reach the origin", || origin.calls() == 2).await;
+    // The en request finds its variant stale and waits on that flight.
+    let waiter = tokio::spawn(async move { get_with(addr, "/v", &en).await });
+    until("en to wait", || cache.stats().coalesced >= 1).await;
+    gate.open();
+
+    let fr = tokio::time::timeout(GUARD, fr).await.unwrap().unwrap();
+    assert_eq!(text(&fr), "fr v2");
+    let en = tokio::time::timeout(GUARD, waiter).await.unwrap().unwrap();
+    assert_eq!(en.status, StatusCode::OK);
+    assert_ne!(text(&en), "en v1", "stale en served unvalidated: {en:?}");
+    assert_eq!(text(&en), "en v3");
+    assert_eq!(origin.calls(), 3);
+    // The origin was asked to validate the stored en variant.
+    assert_eq!(origin.nth(3)["if-none-match"], "\"en1\"");
+}
+
+/// An origin at `path` answering every GET with `cache_control` (and an
+/// ETag), counting what it sees; a `Range` gets a 206, an `If-Match` a 412,
+/// as a real origin would answer them.
+fn plain_origin(path: &str, cache_control: &'static str, origin: Seen2) -> Router {
+    Router::new().route(
+        path,
+        route(move |headers: HeaderMap| async move {
+            let n = origin.record(&headers);
+            let res = Response::builder()
+                .header("cache-control", cache_control)
+                .header("age", "5")
+                .header("etag", format!("\"{n}\""));
+            if headers.contains_key("range") {
+                return res
+                    .status(206)
+                    .header("content-range", "bytes 0-0/4")
+                    .body(Body::from("p"))
+                    .unwrap();
+            }
+            if headers.contains_key("if-match") {
+                return res.status(412).body(Body::empty()).unwrap();
+            }
+            res.body(Body::from(format!("page {n}"))).unwrap()
+        }),
+    )
+}
+
+/// Audit bug 4. RFC 9111 §5.2.1.5: a request's `no-store` concerns that
+/// request and its response only; it does not purge what is stored for
+/// everyone else.
+#[tokio::test]
+async fn a_client_no_store_request_does_not_evict_the_stored_entry() {
+    let origin = Seen2::default();
+    // Fresh for ten minutes despite the Age of 5.
+    let app = plain_origin("/ns", "max-age=600", origin.clone());
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(text(&get(addr, "/ns").await), "page 1");
+    let bust = get_with(addr, "/ns", &[("cache-control", "no-store, no-cache")]).await;
+    assert_eq!(text(&bust), "page 2");
+    let after = get(addr, "/ns").await;
+    assert_eq!(text(&after), "page 1", "{after:?}");
+    assert!(after.one("cache-status").contains("hit"), "{after:?}");
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(cache.stats().entries, 1);
+}
+
+/// Audit bug 4. The stale-while-revalidate refresh is the cache's own
+/// request (RFC 5861 §3): a plain GET validated with the stored validators
+/// (RFC 9111 §4.3.1), never the client's range, preconditions or
+/// directives, whose answers (206, 412, not stored) would evict the entry.
+#[tokio::test]
+async fn the_background_refresh_is_a_clean_get_whatever_the_client_sent() {
+    let origin = Seen2::default();
+    // Stale on arrival, within its stale-while-revalidate window.
+    let app = plain_origin(
+        "/swr",
+        "max-age=1, stale-while-revalidate=600",
+        origin.clone(),
+    );
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(text(&get(addr, "/swr").await), "page 1");
+    let client = [
+        ("range", "bytes=0-0"),
+        ("if-range", "\"1\""),
+        ("if-match", "\"other\""),
+        ("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("if-none-match", "\"other\""),
+        ("cache-control", "no-store"),
+        ("pragma", "no-cache"),
+    ];
+    let stale = get_with(addr, "/swr", &client).await;
+    assert!(stale.one("cache-status").contains("hit"), "{stale:?}");
+
+    until("the refresh to reach the origin", || origin.calls() == 2).await;
+    let refresh = origin.nth(2);
+    for (name, _) in client.iter().filter(|(n, _)| *n != "if-none-match") {
+        assert!(
+            !refresh.contains_key(*name),
+            "refresh sent {name}: {refresh:?}"
+        );
+    }
+    assert_eq!(refresh["if-none-match"], "\"1\"", "the stored validator");
+
+    until("the refresh to store", || cache.stats().stores == 2).await;
+    let after = get(addr, "/swr").await;
+    // Stale again on arrival, so served while another refresh starts.
+    assert_eq!(text(&after), "page 2", "{after:?}");
+    assert!(after.one("cache-status").contains("hit"), "{after:?}");
+}
+
+/// An origin at `path` whose `n`th call answers `script(n)`: a status, its
+/// Cache-Control, and whether to wait at `gate` first.
+fn scripted(
+    path: &str,
+    origin: Seen2,
+    gate: Gate,
+    script: fn(usize) -> (u16, &'static str, bool),
+) -> Router {
+    Router::new().route(
+        path,
+        route(move |headers: HeaderMap| async move {
+            let n = origin.record(&headers);
+            let (status, cache_control, gated) = script(n);
+            if gated {
+                gate.pass().await;
+            }
+            Response::builder()
+                .status(status)
+                .header("cache-control", cache_control)
+                .header("etag", "\"e\"")
+                .body(Body::from(format!("page {n}")))
+                .unwrap()
+        }),
+    )
+}
+
+/// Audit bug 5. RFC 9111 §4.3.3: a 5xx to a validation may be forwarded, or
+/// the cache may act as if the origin did not answer; nothing calls for
+/// dropping the stored response. Here the 5xx carries `no-store`, as
+/// `CacheControlLayer` sends by default.
+#[tokio::test]
+async fn a_server_error_does_not_evict_the_stored_entry() {
+    let origin = Seen2::default();
+    let app = scripted("/down", origin.clone(), Gate::default(), |n| match n {
+        2 => (500, "no-store", false),
+        _ => (200, "max-age=600", false),
+    });
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(text(&get(addr, "/down").await), "page 1");
+    let reload = get_with(addr, "/down", &[("cache-control", "no-cache")]).await;
+    assert_eq!(reload.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let after = get(addr, "/down").await;
+    assert_eq!(text(&after), "page 1", "{after:?}");
+    assert!(after.one("cache-status").contains("hit"), "{after:?}");
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(cache.stats().entries, 1);
+}
+
+/// Audit bug 5. A 5xx says nothing about whether the resource is storable,
+/// so it must not mark the URI uncacheable: during an outage, requests for
+/// one key still make one call to the origin at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_keeps_requests_coalesced() {
+    let origin = Seen2::default();
+    let gate = Gate::default();
+    let app = scripted("/outage", origin.clone(), gate.clone(), |n| match n {
+        1 => (503, "no-store", false),
+        _ => (200, "max-age=600", true),
+    });
+    let (addr, cache) = serve_cached(app).await;
+
+    assert_eq!(
+        get(addr, "/outage").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let a = tokio::spawn(async move { get(addr, "/outage").await });
+    let b = tokio::spawn(async move { get(addr, "/outage").await });
+    // Either the second request waits on the first, or (the bug) both reach
+    // the origin; whichever happens first, the test then knows.
+    until("a wait or a second call", || {
+        cache.stats().coalesced >= 1 || origin.calls() >= 3
+    })
+    .await;
+    assert_eq!(cache.stats().coalesced, 1, "not coalesced");
+    gate.open();
+    for t in [a, b] {
+        let seen = tokio::time::timeout(GUARD, t).await.unwrap().unwrap();
+        assert_eq!(text(&seen), "page 2", "{seen:?}");
+    }
+    assert_eq!(origin.calls(), 2);
+}
+
+/// Audit bug 5, related. When the leader's request fails, one waiter takes
+/// over and the others wait for it, instead of every waiter calling the
+/// origin at once: a single failure (a 503 here) is retried once, not
+/// multiplied by the number of waiters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_leader_one_waiter_takes_over() {
+    let origin = Seen2::default();
+    let gate = Gate::default();
+    let app = scripted("/blip", origin.clone(), gate.clone(), |n| match n {
+        1 => (503, "no-store", true),
+        _ => (200, "max-age=600", false),
+    });
+    let (addr, cache) = serve_cached(app).await;
+
+    let first = tokio::spawn(async move { get(addr, "/blip").await });
+    until("the leader to reach the origin", || origin.calls() == 1).await;
+    let waiters: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "/blip").await }))
+        .collect();
+    until("three waiters", || cache.stats().coalesced >= 3).await;
+    gate.open();
+
+    let first = tokio::time::timeout(GUARD, first).await.unwrap().unwrap();
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
+    for t in waiters {
+        let seen = tokio::time::timeout(GUARD, t).await.unwrap().unwrap();
+        assert_eq!(text(&seen), "page 2", "{seen:?}");
+    }
+    assert_eq!(origin.calls(), 2, "one take-over, not one call per waiter");
+}
