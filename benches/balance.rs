@@ -5,16 +5,18 @@
 //! cargo bench --bench balance
 //! ```
 
+mod support;
+
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
+use std::future::{ready, Ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Barrier;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{Request, Response};
+use support::block_on;
 use tower::balance::p2c;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PendingRequests};
@@ -23,23 +25,6 @@ use tower_ssr::balance::{
     hash_key, Balance, Endpoints, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, Retries,
     RoundRobin, Strategy,
 };
-
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Drives a future that never waits (every service here is ready at once).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 /// A renderer that answers at once: what is measured is the balancer.
 #[derive(Clone, Copy)]

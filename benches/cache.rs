@@ -14,53 +14,21 @@
 //! - `passthrough_socket/*`: an uncacheable streamed 30 KB response over a
 //!   real loopback connection (keep-alive), through the layer vs without.
 
+mod support;
+
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{header, HeaderValue, Request, Response};
-use http_body::Body;
 use http_body_util::Full;
+use support::{block_on, drain};
 use tower::{service_fn, Layer, Service};
 use tower_ssr::cache::{CacheLayer, ResponseCache};
-
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Drives a future that never waits (every service here is ready at once).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
-/// Reads a body to its end, as the server would.
-fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
-    let mut body = pin!(body);
-    let mut n = 0;
-    while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
-        if let Ok(data) = frame.into_data() {
-            n += data.len();
-        }
-    }
-    n
-}
 
 fn page() -> Bytes {
     Bytes::from(

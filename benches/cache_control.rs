@@ -4,54 +4,21 @@
 //! cargo bench --bench cache_control
 //! ```
 
+mod support;
+
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{header, Request, Response};
-use http_body::Body;
 use http_body_util::Full;
+use support::{block_on, drain};
 use tower::{service_fn, Layer, Service};
 use tower_ssr::cache_control::{CacheControlLayer, Directives, ETagMode, PathGlob, Rule};
 
 const TYPICAL: &str = "public, max-age=0, s-maxage=60, stale-while-revalidate=300";
-
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Drives a future that never waits (every service here is ready at once).
-fn block_on<F: Future>(f: F) -> F::Output {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
-/// Reads a body to its end, as the server would.
-fn drain<B: Body<Data = Bytes>>(body: B) -> usize {
-    let waker = Waker::from(Arc::new(Noop));
-    let mut cx = Context::from_waker(&waker);
-    let mut body = pin!(body);
-    let mut n = 0;
-    while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
-        if let Ok(data) = frame.into_data() {
-            n += data.len();
-        }
-    }
-    n
-}
 
 fn page(bytes: usize) -> Bytes {
     Bytes::from(

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::routing::get as route;
 use axum::Router;
 use bytes::Bytes;
-use common::{get, serve};
+use common::{get, serve, until, GUARD};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
@@ -20,19 +20,6 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, Notify};
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_ssr::cache::{CacheLayer, ResponseCache};
-
-/// Generous hang guard; never a timing assertion.
-const GUARD: Duration = Duration::from_secs(60);
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(GUARD, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
 
 /// An origin whose every response waits for `gate`, counting calls.
 fn gated_origin(

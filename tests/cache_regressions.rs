@@ -8,29 +8,15 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::get as route;
 use axum::Router;
-use common::{get, get_with, serve, Seen};
+use common::{get, get_with, serve, until, Seen, GUARD};
 use tokio::sync::Notify;
 use tower_ssr::cache::{CacheLayer, ResponseCache};
-
-/// Generous hang guard; never a timing assertion.
-const GUARD: Duration = Duration::from_secs(60);
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(GUARD, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-}
 
 /// A gate the origin waits at until the test opens it (for good: later
 /// calls pass straight through).

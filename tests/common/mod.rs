@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
@@ -76,4 +77,18 @@ pub async fn get(addr: SocketAddr, path: &str) -> Seen {
 
 pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Seen {
     send(addr, Method::GET, path, headers).await
+}
+
+/// Generous hang guard; never a timing assertion.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// Waits until `cond` holds, polling every 2 ms, or panics after [`GUARD`].
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(GUARD, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
