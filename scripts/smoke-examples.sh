@@ -97,4 +97,31 @@ a=$(header "$base/p/2" x-upstream); b=$(header "$base/p/2" x-upstream)
 ok "proxy round robin alternates upstreams"
 expect "proxy rejects bad flags" "$("$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --strategy nope >/dev/null 2>&1; echo $?)" '^2$'
 
+# ---- two ssr instances sharing one Redis (when CI started one) ----------
+if [[ -n "${TOWER_SSR_REDIS_URL:-}" ]]; then
+  cargo build --quiet --example ssr --features redis
+  start ssr_a env PORT=0 REDIS_URL="$TOWER_SSR_REDIS_URL" "$ex/ssr"
+  a="http://$ADDR"
+  start ssr_b env PORT=0 REDIS_URL="$TOWER_SSR_REDIS_URL" "$ex/ssr"
+  b="http://$ADDR"
+  host=(-H "Host: smoke-$$.local")
+  expect "redis: instance A renders and stores" "$(header "$a/posts/7" cache-status "${host[@]}")" 'fwd=uri-miss; stored'
+  # The write to Redis lands just after the response; give it a moment.
+  for _ in $(seq 1 50); do
+    got=$(header "$b/posts/7" cache-status "${host[@]}")
+    [[ "$got" =~ detail=redis ]] && break
+    sleep 0.1
+  done
+  expect "redis: instance B hits what A rendered" "$got" '^tower-ssr; hit; .*detail=redis'
+  expect "redis: purge on B answers" "$(status "$b/admin/purge?path=/posts/7" -X POST "${host[@]}")" '^200$'
+  for _ in $(seq 1 50); do
+    got=$(header "$a/posts/7" cache-status "${host[@]}")
+    [[ "$got" =~ fwd= ]] && break
+    sleep 0.1
+  done
+  expect "redis: the purge reached A" "$got" 'fwd='
+else
+  echo "smoke: skipped the two-instance Redis check: TOWER_SSR_REDIS_URL is not set"
+fi
+
 echo "smoke: all examples answered as documented"
