@@ -303,6 +303,63 @@ async fn a_value_of_another_format_version_or_garbage_is_a_miss() {
     assert_eq!((s.l2_misses, s.l2_errors), (1, 0));
 }
 
+/// A value in this crate's format (version 1) with the given freshness
+/// fields, as another writer could leave it in Redis.
+fn crafted(lifetime: u64, initial_age: u64, keep_for_ms: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = b"TSR\x01".to_vec();
+    v.extend_from_slice(&200u16.to_be_bytes());
+    v.push(2); // HTTP/1.1
+    v.push(0); // no flags
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    v.extend_from_slice(&u64::try_from(now.as_millis()).unwrap().to_be_bytes());
+    v.extend_from_slice(&lifetime.to_be_bytes());
+    v.extend_from_slice(&initial_age.to_be_bytes());
+    for _ in 0..2 {
+        // stale-while-revalidate and stale-if-error, both at the maximum
+        v.push(1);
+        v.extend_from_slice(&u64::MAX.to_be_bytes());
+    }
+    v.extend_from_slice(&keep_for_ms.to_be_bytes());
+    v.extend_from_slice(&0u32.to_be_bytes()); // headers
+    v.extend_from_slice(&0u32.to_be_bytes()); // vary
+    v.push(0); // no user key
+    v.extend_from_slice(&0u32.to_be_bytes()); // tags
+    v.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_freshness_values_from_redis_are_capped_not_a_panic() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("hostile");
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    // Lifetimes past 2^63 overflowed `ttl` (a panic in debug builds, fresh
+    // forever in release); a keep-for of u64::MAX ms overflowed deadlines.
+    for (path, lifetime, age, keep) in [
+        ("/h1", 1u64 << 63, 5, 60_000),
+        ("/h2", u64::MAX, 0, 60_000),
+        ("/h3", 60, u64::MAX, 60_000),
+        ("/h4", 60, 0, u64::MAX),
+    ] {
+        let key = format!("{ns}:e:http://shop.example{path}");
+        let value = crafted(lifetime, age, keep, b"from-redis");
+        resp(&url, &[b"HSET", key.as_bytes(), b"f", &value]);
+        for _ in 0..2 {
+            let seen = get(a, path).await;
+            assert_eq!(seen.status, 200, "{path}");
+        }
+    }
+    // Capped at 2^31 s (RFC 9111 §1.2.2) like any header value: still fresh.
+    let seen = get(a, "/h2").await;
+    assert_eq!(&seen.body[..], b"from-redis");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_over_the_size_cap_stay_in_memory() {
     let Some(url) = redis_url() else { return };
