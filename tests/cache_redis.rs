@@ -430,9 +430,14 @@ struct Server {
 
 impl Server {
     fn start(port: u16) -> Option<Child> {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Option<Child> {
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -594,4 +599,43 @@ async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both() {
         .one("cache-status")
         .contains("fwd=uri-miss"));
     assert_eq!(origin.renders("/cart"), 3, "GET, POST, and the GET after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait() {
+    // A private server: the whole of it refuses writes (out of memory,
+    // no eviction), which would break every other test on a shared one.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let args = ["--maxmemory", "1", "--maxmemory-policy", "noeviction"];
+    let Some(child) = Server::start_with(port, &args) else {
+        eprintln!("skipped: no redis-server on PATH for the write-refusal test");
+        return;
+    };
+    let server = Server {
+        port,
+        child: Some(child),
+    };
+    server.up().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    // A lock wait far past the hang guard: only telling "held" apart from
+    // "Redis said no" lets these requests through at all.
+    let tier = RedisTier::new(&url)
+        .unwrap()
+        .render_lock(Duration::from_secs(3600));
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, tier).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    for path in ["/oom/1", "/oom/2", "/oom/3"] {
+        let seen = get(a, path).await;
+        assert_eq!(seen.status, 200, "{path}");
+        assert_eq!(origin.renders(path), 1);
+    }
+    let s = ca.stats();
+    // Per miss: the refused lock, and the refused write; no polling.
+    assert!(s.l2_errors <= 6, "{s:?}");
+    drop(server);
 }

@@ -489,9 +489,11 @@ impl Tier {
         Some((Arc::new(entry), how))
     }
 
-    /// Tries to take the render lock for `flight_key`: `Some(true)` taken,
-    /// `Some(false)` held by another instance, `None` if Redis failed.
-    async fn try_lock(self: &Arc<Self>, flight_key: &str) -> Option<RenderLock> {
+    /// Tries to take the render lock for `flight_key`: `Taken`, `Held` by
+    /// another instance, or `Failed` when Redis refused or did not answer
+    /// (out of memory, read-only replica, ...): then no one can publish an
+    /// entry through Redis either, so waiting would only delay the render.
+    async fn try_lock(self: &Arc<Self>, flight_key: &str) -> LockAttempt {
         let lkey = format!("{}:l:{flight_key}", self.cfg.namespace);
         let token = format!("{:016x}", random_id());
         let ttl = u64::try_from(self.cfg.lock_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -509,12 +511,13 @@ impl Tier {
             })
             .await;
         match got {
-            Some(Some(_)) => Some(RenderLock {
+            Some(Some(_)) => LockAttempt::Taken(RenderLock {
                 tier: Arc::clone(self),
                 key: lkey,
                 token,
             }),
-            _ => None,
+            Some(None) => LockAttempt::Held,
+            None => LockAttempt::Failed,
         }
     }
 
@@ -541,9 +544,13 @@ impl Tier {
         // Short polls: the entry usually lands within a render's time.
         let poll = (wait / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
         loop {
-            if let Some(lock) = self.try_lock(flight_key).await {
-                lead.render_lock = Some(lock);
-                return None;
+            match self.try_lock(flight_key).await {
+                LockAttempt::Taken(lock) => {
+                    lead.render_lock = Some(lock);
+                    return None;
+                }
+                LockAttempt::Failed => return None,
+                LockAttempt::Held => {}
             }
             if self.down.load(Relaxed) || Instant::now() >= deadline {
                 return None;
@@ -778,6 +785,13 @@ async fn listen(shared: Weak<Shared>, tier: Weak<Tier>) {
         }
         tokio::time::sleep(retry).await;
     }
+}
+
+/// What [`Tier::try_lock`] got.
+enum LockAttempt {
+    Taken(RenderLock),
+    Held,
+    Failed,
 }
 
 /// A held cross-instance render lock; dropping it releases it (only if it
