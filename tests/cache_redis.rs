@@ -639,3 +639,37 @@ async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait()
     assert!(s.l2_errors <= 6, "{s:?}");
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("wrongtype");
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    let (b, cb) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+
+    // An old format, or another program: a string where a hash belongs.
+    let key = format!("{ns}:e:http://shop.example/w");
+    let set = resp(
+        &url,
+        &[b"SET", key.as_bytes(), b"old-format", b"EX", b"600"],
+    );
+    assert!(set.starts_with("+OK"), "{set}");
+
+    let seen = get(a, "/w").await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    eventually("the write replaces the foreign value", || {
+        ca.stats().l2_writes == 1
+    })
+    .await;
+    let seen = get(b, "/w").await;
+    assert!(
+        seen.one("cache-status").ends_with("detail=redis"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(origin.renders("/w"), 1);
+    let (sa, sb) = (ca.stats(), cb.stats());
+    assert_eq!((sa.l2_errors, sb.l2_errors), (0, 0), "{sa:?} {sb:?}");
+}

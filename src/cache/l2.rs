@@ -242,7 +242,11 @@ struct ConnState {
     connecting_since: Option<Instant>,
 }
 
+/// A value of another type under the entry key (another program's, or an
+/// older layout) is replaced rather than failing every write for the key.
 const WRITE: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
   redis.call('DEL', KEYS[1])
@@ -451,7 +455,14 @@ impl Tier {
     async fn read(&self, key: &str) -> Option<Vec<Entry>> {
         let rkey = self.entry_key(key);
         let values: Vec<Vec<u8>> = self
-            .call(|mut c| async move { redis::cmd("HVALS").arg(&rkey).query_async(&mut c).await })
+            .call(|mut c| async move {
+                // Another program's key, or an older layout of ours: not
+                // ours to read, so a miss; our write replaces it.
+                match redis::cmd("HVALS").arg(&rkey).query_async(&mut c).await {
+                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(Vec::new()),
+                    other => other,
+                }
+            })
             .await?;
         let (now, wall) = (crate::date::monotonic_now(), SystemTime::now());
         Some(
