@@ -673,3 +673,43 @@ async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten() {
     let (sa, sb) = (ca.stats(), cb.stats());
     assert_eq!((sa.l2_errors, sb.l2_errors), (0, 0), "{sa:?} {sb:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("bigread");
+    let origin = Origin::default();
+    let tier = RedisTier::new(&url)
+        .unwrap()
+        .namespace(&ns)
+        .max_value_bytes(8 * 1024);
+    let (a, ca) = instance(&origin, tier).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    // Left by a writer with a larger cap: a valid, fresh entry of 64 KiB
+    // next to raw values of 1 MiB. Fetching them all on every miss of the
+    // key is what stalled the tier for every other key.
+    let big = format!("{ns}:e:http://shop.example/big");
+    let value = crafted(600, 0, 600_000, &vec![b'b'; 64 * 1024]);
+    resp(&url, &[b"HSET", big.as_bytes(), b"f", &value]);
+    let raw = vec![b'g'; 1024 * 1024];
+    for field in [&b"g1"[..], b"g2", b"g3", b"g4"] {
+        resp(&url, &[b"HSET", big.as_bytes(), field, &raw]);
+    }
+    let small = format!("{ns}:e:http://shop.example/small");
+    let value = crafted(600, 0, 600_000, b"shared");
+    resp(&url, &[b"HSET", small.as_bytes(), b"f", &value]);
+
+    let seen = get(a, "/big").await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders("/big"), 1);
+    let seen = get(a, "/small").await;
+    assert!(
+        seen.one("cache-status").ends_with("detail=redis"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(&seen.body[..], b"shared");
+    let s = ca.stats();
+    assert_eq!((s.l2_errors, s.l2_timeouts), (0, 0), "{s:?}");
+}

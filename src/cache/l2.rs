@@ -262,6 +262,21 @@ end
 return 1
 ";
 
+/// The variants of an entry key no larger than `ARGV[1]` bytes. Another
+/// type under the key (another program's, or an older layout of ours) is
+/// not ours to read: a miss, which our next write replaces.
+const READ: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {} end
+local cap = tonumber(ARGV[1])
+local out = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('HSTRLEN', KEYS[1], f) <= cap then
+    out[#out + 1] = redis.call('HGET', KEYS[1], f)
+  end
+end
+return out
+";
+
 const PURGE_TAG: &str = r"
 local keys = redis.call('SMEMBERS', KEYS[1])
 for _, k in ipairs(keys) do redis.call('DEL', k) end
@@ -286,6 +301,7 @@ pub(crate) struct Tier {
     listening: AtomicBool,
     subscribed: AtomicBool,
     counters: Arc<Counters>,
+    read: Script,
     write: Script,
     purge_tag: Script,
     release: Script,
@@ -328,6 +344,7 @@ impl Tier {
             listening: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             counters,
+            read: Script::new(READ),
             write: Script::new(WRITE),
             purge_tag: Script::new(PURGE_TAG),
             release: Script::new(RELEASE),
@@ -452,17 +469,16 @@ impl Tier {
     }
 
     /// Every variant stored under `key`, decoded (unknown values skipped).
+    /// Values over the size cap are skipped in Redis, not fetched: one key
+    /// holding huge values (another writer's, or a larger cap elsewhere)
+    /// would otherwise stall this call past its timeout and switch the
+    /// whole tier off for every other key.
     async fn read(&self, key: &str) -> Option<Vec<Entry>> {
-        let rkey = self.entry_key(key);
+        let mut inv = self.read.key(self.entry_key(key));
+        inv.arg(self.cfg.max_value);
+        let inv = &inv;
         let values: Vec<Vec<u8>> = self
-            .call(|mut c| async move {
-                // Another program's key, or an older layout of ours: not
-                // ours to read, so a miss; our write replaces it.
-                match redis::cmd("HVALS").arg(&rkey).query_async(&mut c).await {
-                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(Vec::new()),
-                    other => other,
-                }
-            })
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         let (now, wall) = (crate::date::monotonic_now(), SystemTime::now());
         Some(
