@@ -51,7 +51,7 @@ fn namespace(test: &str) -> String {
 
 /// The renderer behind both instances: counts renders per path-and-query.
 /// `kb` sets the body size, `tag` a Surrogate-Key, `sleep` a render time in
-/// milliseconds.
+/// milliseconds, `ttl` the `s-maxage` (60 by default).
 #[derive(Clone, Default)]
 struct Origin {
     renders: Arc<Mutex<HashMap<String, usize>>>,
@@ -85,8 +85,9 @@ async fn render(
         .cycle()
         .take(kb * 1024)
         .collect::<Vec<u8>>();
+    let ttl = q.get("ttl").map_or("60", String::as_str);
     let mut res = Response::builder()
-        .header("cache-control", "public, s-maxage=60")
+        .header("cache-control", format!("public, s-maxage={ttl}"))
         .header("content-type", "text/html");
     if let Some(tag) = q.get("tag") {
         res = res.header("surrogate-key", tag.as_str());
@@ -712,4 +713,52 @@ async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on() {
     assert_eq!(&seen.body[..], b"shared");
     let s = ca.stats();
     assert_eq!((s.l2_errors, s.l2_timeouts), (0, 0), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tag_index_forgets_entries_that_expired() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("tagindex");
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    // A long-lived entry keeps the index itself alive throughout.
+    get(a, "/t/long?tag=hot").await;
+    get(a, "/t/1?tag=hot&ttl=1").await;
+    eventually("the writes", || ca.stats().l2_writes == 2).await;
+    let short = format!("{ns}:e:http://shop.example/t/1?tag=hot&ttl=1");
+    assert_eq!(resp(&url, &[b"EXISTS", short.as_bytes()]), ":1\r\n");
+    // Redis drops the entry after its second; the index must follow.
+    let start = tokio::time::Instant::now();
+    while resp(&url, &[b"EXISTS", short.as_bytes()]) != ":0\r\n" {
+        assert!(start.elapsed() < PATIENCE, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    get(a, "/t/2?tag=hot").await;
+    eventually("the third write", || ca.stats().l2_writes == 3).await;
+    let index = format!("{ns}:t:hot");
+    // Counted whatever the index's type (a plain set before this fix).
+    let card: &[u8] = if resp(&url, &[b"TYPE", index.as_bytes()]) == "+set\r\n" {
+        b"SCARD"
+    } else {
+        b"ZCARD"
+    };
+    assert_eq!(
+        resp(&url, &[card, index.as_bytes()]),
+        ":2\r\n",
+        "only the live entries stay in the index"
+    );
+
+    // A purge by tag still reaches the live ones.
+    ca.purge_tag("hot");
+    let live = format!("{ns}:e:http://shop.example/t/long?tag=hot");
+    let start = tokio::time::Instant::now();
+    while resp(&url, &[b"EXISTS", live.as_bytes()]) != ":0\r\n" {
+        assert!(start.elapsed() < PATIENCE, "the purge never reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = format!("{ns}:e:http://shop.example/t/2?tag=hot");
+    assert_eq!(resp(&url, &[b"EXISTS", other.as_bytes()]), ":0\r\n");
+    assert_eq!(resp(&url, &[b"EXISTS", index.as_bytes()]), ":0\r\n");
 }

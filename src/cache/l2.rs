@@ -9,8 +9,10 @@
 //!   entry; its TTL is the longest usable life of its variants (freshness
 //!   plus the stale windows), so Redis drops it when no instance could use
 //!   it any more.
-//! - `{ns}:t:{tag}`: a set of the entry keys tagged `tag`, so that a purge
-//!   by tag on any instance finds them.
+//! - `{ns}:t:{tag}`: a sorted set of the entry keys tagged `tag`, each
+//!   scored by its expiry (Redis time, ms), so that a purge by tag on any
+//!   instance finds them; every write trims the members that expired, so
+//!   the index holds about as many members as live entries.
 //! - `{ns}:l:{key}`: the cross-instance render lock.
 //! - `{ns}:purge`: the pub/sub channel over which purges reach every
 //!   instance's memory tier.
@@ -40,6 +42,8 @@ use super::key;
 
 /// Values larger than this stay in memory only, by default.
 const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
+/// Entry keys one call of a purge by tag deletes.
+const PURGE_BATCH: usize = 500;
 /// Variants kept per key in Redis, as in memory.
 const MAX_VARIANTS: usize = super::store::MAX_VARIANTS;
 
@@ -254,10 +258,29 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-for i = 6, #ARGV do
-  local t = ARGV[5] .. ARGV[i]
-  redis.call('SADD', t, KEYS[1])
-  if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
+local left = redis.call('PTTL', KEYS[1])
+if #ARGV >= 6 then
+  local now = redis.call('TIME')
+  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  for i = 6, #ARGV do
+    local t = ARGV[5] .. ARGV[i]
+    local kind = redis.call('TYPE', t)['ok']
+    if kind == 'set' then
+      -- The index of an older version: its members live at most as long
+      -- as the set.
+      local old = redis.call('SMEMBERS', t)
+      local until_ = now + math.max(redis.call('PTTL', t), 0)
+      redis.call('DEL', t)
+      for _, k in ipairs(old) do redis.call('ZADD', t, until_, k) end
+    elseif kind ~= 'zset' and kind ~= 'none' then
+      redis.call('DEL', t)
+    end
+    redis.call('ZADD', t, 'GT', now + left, KEYS[1])
+    redis.call('ZREMRANGEBYSCORE', t, '-inf', now)
+    -- The index lives as long as its longest-lived member.
+    local last = redis.call('ZRANGE', t, -1, -1, 'WITHSCORES')
+    if #last == 2 then redis.call('PEXPIREAT', t, last[2]) end
+  end
 end
 return 1
 ";
@@ -277,11 +300,27 @@ end
 return out
 ";
 
+/// One batch of a purge by tag: drops the members that expired, then
+/// deletes up to `ARGV[1]` live entry keys and takes them out of the index;
+/// 1 while members remain. In batches, so a tag on many entries never
+/// holds Redis (and every instance) for longer than one batch.
 const PURGE_TAG: &str = r"
-local keys = redis.call('SMEMBERS', KEYS[1])
-for _, k in ipairs(keys) do redis.call('DEL', k) end
-redis.call('DEL', KEYS[1])
-return #keys
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local n = tonumber(ARGV[1])
+local keys
+if kind == 'zset' then
+  local now = redis.call('TIME')
+  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  keys = redis.call('ZRANGE', KEYS[1], 0, n - 1)
+  if #keys > 0 then redis.call('ZREM', KEYS[1], unpack(keys)) end
+elseif kind == 'set' then
+  keys = redis.call('SPOP', KEYS[1], n)
+else
+  return 0
+end
+if #keys > 0 then redis.call('DEL', unpack(keys)) end
+return redis.call('EXISTS', KEYS[1])
 ";
 
 /// Deletes the lock only if it is still ours: it may have expired and been
@@ -674,11 +713,18 @@ impl Tier {
             }
             Purge::Tag(t) => {
                 let tkey = format!("{}{t}", self.tag_prefix());
-                let inv = self.purge_tag.key(&tkey);
+                let mut inv = self.purge_tag.key(&tkey);
+                inv.arg(PURGE_BATCH);
                 let inv = &inv;
-                let _: Option<i64> = self
-                    .call(|mut c| async move { inv.invoke_async(&mut c).await })
-                    .await;
+                // Bounded: writes may tag new entries meanwhile.
+                for _ in 0..10_000 {
+                    let more: Option<i64> = self
+                        .call(|mut c| async move { inv.invoke_async(&mut c).await })
+                        .await;
+                    if more != Some(1) {
+                        break;
+                    }
+                }
             }
             Purge::Path(p) => {
                 self.scan_delete(&format!("{}:e:", self.cfg.namespace), |k| {
