@@ -51,10 +51,22 @@ fn namespace(test: &str) -> String {
 
 /// The renderer behind both instances: counts renders per path-and-query.
 /// `kb` sets the body size, `tag` a Surrogate-Key, `sleep` a render time in
-/// milliseconds, `ttl` the `s-maxage` (60 by default).
-#[derive(Clone, Default)]
+/// milliseconds, `ttl` the `s-maxage` (60 by default); `gate` holds the
+/// render until the test lets it go.
+#[derive(Clone)]
 struct Origin {
     renders: Arc<Mutex<HashMap<String, usize>>>,
+    /// Renders with `gate` in the query wait for a permit here.
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Origin {
+            renders: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 impl Origin {
@@ -75,6 +87,9 @@ async fn render(
         .unwrap()
         .entry(pq.clone())
         .or_insert(0) += 1;
+    if q.contains_key("gate") {
+        origin.gate.acquire().await.unwrap().forget();
+    }
     if let Some(ms) = q.get("sleep") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
     }
@@ -761,4 +776,34 @@ async fn the_tag_index_forgets_entries_that_expired() {
     let other = format!("{ns}:e:http://shop.example/t/2?tag=hot");
     assert_eq!(resp(&url, &[b"EXISTS", other.as_bytes()]), ":0\r\n");
     assert_eq!(resp(&url, &[b"EXISTS", index.as_bytes()]), ":0\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_rendered_before_a_purge_does_not_land_after_it() {
+    let Some(url) = redis_url() else { return };
+    let (origin, [(a, ca), (b, cb)]) = two_instances("purgerace", &url, false).await;
+
+    // The first instance misses and renders; the page changes meanwhile
+    // and the second instance purges everything.
+    let first = tokio::spawn(async move { get(a, "/race?gate").await });
+    eventually("the render began", || origin.renders("/race?gate") == 1).await;
+    cb.purge_all();
+    eventually("the purge is done in Redis and heard", || {
+        ca.stats().remote_purges == 1
+    })
+    .await;
+    // The render from before the purge ends now: its write must not put
+    // the old page back for every instance.
+    origin.gate.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    // A later write from the same instance, to know the first had its turn.
+    get(a, "/after-race").await;
+    eventually("the later write", || ca.stats().l2_writes >= 1).await;
+    origin.gate.add_permits(1); // for the render the test expects
+    let seen = get(b, "/race?gate").await;
+    assert_eq!(
+        seen.one("cache-status"),
+        "tower-ssr; fwd=uri-miss; stored",
+        "the pre-purge render came back from Redis"
+    );
 }

@@ -14,6 +14,9 @@
 //!   instance finds them; every write trims the members that expired, so
 //!   the index holds about as many members as live entries.
 //! - `{ns}:l:{key}`: the cross-instance render lock.
+//! - `{ns}:g`: the purge generation, a counter every purge raises first; a
+//!   write carries the generation read before its render and is refused if
+//!   a purge came since, so a slow write never puts a purged page back.
 //! - `{ns}:purge`: the pub/sub channel over which purges reach every
 //!   instance's memory tier.
 //!
@@ -248,7 +251,10 @@ struct ConnState {
 
 /// A value of another type under the entry key (another program's, or an
 /// older layout) is replaced rather than failing every write for the key.
+/// `ARGV[6]`, when not empty, is the purge generation (`KEYS[2]`) read
+/// before the render: a purge since then refuses the write (0).
 const WRITE: &str = r"
+if ARGV[6] ~= '' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[6] then return 0 end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
@@ -259,10 +265,10 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 local left = redis.call('PTTL', KEYS[1])
-if #ARGV >= 6 then
+if #ARGV >= 7 then
   local now = redis.call('TIME')
   now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  for i = 6, #ARGV do
+  for i = 7, #ARGV do
     local t = ARGV[5] .. ARGV[i]
     local kind = redis.call('TYPE', t)['ok']
     if kind == 'set' then
@@ -285,13 +291,14 @@ end
 return 1
 ";
 
-/// The variants of an entry key no larger than `ARGV[1]` bytes. Another
+/// The purge generation (`KEYS[2]`), then the variants of an entry key no
+/// larger than `ARGV[1]` bytes. Another
 /// type under the key (another program's, or an older layout of ours) is
 /// not ours to read: a miss, which our next write replaces.
 const READ: &str = r"
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {} end
+local out = {redis.call('GET', KEYS[2]) or '0'}
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return out end
 local cap = tonumber(ARGV[1])
-local out = {}
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if redis.call('HSTRLEN', KEYS[1], f) <= cap then
     out[#out + 1] = redis.call('HGET', KEYS[1], f)
@@ -392,6 +399,10 @@ impl Tier {
 
     fn entry_key(&self, key: &str) -> String {
         format!("{}:e:{key}", self.cfg.namespace)
+    }
+
+    fn generation_key(&self) -> String {
+        format!("{}:g", self.cfg.namespace)
     }
 
     fn tag_prefix(&self) -> String {
@@ -512,32 +523,39 @@ impl Tier {
     /// holding huge values (another writer's, or a larger cap elsewhere)
     /// would otherwise stall this call past its timeout and switch the
     /// whole tier off for every other key.
-    async fn read(&self, key: &str) -> Option<Vec<Entry>> {
+    /// With the purge generation as of the read.
+    async fn read(&self, key: &str) -> Option<(u64, Vec<Entry>)> {
         let mut inv = self.read.key(self.entry_key(key));
-        inv.arg(self.cfg.max_value);
+        inv.key(self.generation_key()).arg(self.cfg.max_value);
         let inv = &inv;
         let values: Vec<Vec<u8>> = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        let mut values = values.into_iter();
+        let generation = values
+            .next()
+            .and_then(|g| std::str::from_utf8(&g).ok()?.parse().ok())?;
         let (now, wall) = (crate::date::monotonic_now(), SystemTime::now());
-        Some(
+        Some((
+            generation,
             values
-                .into_iter()
                 .filter_map(|v| codec::decode(&Bytes::from(v), now, wall))
                 .collect(),
-        )
+        ))
     }
 
     /// Looks `key` up for a request; a usable entry with how it may be
-    /// reused. Counts the hit or miss.
+    /// reused. Counts the hit or miss; notes the purge generation it read.
     async fn lookup(
         &self,
         key: &str,
         headers: &HeaderMap,
         extra: Option<&str>,
         req_cc: &RequestDirectives,
+        generation: &mut Option<u64>,
     ) -> Option<(Arc<Entry>, Reuse)> {
-        let found = self.read(key).await?;
+        let (seen, found) = self.read(key).await?;
+        *generation = Some(seen);
         let best = found
             .into_iter()
             .filter(|e| e.matches(headers, extra))
@@ -577,19 +595,17 @@ impl Tier {
             })
             .await;
         match got {
-            Some(Some(_)) => LockAttempt::Taken(RenderLock {
-                tier: Arc::clone(self),
-                key: lkey,
-                token,
-            }),
+            Some(Some(_)) => LockAttempt::Taken(lkey, token),
             Some(None) => LockAttempt::Held,
             None => LockAttempt::Failed,
         }
     }
 
     /// Before a render on this instance: the entry from Redis if there is
-    /// one, else, with the render lock on, the lock (kept in `lead`) or
-    /// another instance's entry once it lands.
+    /// one, else, with the render lock on, another instance's entry once it
+    /// lands. When this instance renders, `lead` keeps the render lock if
+    /// taken and the purge generation read before the render, for the
+    /// write.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn before_render(
         self: &Arc<Self>,
@@ -602,7 +618,41 @@ impl Tier {
         lead: &mut Lead,
     ) -> Option<(Arc<Entry>, Reuse)> {
         self.listen(shared);
-        if let Some(found) = self.lookup(key, headers, extra, req_cc).await {
+        let mut generation = None;
+        let mut held = None;
+        let found = self
+            .find_or_lock(
+                key,
+                flight_key,
+                headers,
+                extra,
+                req_cc,
+                &mut generation,
+                &mut held,
+            )
+            .await;
+        if held.is_some() || generation.is_some() {
+            lead.render_lock = Some(RenderLock {
+                tier: Arc::clone(self),
+                held,
+                generation,
+            });
+        }
+        found
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn find_or_lock(
+        self: &Arc<Self>,
+        key: &str,
+        flight_key: &str,
+        headers: &HeaderMap,
+        extra: Option<&str>,
+        req_cc: &RequestDirectives,
+        generation: &mut Option<u64>,
+        held: &mut Option<(String, String)>,
+    ) -> Option<(Arc<Entry>, Reuse)> {
+        if let Some(found) = self.lookup(key, headers, extra, req_cc, generation).await {
             return Some(found);
         }
         let wait = self.cfg.lock_wait?;
@@ -611,8 +661,8 @@ impl Tier {
         let poll = (wait / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
         loop {
             match self.try_lock(flight_key).await {
-                LockAttempt::Taken(lock) => {
-                    lead.render_lock = Some(lock);
+                LockAttempt::Taken(lkey, token) => {
+                    *held = Some((lkey, token));
                     return None;
                 }
                 LockAttempt::Failed => return None,
@@ -622,7 +672,7 @@ impl Tier {
                 return None;
             }
             tokio::time::sleep(poll).await;
-            if let Some((entry, how)) = self.lookup(key, headers, extra, req_cc).await {
+            if let Some((entry, how)) = self.lookup(key, headers, extra, req_cc, generation).await {
                 if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
                     return Some((entry, how));
                 }
@@ -632,7 +682,10 @@ impl Tier {
 
     /// Writes `entry` (fire and forget) unless it is over the size cap;
     /// `lock`, if held, is released once the write has landed, so that
-    /// instances waiting on it find the entry.
+    /// instances waiting on it find the entry. With the generation `lock`
+    /// read before the render, Redis refuses the write if a purge came
+    /// since; without one (a revalidation, a background refresh) it is
+    /// written as is.
     pub(crate) fn write(self: &Arc<Self>, key: &str, entry: &Entry, lock: Option<RenderLock>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -655,14 +708,20 @@ impl Tier {
         let field = format!("{:016x}", variant_id(entry));
         let rkey = self.entry_key(key);
         let tags: Vec<String> = entry.tags.iter().map(|t| t.to_string()).collect();
+        let generation = lock
+            .as_ref()
+            .and_then(|l| l.generation)
+            .map_or_else(String::new, |g| g.to_string());
         let tier = Arc::clone(self);
         rt.spawn(async move {
             let mut inv = tier.write.key(&rkey);
-            inv.arg(&field)
+            inv.key(tier.generation_key())
+                .arg(&field)
                 .arg(value)
                 .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
                 .arg(MAX_VARIANTS)
-                .arg(tier.tag_prefix());
+                .arg(tier.tag_prefix())
+                .arg(generation);
             for t in &tags {
                 inv.arg(t);
             }
@@ -670,8 +729,10 @@ impl Tier {
             let done: Option<i64> = tier
                 .call(|mut c| async move { inv.invoke_async(&mut c).await })
                 .await;
-            if done.is_some() {
-                Counters::bump(&tier.counters.l2_writes);
+            match done {
+                Some(1) => Counters::bump(&tier.counters.l2_writes),
+                Some(_) => tracing::debug!("redis write refused: a purge came after its render"),
+                None => {}
             }
             drop(lock);
         });
@@ -702,6 +763,19 @@ impl Tier {
     }
 
     async fn purge_remote(&self, purge: &Purge) {
+        // First: from here on, a write whose render began before this purge
+        // is refused, even if it reaches Redis after the deletions below.
+        // One counter for every purge: a write is rarely in flight, and
+        // refusing one costs one render, never a stale page.
+        let generation = self.generation_key();
+        let _: Option<i64> = self
+            .call(|mut c| async move {
+                redis::cmd("INCR")
+                    .arg(&generation)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
         match purge {
             Purge::Key(k) => {
                 let rkey = self.entry_key(k);
@@ -862,23 +936,28 @@ async fn listen(shared: Weak<Shared>, tier: Weak<Tier>) {
 
 /// What [`Tier::try_lock`] got.
 enum LockAttempt {
-    Taken(RenderLock),
+    /// The lock's key and token.
+    Taken(String, String),
     Held,
     Failed,
 }
 
-/// A held cross-instance render lock; dropping it releases it (only if it
-/// is still ours) in the background.
+/// What a render on this instance carries to its Redis write: the
+/// cross-instance render lock if it holds one (dropping this releases it,
+/// only if it is still ours, in the background) and the purge generation
+/// read before the render.
 pub(crate) struct RenderLock {
     tier: Arc<Tier>,
-    key: String,
-    token: String,
+    /// The lock's key and token.
+    held: Option<(String, String)>,
+    generation: Option<u64>,
 }
 
 impl std::fmt::Debug for RenderLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RenderLock")
-            .field("key", &self.key)
+            .field("key", &self.held.as_ref().map(|(k, _)| k))
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -888,9 +967,10 @@ impl Drop for RenderLock {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return; // it expires by itself
         };
+        let Some((key, token)) = self.held.take() else {
+            return;
+        };
         let tier = Arc::clone(&self.tier);
-        let key = std::mem::take(&mut self.key);
-        let token = std::mem::take(&mut self.token);
         rt.spawn(async move { tier.release(&key, &token).await });
     }
 }
