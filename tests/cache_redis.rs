@@ -51,10 +51,22 @@ fn namespace(test: &str) -> String {
 
 /// The renderer behind both instances: counts renders per path-and-query.
 /// `kb` sets the body size, `tag` a Surrogate-Key, `sleep` a render time in
-/// milliseconds.
-#[derive(Clone, Default)]
+/// milliseconds, `ttl` the `s-maxage` (60 by default); `gate` holds the
+/// render until the test lets it go.
+#[derive(Clone)]
 struct Origin {
     renders: Arc<Mutex<HashMap<String, usize>>>,
+    /// Renders with `gate` in the query wait for a permit here.
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Origin {
+            renders: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 impl Origin {
@@ -75,6 +87,9 @@ async fn render(
         .unwrap()
         .entry(pq.clone())
         .or_insert(0) += 1;
+    if q.contains_key("gate") {
+        origin.gate.acquire().await.unwrap().forget();
+    }
     if let Some(ms) = q.get("sleep") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
     }
@@ -85,8 +100,9 @@ async fn render(
         .cycle()
         .take(kb * 1024)
         .collect::<Vec<u8>>();
+    let ttl = q.get("ttl").map_or("60", String::as_str);
     let mut res = Response::builder()
-        .header("cache-control", "public, s-maxage=60")
+        .header("cache-control", format!("public, s-maxage={ttl}"))
         .header("content-type", "text/html");
     if let Some(tag) = q.get("tag") {
         res = res.header("surrogate-key", tag.as_str());
@@ -303,6 +319,63 @@ async fn a_value_of_another_format_version_or_garbage_is_a_miss() {
     assert_eq!((s.l2_misses, s.l2_errors), (1, 0));
 }
 
+/// A value in this crate's format (version 1) with the given freshness
+/// fields, as another writer could leave it in Redis.
+fn crafted(lifetime: u64, initial_age: u64, keep_for_ms: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = b"TSR\x01".to_vec();
+    v.extend_from_slice(&200u16.to_be_bytes());
+    v.push(2); // HTTP/1.1
+    v.push(0); // no flags
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    v.extend_from_slice(&u64::try_from(now.as_millis()).unwrap().to_be_bytes());
+    v.extend_from_slice(&lifetime.to_be_bytes());
+    v.extend_from_slice(&initial_age.to_be_bytes());
+    for _ in 0..2 {
+        // stale-while-revalidate and stale-if-error, both at the maximum
+        v.push(1);
+        v.extend_from_slice(&u64::MAX.to_be_bytes());
+    }
+    v.extend_from_slice(&keep_for_ms.to_be_bytes());
+    v.extend_from_slice(&0u32.to_be_bytes()); // headers
+    v.extend_from_slice(&0u32.to_be_bytes()); // vary
+    v.push(0); // no user key
+    v.extend_from_slice(&0u32.to_be_bytes()); // tags
+    v.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_freshness_values_from_redis_are_capped_not_a_panic() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("hostile");
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    // Lifetimes past 2^63 overflowed `ttl` (a panic in debug builds, fresh
+    // forever in release); a keep-for of u64::MAX ms overflowed deadlines.
+    for (path, lifetime, age, keep) in [
+        ("/h1", 1u64 << 63, 5, 60_000),
+        ("/h2", u64::MAX, 0, 60_000),
+        ("/h3", 60, u64::MAX, 60_000),
+        ("/h4", 60, 0, u64::MAX),
+    ] {
+        let key = format!("{ns}:e:http://shop.example{path}");
+        let value = crafted(lifetime, age, keep, b"from-redis");
+        resp(&url, &[b"HSET", key.as_bytes(), b"f", &value]);
+        for _ in 0..2 {
+            let seen = get(a, path).await;
+            assert_eq!(seen.status, 200, "{path}");
+        }
+    }
+    // Capped at 2^31 s (RFC 9111 §1.2.2) like any header value: still fresh.
+    let seen = get(a, "/h2").await;
+    assert_eq!(&seen.body[..], b"from-redis");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_over_the_size_cap_stay_in_memory() {
     let Some(url) = redis_url() else { return };
@@ -373,9 +446,14 @@ struct Server {
 
 impl Server {
     fn start(port: u16) -> Option<Child> {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Option<Child> {
         Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -537,4 +615,195 @@ async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both() {
         .one("cache-status")
         .contains("fwd=uri-miss"));
     assert_eq!(origin.renders("/cart"), 3, "GET, POST, and the GET after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait() {
+    // A private server: the whole of it refuses writes (out of memory,
+    // no eviction), which would break every other test on a shared one.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let args = ["--maxmemory", "1", "--maxmemory-policy", "noeviction"];
+    let Some(child) = Server::start_with(port, &args) else {
+        eprintln!("skipped: no redis-server on PATH for the write-refusal test");
+        return;
+    };
+    let server = Server {
+        port,
+        child: Some(child),
+    };
+    server.up().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    // A lock wait far past the hang guard: only telling "held" apart from
+    // "Redis said no" lets these requests through at all.
+    let tier = RedisTier::new(&url)
+        .unwrap()
+        .render_lock(Duration::from_secs(3600));
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, tier).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    for path in ["/oom/1", "/oom/2", "/oom/3"] {
+        let seen = get(a, path).await;
+        assert_eq!(seen.status, 200, "{path}");
+        assert_eq!(origin.renders(path), 1);
+    }
+    let s = ca.stats();
+    // Per miss: the refused lock, and the refused write; no polling.
+    assert!(s.l2_errors <= 6, "{s:?}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("wrongtype");
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    let (b, cb) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+
+    // An old format, or another program: a string where a hash belongs.
+    let key = format!("{ns}:e:http://shop.example/w");
+    let set = resp(
+        &url,
+        &[b"SET", key.as_bytes(), b"old-format", b"EX", b"600"],
+    );
+    assert!(set.starts_with("+OK"), "{set}");
+
+    let seen = get(a, "/w").await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    eventually("the write replaces the foreign value", || {
+        ca.stats().l2_writes == 1
+    })
+    .await;
+    let seen = get(b, "/w").await;
+    assert!(
+        seen.one("cache-status").ends_with("detail=redis"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(origin.renders("/w"), 1);
+    let (sa, sb) = (ca.stats(), cb.stats());
+    assert_eq!((sa.l2_errors, sb.l2_errors), (0, 0), "{sa:?} {sb:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("bigread");
+    let origin = Origin::default();
+    let tier = RedisTier::new(&url)
+        .unwrap()
+        .namespace(&ns)
+        .max_value_bytes(8 * 1024);
+    let (a, ca) = instance(&origin, tier).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    // Left by a writer with a larger cap: a valid, fresh entry of 64 KiB
+    // next to raw values of 1 MiB. Fetching them all on every miss of the
+    // key is what stalled the tier for every other key.
+    let big = format!("{ns}:e:http://shop.example/big");
+    let value = crafted(600, 0, 600_000, &vec![b'b'; 64 * 1024]);
+    resp(&url, &[b"HSET", big.as_bytes(), b"f", &value]);
+    let raw = vec![b'g'; 1024 * 1024];
+    for field in [&b"g1"[..], b"g2", b"g3", b"g4"] {
+        resp(&url, &[b"HSET", big.as_bytes(), field, &raw]);
+    }
+    let small = format!("{ns}:e:http://shop.example/small");
+    let value = crafted(600, 0, 600_000, b"shared");
+    resp(&url, &[b"HSET", small.as_bytes(), b"f", &value]);
+
+    let seen = get(a, "/big").await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders("/big"), 1);
+    let seen = get(a, "/small").await;
+    assert!(
+        seen.one("cache-status").ends_with("detail=redis"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(&seen.body[..], b"shared");
+    let s = ca.stats();
+    assert_eq!((s.l2_errors, s.l2_timeouts), (0, 0), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tag_index_forgets_entries_that_expired() {
+    let Some(url) = redis_url() else { return };
+    let ns = namespace("tagindex");
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    assert!(ca.redis_ready(PATIENCE).await);
+
+    // A long-lived entry keeps the index itself alive throughout.
+    get(a, "/t/long?tag=hot").await;
+    get(a, "/t/1?tag=hot&ttl=1").await;
+    eventually("the writes", || ca.stats().l2_writes == 2).await;
+    let short = format!("{ns}:e:http://shop.example/t/1?tag=hot&ttl=1");
+    assert_eq!(resp(&url, &[b"EXISTS", short.as_bytes()]), ":1\r\n");
+    // Redis drops the entry after its second; the index must follow.
+    let start = tokio::time::Instant::now();
+    while resp(&url, &[b"EXISTS", short.as_bytes()]) != ":0\r\n" {
+        assert!(start.elapsed() < PATIENCE, "the entry never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    get(a, "/t/2?tag=hot").await;
+    eventually("the third write", || ca.stats().l2_writes == 3).await;
+    let index = format!("{ns}:t:hot");
+    // Counted whatever the index's type (a plain set before this fix).
+    let card: &[u8] = if resp(&url, &[b"TYPE", index.as_bytes()]) == "+set\r\n" {
+        b"SCARD"
+    } else {
+        b"ZCARD"
+    };
+    assert_eq!(
+        resp(&url, &[card, index.as_bytes()]),
+        ":2\r\n",
+        "only the live entries stay in the index"
+    );
+
+    // A purge by tag still reaches the live ones.
+    ca.purge_tag("hot");
+    let live = format!("{ns}:e:http://shop.example/t/long?tag=hot");
+    let start = tokio::time::Instant::now();
+    while resp(&url, &[b"EXISTS", live.as_bytes()]) != ":0\r\n" {
+        assert!(start.elapsed() < PATIENCE, "the purge never reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = format!("{ns}:e:http://shop.example/t/2?tag=hot");
+    assert_eq!(resp(&url, &[b"EXISTS", other.as_bytes()]), ":0\r\n");
+    assert_eq!(resp(&url, &[b"EXISTS", index.as_bytes()]), ":0\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_rendered_before_a_purge_does_not_land_after_it() {
+    let Some(url) = redis_url() else { return };
+    let (origin, [(a, ca), (b, cb)]) = two_instances("purgerace", &url, false).await;
+
+    // The first instance misses and renders; the page changes meanwhile
+    // and the second instance purges everything.
+    let first = tokio::spawn(async move { get(a, "/race?gate").await });
+    eventually("the render began", || origin.renders("/race?gate") == 1).await;
+    cb.purge_all();
+    eventually("the purge is done in Redis and heard", || {
+        ca.stats().remote_purges == 1
+    })
+    .await;
+    // The render from before the purge ends now: its write must not put
+    // the old page back for every instance.
+    origin.gate.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    // A later write from the same instance, to know the first had its turn.
+    get(a, "/after-race").await;
+    eventually("the later write", || ca.stats().l2_writes >= 1).await;
+    origin.gate.add_permits(1); // for the render the test expects
+    let seen = get(b, "/race?gate").await;
+    assert_eq!(
+        seen.one("cache-status"),
+        "tower-ssr; fwd=uri-miss; stored",
+        "the pre-purge render came back from Redis"
+    );
 }

@@ -18,10 +18,14 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode, Version};
 
 use super::entry::{weigh, Entry, Freshness};
+use crate::directives::DELTA_MAX;
 
 /// `TSR` then the format version; bump the version on any layout change.
 const MAGIC: &[u8; 3] = b"TSR";
 const VERSION: u8 = 1;
+
+/// The longest `keep_for` a decoded entry may claim: three capped deltas.
+const KEEP_MAX: Duration = Duration::from_secs(3 << 31);
 
 const F_NO_CACHE: u8 = 1;
 const F_MUST_REVALIDATE: u8 = 1 << 1;
@@ -121,11 +125,18 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     };
     let flags = r.u8()?;
     let stored_ms = r.u64()?;
-    let lifetime = r.u64()?;
-    let initial_age = r.u64()?;
-    let swr = r.opt()?;
-    let sie = r.opt()?;
-    let keep_for = Duration::from_millis(r.u64()?);
+    // Capped as `storable` caps them (RFC 9111 §1.2.2): a value from Redis
+    // is input like any other, and another writer (or an attacker with
+    // access to Redis) must not make an entry panic the reader or stay
+    // fresh forever.
+    let delta = |v: u64| v.min(u64::from(DELTA_MAX));
+    let lifetime = delta(r.u64()?);
+    let initial_age = delta(r.u64()?);
+    let swr = r.opt()?.map(delta);
+    let sie = r.opt()?.map(delta);
+    // At most what `storable` can give: a lifetime plus a stale window
+    // (each capped) plus a keep-stale of the same order.
+    let keep_for = Duration::from_millis(r.u64()?).min(KEEP_MAX);
 
     let n = r.u32()?;
     let mut headers = HeaderMap::with_capacity(n.min(256));
@@ -372,6 +383,29 @@ mod tests {
         );
         assert!(decode(&Bytes::from_static(b"<html>"), now, wall).is_none());
         assert!(decode(&Bytes::new(), now, wall).is_none());
+    }
+
+    #[test]
+    fn hostile_lifetimes_are_capped_and_never_panic() {
+        let e = sample();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut v = encode(&e, now, wall);
+        // magic+version, status, version, flags, stored_ms: then the
+        // lifetime, the initial age, swr and sie (each flagged) and keep_for.
+        let at = 4 + 2 + 1 + 1 + 8;
+        v[at..at + 8].copy_from_slice(&(1u64 << 63).to_be_bytes());
+        v[at + 8..at + 16].copy_from_slice(&u64::MAX.to_be_bytes());
+        v[at + 17..at + 25].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(v[at + 25], 0, "no stale-if-error in the sample");
+        v[at + 26..at + 34].copy_from_slice(&u64::MAX.to_be_bytes());
+        let back = decode(&Bytes::from(v), now, wall).unwrap();
+        let cap = u64::from(DELTA_MAX);
+        assert_eq!(back.fresh.lifetime, cap);
+        assert_eq!(back.fresh.initial_age, cap);
+        assert_eq!(back.fresh.swr, Some(cap));
+        assert_eq!(back.fresh.ttl(now), 0);
+        assert!(back.fresh.swr_allows(now));
+        assert!(back.fresh.keep_for <= KEEP_MAX);
     }
 
     #[test]

@@ -87,8 +87,12 @@ impl Freshness {
 
     /// `freshness_lifetime − current_age`: negative once stale (RFC 9211 §2.4).
     pub(crate) fn ttl(&self, now: Instant) -> i64 {
-        // Both are at most 2^31, so the difference fits.
-        self.lifetime as i64 - self.age(now) as i64
+        // Saturating: a lifetime read from another process (the Redis tier)
+        // need not respect the 2^31 cap, and must neither panic nor wrap to
+        // fresh forever.
+        let lifetime = i64::try_from(self.lifetime).unwrap_or(i64::MAX);
+        let age = i64::try_from(self.age(now)).unwrap_or(i64::MAX);
+        lifetime.saturating_sub(age)
     }
 
     /// The strict directives under which nothing stale is served, neither
@@ -104,8 +108,8 @@ impl Freshness {
     pub(crate) fn swr_allows(&self, now: Instant) -> bool {
         match self.swr {
             Some(window) if !self.no_cache && !self.must_revalidate => {
-                let staleness = -self.ttl(now);
-                staleness >= 0 && (staleness as u64) <= window
+                let staleness = self.ttl(now).saturating_neg();
+                u64::try_from(staleness).is_ok_and(|s| s <= window)
             }
             _ => false,
         }

@@ -9,9 +9,14 @@
 //!   entry; its TTL is the longest usable life of its variants (freshness
 //!   plus the stale windows), so Redis drops it when no instance could use
 //!   it any more.
-//! - `{ns}:t:{tag}`: a set of the entry keys tagged `tag`, so that a purge
-//!   by tag on any instance finds them.
+//! - `{ns}:t:{tag}`: a sorted set of the entry keys tagged `tag`, each
+//!   scored by its expiry (Redis time, ms), so that a purge by tag on any
+//!   instance finds them; every write trims the members that expired, so
+//!   the index holds about as many members as live entries.
 //! - `{ns}:l:{key}`: the cross-instance render lock.
+//! - `{ns}:g`: the purge generation, a counter every purge raises first; a
+//!   write carries the generation read before its render and is refused if
+//!   a purge came since, so a slow write never puts a purged page back.
 //! - `{ns}:purge`: the pub/sub channel over which purges reach every
 //!   instance's memory tier.
 //!
@@ -40,6 +45,8 @@ use super::key;
 
 /// Values larger than this stay in memory only, by default.
 const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
+/// Entry keys one call of a purge by tag deletes.
+const PURGE_BATCH: usize = 500;
 /// Variants kept per key in Redis, as in memory.
 const MAX_VARIANTS: usize = super::store::MAX_VARIANTS;
 
@@ -242,7 +249,14 @@ struct ConnState {
     connecting_since: Option<Instant>,
 }
 
+/// A value of another type under the entry key (another program's, or an
+/// older layout) is replaced rather than failing every write for the key.
+/// `ARGV[6]`, when not empty, is the purge generation (`KEYS[2]`) read
+/// before the render: a purge since then refuses the write (0).
 const WRITE: &str = r"
+if ARGV[6] ~= '' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[6] then return 0 end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
   redis.call('DEL', KEYS[1])
@@ -250,19 +264,70 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-for i = 6, #ARGV do
-  local t = ARGV[5] .. ARGV[i]
-  redis.call('SADD', t, KEYS[1])
-  if redis.call('PTTL', t) < ttl then redis.call('PEXPIRE', t, ttl) end
+local left = redis.call('PTTL', KEYS[1])
+if #ARGV >= 7 then
+  local now = redis.call('TIME')
+  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  for i = 7, #ARGV do
+    local t = ARGV[5] .. ARGV[i]
+    local kind = redis.call('TYPE', t)['ok']
+    if kind == 'set' then
+      -- The index of an older version: its members live at most as long
+      -- as the set.
+      local old = redis.call('SMEMBERS', t)
+      local until_ = now + math.max(redis.call('PTTL', t), 0)
+      redis.call('DEL', t)
+      for _, k in ipairs(old) do redis.call('ZADD', t, until_, k) end
+    elseif kind ~= 'zset' and kind ~= 'none' then
+      redis.call('DEL', t)
+    end
+    redis.call('ZADD', t, 'GT', now + left, KEYS[1])
+    redis.call('ZREMRANGEBYSCORE', t, '-inf', now)
+    -- The index lives as long as its longest-lived member.
+    local last = redis.call('ZRANGE', t, -1, -1, 'WITHSCORES')
+    if #last == 2 then redis.call('PEXPIREAT', t, last[2]) end
+  end
 end
 return 1
 ";
 
+/// The purge generation (`KEYS[2]`), then the variants of an entry key no
+/// larger than `ARGV[1]` bytes. Another
+/// type under the key (another program's, or an older layout of ours) is
+/// not ours to read: a miss, which our next write replaces.
+const READ: &str = r"
+local out = {redis.call('GET', KEYS[2]) or '0'}
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return out end
+local cap = tonumber(ARGV[1])
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('HSTRLEN', KEYS[1], f) <= cap then
+    out[#out + 1] = redis.call('HGET', KEYS[1], f)
+  end
+end
+return out
+";
+
+/// One batch of a purge by tag: drops the members that expired, then
+/// deletes up to `ARGV[1]` live entry keys and takes them out of the index;
+/// 1 while members remain. In batches, so a tag on many entries never
+/// holds Redis (and every instance) for longer than one batch.
 const PURGE_TAG: &str = r"
-local keys = redis.call('SMEMBERS', KEYS[1])
-for _, k in ipairs(keys) do redis.call('DEL', k) end
-redis.call('DEL', KEYS[1])
-return #keys
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local n = tonumber(ARGV[1])
+local keys
+if kind == 'zset' then
+  local now = redis.call('TIME')
+  now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  keys = redis.call('ZRANGE', KEYS[1], 0, n - 1)
+  if #keys > 0 then redis.call('ZREM', KEYS[1], unpack(keys)) end
+elseif kind == 'set' then
+  keys = redis.call('SPOP', KEYS[1], n)
+else
+  return 0
+end
+if #keys > 0 then redis.call('DEL', unpack(keys)) end
+return redis.call('EXISTS', KEYS[1])
 ";
 
 /// Deletes the lock only if it is still ours: it may have expired and been
@@ -282,6 +347,7 @@ pub(crate) struct Tier {
     listening: AtomicBool,
     subscribed: AtomicBool,
     counters: Arc<Counters>,
+    read: Script,
     write: Script,
     purge_tag: Script,
     release: Script,
@@ -324,6 +390,7 @@ impl Tier {
             listening: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             counters,
+            read: Script::new(READ),
             write: Script::new(WRITE),
             purge_tag: Script::new(PURGE_TAG),
             release: Script::new(RELEASE),
@@ -332,6 +399,10 @@ impl Tier {
 
     fn entry_key(&self, key: &str) -> String {
         format!("{}:e:{key}", self.cfg.namespace)
+    }
+
+    fn generation_key(&self) -> String {
+        format!("{}:g", self.cfg.namespace)
     }
 
     fn tag_prefix(&self) -> String {
@@ -448,30 +519,43 @@ impl Tier {
     }
 
     /// Every variant stored under `key`, decoded (unknown values skipped).
-    async fn read(&self, key: &str) -> Option<Vec<Entry>> {
-        let rkey = self.entry_key(key);
+    /// Values over the size cap are skipped in Redis, not fetched: one key
+    /// holding huge values (another writer's, or a larger cap elsewhere)
+    /// would otherwise stall this call past its timeout and switch the
+    /// whole tier off for every other key.
+    /// With the purge generation as of the read.
+    async fn read(&self, key: &str) -> Option<(u64, Vec<Entry>)> {
+        let mut inv = self.read.key(self.entry_key(key));
+        inv.key(self.generation_key()).arg(self.cfg.max_value);
+        let inv = &inv;
         let values: Vec<Vec<u8>> = self
-            .call(|mut c| async move { redis::cmd("HVALS").arg(&rkey).query_async(&mut c).await })
+            .call(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        let mut values = values.into_iter();
+        let generation = values
+            .next()
+            .and_then(|g| std::str::from_utf8(&g).ok()?.parse().ok())?;
         let (now, wall) = (crate::date::monotonic_now(), SystemTime::now());
-        Some(
+        Some((
+            generation,
             values
-                .into_iter()
                 .filter_map(|v| codec::decode(&Bytes::from(v), now, wall))
                 .collect(),
-        )
+        ))
     }
 
     /// Looks `key` up for a request; a usable entry with how it may be
-    /// reused. Counts the hit or miss.
+    /// reused. Counts the hit or miss; notes the purge generation it read.
     async fn lookup(
         &self,
         key: &str,
         headers: &HeaderMap,
         extra: Option<&str>,
         req_cc: &RequestDirectives,
+        generation: &mut Option<u64>,
     ) -> Option<(Arc<Entry>, Reuse)> {
-        let found = self.read(key).await?;
+        let (seen, found) = self.read(key).await?;
+        *generation = Some(seen);
         let best = found
             .into_iter()
             .filter(|e| e.matches(headers, extra))
@@ -489,9 +573,11 @@ impl Tier {
         Some((Arc::new(entry), how))
     }
 
-    /// Tries to take the render lock for `flight_key`: `Some(true)` taken,
-    /// `Some(false)` held by another instance, `None` if Redis failed.
-    async fn try_lock(self: &Arc<Self>, flight_key: &str) -> Option<RenderLock> {
+    /// Tries to take the render lock for `flight_key`: `Taken`, `Held` by
+    /// another instance, or `Failed` when Redis refused or did not answer
+    /// (out of memory, read-only replica, ...): then no one can publish an
+    /// entry through Redis either, so waiting would only delay the render.
+    async fn try_lock(self: &Arc<Self>, flight_key: &str) -> LockAttempt {
         let lkey = format!("{}:l:{flight_key}", self.cfg.namespace);
         let token = format!("{:016x}", random_id());
         let ttl = u64::try_from(self.cfg.lock_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -509,18 +595,17 @@ impl Tier {
             })
             .await;
         match got {
-            Some(Some(_)) => Some(RenderLock {
-                tier: Arc::clone(self),
-                key: lkey,
-                token,
-            }),
-            _ => None,
+            Some(Some(_)) => LockAttempt::Taken(lkey, token),
+            Some(None) => LockAttempt::Held,
+            None => LockAttempt::Failed,
         }
     }
 
     /// Before a render on this instance: the entry from Redis if there is
-    /// one, else, with the render lock on, the lock (kept in `lead`) or
-    /// another instance's entry once it lands.
+    /// one, else, with the render lock on, another instance's entry once it
+    /// lands. When this instance renders, `lead` keeps the render lock if
+    /// taken and the purge generation read before the render, for the
+    /// write.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn before_render(
         self: &Arc<Self>,
@@ -533,7 +618,41 @@ impl Tier {
         lead: &mut Lead,
     ) -> Option<(Arc<Entry>, Reuse)> {
         self.listen(shared);
-        if let Some(found) = self.lookup(key, headers, extra, req_cc).await {
+        let mut generation = None;
+        let mut held = None;
+        let found = self
+            .find_or_lock(
+                key,
+                flight_key,
+                headers,
+                extra,
+                req_cc,
+                &mut generation,
+                &mut held,
+            )
+            .await;
+        if held.is_some() || generation.is_some() {
+            lead.render_lock = Some(RenderLock {
+                tier: Arc::clone(self),
+                held,
+                generation,
+            });
+        }
+        found
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn find_or_lock(
+        self: &Arc<Self>,
+        key: &str,
+        flight_key: &str,
+        headers: &HeaderMap,
+        extra: Option<&str>,
+        req_cc: &RequestDirectives,
+        generation: &mut Option<u64>,
+        held: &mut Option<(String, String)>,
+    ) -> Option<(Arc<Entry>, Reuse)> {
+        if let Some(found) = self.lookup(key, headers, extra, req_cc, generation).await {
             return Some(found);
         }
         let wait = self.cfg.lock_wait?;
@@ -541,15 +660,19 @@ impl Tier {
         // Short polls: the entry usually lands within a render's time.
         let poll = (wait / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
         loop {
-            if let Some(lock) = self.try_lock(flight_key).await {
-                lead.render_lock = Some(lock);
-                return None;
+            match self.try_lock(flight_key).await {
+                LockAttempt::Taken(lkey, token) => {
+                    *held = Some((lkey, token));
+                    return None;
+                }
+                LockAttempt::Failed => return None,
+                LockAttempt::Held => {}
             }
             if self.down.load(Relaxed) || Instant::now() >= deadline {
                 return None;
             }
             tokio::time::sleep(poll).await;
-            if let Some((entry, how)) = self.lookup(key, headers, extra, req_cc).await {
+            if let Some((entry, how)) = self.lookup(key, headers, extra, req_cc, generation).await {
                 if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
                     return Some((entry, how));
                 }
@@ -559,7 +682,10 @@ impl Tier {
 
     /// Writes `entry` (fire and forget) unless it is over the size cap;
     /// `lock`, if held, is released once the write has landed, so that
-    /// instances waiting on it find the entry.
+    /// instances waiting on it find the entry. With the generation `lock`
+    /// read before the render, Redis refuses the write if a purge came
+    /// since; without one (a revalidation, a background refresh) it is
+    /// written as is.
     pub(crate) fn write(self: &Arc<Self>, key: &str, entry: &Entry, lock: Option<RenderLock>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -582,14 +708,20 @@ impl Tier {
         let field = format!("{:016x}", variant_id(entry));
         let rkey = self.entry_key(key);
         let tags: Vec<String> = entry.tags.iter().map(|t| t.to_string()).collect();
+        let generation = lock
+            .as_ref()
+            .and_then(|l| l.generation)
+            .map_or_else(String::new, |g| g.to_string());
         let tier = Arc::clone(self);
         rt.spawn(async move {
             let mut inv = tier.write.key(&rkey);
-            inv.arg(&field)
+            inv.key(tier.generation_key())
+                .arg(&field)
                 .arg(value)
                 .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
                 .arg(MAX_VARIANTS)
-                .arg(tier.tag_prefix());
+                .arg(tier.tag_prefix())
+                .arg(generation);
             for t in &tags {
                 inv.arg(t);
             }
@@ -597,8 +729,10 @@ impl Tier {
             let done: Option<i64> = tier
                 .call(|mut c| async move { inv.invoke_async(&mut c).await })
                 .await;
-            if done.is_some() {
-                Counters::bump(&tier.counters.l2_writes);
+            match done {
+                Some(1) => Counters::bump(&tier.counters.l2_writes),
+                Some(_) => tracing::debug!("redis write refused: a purge came after its render"),
+                None => {}
             }
             drop(lock);
         });
@@ -629,6 +763,19 @@ impl Tier {
     }
 
     async fn purge_remote(&self, purge: &Purge) {
+        // First: from here on, a write whose render began before this purge
+        // is refused, even if it reaches Redis after the deletions below.
+        // One counter for every purge: a write is rarely in flight, and
+        // refusing one costs one render, never a stale page.
+        let generation = self.generation_key();
+        let _: Option<i64> = self
+            .call(|mut c| async move {
+                redis::cmd("INCR")
+                    .arg(&generation)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
         match purge {
             Purge::Key(k) => {
                 let rkey = self.entry_key(k);
@@ -640,11 +787,18 @@ impl Tier {
             }
             Purge::Tag(t) => {
                 let tkey = format!("{}{t}", self.tag_prefix());
-                let inv = self.purge_tag.key(&tkey);
+                let mut inv = self.purge_tag.key(&tkey);
+                inv.arg(PURGE_BATCH);
                 let inv = &inv;
-                let _: Option<i64> = self
-                    .call(|mut c| async move { inv.invoke_async(&mut c).await })
-                    .await;
+                // Bounded: writes may tag new entries meanwhile.
+                for _ in 0..10_000 {
+                    let more: Option<i64> = self
+                        .call(|mut c| async move { inv.invoke_async(&mut c).await })
+                        .await;
+                    if more != Some(1) {
+                        break;
+                    }
+                }
             }
             Purge::Path(p) => {
                 self.scan_delete(&format!("{}:e:", self.cfg.namespace), |k| {
@@ -780,18 +934,30 @@ async fn listen(shared: Weak<Shared>, tier: Weak<Tier>) {
     }
 }
 
-/// A held cross-instance render lock; dropping it releases it (only if it
-/// is still ours) in the background.
+/// What [`Tier::try_lock`] got.
+enum LockAttempt {
+    /// The lock's key and token.
+    Taken(String, String),
+    Held,
+    Failed,
+}
+
+/// What a render on this instance carries to its Redis write: the
+/// cross-instance render lock if it holds one (dropping this releases it,
+/// only if it is still ours, in the background) and the purge generation
+/// read before the render.
 pub(crate) struct RenderLock {
     tier: Arc<Tier>,
-    key: String,
-    token: String,
+    /// The lock's key and token.
+    held: Option<(String, String)>,
+    generation: Option<u64>,
 }
 
 impl std::fmt::Debug for RenderLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RenderLock")
-            .field("key", &self.key)
+            .field("key", &self.held.as_ref().map(|(k, _)| k))
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -801,9 +967,10 @@ impl Drop for RenderLock {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return; // it expires by itself
         };
+        let Some((key, token)) = self.held.take() else {
+            return;
+        };
         let tier = Arc::clone(&self.tier);
-        let key = std::mem::take(&mut self.key);
-        let token = std::mem::take(&mut self.token);
         rt.spawn(async move { tier.release(&key, &token).await });
     }
 }
