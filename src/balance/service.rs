@@ -46,7 +46,8 @@ where
 /// Endpoints are base URIs (`http://10.0.0.5:3000`, or with a path prefix
 /// `http://10.0.0.5:3000/app`); every attempt goes through one client
 /// service with its target rewritten to the chosen endpoint. The `Host`
-/// header is left as the request has it.
+/// header is left as the request has it. `OPTIONS *` keeps its
+/// asterisk-form target (RFC 9112 §3.2.4), whatever the base path.
 #[derive(Debug, Clone)]
 pub struct Rewrite<C> {
     client: C,
@@ -61,6 +62,13 @@ impl<C> Rewrite<C> {
 /// `base` + the request's path and query.
 pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
     let mut parts = base.clone().into_parts();
+    // `OPTIONS *` asks about the server as a whole, not a resource: the
+    // asterisk-form (RFC 9112 §3.2.4) goes through as is, never under the
+    // base path (`/app*` names nothing).
+    if uri.path() == "*" && uri.query().is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("*"));
+        return Uri::from_parts(parts).unwrap_or_else(|_| uri.clone());
+    }
     let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let base_path = base.path().trim_end_matches('/');
     let pq = if base_path.is_empty() {

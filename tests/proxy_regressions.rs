@@ -1,0 +1,97 @@
+//! Regression tests for the reverse proxy and the balancer, over real
+//! sockets: each one failed before the fix it names.
+#![cfg(feature = "proxy")]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::Empty;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tower::Service;
+use tower_ssr::balance::{ClientAddr, Endpoints, RoundRobin};
+use tower_ssr::proxy::ReverseProxy;
+
+/// What a raw upstream received, one string per connection.
+type Heads = Arc<Mutex<Vec<String>>>;
+
+/// An upstream that reads each request head (up to the blank line),
+/// records it, and answers `200` with an empty body, then closes.
+async fn recording_upstream() -> (SocketAddr, Heads) {
+    let heads: Heads = Arc::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf).into_owned());
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+fn uri(addr: SocketAddr, path: &str) -> Uri {
+    format!("http://{addr}{path}").parse().unwrap()
+}
+
+/// Guards against hangs only; never a timing assertion.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("hung")
+}
+
+fn with_client<B>(mut req: Request<B>) -> Request<B> {
+    req.extensions_mut()
+        .insert(ClientAddr("203.0.113.9:5000".parse().unwrap()));
+    req
+}
+
+#[tokio::test]
+async fn options_asterisk_keeps_its_target_under_a_base_path() {
+    let (up, heads) = recording_upstream().await;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("root", uri(up, "")).unwrap();
+    set.add("app", uri(up, "/app")).unwrap();
+    let mut proxy = ReverseProxy::builder(set).build();
+    for _ in 0..2 {
+        let req = Request::builder()
+            .method(Method::OPTIONS)
+            .uri("*")
+            .header("host", "front.example")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = within(proxy.call(with_client(req))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let lines: Vec<String> = heads
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.lines().next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(lines, ["OPTIONS * HTTP/1.1", "OPTIONS * HTTP/1.1"]);
+}
