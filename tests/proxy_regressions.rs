@@ -12,7 +12,7 @@ use http_body_util::Empty;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::Service;
-use tower_ssr::balance::{ClientAddr, Endpoints, RoundRobin};
+use tower_ssr::balance::{ActiveProbes, ClientAddr, Endpoints, RoundRobin};
 use tower_ssr::proxy::ReverseProxy;
 
 /// What a raw upstream received, one string per connection.
@@ -94,4 +94,24 @@ async fn options_asterisk_keeps_its_target_under_a_base_path() {
         .map(|h| h.lines().next().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(lines, ["OPTIONS * HTTP/1.1", "OPTIONS * HTTP/1.1"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_handle_brings_back_what_the_probes_took_down() {
+    let set = Endpoints::new(RoundRobin::new());
+    let a = set.add("a", false).unwrap();
+    let b = set.add("b", true).unwrap();
+    let probes = ActiveProbes::new()
+        .interval(Duration::from_secs(1))
+        .unhealthy_threshold(1)
+        .spawn(&set, |up: bool| async move { up });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!set.stats_of(a).unwrap().probe_healthy);
+    drop(probes);
+    assert!(set.stats_of(a).unwrap().probe_healthy);
+    let picks: Vec<_> = (0..4).map(|_| set.pick(None).unwrap()).collect();
+    assert!(picks.contains(&a) && picks.contains(&b), "{picks:?}");
+    // And nothing takes it down again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(set.stats_of(a).unwrap().probe_healthy);
 }
