@@ -260,8 +260,11 @@ impl Service<Request<ProxyBody>> for Forward {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForwardingHeaders {
-    /// `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
-    /// `X-Forwarded-Host` (replaced).
+    /// `X-Forwarded-For` (appended; a client's list is dropped when the
+    /// request has no [`ClientAddr`](crate::balance::ClientAddr), as there is
+    /// then no hop of ours to vouch for it), `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` (replaced). A client's `X-Forwarded-Host` never
+    /// reaches an upstream, in any mode.
     XForwarded,
     /// An element appended to `Forwarded` (RFC 7239):
     /// `for=…;host=…;proto=…`.
@@ -504,6 +507,11 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        // `Host` is required in every HTTP/1.1 request (RFC 9112 §3.2) and
+        // names the target, so it is never the sender's to make hop-by-hop:
+        // `Connection: host` must not strip it (the upstream would see its
+        // own authority, or an attacker's `X-Forwarded-Host`).
+        .filter(|name| *name != header::HOST)
         .collect();
     for name in listed {
         headers.remove(name);
@@ -558,23 +566,31 @@ fn prepare_request(parts: &mut http::request::Parts, settings: &Settings) {
         parts.headers.insert(header::HOST, h.clone());
     }
     let peer: Option<IpAddr> = peer_addr(parts).map(|a| a.ip().to_canonical());
+    // Always ours, never the client's, whatever the forwarding mode: an
+    // `X-Forwarded-Host` passed through would let a client choose the host
+    // upstreams build absolute URLs from (cache poisoning, reset links).
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    parts.headers.remove(&xfh);
     match settings.forwarding {
         ForwardingHeaders::XForwarded => {
+            let xff = HeaderName::from_static("x-forwarded-for");
             if let Some(ip) = peer {
-                append_value(
-                    &mut parts.headers,
-                    HeaderName::from_static("x-forwarded-for"),
-                    &ip.to_string(),
-                );
+                // The client's list is kept and our hop appended: upstreams
+                // read it with their own trusted set, from the right
+                // (DESIGN.md "Balancing"), and the rightmost hop is ours.
+                append_value(&mut parts.headers, xff, &ip.to_string());
+            } else {
+                // With no socket peer there is no hop of ours to append, so
+                // the client's list would reach the upstream as if this
+                // proxy vouched for its rightmost entry: drop it.
+                parts.headers.remove(xff);
             }
             parts.headers.insert(
                 HeaderName::from_static("x-forwarded-proto"),
                 settings.proto.clone(),
             );
             if let Some(h) = &host {
-                parts
-                    .headers
-                    .insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+                parts.headers.insert(xfh, h.clone());
             }
         }
         ForwardingHeaders::Forwarded => {

@@ -115,3 +115,119 @@ async fn dropping_the_handle_brings_back_what_the_probes_took_down() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(set.stats_of(a).unwrap().probe_healthy);
 }
+
+/// Serves a proxy on 127.0.0.1:0 the way examples/proxy.rs does.
+async fn serve_proxy(proxy: ReverseProxy) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let proxy = proxy.clone();
+            let handler =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    let mut proxy = proxy.clone();
+                    async move { proxy.call(req).await }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends raw bytes and reads the answer to the end (the request says
+/// `Connection: close`).
+async fn raw_send(addr: SocketAddr, raw: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within(s.read_to_end(&mut out)).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The values of header `name` (case-insensitive) in a raw request head.
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clients_x_forwarded_host_never_reaches_the_upstream() {
+    let (up, heads) = recording_upstream().await;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("a", uri(up, "")).unwrap();
+    let proxy = serve_proxy(ReverseProxy::builder(set).build()).await;
+    // No Host at all (HTTP/1.0): nothing to forward as the host.
+    let r1 = raw_send(
+        proxy,
+        "GET /a HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    // `Connection: host` tried to strip Host so that the spoofed header won.
+    let r2 = raw_send(
+        proxy,
+        "GET /b HTTP/1.1\r\nHost: front.example\r\nConnection: host, close\r\n\
+         X-Forwarded-Host: evil.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r1.split(' ').nth(1), Some("200"), "{r1}");
+    assert_eq!(r2.split(' ').nth(1), Some("200"), "{r2}");
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    let (a, b) = if heads[0].starts_with("GET /a") {
+        (&heads[0], &heads[1])
+    } else {
+        (&heads[1], &heads[0])
+    };
+    assert!(header_values(a, "x-forwarded-host").is_empty(), "{a}");
+    assert_eq!(
+        header_values(b, "x-forwarded-host"),
+        ["front.example"],
+        "{b}"
+    );
+    // preserve_host(true) is the default: the client's Host, not ours.
+    assert_eq!(header_values(b, "host"), ["front.example"], "{b}");
+}
+
+#[tokio::test]
+async fn without_a_client_address_a_clients_x_forwarded_for_is_dropped() {
+    let (up, heads) = recording_upstream().await;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("a", uri(up, "")).unwrap();
+    let mut proxy = ReverseProxy::builder(set).build();
+    // No ClientAddr: nothing vouches for the client's list.
+    let req = Request::builder()
+        .uri("/x")
+        .header("host", "front.example")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = within(proxy.call(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // With one, the list is kept and our hop is the rightmost.
+    let req = Request::builder()
+        .uri("/y")
+        .header("host", "front.example")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = within(proxy.call(with_client(req))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let heads = heads.lock().unwrap().clone();
+    let find = |p: &str| heads.iter().find(|h| h.starts_with(p)).unwrap().clone();
+    assert!(header_values(&find("GET /x"), "x-forwarded-for").is_empty());
+    assert_eq!(
+        header_values(&find("GET /y"), "x-forwarded-for"),
+        ["6.6.6.6, 203.0.113.9"]
+    );
+}
