@@ -36,7 +36,7 @@
 //! | every attempt failed to connect or broke before headers | `502 Bad Gateway` |
 //! | the last attempt outlasted the response timeout | `504 Gateway Timeout` |
 //! | no eligible upstream | `503 Service Unavailable` |
-//! | the client's body failed while being buffered | `400 Bad Request` |
+//! | the client's body failed (being buffered or streamed) | `400 Bad Request`, no failure counted against the upstream |
 //!
 //! Idempotent requests with an empty body, or a body of known length up to
 //! [`replay_buffer`](ProxyBuilder::replay_buffer) (buffered first), can be
@@ -49,6 +49,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,11 +64,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::balance::{
-    peer_addr, Balance, BalanceLayer, Endpoints, Key, ReplayBody, ResponseBody, Retries, Rewrite,
+    peer_addr, Balance, Connect, Endpoints, Key, ReplayBody, ResponseBody, Retries,
 };
 
 /// Errors a body or client may return, boxed.
@@ -77,6 +77,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// a retry) or streamed from the client (sent once).
 pub struct ProxyBody {
     kind: Kind,
+    // Set by `Forward` for the attempt that sends this body: how the
+    // sending goes, to tell the client's faults from the upstream's.
+    watch: Option<Arc<BodyWatch>>,
+}
+
+/// How a request body's sending goes, shared between the body (inside
+/// hyper's connection task) and the attempt's future.
+struct BodyWatch {
+    // The client's body failed (it hung up, or sent a broken chunk).
+    failed: AtomicBool,
 }
 
 enum Kind {
@@ -102,6 +112,7 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody {
             kind: Kind::Full(None),
+            watch: None,
         }
     }
 
@@ -110,6 +121,7 @@ impl ProxyBody {
     pub fn full(bytes: Bytes) -> Self {
         ProxyBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            watch: None,
         }
     }
 
@@ -121,6 +133,7 @@ impl ProxyBody {
     {
         ProxyBody {
             kind: Kind::Stream(body.map_err(Into::into).boxed_unsync()),
+            watch: None,
         }
     }
 }
@@ -133,17 +146,19 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(s) => Pin::new(s).poll_frame(cx),
+        };
+        if let (Some(watch), Poll::Ready(Some(Err(_)))) = (&this.watch, &polled) {
+            watch.failed.store(true, Ordering::Release);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Stream(s) => s.is_end_stream(),
-        }
+        self.kind_is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -154,11 +169,21 @@ impl Body for ProxyBody {
     }
 }
 
+impl ProxyBody {
+    fn kind_is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(s) => s.is_end_stream(),
+        }
+    }
+}
+
 impl ReplayBody for ProxyBody {
     fn try_replay(&self) -> Option<Self> {
         match &self.kind {
             Kind::Full(b) => Some(ProxyBody {
                 kind: Kind::Full(b.clone()),
+                watch: None,
             }),
             Kind::Stream(s) if s.is_end_stream() => Some(ProxyBody::empty()),
             Kind::Stream(_) => None,
@@ -177,6 +202,20 @@ pub enum ProxyError {
     Timeout,
     /// The upstream broke the exchange before response headers.
     Upstream(BoxError),
+    /// The client's request body failed while it was being forwarded (the
+    /// client hung up, or sent a broken chunk): the client's fault, not the
+    /// upstream's.
+    RequestBody(BoxError),
+}
+
+impl ProxyError {
+    /// Whether the failure is the client's, not the upstream's: it neither
+    /// counts against the upstream's health nor moves the request to
+    /// another upstream.
+    #[must_use]
+    pub fn is_client_fault(&self) -> bool {
+        matches!(self, ProxyError::RequestBody(_))
+    }
 }
 
 impl fmt::Display for ProxyError {
@@ -185,6 +224,7 @@ impl fmt::Display for ProxyError {
             ProxyError::Connect(_) => f.write_str("could not connect to the upstream"),
             ProxyError::Timeout => f.write_str("the upstream did not answer in time"),
             ProxyError::Upstream(_) => f.write_str("the upstream failed before response headers"),
+            ProxyError::RequestBody(_) => f.write_str("the client's request body failed"),
         }
     }
 }
@@ -192,7 +232,9 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ProxyError::Connect(e) | ProxyError::Upstream(e) => Some(&**e),
+            ProxyError::Connect(e) | ProxyError::Upstream(e) | ProxyError::RequestBody(e) => {
+                Some(&**e)
+            }
             ProxyError::Timeout => None,
         }
     }
@@ -200,7 +242,7 @@ impl std::error::Error for ProxyError {
 
 /// The leaf HTTP/1 client: hyper-util's pooled client with a connect
 /// timeout and a timeout on response headers. Requests must carry an
-/// absolute URI ([`BalanceLayer`] rewrites them to one).
+/// absolute URI ([`BalanceLayer`](crate::balance::BalanceLayer) rewrites them to one).
 #[derive(Clone)]
 pub struct Forward {
     client: Client<HttpConnector, ProxyBody>,
@@ -242,17 +284,47 @@ impl Service<Request<ProxyBody>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        let watch = Arc::new(BodyWatch {
+            failed: AtomicBool::new(false),
+        });
+        req.body_mut().watch = Some(Arc::clone(&watch));
         let fut = self.client.request(req);
         let timeout = self.response_timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, fut).await {
                 Err(_) => Err(ProxyError::Timeout),
                 Ok(Ok(res)) => Ok(res),
+                // The client's own body failed: its fault, not the
+                // upstream's (hyper reports it as a request error).
+                Ok(Err(e)) if watch.failed.load(Ordering::Acquire) => {
+                    Err(ProxyError::RequestBody(Box::new(e)))
+                }
                 Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(Box::new(e))),
                 Ok(Err(e)) => Err(ProxyError::Upstream(Box::new(e))),
             }
         })
+    }
+}
+
+/// [`Rewrite`](crate::balance::Rewrite) over [`Forward`], which also tells
+/// the balancer which failures are the client's: those count against no
+/// upstream and are not retried.
+#[derive(Debug, Clone)]
+struct ToUpstream {
+    client: Forward,
+}
+
+impl Connect<Uri, ProxyBody> for ToUpstream {
+    type Service = Forward;
+
+    fn connect(&self, base: &Uri, mut req: Request<ProxyBody>) -> (Forward, Request<ProxyBody>) {
+        *req.uri_mut() = crate::balance::rewrite_uri(base, req.uri());
+        (self.client.clone(), req)
+    }
+
+    fn is_endpoint_failure(&self, error: &ProxyError) -> bool {
+        !error.is_client_fault()
     }
 }
 
@@ -367,10 +439,11 @@ impl ProxyBuilder {
     /// runtime when used.
     pub fn build(self) -> ReverseProxy {
         let client = Forward::new(self.connect_timeout, self.response_timeout);
-        let balance = BalanceLayer::new(self.endpoints)
-            .key(self.key)
-            .retries(self.retries)
-            .layer(client);
+        let config = crate::balance::Config {
+            key: self.key,
+            retries: self.retries,
+        };
+        let balance = Balance::with_connect(self.endpoints, ToUpstream { client }, config);
         ReverseProxy {
             balance,
             settings: Arc::new(Settings {
@@ -387,7 +460,7 @@ impl ProxyBuilder {
 /// A balancing reverse proxy as one service; see the [module docs](self).
 #[derive(Clone)]
 pub struct ReverseProxy {
-    balance: Balance<Uri, Rewrite<Forward>>,
+    balance: Balance<Uri, ToUpstream>,
     settings: Arc<Settings>,
 }
 
@@ -456,6 +529,12 @@ where
                 Err(ProxyError::Timeout) => {
                     return Ok(status_response(StatusCode::GATEWAY_TIMEOUT))
                 }
+                // The client's own body failed, as in the buffered path
+                // below (RFC 9110 §15.5.1).
+                Err(ProxyError::RequestBody(_)) => {
+                    return Ok(status_response(StatusCode::BAD_REQUEST))
+                }
+
                 Err(_) => return Ok(status_response(StatusCode::BAD_GATEWAY)),
             };
             let (mut parts, body) = res.into_parts();

@@ -2,6 +2,8 @@
 //! sockets: each one failed before the fix it names.
 #![cfg(feature = "proxy")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +14,8 @@ use http_body_util::Empty;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::Service;
-use tower_ssr::balance::{ActiveProbes, ClientAddr, Endpoints, RoundRobin};
-use tower_ssr::proxy::ReverseProxy;
+use tower_ssr::balance::{ActiveProbes, ClientAddr, Endpoints, PassiveHealth, RoundRobin};
+use tower_ssr::proxy::{BoxError, ReverseProxy};
 
 /// What a raw upstream received, one string per connection.
 type Heads = Arc<Mutex<Vec<String>>>;
@@ -230,4 +232,71 @@ async fn without_a_client_address_a_clients_x_forwarded_for_is_dropped() {
         header_values(&find("GET /y"), "x-forwarded-for"),
         ["6.6.6.6, 203.0.113.9"]
     );
+}
+
+/// A request body fed by the test: each item is a chunk or an error.
+type Feed = tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, BoxError>>;
+
+fn fed_body() -> (
+    Feed,
+    http_body_util::StreamBody<
+        tokio_stream::wrappers::ReceiverStream<Result<http_body::Frame<Bytes>, BoxError>>,
+    >,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (
+        tx,
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+}
+
+/// An upstream that reads the whole request body and answers with its
+/// length.
+async fn body_reader() -> SocketAddr {
+    let app = axum::Router::new().fallback(|b: Bytes| async move { format!("got {}", b.len()) });
+    common::serve(app).await
+}
+
+fn upload<B>(body: B, len: usize) -> Request<B> {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/upload")
+        .header("host", "front.example")
+        .header("content-length", len)
+        .body(body)
+        .unwrap();
+    with_client(req)
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_upload_gets_400_and_no_upstream_is_blamed() {
+    let set = Endpoints::builder()
+        .health(PassiveHealth::new().consecutive_failures(3))
+        .strategy(RoundRobin::new())
+        .build::<Uri>();
+    let a = set.add("a", uri(body_reader().await, "")).unwrap();
+    let b = set.add("b", uri(body_reader().await, "")).unwrap();
+    let proxy = ReverseProxy::builder(set.clone()).build();
+    for _ in 0..6 {
+        let (tx, body) = fed_body();
+        let call = tokio::spawn({
+            let mut proxy = proxy.clone();
+            async move { proxy.call(upload(body, 100_000)).await.unwrap().status() }
+        });
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
+            .await
+            .unwrap();
+        // The client goes away: its body errors.
+        tx.send(Err("client hung up".into())).await.unwrap();
+        drop(tx);
+        assert_eq!(within(call).await.unwrap(), StatusCode::BAD_REQUEST);
+    }
+    for id in [a, b] {
+        let st = set.stats_of(id).unwrap();
+        assert_eq!(
+            (st.failures, st.ejected, st.in_flight),
+            (0, false, 0),
+            "{st:?}"
+        );
+    }
 }

@@ -26,6 +26,16 @@ pub trait Connect<T, B> {
     /// The service for endpoint `target`, and the request as it should be
     /// sent there.
     fn connect(&self, target: &T, req: Request<B>) -> (Self::Service, Request<B>);
+
+    /// Whether `error`, from an attempt on an endpoint, is the endpoint's
+    /// fault. Only such errors count against its passive health and move
+    /// the request to another endpoint; any other (the client hung up in
+    /// the middle of its request body, say) ends the request as it is,
+    /// with the endpoint's record untouched. Default: every error is.
+    fn is_endpoint_failure(&self, error: &<Self::Service as Service<Request<B>>>::Error) -> bool {
+        let _ = error;
+        true
+    }
 }
 
 /// Endpoints are services: each attempt calls a clone of the chosen one.
