@@ -37,6 +37,10 @@
 //! | the last attempt outlasted the response timeout | `504 Gateway Timeout` |
 //! | no eligible upstream | `503 Service Unavailable` |
 //! | the client's body failed (being buffered or streamed) | `400 Bad Request`, no failure counted against the upstream |
+//! | the client's body stalled longer than the response timeout | `408 Request Timeout`, no failure counted against the upstream |
+//!
+//! The response timeout runs from the end of the request body: a slow
+//! upload may take longer as long as it keeps moving.
 //!
 //! Idempotent requests with an empty body, or a body of known length up to
 //! [`replay_buffer`](ProxyBuilder::replay_buffer) (buffered first), can be
@@ -50,8 +54,8 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -85,8 +89,59 @@ pub struct ProxyBody {
 /// How a request body's sending goes, shared between the body (inside
 /// hyper's connection task) and the attempt's future.
 struct BodyWatch {
+    // The body has ended: the response timeout starts from here.
+    sent: AtomicBool,
     // The client's body failed (it hung up, or sent a broken chunk).
     failed: AtomicBool,
+    // The last poll of the body found nothing ready: it is the client we
+    // are waiting for, not an upstream that stopped reading.
+    waiting_on_client: AtomicBool,
+    last_progress: Mutex<tokio::time::Instant>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl BodyWatch {
+    fn new() -> Self {
+        BodyWatch {
+            sent: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
+            last_progress: Mutex::new(tokio::time::Instant::now()),
+            waker: Mutex::new(None),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn progress(&self) {
+        self.waiting_on_client.store(false, Ordering::Release);
+        *Self::lock(&self.last_progress) = tokio::time::Instant::now();
+    }
+
+    fn last_progress(&self) -> tokio::time::Instant {
+        *Self::lock(&self.last_progress)
+    }
+
+    fn end(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        if let Some(w) = Self::lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut slot = Self::lock(&self.waker);
+        match &*slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.sent.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire)
+    }
 }
 
 enum Kind {
@@ -151,8 +206,18 @@ impl Body for ProxyBody {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(s) => Pin::new(s).poll_frame(cx),
         };
-        if let (Some(watch), Poll::Ready(Some(Err(_)))) = (&this.watch, &polled) {
-            watch.failed.store(true, Ordering::Release);
+        if let Some(watch) = &this.watch {
+            match &polled {
+                Poll::Pending => watch.waiting_on_client.store(true, Ordering::Release),
+                Poll::Ready(Some(Ok(_))) => {
+                    watch.progress();
+                    if this.kind_is_end_stream() {
+                        watch.end(&watch.sent);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => watch.end(&watch.failed),
+                Poll::Ready(None) => watch.end(&watch.sent),
+            }
         }
         polled
     }
@@ -206,6 +271,10 @@ pub enum ProxyError {
     /// client hung up, or sent a broken chunk): the client's fault, not the
     /// upstream's.
     RequestBody(BoxError),
+    /// The client's request body stalled (nothing for longer than the
+    /// response timeout) while it was being forwarded: the client's fault,
+    /// not the upstream's.
+    RequestBodyTimeout,
 }
 
 impl ProxyError {
@@ -214,7 +283,10 @@ impl ProxyError {
     /// another upstream.
     #[must_use]
     pub fn is_client_fault(&self) -> bool {
-        matches!(self, ProxyError::RequestBody(_))
+        matches!(
+            self,
+            ProxyError::RequestBody(_) | ProxyError::RequestBodyTimeout
+        )
     }
 }
 
@@ -225,6 +297,7 @@ impl fmt::Display for ProxyError {
             ProxyError::Timeout => f.write_str("the upstream did not answer in time"),
             ProxyError::Upstream(_) => f.write_str("the upstream failed before response headers"),
             ProxyError::RequestBody(_) => f.write_str("the client's request body failed"),
+            ProxyError::RequestBodyTimeout => f.write_str("the client's request body stalled"),
         }
     }
 }
@@ -235,7 +308,7 @@ impl std::error::Error for ProxyError {
             ProxyError::Connect(e) | ProxyError::Upstream(e) | ProxyError::RequestBody(e) => {
                 Some(&**e)
             }
-            ProxyError::Timeout => None,
+            ProxyError::Timeout | ProxyError::RequestBodyTimeout => None,
         }
     }
 }
@@ -285,26 +358,80 @@ impl Service<Request<ProxyBody>> for Forward {
     }
 
     fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
-        let watch = Arc::new(BodyWatch {
-            failed: AtomicBool::new(false),
-        });
+        let watch = Arc::new(BodyWatch::new());
+        if req.body().kind_is_end_stream() {
+            // hyper never polls an empty body.
+            watch.sent.store(true, Ordering::Release);
+        }
         req.body_mut().watch = Some(Arc::clone(&watch));
         let fut = self.client.request(req);
         let timeout = self.response_timeout;
         Box::pin(async move {
+            let classify = |e: hyper_util::client::legacy::Error| {
+                if watch.failed.load(Ordering::Acquire) {
+                    ProxyError::RequestBody(Box::new(e))
+                } else if e.is_connect() {
+                    ProxyError::Connect(Box::new(e))
+                } else {
+                    ProxyError::Upstream(Box::new(e))
+                }
+            };
+            let mut fut = std::pin::pin!(fut);
+            // While the request body is on its way, the clock is its idle
+            // time, not the response timeout: an upload may take longer
+            // than that, and the upstream cannot answer before it has the
+            // request (RFC 9110 §15.5.9: a client too slow to send its
+            // request gets 408, and it is not the upstream's failure).
+            let mut idle = Box::pin(tokio::time::sleep(timeout));
+            let phase = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Phase::Done(r));
+                }
+                watch.register(cx.waker());
+                if watch.ended() {
+                    return Poll::Ready(Phase::Sent);
+                }
+                loop {
+                    if idle.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let deadline = watch.last_progress() + timeout;
+                    if deadline <= tokio::time::Instant::now() {
+                        // Stalled: on the client when the body had nothing
+                        // to give, else on an upstream that stopped reading.
+                        return Poll::Ready(Phase::Stalled(
+                            if watch.waiting_on_client.load(Ordering::Acquire) {
+                                ProxyError::RequestBodyTimeout
+                            } else {
+                                ProxyError::Timeout
+                            },
+                        ));
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+            })
+            .await;
+            match phase {
+                Phase::Stalled(e) => return Err(e),
+                Phase::Done(r) => return r.map_err(classify),
+                Phase::Sent => {}
+            }
             match tokio::time::timeout(timeout, fut).await {
                 Err(_) => Err(ProxyError::Timeout),
-                Ok(Ok(res)) => Ok(res),
-                // The client's own body failed: its fault, not the
-                // upstream's (hyper reports it as a request error).
-                Ok(Err(e)) if watch.failed.load(Ordering::Acquire) => {
-                    Err(ProxyError::RequestBody(Box::new(e)))
-                }
-                Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(Box::new(e))),
-                Ok(Err(e)) => Err(ProxyError::Upstream(Box::new(e))),
+                Ok(r) => r.map_err(classify),
             }
         })
     }
+}
+
+/// Where an attempt stands once its request body is no longer the clock.
+enum Phase {
+    // The upstream answered (or failed) while the body was being sent.
+    Done(Result<Response<Incoming>, hyper_util::client::legacy::Error>),
+    // The body stalled: the client's fault or the upstream's.
+    Stalled(ProxyError),
+    // The body has ended (or failed); the response timeout starts.
+    Sent,
 }
 
 /// [`Rewrite`](crate::balance::Rewrite) over [`Forward`], which also tells
@@ -398,8 +525,11 @@ impl ProxyBuilder {
         self
     }
 
-    /// How long an upstream may take to send response headers (the
-    /// body then streams for as long as it takes). Default: 30 s.
+    /// How long an upstream may take to send response headers, counted
+    /// from the end of the request body (the response body then streams
+    /// for as long as it takes). Also the longest a request body may stall
+    /// while it streams: a client that sends nothing for that long gets
+    /// `408`, and no failure counts against the upstream. Default: 30 s.
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d;
         self
@@ -529,12 +659,14 @@ where
                 Err(ProxyError::Timeout) => {
                     return Ok(status_response(StatusCode::GATEWAY_TIMEOUT))
                 }
-                // The client's own body failed, as in the buffered path
-                // below (RFC 9110 §15.5.1).
+                // The client's own body failed or stalled, as in the
+                // buffered path below (RFC 9110 §15.5.1, §15.5.9).
                 Err(ProxyError::RequestBody(_)) => {
                     return Ok(status_response(StatusCode::BAD_REQUEST))
                 }
-
+                Err(ProxyError::RequestBodyTimeout) => {
+                    return Ok(status_response(StatusCode::REQUEST_TIMEOUT))
+                }
                 Err(_) => return Ok(status_response(StatusCode::BAD_GATEWAY)),
             };
             let (mut parts, body) = res.into_parts();

@@ -300,3 +300,74 @@ async fn a_client_hanging_up_mid_upload_gets_400_and_no_upstream_is_blamed() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408_and_no_upstream_is_blamed() {
+    let set = Endpoints::builder()
+        .health(
+            PassiveHealth::new()
+                .consecutive_failures(2)
+                .max_ejected_share(1.0),
+        )
+        .strategy(RoundRobin::new())
+        .build::<Uri>();
+    let a = set.add("a", uri(body_reader().await, "")).unwrap();
+    let proxy = ReverseProxy::builder(set.clone())
+        .response_timeout(Duration::from_millis(300))
+        .build();
+    let mut feeds = Vec::new();
+    for _ in 0..2 {
+        let (tx, body) = fed_body();
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
+            .await
+            .unwrap();
+        // Kept open: the body neither ends nor fails, it stalls.
+        feeds.push(tx);
+        let mut proxy = proxy.clone();
+        let res = within(proxy.call(upload(body, 100_000))).await.unwrap();
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let st = set.stats_of(a).unwrap();
+    assert_eq!(
+        (st.failures, st.ejected, st.in_flight),
+        (0, false, 0),
+        "{st:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_slower_than_the_response_timeout_goes_through() {
+    let set = Endpoints::new(RoundRobin::new());
+    let a = set.add("a", uri(body_reader().await, "")).unwrap();
+    // The whole upload takes several response timeouts; no pause between
+    // chunks comes near one.
+    let timeout = Duration::from_millis(400);
+    let proxy = ReverseProxy::builder(set.clone())
+        .response_timeout(timeout)
+        .build();
+    let chunks = 12;
+    let (tx, body) = fed_body();
+    let call = tokio::spawn({
+        let mut proxy = proxy.clone();
+        async move {
+            let res = proxy.call(upload(body, chunks * 5)).await.unwrap();
+            let status = res.status();
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, body)
+        }
+    });
+    for _ in 0..chunks {
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
+            .await
+            .unwrap();
+        tokio::time::sleep(timeout / 8).await;
+    }
+    drop(tx);
+    let (status, body) = within(call).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, format!("got {}", chunks * 5));
+    assert_eq!(set.stats_of(a).unwrap().failures, 0);
+}
