@@ -11,10 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::Empty;
+use std::any::Any;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::Service;
-use tower_ssr::balance::{ActiveProbes, ClientAddr, Endpoints, PassiveHealth, RoundRobin};
+
+use tower_ssr::balance::{
+    ActiveProbes, Candidates, ClientAddr, Endpoints, PassiveHealth, RoundRobin, Strategy,
+};
 use tower_ssr::proxy::{BoxError, ReverseProxy};
 
 /// What a raw upstream received, one string per connection.
@@ -370,4 +374,85 @@ async fn an_upload_slower_than_the_response_timeout_goes_through() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, format!("got {}", chunks * 5));
     assert_eq!(set.stats_of(a).unwrap().failures, 0);
+}
+
+/// A round robin whose `prepare`, once armed, asks the test to touch the
+/// set and waits for it: it deadlocks (until its hang guard) if `prepare`
+/// runs under the set's lock.
+#[derive(Debug)]
+struct Probing {
+    inner: RoundRobin,
+    armed: std::sync::atomic::AtomicBool,
+    ask: std::sync::mpsc::SyncSender<()>,
+    done: Mutex<std::sync::mpsc::Receiver<()>>,
+    answered: std::sync::atomic::AtomicBool,
+}
+
+impl Strategy for Probing {
+    fn prepare(&self, weights: &[u32], hashes: &[u64]) -> Arc<dyn Any + Send + Sync> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.ask.send(()).unwrap();
+            let ok = self
+                .done
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))
+                .is_ok();
+            self.answered.store(ok, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.prepare(weights, hashes)
+    }
+
+    fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
+        self.inner.pick(c)
+    }
+}
+
+#[test]
+fn building_a_snapshot_does_not_hold_the_sets_lock() {
+    let (ask, asked) = std::sync::mpsc::sync_channel(1);
+    let (reply, done) = std::sync::mpsc::sync_channel(1);
+    let strategy = Arc::new(Probing {
+        inner: RoundRobin::new(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+        ask,
+        done: Mutex::new(done),
+        answered: std::sync::atomic::AtomicBool::new(false),
+    });
+    let set: Endpoints<()> = Endpoints::builder()
+        .strategy(SharedStrategy(Arc::clone(&strategy)))
+        .build();
+    set.add("a", ()).unwrap();
+    strategy
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let adder = {
+        let set = set.clone();
+        std::thread::spawn(move || set.add_weighted("b", (), 7).unwrap())
+    };
+    asked
+        .recv_timeout(Duration::from_secs(30))
+        .expect("prepare ran");
+    // These take the set's lock: they must not wait for the build.
+    let a = set.id_of("a").unwrap();
+    assert!(set.stats_of(a).is_some());
+    reply.send(()).unwrap();
+    let b = adder.join().unwrap();
+    assert!(strategy.answered.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(set.id_of("b"), Some(b));
+    assert_eq!(set.len(), 2);
+}
+
+/// Lets the test keep a handle on the strategy it gives the set.
+#[derive(Debug)]
+struct SharedStrategy(Arc<Probing>);
+
+impl Strategy for SharedStrategy {
+    fn prepare(&self, weights: &[u32], hashes: &[u64]) -> Arc<dyn Any + Send + Sync> {
+        self.0.prepare(weights, hashes)
+    }
+
+    fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
+        self.0.pick(c)
+    }
 }
