@@ -36,7 +36,11 @@
 //! | every attempt failed to connect or broke before headers | `502 Bad Gateway` |
 //! | the last attempt outlasted the response timeout | `504 Gateway Timeout` |
 //! | no eligible upstream | `503 Service Unavailable` |
-//! | the client's body failed while being buffered | `400 Bad Request` |
+//! | the client's body failed (being buffered or streamed) | `400 Bad Request`, no failure counted against the upstream |
+//! | the client's body stalled longer than the response timeout | `408 Request Timeout`, no failure counted against the upstream |
+//!
+//! The response timeout runs from the end of the request body: a slow
+//! upload may take longer as long as it keeps moving.
 //!
 //! Idempotent requests with an empty body, or a body of known length up to
 //! [`replay_buffer`](ProxyBuilder::replay_buffer) (buffered first), can be
@@ -49,8 +53,9 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -63,11 +68,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::balance::{
-    peer_addr, Balance, BalanceLayer, Endpoints, Key, ReplayBody, ResponseBody, Retries, Rewrite,
+    peer_addr, Balance, Connect, Endpoints, Key, ReplayBody, ResponseBody, Retries,
 };
 
 /// Errors a body or client may return, boxed.
@@ -77,6 +81,67 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// a retry) or streamed from the client (sent once).
 pub struct ProxyBody {
     kind: Kind,
+    // Set by `Forward` for the attempt that sends this body: how the
+    // sending goes, to tell the client's faults from the upstream's.
+    watch: Option<Arc<BodyWatch>>,
+}
+
+/// How a request body's sending goes, shared between the body (inside
+/// hyper's connection task) and the attempt's future.
+struct BodyWatch {
+    // The body has ended: the response timeout starts from here.
+    sent: AtomicBool,
+    // The client's body failed (it hung up, or sent a broken chunk).
+    failed: AtomicBool,
+    // The last poll of the body found nothing ready: it is the client we
+    // are waiting for, not an upstream that stopped reading.
+    waiting_on_client: AtomicBool,
+    last_progress: Mutex<tokio::time::Instant>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl BodyWatch {
+    fn new() -> Self {
+        BodyWatch {
+            sent: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
+            last_progress: Mutex::new(tokio::time::Instant::now()),
+            waker: Mutex::new(None),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn progress(&self) {
+        self.waiting_on_client.store(false, Ordering::Release);
+        *Self::lock(&self.last_progress) = tokio::time::Instant::now();
+    }
+
+    fn last_progress(&self) -> tokio::time::Instant {
+        *Self::lock(&self.last_progress)
+    }
+
+    fn end(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        if let Some(w) = Self::lock(&self.waker).take() {
+            w.wake();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut slot = Self::lock(&self.waker);
+        match &*slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.sent.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire)
+    }
 }
 
 enum Kind {
@@ -102,6 +167,7 @@ impl ProxyBody {
     pub fn empty() -> Self {
         ProxyBody {
             kind: Kind::Full(None),
+            watch: None,
         }
     }
 
@@ -110,6 +176,7 @@ impl ProxyBody {
     pub fn full(bytes: Bytes) -> Self {
         ProxyBody {
             kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            watch: None,
         }
     }
 
@@ -121,6 +188,7 @@ impl ProxyBody {
     {
         ProxyBody {
             kind: Kind::Stream(body.map_err(Into::into).boxed_unsync()),
+            watch: None,
         }
     }
 }
@@ -133,17 +201,29 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Stream(s) => Pin::new(s).poll_frame(cx),
+        };
+        if let Some(watch) = &this.watch {
+            match &polled {
+                Poll::Pending => watch.waiting_on_client.store(true, Ordering::Release),
+                Poll::Ready(Some(Ok(_))) => {
+                    watch.progress();
+                    if this.kind_is_end_stream() {
+                        watch.end(&watch.sent);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => watch.end(&watch.failed),
+                Poll::Ready(None) => watch.end(&watch.sent),
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Stream(s) => s.is_end_stream(),
-        }
+        self.kind_is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -154,11 +234,21 @@ impl Body for ProxyBody {
     }
 }
 
+impl ProxyBody {
+    fn kind_is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(s) => s.is_end_stream(),
+        }
+    }
+}
+
 impl ReplayBody for ProxyBody {
     fn try_replay(&self) -> Option<Self> {
         match &self.kind {
             Kind::Full(b) => Some(ProxyBody {
                 kind: Kind::Full(b.clone()),
+                watch: None,
             }),
             Kind::Stream(s) if s.is_end_stream() => Some(ProxyBody::empty()),
             Kind::Stream(_) => None,
@@ -177,6 +267,27 @@ pub enum ProxyError {
     Timeout,
     /// The upstream broke the exchange before response headers.
     Upstream(BoxError),
+    /// The client's request body failed while it was being forwarded (the
+    /// client hung up, or sent a broken chunk): the client's fault, not the
+    /// upstream's.
+    RequestBody(BoxError),
+    /// The client's request body stalled (nothing for longer than the
+    /// response timeout) while it was being forwarded: the client's fault,
+    /// not the upstream's.
+    RequestBodyTimeout,
+}
+
+impl ProxyError {
+    /// Whether the failure is the client's, not the upstream's: it neither
+    /// counts against the upstream's health nor moves the request to
+    /// another upstream.
+    #[must_use]
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::RequestBody(_) | ProxyError::RequestBodyTimeout
+        )
+    }
 }
 
 impl fmt::Display for ProxyError {
@@ -185,6 +296,8 @@ impl fmt::Display for ProxyError {
             ProxyError::Connect(_) => f.write_str("could not connect to the upstream"),
             ProxyError::Timeout => f.write_str("the upstream did not answer in time"),
             ProxyError::Upstream(_) => f.write_str("the upstream failed before response headers"),
+            ProxyError::RequestBody(_) => f.write_str("the client's request body failed"),
+            ProxyError::RequestBodyTimeout => f.write_str("the client's request body stalled"),
         }
     }
 }
@@ -192,15 +305,17 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ProxyError::Connect(e) | ProxyError::Upstream(e) => Some(&**e),
-            ProxyError::Timeout => None,
+            ProxyError::Connect(e) | ProxyError::Upstream(e) | ProxyError::RequestBody(e) => {
+                Some(&**e)
+            }
+            ProxyError::Timeout | ProxyError::RequestBodyTimeout => None,
         }
     }
 }
 
 /// The leaf HTTP/1 client: hyper-util's pooled client with a connect
 /// timeout and a timeout on response headers. Requests must carry an
-/// absolute URI ([`BalanceLayer`] rewrites them to one).
+/// absolute URI ([`BalanceLayer`](crate::balance::BalanceLayer) rewrites them to one).
 #[derive(Clone)]
 pub struct Forward {
     client: Client<HttpConnector, ProxyBody>,
@@ -242,17 +357,101 @@ impl Service<Request<ProxyBody>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        let watch = Arc::new(BodyWatch::new());
+        if req.body().kind_is_end_stream() {
+            // hyper never polls an empty body.
+            watch.sent.store(true, Ordering::Release);
+        }
+        req.body_mut().watch = Some(Arc::clone(&watch));
         let fut = self.client.request(req);
         let timeout = self.response_timeout;
         Box::pin(async move {
+            let classify = |e: hyper_util::client::legacy::Error| {
+                if watch.failed.load(Ordering::Acquire) {
+                    ProxyError::RequestBody(Box::new(e))
+                } else if e.is_connect() {
+                    ProxyError::Connect(Box::new(e))
+                } else {
+                    ProxyError::Upstream(Box::new(e))
+                }
+            };
+            let mut fut = std::pin::pin!(fut);
+            // While the request body is on its way, the clock is its idle
+            // time, not the response timeout: an upload may take longer
+            // than that, and the upstream cannot answer before it has the
+            // request (RFC 9110 §15.5.9: a client too slow to send its
+            // request gets 408, and it is not the upstream's failure).
+            let mut idle = Box::pin(tokio::time::sleep(timeout));
+            let phase = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Phase::Done(r));
+                }
+                watch.register(cx.waker());
+                if watch.ended() {
+                    return Poll::Ready(Phase::Sent);
+                }
+                loop {
+                    if idle.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let deadline = watch.last_progress() + timeout;
+                    if deadline <= tokio::time::Instant::now() {
+                        // Stalled: on the client when the body had nothing
+                        // to give, else on an upstream that stopped reading.
+                        return Poll::Ready(Phase::Stalled(
+                            if watch.waiting_on_client.load(Ordering::Acquire) {
+                                ProxyError::RequestBodyTimeout
+                            } else {
+                                ProxyError::Timeout
+                            },
+                        ));
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+            })
+            .await;
+            match phase {
+                Phase::Stalled(e) => return Err(e),
+                Phase::Done(r) => return r.map_err(classify),
+                Phase::Sent => {}
+            }
             match tokio::time::timeout(timeout, fut).await {
                 Err(_) => Err(ProxyError::Timeout),
-                Ok(Ok(res)) => Ok(res),
-                Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(Box::new(e))),
-                Ok(Err(e)) => Err(ProxyError::Upstream(Box::new(e))),
+                Ok(r) => r.map_err(classify),
             }
         })
+    }
+}
+
+/// Where an attempt stands once its request body is no longer the clock.
+enum Phase {
+    // The upstream answered (or failed) while the body was being sent.
+    Done(Result<Response<Incoming>, hyper_util::client::legacy::Error>),
+    // The body stalled: the client's fault or the upstream's.
+    Stalled(ProxyError),
+    // The body has ended (or failed); the response timeout starts.
+    Sent,
+}
+
+/// [`Rewrite`](crate::balance::Rewrite) over [`Forward`], which also tells
+/// the balancer which failures are the client's: those count against no
+/// upstream and are not retried.
+#[derive(Debug, Clone)]
+struct ToUpstream {
+    client: Forward,
+}
+
+impl Connect<Uri, ProxyBody> for ToUpstream {
+    type Service = Forward;
+
+    fn connect(&self, base: &Uri, mut req: Request<ProxyBody>) -> (Forward, Request<ProxyBody>) {
+        *req.uri_mut() = crate::balance::rewrite_uri(base, req.uri());
+        (self.client.clone(), req)
+    }
+
+    fn is_endpoint_failure(&self, error: &ProxyError) -> bool {
+        !error.is_client_fault()
     }
 }
 
@@ -260,8 +459,11 @@ impl Service<Request<ProxyBody>> for Forward {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForwardingHeaders {
-    /// `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
-    /// `X-Forwarded-Host` (replaced).
+    /// `X-Forwarded-For` (appended; a client's list is dropped when the
+    /// request has no [`ClientAddr`](crate::balance::ClientAddr), as there is
+    /// then no hop of ours to vouch for it), `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` (replaced). A client's `X-Forwarded-Host` never
+    /// reaches an upstream, in any mode.
     XForwarded,
     /// An element appended to `Forwarded` (RFC 7239):
     /// `for=…;host=…;proto=…`.
@@ -323,8 +525,11 @@ impl ProxyBuilder {
         self
     }
 
-    /// How long an upstream may take to send response headers (the
-    /// body then streams for as long as it takes). Default: 30 s.
+    /// How long an upstream may take to send response headers, counted
+    /// from the end of the request body (the response body then streams
+    /// for as long as it takes). Also the longest a request body may stall
+    /// while it streams: a client that sends nothing for that long gets
+    /// `408`, and no failure counts against the upstream. Default: 30 s.
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d;
         self
@@ -364,10 +569,11 @@ impl ProxyBuilder {
     /// runtime when used.
     pub fn build(self) -> ReverseProxy {
         let client = Forward::new(self.connect_timeout, self.response_timeout);
-        let balance = BalanceLayer::new(self.endpoints)
-            .key(self.key)
-            .retries(self.retries)
-            .layer(client);
+        let config = crate::balance::Config {
+            key: self.key,
+            retries: self.retries,
+        };
+        let balance = Balance::with_connect(self.endpoints, ToUpstream { client }, config);
         ReverseProxy {
             balance,
             settings: Arc::new(Settings {
@@ -384,7 +590,7 @@ impl ProxyBuilder {
 /// A balancing reverse proxy as one service; see the [module docs](self).
 #[derive(Clone)]
 pub struct ReverseProxy {
-    balance: Balance<Uri, Rewrite<Forward>>,
+    balance: Balance<Uri, ToUpstream>,
     settings: Arc<Settings>,
 }
 
@@ -453,6 +659,14 @@ where
                 Err(ProxyError::Timeout) => {
                     return Ok(status_response(StatusCode::GATEWAY_TIMEOUT))
                 }
+                // The client's own body failed or stalled, as in the
+                // buffered path below (RFC 9110 §15.5.1, §15.5.9).
+                Err(ProxyError::RequestBody(_)) => {
+                    return Ok(status_response(StatusCode::BAD_REQUEST))
+                }
+                Err(ProxyError::RequestBodyTimeout) => {
+                    return Ok(status_response(StatusCode::REQUEST_TIMEOUT))
+                }
                 Err(_) => return Ok(status_response(StatusCode::BAD_GATEWAY)),
             };
             let (mut parts, body) = res.into_parts();
@@ -504,6 +718,11 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        // `Host` is required in every HTTP/1.1 request (RFC 9112 §3.2) and
+        // names the target, so it is never the sender's to make hop-by-hop:
+        // `Connection: host` must not strip it (the upstream would see its
+        // own authority, or an attacker's `X-Forwarded-Host`).
+        .filter(|name| *name != header::HOST)
         .collect();
     for name in listed {
         headers.remove(name);
@@ -558,23 +777,31 @@ fn prepare_request(parts: &mut http::request::Parts, settings: &Settings) {
         parts.headers.insert(header::HOST, h.clone());
     }
     let peer: Option<IpAddr> = peer_addr(parts).map(|a| a.ip().to_canonical());
+    // Always ours, never the client's, whatever the forwarding mode: an
+    // `X-Forwarded-Host` passed through would let a client choose the host
+    // upstreams build absolute URLs from (cache poisoning, reset links).
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    parts.headers.remove(&xfh);
     match settings.forwarding {
         ForwardingHeaders::XForwarded => {
+            let xff = HeaderName::from_static("x-forwarded-for");
             if let Some(ip) = peer {
-                append_value(
-                    &mut parts.headers,
-                    HeaderName::from_static("x-forwarded-for"),
-                    &ip.to_string(),
-                );
+                // The client's list is kept and our hop appended: upstreams
+                // read it with their own trusted set, from the right
+                // (DESIGN.md "Balancing"), and the rightmost hop is ours.
+                append_value(&mut parts.headers, xff, &ip.to_string());
+            } else {
+                // With no socket peer there is no hop of ours to append, so
+                // the client's list would reach the upstream as if this
+                // proxy vouched for its rightmost entry: drop it.
+                parts.headers.remove(xff);
             }
             parts.headers.insert(
                 HeaderName::from_static("x-forwarded-proto"),
                 settings.proto.clone(),
             );
             if let Some(h) = &host {
-                parts
-                    .headers
-                    .insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+                parts.headers.insert(xfh, h.clone());
             }
         }
         ForwardingHeaders::Forwarded => {

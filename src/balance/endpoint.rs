@@ -287,6 +287,11 @@ pub(crate) struct Shared<T> {
     pub(crate) snapshot: ArcSwap<Snapshot<T>>,
     /// Every endpoint, drained ones included, in the order added.
     list: Mutex<List<T>>,
+    /// The generation of the list the snapshot was built from: snapshots
+    /// are built outside the list's lock (a strategy's `prepare` may take a
+    /// while, and ejections need that lock), so an older build finishing
+    /// late must not replace a newer one.
+    published: Mutex<u64>,
     pub(crate) strategy: Box<dyn Strategy>,
     pub(crate) health: PassiveHealth,
 }
@@ -294,6 +299,16 @@ pub(crate) struct Shared<T> {
 struct List<T> {
     entries: Vec<(Arc<EndpointState>, T)>,
     next_id: u64,
+    generation: u64,
+}
+
+/// What a snapshot is built from, copied under the list's lock.
+struct Draft<T> {
+    generation: u64,
+    states: Vec<Arc<EndpointState>>,
+    values: Vec<T>,
+    weights: Vec<u32>,
+    hashes: Vec<u64>,
 }
 
 impl<T> Shared<T> {
@@ -386,7 +401,9 @@ impl EndpointsBuilder {
                 list: Mutex::new(List {
                     entries: Vec::new(),
                     next_id: 0,
+                    generation: 0,
                 }),
+                published: Mutex::new(0),
                 strategy: self.strategy,
                 health: self.health,
             }),
@@ -440,7 +457,9 @@ impl<T: Clone> Endpoints<T> {
         list.next_id += 1;
         list.entries
             .push((Arc::new(EndpointState::new(id, name, weight)), value));
-        self.publish(&list);
+        let draft = Self::draft(&mut list);
+        drop(list);
+        self.publish(draft);
         Ok(id)
     }
 
@@ -453,7 +472,9 @@ impl<T: Clone> Endpoints<T> {
         list.entries.retain(|(s, _)| s.id != id);
         let found = list.entries.len() != before;
         if found {
-            self.publish(&list);
+            let draft = Self::draft(&mut list);
+            drop(list);
+            self.publish(draft);
         }
         found
     }
@@ -462,12 +483,14 @@ impl<T: Clone> Endpoints<T> {
     /// drains it. Returns whether it was there.
     #[allow(clippy::must_use_candidate)] // called for its effect
     pub fn set_weight(&self, id: EndpointId, weight: u32) -> bool {
-        let list = self.shared.lock_list();
+        let mut list = self.shared.lock_list();
         let Some((state, _)) = list.entries.iter().find(|(s, _)| s.id == id) else {
             return false;
         };
         state.weight.store(weight, Ordering::Relaxed);
-        self.publish(&list);
+        let draft = Self::draft(&mut list);
+        drop(list);
+        self.publish(draft);
         true
     }
 
@@ -488,27 +511,48 @@ impl<T: Clone> Endpoints<T> {
             .map(|(s, _)| s.id)
     }
 
-    fn publish(&self, list: &List<T>) {
+    /// Copies what the next snapshot needs, under the list's lock.
+    fn draft(list: &mut List<T>) -> Draft<T> {
+        list.generation += 1;
         let active: Vec<_> = list
             .entries
             .iter()
             .filter(|(s, _)| s.weight.load(Ordering::Relaxed) > 0)
             .collect();
-        let weights: Vec<u32> = active
-            .iter()
-            .map(|(s, _)| s.weight.load(Ordering::Relaxed))
-            .collect();
-        let hashes: Vec<u64> = active.iter().map(|(s, _)| s.hash).collect();
-        let prepared = self.shared.strategy.prepare(&weights, &hashes);
-        let snapshot = Snapshot {
+        Draft {
+            generation: list.generation,
+            weights: active
+                .iter()
+                .map(|(s, _)| s.weight.load(Ordering::Relaxed))
+                .collect(),
+            hashes: active.iter().map(|(s, _)| s.hash).collect(),
             states: active.iter().map(|(s, _)| Arc::clone(s)).collect(),
             values: active.iter().map(|(_, v)| v.clone()).collect(),
-            uniform: weights.windows(2).all(|w| w[0] == w[1]),
-            weights,
-            hashes,
+        }
+    }
+
+    /// Builds and stores a snapshot, outside the list's lock: a strategy's
+    /// `prepare` (a long weighted cycle, a Maglev table) must not stall
+    /// ejections, stats or other changes to the set.
+    fn publish(&self, draft: Draft<T>) {
+        let prepared = self.shared.strategy.prepare(&draft.weights, &draft.hashes);
+        let snapshot = Snapshot {
+            states: draft.states,
+            values: draft.values,
+            uniform: draft.weights.windows(2).all(|w| w[0] == w[1]),
+            weights: draft.weights,
+            hashes: draft.hashes,
             prepared,
         };
-        self.shared.snapshot.store(Arc::new(snapshot));
+        let mut published = self
+            .shared
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if draft.generation > *published {
+            *published = draft.generation;
+            self.shared.snapshot.store(Arc::new(snapshot));
+        }
     }
 }
 

@@ -145,6 +145,15 @@ where
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             };
+            // Not the endpoint's fault (the client's own body failed): no
+            // verdict on the endpoint, and no retry, since what failed
+            // would fail the same way anywhere. Dropping the attempt
+            // releases its in-flight count and gives back a trial.
+            if !this.inner.connect.is_endpoint_failure(&error) {
+                drop(this.attempt.take());
+                this.state.set(State::Done);
+                return Poll::Ready(Err(error));
+            }
             // The attempt failed before response headers.
             if let Some(attempt) = this.attempt.take() {
                 this.tried.push(attempt.state().id);

@@ -95,7 +95,7 @@ pub use strategy::{
     Candidates, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, RoundRobin, Strategy,
 };
 #[cfg(feature = "proxy")]
-pub(crate) use {retry::is_idempotent, service::rewrite_uri};
+pub(crate) use {retry::is_idempotent, service::rewrite_uri, service::Config};
 
 /// A `tracing` debug event when the `tracing` feature is on; nothing
 /// otherwise.

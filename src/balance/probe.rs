@@ -1,6 +1,8 @@
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::endpoint::{EndpointId, Endpoints};
@@ -84,7 +86,9 @@ impl ActiveProbes {
     }
 
     /// Starts probing every endpoint of `endpoints` (those added later
-    /// too) with `check`, until the returned handle is dropped.
+    /// too) with `check`, until the returned handle is dropped. Dropping it
+    /// also brings back every endpoint the probes had taken down: with
+    /// nothing left to bring them back, they would stay out for good.
     ///
     /// # Panics
     ///
@@ -96,7 +100,15 @@ impl ActiveProbes {
         Fut: Future<Output = bool> + Send + 'static,
     {
         let endpoints = endpoints.clone();
+        // Held while a verdict is written, and set by the handle's drop: a
+        // task aborted in the middle of a round cannot take an endpoint
+        // down after the drop has cleared the state.
+        let stopped = Arc::new(Mutex::new(false));
+        let task_stopped = Arc::clone(&stopped);
+        let task_endpoints = endpoints.clone();
         let task = tokio::spawn(async move {
+            let endpoints = task_endpoints;
+            let stopped = task_stopped;
             // (passes, failures) in a row, per endpoint.
             let mut streaks: HashMap<EndpointId, (u32, u32)> = HashMap::new();
             let mut ticker = tokio::time::interval(self.interval);
@@ -117,6 +129,10 @@ impl ActiveProbes {
                 for ((state, _), handle) in entries.iter().zip(checks) {
                     // A check that panicked counts as failed.
                     let ok = handle.await.unwrap_or(false);
+                    let gate = stopped.lock().unwrap_or_else(PoisonError::into_inner);
+                    if *gate {
+                        return;
+                    }
                     let streak = streaks.entry(state.id).or_insert((0, 0));
                     if ok {
                         *streak = (streak.0.saturating_add(1), 0);
@@ -137,19 +153,40 @@ impl ActiveProbes {
                 streaks.retain(|id, _| entries.iter().any(|(s, _)| s.id == *id));
             }
         });
-        ProbeHandle { task }
+        let clear = move || {
+            let mut stopped = stopped.lock().unwrap_or_else(PoisonError::into_inner);
+            *stopped = true;
+            for (state, _) in endpoints.entries() {
+                state.probe_down.store(false, Ordering::Release);
+            }
+        };
+        ProbeHandle {
+            task,
+            clear: Box::new(clear),
+        }
     }
 }
 
-/// Keeps active probes running; dropping it stops them.
-#[derive(Debug)]
+/// Keeps active probes running; dropping it stops them and clears their
+/// verdicts (every endpoint counts as probe-healthy again; passive health
+/// still applies).
 pub struct ProbeHandle {
     task: tokio::task::JoinHandle<()>,
+    clear: Box<dyn Fn() + Send + Sync>,
+}
+
+impl fmt::Debug for ProbeHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeHandle")
+            .field("task", &self.task)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for ProbeHandle {
     fn drop(&mut self) {
         self.task.abort();
+        (self.clear)();
     }
 }
 

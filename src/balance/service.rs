@@ -26,6 +26,16 @@ pub trait Connect<T, B> {
     /// The service for endpoint `target`, and the request as it should be
     /// sent there.
     fn connect(&self, target: &T, req: Request<B>) -> (Self::Service, Request<B>);
+
+    /// Whether `error`, from an attempt on an endpoint, is the endpoint's
+    /// fault. Only such errors count against its passive health and move
+    /// the request to another endpoint; any other (the client hung up in
+    /// the middle of its request body, say) ends the request as it is,
+    /// with the endpoint's record untouched. Default: every error is.
+    fn is_endpoint_failure(&self, error: &<Self::Service as Service<Request<B>>>::Error) -> bool {
+        let _ = error;
+        true
+    }
 }
 
 /// Endpoints are services: each attempt calls a clone of the chosen one.
@@ -46,7 +56,8 @@ where
 /// Endpoints are base URIs (`http://10.0.0.5:3000`, or with a path prefix
 /// `http://10.0.0.5:3000/app`); every attempt goes through one client
 /// service with its target rewritten to the chosen endpoint. The `Host`
-/// header is left as the request has it.
+/// header is left as the request has it. `OPTIONS *` keeps its
+/// asterisk-form target (RFC 9112 §3.2.4), whatever the base path.
 #[derive(Debug, Clone)]
 pub struct Rewrite<C> {
     client: C,
@@ -61,6 +72,13 @@ impl<C> Rewrite<C> {
 /// `base` + the request's path and query.
 pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
     let mut parts = base.clone().into_parts();
+    // `OPTIONS *` asks about the server as a whole, not a resource: the
+    // asterisk-form (RFC 9112 §3.2.4) goes through as is, never under the
+    // base path (`/app*` names nothing).
+    if uri.path() == "*" && uri.query().is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("*"));
+        return Uri::from_parts(parts).unwrap_or_else(|_| uri.clone());
+    }
     let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let base_path = base.path().trim_end_matches('/');
     let pq = if base_path.is_empty() {

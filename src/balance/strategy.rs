@@ -202,12 +202,14 @@ pub(crate) fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
     let mut current = vec![0i64; w.len()];
     let mut out = Vec::with_capacity(total as usize);
     for _ in 0..total {
+        // One pass per slot (raise every weight and find the first largest)
+        // rather than two: the build is O(cycle x n).
         let mut best = 0;
+        let mut best_current = i64::MIN;
         for (i, c) in current.iter_mut().enumerate() {
             *c += w[i] as i64;
-        }
-        for i in 1..current.len() {
-            if current[i] > current[best] {
+            if *c > best_current {
+                best_current = *c;
                 best = i;
             }
         }
