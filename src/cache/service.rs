@@ -587,7 +587,7 @@ where
                 Counters::bump(&job.shared.counters.coalesced);
                 tracing::debug!(key = %job.key, "waiting for a request in flight");
                 let waited_from = crate::date::monotonic_now();
-                match wait.await {
+                match wait.limit(Some(job.config.lock_timeout)).await {
                     Outcome::Stored => {
                         let found = lookup(
                             &job.shared,
@@ -657,6 +657,15 @@ where
                     }
                     // The leader's client hung up: take over.
                     Outcome::Abandoned => collapsed = Some(false),
+                    // The leader stalls: go alone, and store nothing, so
+                    // that every waiter timing out does not store the page
+                    // once more (the leader may still store it).
+                    Outcome::TimedOut => {
+                        tracing::debug!(key = %job.key, "lock timeout: forwarding alone");
+                        let member = job.config.fwd_member(job.fwd, None, false, Some(false));
+                        let req = Request::from_parts(job.parts, job.body);
+                        return pass(inner, req, member).await;
+                    }
                 }
             }
         }
@@ -1081,7 +1090,8 @@ where
     }
     job.req_cc = RequestDirectives::default();
     tracing::debug!(key = %job.key, "background refresh");
-    executor.execute(Box::pin(async move {
+    let limit = job.config.lock_timeout;
+    let refresh = async move {
         if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
             return; // the lead guard drops: a later request tries again
         }
@@ -1091,5 +1101,21 @@ where
             let mut body = std::pin::pin!(res.into_body());
             while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
         }
+    };
+    executor.execute(Box::pin(async move {
+        // No client waits on a refresh to hang up: a fetch or a body that
+        // never ends would hold the key's flight for good. Past the limit
+        // the refresh is dropped, and with it the lead: a later request
+        // fetches the page.
+        #[cfg(feature = "tokio")]
+        if tokio::runtime::Handle::try_current().is_ok() {
+            if tokio::time::timeout(limit, refresh).await.is_err() {
+                tracing::debug!("background refresh given up after the lock timeout");
+            }
+            return;
+        }
+        #[cfg(not(feature = "tokio"))]
+        let _ = limit;
+        refresh.await;
     }));
 }
