@@ -33,6 +33,7 @@ pub(crate) enum Outcome {
     Abandoned,
     /// This waiter's deadline passed first: it goes alone, storing
     /// nothing (the leader still may). Never set by a leader.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     TimedOut,
 }
 
@@ -173,6 +174,7 @@ impl Wait {
     /// Gives up waiting after `limit`. Needs tokio's timer: without the
     /// `tokio` feature, or outside a tokio runtime, the wait has no
     /// deadline.
+    #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
     pub(crate) fn limit(mut self, limit: Option<Duration>) -> Self {
         #[cfg(feature = "tokio")]
         if let Some(limit) = limit {
