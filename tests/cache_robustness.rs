@@ -39,6 +39,15 @@ fn full(b: impl Into<Bytes>) -> B {
         .boxed_unsync()
 }
 
+/// Five bytes, then an error.
+fn failing() -> B {
+    StreamBody::new(tokio_stream::iter(vec![
+        Ok(Frame::data(Bytes::from_static(b"12345"))),
+        Err(io::Error::other("render failed")),
+    ]))
+    .boxed_unsync()
+}
+
 /// A streamed body of unknown length fed by the returned sender.
 fn channel() -> (Tx, B) {
     let (tx, rx) = mpsc::channel(16);
@@ -248,4 +257,64 @@ async fn a_background_refresh_whose_body_never_ends_is_given_up() {
     assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
     assert_eq!(body(hit).await, "v3");
     STALLED.lock().unwrap().clear();
+}
+
+// Audit P2: an inner body that fails half-way ends the flight as a failure,
+// so the waiters follow the failure rule (one takes over once, then each
+// goes alone) rather than taking over one at a time. The origin's third
+// call waits until every request has reached it: one at a time, it never
+// would.
+async fn a_body_failing_half_way(declared: bool) {
+    let cache = ResponseCache::new();
+    let stats = cache.clone();
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&started);
+    let origin = Origin::new(move |n| {
+        let stats = stats.clone();
+        let seen = Arc::clone(&seen);
+        Box::pin(async move {
+            seen.fetch_add(1, SeqCst);
+            match n {
+                // The first leader fails once the 19 others wait for it.
+                0 => until("19 waiters", || stats.stats().coalesced >= 19).await,
+                // The one that takes over fails once the 18 others wait.
+                1 => until("18 more waiters", || stats.stats().coalesced >= 37).await,
+                _ => until("all 20 requests at the origin", || seen.load(SeqCst) >= 20).await,
+            }
+            let mut res = resp("max-age=60", failing());
+            if declared {
+                res.headers_mut()
+                    .insert("content-length", "10".parse().unwrap());
+            }
+            res
+        })
+    });
+    // No lock timeout: it would let stuck waiters go, hiding the order.
+    let svc = CacheLayer::new(cache.clone())
+        .lock_timeout(Duration::MAX)
+        .layer(origin);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = svc.oneshot(get("/err")).await.unwrap();
+            res.into_body().collect().await.is_err()
+        }));
+    }
+    for task in tasks {
+        let failed = guarded("a request for a failing page", task).await.unwrap();
+        assert!(failed, "the body's error reaches every client");
+    }
+    assert_eq!(started.load(SeqCst), 20);
+    assert_eq!(cache.stats().stores, 0, "nothing partial is stored");
+}
+
+#[tokio::test]
+async fn a_streamed_body_failing_half_way_fails_the_flight() {
+    a_body_failing_half_way(false).await;
+}
+
+#[tokio::test]
+async fn a_declared_body_failing_half_way_fails_the_flight() {
+    a_body_failing_half_way(true).await;
 }

@@ -889,9 +889,8 @@ where
             ))
         }
         Collected::Failed(buffered, error) => {
-            // Nothing partial is stored; dropping `pending` lets a waiter
-            // try again.
-            drop(pending);
+            // Nothing partial is stored; the flight failed.
+            pending.fail();
             head.headers.append(CACHE_STATUS, member(false));
             Ok(Response::from_parts(
                 head,

@@ -11,8 +11,8 @@ use super::handle::{Counters, Shared};
 use super::layer::Config;
 
 /// A storable response on its way: what is needed to store it once its
-/// body has ended. Dropped unfinished (the client hung up, the body
-/// failed), it stores nothing and its flight's waiters take over.
+/// body has ended. Dropped unfinished (the client hung up), it stores
+/// nothing and its flight's waiters take over.
 pub(crate) struct Pending {
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<Config>,
@@ -99,6 +99,17 @@ impl Pending {
             lead.finish(Outcome::Stored);
         }
         entry
+    }
+
+    /// The inner body failed: nothing partial is stored, and the flight
+    /// ends as a failure, so waiters follow its rule (one takes over, once,
+    /// then each goes alone) instead of taking over one by one as they do
+    /// from a leader whose client hung up.
+    pub(crate) fn fail(self) {
+        tracing::debug!(key = %self.key, "inner body failed: not stored");
+        if let Some(lead) = self.lead {
+            lead.finish(Outcome::Failed);
+        }
     }
 
     /// The body outgrew the cap: remember the key and let waiters go.
