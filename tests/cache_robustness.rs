@@ -318,3 +318,50 @@ async fn a_streamed_body_failing_half_way_fails_the_flight() {
 async fn a_declared_body_failing_half_way_fails_the_flight() {
     a_body_failing_half_way(true).await;
 }
+
+// Audit P3: a response heavier than the memory bound (though under
+// `max_body`) is not stored; it was counted as stored and waiters were told
+// to look it up. Now the key is remembered as uncacheable, so the next
+// round of requests goes to the origin side by side: the origin holds each
+// call of the second round until all 30 have arrived.
+#[tokio::test]
+async fn a_response_heavier_than_the_memory_bound_is_not_stored() {
+    let cache = ResponseCache::builder().max_bytes(20_000).build();
+    let stats = cache.clone();
+    let started = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&started);
+    let origin = Origin::new(move |n| {
+        let stats = stats.clone();
+        let seen = Arc::clone(&seen);
+        Box::pin(async move {
+            seen.fetch_add(1, SeqCst);
+            if n == 0 {
+                until("29 waiters", || stats.stats().coalesced >= 29).await;
+            } else if n >= 30 {
+                until("30 requests side by side", || seen.load(SeqCst) >= 60).await;
+            }
+            resp("max-age=60", full(vec![b'x'; 50_000]))
+        })
+    });
+    let svc = CacheLayer::new(cache.clone())
+        .lock_timeout(Duration::MAX)
+        .layer(origin);
+    for round in 0..2 {
+        let mut tasks = Vec::new();
+        for _ in 0..30 {
+            let svc = svc.clone();
+            tasks.push(tokio::spawn(async move {
+                let res = svc.oneshot(get("/big")).await.unwrap();
+                let status = cache_status(&res);
+                (status, res.into_body().collect().await.unwrap().to_bytes())
+            }));
+        }
+        for task in tasks {
+            let (status, body) = guarded("a request for a heavy page", task).await.unwrap();
+            assert_eq!(body.len(), 50_000);
+            assert!(!status.contains("stored"), "round {round}: {status}");
+        }
+    }
+    let stats = cache.stats();
+    assert_eq!((stats.stores, stats.entries), (0, 0), "{stats:?}");
+}

@@ -863,12 +863,12 @@ where
         Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
             pending.len = bytes.len();
             pending.chunks.push(bytes);
-            let entry = pending.store();
+            let (entry, stored) = pending.store();
             Ok(from_entry(
                 &entry,
                 false,
                 conditionals.as_ref(),
-                member(true),
+                member(stored),
                 crate::date::monotonic_now(),
             ))
         }
@@ -975,7 +975,11 @@ fn revalidated<B: Body>(
             // The variant stays the one it was.
             fresh.vary = entry.vary.clone();
             let fresh = Arc::new(fresh);
-            shared.store.insert(key, Arc::clone(&fresh));
+            if !shared.store.insert(key, Arc::clone(&fresh)) {
+                // The merged headers made it too heavy for the tier.
+                shared.store.remove_variant(key, entry);
+                return from_entry(&fresh, false, conditionals, member(false), now);
+            }
             shared.stored_l2(key, &fresh, None);
             Counters::bump(&shared.counters.revalidations);
             Counters::bump(&shared.counters.stores);

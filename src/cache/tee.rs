@@ -52,8 +52,10 @@ impl Pending {
         true
     }
 
-    /// Stores the complete response and wakes the flight's waiters.
-    pub(crate) fn store(self) -> Arc<Entry> {
+    /// Stores the complete response and wakes the flight's waiters; the
+    /// entry, and whether it was stored. One heavier than the memory tier
+    /// can hold is not: it is handled as a body too long to store.
+    pub(crate) fn store(self) -> (Arc<Entry>, bool) {
         let Pending {
             shared,
             config,
@@ -90,7 +92,16 @@ impl Pending {
             extra,
             config.strip_field.as_ref(),
         ));
-        shared.store.insert(&key, Arc::clone(&entry));
+        if !shared.store.insert(&key, Arc::clone(&entry)) {
+            // Waiters told `Stored` would find nothing and each fetch and
+            // fail to store it again: let them go, and later requests too.
+            shared.remember_uncacheable(&flight_key, config.uncacheable_for);
+            tracing::debug!(key = %key, bytes = entry.body.len(), "response too heavy to store");
+            if let Some(lead) = lead {
+                lead.finish(Outcome::NotStorable);
+            }
+            return (entry, false);
+        }
         shared.stored_l2(&key, &entry, lead.as_mut());
         shared.forget_uncacheable(&flight_key);
         Counters::bump(&shared.counters.stores);
@@ -98,7 +109,7 @@ impl Pending {
         if let Some(lead) = lead {
             lead.finish(Outcome::Stored);
         }
-        entry
+        (entry, true)
     }
 
     /// The inner body failed: nothing partial is stored, and the flight
