@@ -365,3 +365,63 @@ async fn a_response_heavier_than_the_memory_bound_is_not_stored() {
     let stats = cache.stats();
     assert_eq!((stats.stores, stats.entries), (0, 0), "{stats:?}");
 }
+
+// From reading: an entry read from the Redis tier went into memory without
+// the `max_body` check every response of this instance gets. An instance
+// with a smaller cap now fetches the page as if Redis had none, and keeps
+// nothing in memory.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_from_redis_longer_than_max_body_stays_out_of_memory() {
+    use tower_ssr::cache::RedisTier;
+    let url = match std::env::var("TOWER_SSR_REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            eprintln!("skipped: set TOWER_SSR_REDIS_URL to run the Redis tier tests");
+            return;
+        }
+    };
+    let namespace = format!(
+        "test-robust-max-body-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let origin = Origin::new(|_| Box::pin(async { resp("max-age=60", full(vec![b'x'; 30_000])) }));
+    let calls = Arc::clone(&origin.calls);
+    let instance = |max_body: usize| {
+        let tier = RedisTier::new(&url).unwrap().namespace(&namespace);
+        let cache = ResponseCache::builder().redis(tier).build();
+        let svc = CacheLayer::new(cache.clone())
+            .max_body(max_body)
+            .layer(origin.clone());
+        (cache, svc)
+    };
+    let (big, big_svc) = instance(1 << 20);
+    let (small, small_svc) = instance(10_000);
+    for cache in [&big, &small] {
+        assert!(
+            cache.redis_ready(GUARD).await,
+            "redis at {url} is not reachable"
+        );
+    }
+
+    let first = big_svc.oneshot(get("/long")).await.unwrap();
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    assert_eq!(body(first).await.len(), 30_000);
+    until("the write to reach redis", || big.stats().l2_writes == 1).await;
+
+    let other = small_svc.oneshot(get("/long")).await.unwrap();
+    let status = cache_status(&other);
+    assert_eq!(body(other).await.len(), 30_000);
+    assert!(
+        !status.contains("redis") && !status.contains("stored"),
+        "{status}"
+    );
+    let stats = small.stats();
+    assert_eq!((stats.entries, stats.stores), (0, 0), "{stats:?}");
+    assert_eq!(calls.load(SeqCst), 2);
+}

@@ -560,10 +560,26 @@ where
                                 &mut lead,
                             )
                             .await;
+                        // Another instance may store longer bodies than
+                        // this one: such an entry is not ours to keep (nor
+                        // to validate and keep), so the page is fetched as
+                        // if Redis had none, and found too long to store.
+                        let found =
+                            found.filter(|(entry, _)| entry.body.len() <= job.config.max_body);
                         match found {
                             Some((entry, Reuse::Fresh | Reuse::StaleAccepted)) => {
-                                job.shared.store.insert(&job.key, Arc::clone(&entry));
-                                lead.finish(Outcome::Stored);
+                                if job.shared.store.insert(&job.key, Arc::clone(&entry)) {
+                                    lead.finish(Outcome::Stored);
+                                } else {
+                                    // Too heavy for memory: waiters would
+                                    // find nothing; let them go, and later
+                                    // requests too.
+                                    job.shared.remember_uncacheable(
+                                        &job.flight_key,
+                                        job.config.uncacheable_for,
+                                    );
+                                    lead.finish(Outcome::NotStorable);
+                                }
                                 let now = crate::date::monotonic_now();
                                 return Ok(l2_hit(&job.config, &entry, &job.parts, now));
                             }
