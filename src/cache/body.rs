@@ -135,8 +135,12 @@ where
                             }
                         }
                     }
-                    // Nothing partial is stored: dropping gives up.
-                    Some(Err(_)) => drop(pending.take()),
+                    // Nothing partial is stored; the flight failed.
+                    Some(Err(_)) => {
+                        if let Some(p) = pending.take() {
+                            p.fail();
+                        }
+                    }
                     None => {
                         if let Some(p) = pending.take() {
                             p.store();

@@ -6,12 +6,19 @@
 //! hung up) the guard wakes every waiter with the outcome, and removes the
 //! key, so no waiter ever waits on a dead leader and no lock outlives its
 //! request. No async runtime is needed: wakers are kept by hand.
+//!
+//! A leader can also stall without ending (its body stops half-way while
+//! its client stays connected, or a background refresh with no client at
+//! all): a waiter then gives up after a deadline (with the `tokio` feature)
+//! and goes to the inner service alone, as nginx does after
+//! `proxy_cache_lock_timeout`.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 /// How a flight ended, as its waiters see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +31,10 @@ pub(crate) enum Outcome {
     Failed,
     /// The leader went away before an answer: one waiter takes over.
     Abandoned,
+    /// This waiter's deadline passed first: it goes alone, storing
+    /// nothing (the leader still may). Never set by a leader.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    TimedOut,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +75,8 @@ impl Flights {
             return Join::Wait(Wait {
                 flight: Arc::clone(flight),
                 slot: None,
+                #[cfg(feature = "tokio")]
+                deadline: None,
             });
         }
         let flight = Arc::new(Flight::default());
@@ -146,11 +159,33 @@ impl Drop for Lead {
     }
 }
 
-/// A waiter's future: resolves with the flight's outcome.
+/// A waiter's future: resolves with the flight's outcome, or
+/// [`Outcome::TimedOut`] once its deadline passes.
 #[derive(Debug)]
 pub(crate) struct Wait {
     flight: Arc<Flight>,
     slot: Option<usize>,
+    /// Boxed: only waiters pay for it.
+    #[cfg(feature = "tokio")]
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Wait {
+    /// Gives up waiting after `limit`. Needs tokio's timer: without the
+    /// `tokio` feature, or outside a tokio runtime, the wait has no
+    /// deadline.
+    #[cfg_attr(not(feature = "tokio"), allow(unused_mut))]
+    pub(crate) fn limit(mut self, limit: Option<Duration>) -> Self {
+        #[cfg(feature = "tokio")]
+        if let Some(limit) = limit {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.deadline = Some(Box::pin(tokio::time::sleep(limit)));
+            }
+        }
+        #[cfg(not(feature = "tokio"))]
+        let _ = limit;
+        self
+    }
 }
 
 impl Future for Wait {
@@ -170,6 +205,13 @@ impl Future for Wait {
             None => {
                 this.slot = Some(state.wakers.len());
                 state.wakers.push(Some(cx.waker().clone()));
+            }
+        }
+        drop(state);
+        #[cfg(feature = "tokio")]
+        if let Some(deadline) = &mut this.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Outcome::TimedOut);
             }
         }
         Poll::Pending
@@ -208,12 +250,28 @@ mod tests {
         let Join::Lead(lead) = flights.join("k") else {
             panic!("first join leads")
         };
-        let Join::Wait(mut wait) = flights.join("k") else {
+        let Join::Wait(wait) = flights.join("k") else {
             panic!("second join waits")
         };
+        let mut wait = wait.limit(None);
         assert!(poll_once(&mut wait).is_pending());
         lead.finish(Outcome::Stored);
         assert_eq!(poll_once(&mut wait), Poll::Ready(Outcome::Stored));
+        assert_eq!(flights.len(), 0);
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_deadline_and_the_leader_keeps_the_key() {
+        let flights = Arc::new(Flights::default());
+        let lead = flights.try_lead("k").unwrap();
+        let Join::Wait(wait) = flights.join("k") else {
+            panic!()
+        };
+        let outcome = wait.limit(Some(Duration::from_secs(5))).await;
+        assert_eq!(outcome, Outcome::TimedOut);
+        assert!(flights.try_lead("k").is_none(), "the leader still leads");
+        drop(lead);
         assert_eq!(flights.len(), 0);
     }
 

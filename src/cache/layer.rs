@@ -18,6 +18,9 @@ const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
 const DEFAULT_MAX_KEY: usize = 4096;
 /// How long a key whose response was not storable skips coalescing.
 const DEFAULT_UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
+/// How long a request waits for another one fetching the same key, and how
+/// long a background refresh may take (nginx's `proxy_cache_lock_timeout`).
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an entry with a validator is kept past its usable life, to be
 /// revalidated with a cheap 304 instead of fetched whole.
 const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(60);
@@ -46,6 +49,7 @@ pub(crate) struct Config {
     pub(crate) name: String,
     pub(crate) ignore_client_no_cache: bool,
     pub(crate) uncacheable_for: Duration,
+    pub(crate) lock_timeout: Duration,
     pub(crate) executor: Option<Arc<dyn Executor>>,
     /// A user-named targeted field, removed before responses leave.
     pub(crate) strip_field: Option<HeaderName>,
@@ -127,6 +131,7 @@ impl std::fmt::Debug for Config {
             .field("name", &self.name)
             .field("ignore_client_no_cache", &self.ignore_client_no_cache)
             .field("uncacheable_for", &self.uncacheable_for)
+            .field("lock_timeout", &self.lock_timeout)
             .field("executor", &self.executor.as_ref().map(|_| "dyn Executor"))
             .field("strip_field", &self.strip_field)
             .finish()
@@ -156,6 +161,7 @@ impl CacheLayer {
                 name: member_name("tower-ssr"),
                 ignore_client_no_cache: false,
                 uncacheable_for: DEFAULT_UNCACHEABLE_FOR,
+                lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 #[cfg(feature = "tokio")]
                 executor: Some(Arc::new(super::executor::TokioExecutor)),
                 #[cfg(not(feature = "tokio"))]
@@ -292,6 +298,23 @@ impl CacheLayer {
     #[must_use]
     pub fn uncacheable_for(mut self, duration: Duration) -> Self {
         self.config().uncacheable_for = duration;
+        self
+    }
+
+    /// How long a request waits for another request already fetching the
+    /// same key (default 5 s, as nginx's `proxy_cache_lock_timeout`), and
+    /// how long a `stale-while-revalidate` refresh may take, body
+    /// included. A waiter whose time is up goes to the inner service
+    /// itself and its response is not stored (the request it waited for
+    /// may still store its own); a refresh whose time is up is dropped and
+    /// a later request fetches the page. This bounds the wait behind a
+    /// render that stalls, a streamed body that stops half-way while its
+    /// client stays connected, or a refresh that never ends.
+    /// `Duration::MAX` waits as long as the other request lasts. Needs the `tokio` feature (and
+    /// a tokio runtime with its timer); without it there is no limit.
+    #[must_use]
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.config().lock_timeout = timeout;
         self
     }
 

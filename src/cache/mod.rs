@@ -49,6 +49,7 @@
 //! |---|---|---|
 //! | GET, fresh entry | answers from memory with `Age`; the client's `If-None-Match` / `If-Modified-Since` get a 304 | `hit; ttl=N` |
 //! | GET, nothing stored | one request per key goes inward, the others wait for it; a storable response is stored (up to [`max_body`](CacheLayer::max_body)), a streamed one as it passes to the first client; should that one fail (an error or a 5xx), one waiter takes over, once | `fwd=uri-miss; stored` (`fwd=uri-miss` while a streamed one is still passing; `; collapsed` for the waiters) |
+//! | GET, another request for the key stalls past [`lock_timeout`](CacheLayer::lock_timeout) (5 s) | the waiter goes inward alone, its response not stored; a `stale-while-revalidate` refresh past that limit is dropped | `fwd=uri-miss; collapsed=?0` |
 //! | GET, stored for other `Vary` values | as a miss; variants live side by side | `fwd=vary-miss` |
 //! | GET, stale or `no-cache` entry | revalidated inward with `If-None-Match` / `If-Modified-Since`; a 304 refreshes the stored headers and the stored body is sent | `fwd=stale; fwd-status=304; stored` |
 //! | GET, stale within `stale-while-revalidate` | served at once; one background refresh per key | `hit; ttl=-N` |

@@ -560,10 +560,26 @@ where
                                 &mut lead,
                             )
                             .await;
+                        // Another instance may store longer bodies than
+                        // this one: such an entry is not ours to keep (nor
+                        // to validate and keep), so the page is fetched as
+                        // if Redis had none, and found too long to store.
+                        let found =
+                            found.filter(|(entry, _)| entry.body.len() <= job.config.max_body);
                         match found {
                             Some((entry, Reuse::Fresh | Reuse::StaleAccepted)) => {
-                                job.shared.store.insert(&job.key, Arc::clone(&entry));
-                                lead.finish(Outcome::Stored);
+                                if job.shared.store.insert(&job.key, Arc::clone(&entry)) {
+                                    lead.finish(Outcome::Stored);
+                                } else {
+                                    // Too heavy for memory: waiters would
+                                    // find nothing; let them go, and later
+                                    // requests too.
+                                    job.shared.remember_uncacheable(
+                                        &job.flight_key,
+                                        job.config.uncacheable_for,
+                                    );
+                                    lead.finish(Outcome::NotStorable);
+                                }
                                 let now = crate::date::monotonic_now();
                                 return Ok(l2_hit(&job.config, &entry, &job.parts, now));
                             }
@@ -587,7 +603,7 @@ where
                 Counters::bump(&job.shared.counters.coalesced);
                 tracing::debug!(key = %job.key, "waiting for a request in flight");
                 let waited_from = crate::date::monotonic_now();
-                match wait.await {
+                match wait.limit(Some(job.config.lock_timeout)).await {
                     Outcome::Stored => {
                         let found = lookup(
                             &job.shared,
@@ -657,6 +673,15 @@ where
                     }
                     // The leader's client hung up: take over.
                     Outcome::Abandoned => collapsed = Some(false),
+                    // The leader stalls: go alone, and store nothing, so
+                    // that every waiter timing out does not store the page
+                    // once more (the leader may still store it).
+                    Outcome::TimedOut => {
+                        tracing::debug!(key = %job.key, "lock timeout: forwarding alone");
+                        let member = job.config.fwd_member(job.fwd, None, false, Some(false));
+                        let req = Request::from_parts(job.parts, job.body);
+                        return pass(inner, req, member).await;
+                    }
                 }
             }
         }
@@ -854,12 +879,12 @@ where
         Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
             pending.len = bytes.len();
             pending.chunks.push(bytes);
-            let entry = pending.store();
+            let (entry, stored) = pending.store();
             Ok(from_entry(
                 &entry,
                 false,
                 conditionals.as_ref(),
-                member(true),
+                member(stored),
                 crate::date::monotonic_now(),
             ))
         }
@@ -880,9 +905,8 @@ where
             ))
         }
         Collected::Failed(buffered, error) => {
-            // Nothing partial is stored; dropping `pending` lets a waiter
-            // try again.
-            drop(pending);
+            // Nothing partial is stored; the flight failed.
+            pending.fail();
             head.headers.append(CACHE_STATUS, member(false));
             Ok(Response::from_parts(
                 head,
@@ -967,7 +991,11 @@ fn revalidated<B: Body>(
             // The variant stays the one it was.
             fresh.vary = entry.vary.clone();
             let fresh = Arc::new(fresh);
-            shared.store.insert(key, Arc::clone(&fresh));
+            if !shared.store.insert(key, Arc::clone(&fresh)) {
+                // The merged headers made it too heavy for the tier.
+                shared.store.remove_variant(key, entry);
+                return from_entry(&fresh, false, conditionals, member(false), now);
+            }
             shared.stored_l2(key, &fresh, None);
             Counters::bump(&shared.counters.revalidations);
             Counters::bump(&shared.counters.stores);
@@ -1081,7 +1109,8 @@ where
     }
     job.req_cc = RequestDirectives::default();
     tracing::debug!(key = %job.key, "background refresh");
-    executor.execute(Box::pin(async move {
+    let limit = job.config.lock_timeout;
+    let refresh = async move {
         if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
             return; // the lead guard drops: a later request tries again
         }
@@ -1091,5 +1120,21 @@ where
             let mut body = std::pin::pin!(res.into_body());
             while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
         }
+    };
+    executor.execute(Box::pin(async move {
+        // No client waits on a refresh to hang up: a fetch or a body that
+        // never ends would hold the key's flight for good. Past the limit
+        // the refresh is dropped, and with it the lead: a later request
+        // fetches the page.
+        #[cfg(feature = "tokio")]
+        if tokio::runtime::Handle::try_current().is_ok() {
+            if tokio::time::timeout(limit, refresh).await.is_err() {
+                tracing::debug!("background refresh given up after the lock timeout");
+            }
+            return;
+        }
+        #[cfg(not(feature = "tokio"))]
+        let _ = limit;
+        refresh.await;
     }));
 }

@@ -112,8 +112,10 @@ impl Store {
     }
 
     /// Stores `entry` beside the other variants of `key`, replacing the one
-    /// it matches (same `Vary` values and user key).
-    pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) {
+    /// it matches (same `Vary` values and user key); whether it was stored
+    /// (not when the variants would outweigh the whole tier).
+    pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) -> bool {
+        let mut stored = false;
         self.map.entry_by_ref(key).and_compute_with(|current| {
             let mut list: Vec<Arc<Entry>> = Vec::new();
             if let Some(current) = current {
@@ -136,8 +138,10 @@ impl Store {
                 // after lookups had seen it.
                 return moka::ops::compute::Op::Nop;
             }
+            stored = true;
             moka::ops::compute::Op::Put(Arc::new(variants))
         });
+        stored
     }
 
     /// Drops one variant, if it is still the one stored.

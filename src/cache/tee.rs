@@ -11,8 +11,8 @@ use super::handle::{Counters, Shared};
 use super::layer::Config;
 
 /// A storable response on its way: what is needed to store it once its
-/// body has ended. Dropped unfinished (the client hung up, the body
-/// failed), it stores nothing and its flight's waiters take over.
+/// body has ended. Dropped unfinished (the client hung up), it stores
+/// nothing and its flight's waiters take over.
 pub(crate) struct Pending {
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<Config>,
@@ -52,8 +52,10 @@ impl Pending {
         true
     }
 
-    /// Stores the complete response and wakes the flight's waiters.
-    pub(crate) fn store(self) -> Arc<Entry> {
+    /// Stores the complete response and wakes the flight's waiters; the
+    /// entry, and whether it was stored. One heavier than the memory tier
+    /// can hold is not: it is handled as a body too long to store.
+    pub(crate) fn store(self) -> (Arc<Entry>, bool) {
         let Pending {
             shared,
             config,
@@ -90,7 +92,16 @@ impl Pending {
             extra,
             config.strip_field.as_ref(),
         ));
-        shared.store.insert(&key, Arc::clone(&entry));
+        if !shared.store.insert(&key, Arc::clone(&entry)) {
+            // Waiters told `Stored` would find nothing and each fetch and
+            // fail to store it again: let them go, and later requests too.
+            shared.remember_uncacheable(&flight_key, config.uncacheable_for);
+            tracing::debug!(key = %key, bytes = entry.body.len(), "response too heavy to store");
+            if let Some(lead) = lead {
+                lead.finish(Outcome::NotStorable);
+            }
+            return (entry, false);
+        }
         shared.stored_l2(&key, &entry, lead.as_mut());
         shared.forget_uncacheable(&flight_key);
         Counters::bump(&shared.counters.stores);
@@ -98,7 +109,18 @@ impl Pending {
         if let Some(lead) = lead {
             lead.finish(Outcome::Stored);
         }
-        entry
+        (entry, true)
+    }
+
+    /// The inner body failed: nothing partial is stored, and the flight
+    /// ends as a failure, so waiters follow its rule (one takes over, once,
+    /// then each goes alone) instead of taking over one by one as they do
+    /// from a leader whose client hung up.
+    pub(crate) fn fail(self) {
+        tracing::debug!(key = %self.key, "inner body failed: not stored");
+        if let Some(lead) = self.lead {
+            lead.finish(Outcome::Failed);
+        }
     }
 
     /// The body outgrew the cap: remember the key and let waiters go.
