@@ -14,14 +14,13 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
-use common::{send, Seen};
+use common::{send, serve_proxy, Seen};
 use http::Request;
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
-use tower::Service;
 use tower_ssr::balance::{
-    ClientAddr, Endpoints, Key, LeastInFlight, PassiveHealth, PowerOfTwo, Rendezvous, Retries,
-    RoundRobin, TrustedProxies,
+    Endpoints, Key, LeastInFlight, PassiveHealth, PowerOfTwo, Rendezvous, Retries, RoundRobin,
+    TrustedProxies,
 };
 use tower_ssr::proxy::ReverseProxy;
 
@@ -87,32 +86,6 @@ async fn serve_app(addr: SocketAddr, app: Router, hits: Arc<AtomicUsize>) -> Ups
 
 async fn upstream(name: &'static str) -> Upstream {
     upstream_on("127.0.0.1:0".parse().unwrap(), name, Duration::ZERO).await
-}
-
-/// Serves a proxy on 127.0.0.1:0 the way examples/proxy.rs does.
-async fn serve_proxy(proxy: ReverseProxy) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let proxy = proxy.clone();
-            let handler =
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    let mut proxy = proxy.clone();
-                    async move { proxy.call(req).await }
-                });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 fn set_of<S: tower_ssr::balance::Strategy>(strategy: S, ups: &[&Upstream]) -> Endpoints<Uri> {

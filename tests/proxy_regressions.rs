@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::serve_proxy;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -120,32 +122,6 @@ async fn dropping_the_handle_brings_back_what_the_probes_took_down() {
     // And nothing takes it down again.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(set.stats_of(a).unwrap().probe_healthy);
-}
-
-/// Serves a proxy on 127.0.0.1:0 the way examples/proxy.rs does.
-async fn serve_proxy(proxy: ReverseProxy) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let proxy = proxy.clone();
-            let handler =
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    let mut proxy = proxy.clone();
-                    async move { proxy.call(req).await }
-                });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// Sends raw bytes and reads the answer to the end (the request says
