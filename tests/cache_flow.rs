@@ -215,10 +215,8 @@ fn streaming_origin(cc: &'static str) -> (Router, mpsc::Sender<Bytes>) {
 
 use tokio_stream::StreamExt as _;
 
-#[tokio::test]
-async fn uncacheable_responses_stream_through_unbuffered() {
-    let (app, tx) = streaming_origin("no-store");
-    let addr = serve(app.layer(CacheLayer::new(ResponseCache::new()))).await;
+/// GETs `/stream` and returns its body once the head has arrived (a miss).
+async fn open_stream(addr: std::net::SocketAddr) -> hyper::body::Incoming {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let res = client
         .request(
@@ -229,15 +227,32 @@ async fn uncacheable_responses_stream_through_unbuffered() {
         .await
         .unwrap();
     assert_eq!(res.headers()["cache-status"], "tower-ssr; fwd=uri-miss");
-    let mut body = res.into_body();
-    tx.send(Bytes::from_static(b"first")).await.unwrap();
-    // The first bytes arrive while the origin still holds the rest.
-    let frame = tokio::time::timeout(GUARD, body.frame())
+    res.into_body()
+}
+
+/// The next data frame, within the hang guard.
+async fn next_data<B>(body: &mut B) -> Bytes
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    tokio::time::timeout(GUARD, body.frame())
         .await
         .unwrap()
         .unwrap()
-        .unwrap();
-    assert_eq!(frame.into_data().unwrap(), "first");
+        .unwrap()
+        .into_data()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn uncacheable_responses_stream_through_unbuffered() {
+    let (app, tx) = streaming_origin("no-store");
+    let addr = serve(app.layer(CacheLayer::new(ResponseCache::new()))).await;
+    let mut body = open_stream(addr).await;
+    tx.send(Bytes::from_static(b"first")).await.unwrap();
+    // The first bytes arrive while the origin still holds the rest.
+    assert_eq!(next_data(&mut body).await, "first");
     tx.send(Bytes::from_static(b"second")).await.unwrap();
     drop(tx);
     let rest = tokio::time::timeout(GUARD, body.collect())
@@ -520,24 +535,9 @@ async fn storable_streamed_response_reaches_the_client_before_it_ends_and_is_sto
     let (app, tx) = streaming_origin("max-age=60");
     let cache = ResponseCache::new();
     let addr = serve(app.layer(CacheLayer::new(cache.clone()))).await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let res = client
-        .request(
-            Request::get(format!("http://{addr}/stream"))
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.headers()["cache-status"], "tower-ssr; fwd=uri-miss");
-    let mut body = res.into_body();
+    let mut body = open_stream(addr).await;
     tx.send(Bytes::from_static(b"<head>")).await.unwrap();
-    let frame = tokio::time::timeout(GUARD, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(frame.into_data().unwrap(), "<head>");
+    assert_eq!(next_data(&mut body).await, "<head>");
     assert_eq!(cache.stats().stores, 0, "not stored before the end");
     tx.send(Bytes::from_static(b"<body>")).await.unwrap();
     drop(tx);
@@ -582,12 +582,7 @@ async fn client_hanging_up_mid_stream_stores_nothing_and_frees_the_key() {
     let tx = senders.lock().unwrap()[0].clone();
     tx.send(Bytes::from_static(b"part")).await.unwrap();
     let mut body = res.into_body();
-    let frame = tokio::time::timeout(GUARD, body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(frame.into_data().unwrap(), "part");
+    assert_eq!(next_data(&mut body).await, "part");
     drop(body); // the client hangs up
     drop(tx);
     // The next request finds no entry and no stuck flight.
