@@ -92,6 +92,55 @@ impl fmt::Display for AuthorityError {
 
 impl std::error::Error for AuthorityError {}
 
+/// What [`check`] found, borrowed from the request.
+enum Found<'a> {
+    /// HTTP/1.0 with neither `Host` nor an absolute-form target.
+    Absent,
+    /// `Host` is one line and already exactly the authority.
+    Exact,
+    /// `Host` must be set to these bytes, lowercased.
+    Rewrite(&'a [u8]),
+}
+
+/// The rules of the module docs, without allocating.
+fn check(parts: &Parts) -> Result<Found<'_>, AuthorityError> {
+    let mut lines = parts.headers.get_all(HOST).iter();
+    let host = match (lines.next(), lines.next()) {
+        (Some(_), Some(_)) => return Err(AuthorityError::SeveralHosts),
+        (h, _) => h.map(HeaderValue::as_bytes),
+    };
+    // A Host line must be valid even where the target's authority wins
+    // (RFC 9112 §3.2: "a Host header field with an invalid field value").
+    if host.is_some_and(|h| !is_valid(h)) {
+        return Err(AuthorityError::Invalid);
+    }
+    let lower = |b: &[u8]| !b.iter().any(u8::is_ascii_uppercase);
+    match parts.uri.authority() {
+        Some(target) => {
+            let target = target.as_str().as_bytes();
+            if !is_valid(target) {
+                return Err(AuthorityError::Invalid);
+            }
+            if parts.version == Version::HTTP_2
+                && host.is_some_and(|h| !h.eq_ignore_ascii_case(target))
+            {
+                return Err(AuthorityError::Conflict);
+            }
+            Ok(if host == Some(target) && lower(target) {
+                Found::Exact
+            } else {
+                Found::Rewrite(target)
+            })
+        }
+        None => match host {
+            Some(h) if lower(h) => Ok(Found::Exact),
+            Some(h) => Ok(Found::Rewrite(h)),
+            None if parts.version <= Version::HTTP_10 => Ok(Found::Absent),
+            None => Err(AuthorityError::MissingHost),
+        },
+    }
+}
+
 /// The request's one authority, validated and lowercased, without changing
 /// the request; see the [module docs](self) for the rules.
 ///
@@ -102,72 +151,57 @@ impl std::error::Error for AuthorityError {}
 ///
 /// An [`AuthorityError`] when the request must be answered `400`.
 pub fn resolve(parts: &Parts) -> Result<Option<Authority>, AuthorityError> {
-    let mut lines = parts.headers.get_all(HOST).iter();
-    let host = match (lines.next(), lines.next()) {
-        (Some(_), Some(_)) => return Err(AuthorityError::SeveralHosts),
-        (h, _) => h,
+    let raw = match check(parts)? {
+        Found::Absent => return Ok(None),
+        Found::Rewrite(raw) => raw,
+        Found::Exact => parts.headers.get(HOST).map_or(&b""[..], HeaderValue::as_bytes),
     };
-    // A Host line must be valid even where the target's authority wins
-    // (RFC 9112 §3.2: "a Host header field with an invalid field value").
-    let host = host.map(|h| canonical(h.as_bytes())).transpose()?;
-    match parts.uri.authority() {
-        Some(target) => {
-            let target = canonical(target.as_str().as_bytes())?;
-            if parts.version == Version::HTTP_2 {
-                if let Some(h) = &host {
-                    if *h != target {
-                        return Err(AuthorityError::Conflict);
-                    }
-                }
-            }
-            Ok(Some(target))
-        }
-        None => match host {
-            Some(h) => Ok(Some(h)),
-            None if parts.version <= Version::HTTP_10 => Ok(None),
-            None => Err(AuthorityError::MissingHost),
-        },
-    }
+    let bytes = Bytes::from(raw.to_ascii_lowercase());
+    Authority::from_maybe_shared(bytes)
+        .map(Some)
+        .map_err(|_| AuthorityError::Invalid)
 }
 
-/// [`resolve`], then makes the request carry it: `Host` is set to the
-/// authority (a single line, lowercased) unless it already is exactly that.
-/// The target URI is left alone (an absolute-form URI already names the
-/// same authority).
+/// Makes the request carry its one authority in `Host`, validated and
+/// lowercased (one line), and says whether it has one; see the
+/// [module docs](self) for the rules. `Host` is only rewritten when it is
+/// not already exactly that text, so the common request costs a scan of
+/// its `Host` and no allocation. The target URI is left alone (an
+/// absolute-form URI already names the same authority).
+///
+/// Returns `Ok(false)` only for an HTTP/1.0 request with neither `Host` nor
+/// an absolute-form target.
 ///
 /// Idempotent: calling it again on its own output changes nothing, so a
-/// proxy under a cache may validate again at little cost.
+/// proxy under a cache validates again at little cost.
+///
+/// # Errors
+///
+/// As [`resolve`]; the request is then left unchanged.
+pub fn normalize_host(parts: &mut Parts) -> Result<bool, AuthorityError> {
+    let value = match check(parts)? {
+        Found::Absent => return Ok(false),
+        Found::Exact => return Ok(true),
+        Found::Rewrite(raw) => HeaderValue::from_bytes(&raw.to_ascii_lowercase()),
+    };
+    // Valid authorities are visible ASCII, so this cannot fail.
+    let value = value.map_err(|_| AuthorityError::Invalid)?;
+    parts.headers.insert(HOST, value);
+    Ok(true)
+}
+
+/// [`normalize_host`], returning the authority itself (one allocation
+/// more).
 ///
 /// # Errors
 ///
 /// As [`resolve`]; the request is then left unchanged.
 pub fn normalize(parts: &mut Parts) -> Result<Option<Authority>, AuthorityError> {
-    let authority = resolve(parts)?;
-    if let Some(a) = &authority {
-        let same = parts
-            .headers
-            .get(HOST)
-            .is_some_and(|h| h.as_bytes() == a.as_str().as_bytes());
-        if !same {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(HOST, v);
-            }
-        }
-    }
-    Ok(authority)
-}
-
-/// Validates `uri-host [ ":" port ]` and returns it lowercased.
-fn canonical(raw: &[u8]) -> Result<Authority, AuthorityError> {
-    if !is_valid(raw) {
-        return Err(AuthorityError::Invalid);
-    }
-    let bytes = if raw.iter().any(u8::is_ascii_uppercase) {
-        Bytes::from(raw.to_ascii_lowercase())
+    if normalize_host(parts)? {
+        resolve(parts)
     } else {
-        Bytes::copy_from_slice(raw)
-    };
-    Authority::from_maybe_shared(bytes).map_err(|_| AuthorityError::Invalid)
+        Ok(None)
+    }
 }
 
 /// RFC 3986 §3.2.2 / §3.2.3 without userinfo; empty hosts refused (RFC 9110

@@ -107,6 +107,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod authority;
+pub mod limits;
 
 #[cfg(feature = "cache-control")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
