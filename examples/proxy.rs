@@ -355,8 +355,10 @@ mod tests {
         assert_eq!(a.weights, Some(vec![1, 2]));
         assert_eq!(a.cache_mb, Some(64));
         assert_eq!(a.timeout, tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT);
-        let a = args("--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1500 --timeout 2500")
-            .unwrap();
+        let a = args(
+            "--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1500 --timeout 2500",
+        )
+        .unwrap();
         assert_eq!(a.connect_timeout, Duration::from_millis(1500));
         assert_eq!(a.timeout, Duration::from_millis(2500));
         assert_eq!(

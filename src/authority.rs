@@ -154,7 +154,10 @@ pub fn resolve(parts: &Parts) -> Result<Option<Authority>, AuthorityError> {
     let raw = match check(parts)? {
         Found::Absent => return Ok(None),
         Found::Rewrite(raw) => raw,
-        Found::Exact => parts.headers.get(HOST).map_or(&b""[..], HeaderValue::as_bytes),
+        Found::Exact => parts
+            .headers
+            .get(HOST)
+            .map_or(&b""[..], HeaderValue::as_bytes),
     };
     let bytes = Bytes::from(raw.to_ascii_lowercase());
     Authority::from_maybe_shared(bytes)

@@ -69,10 +69,7 @@ impl HeaderLimits {
     /// means answer `431 Request Header Fields Too Large`.
     #[must_use]
     pub fn allows(&self, parts: &Parts) -> bool {
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or(0, |pq| pq.as_str().len());
+        let target = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         let mut total = target;
         for (name, value) in &parts.headers {
             let line = name.as_str().len() + 2 + value.len();

@@ -111,8 +111,7 @@ use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use crate::balance::{
-    peer_addr, Balance, Connect, Endpoints, Key, ReplayBody, ResponseBody, Retries,
-    TrustedProxies,
+    peer_addr, Balance, Connect, Endpoints, Key, ReplayBody, ResponseBody, Retries, TrustedProxies,
 };
 use crate::limits::HeaderLimits;
 
@@ -863,7 +862,13 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("trailers"))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
 }
 
 /// Readies a request for an upstream: one validated authority in `Host`,

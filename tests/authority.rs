@@ -81,10 +81,7 @@ fn echo_app(heads: Heads) -> Router {
             for (k, v) in &headers {
                 page.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
             }
-            (
-                [("cache-control", "public, max-age=60")],
-                page,
-            )
+            ([("cache-control", "public, max-age=60")], page)
         }
     };
     Router::new()
@@ -171,7 +168,10 @@ async fn the_absolute_form_authority_wins_and_nothing_is_stored_under_another_ho
         )
         .await;
         assert_eq!(status(&poison), "200", "{name}: {poison}");
-        assert!(body(&poison).contains("host=victim.test"), "{name}: {poison}");
+        assert!(
+            body(&poison).contains("host=victim.test"),
+            "{name}: {poison}"
+        );
         assert!(!body(&poison).contains("evil.test"), "{name}: {poison}");
         // The next ordinary visitor of victim.test: a hit, rendered for
         // victim.test.
@@ -181,7 +181,9 @@ async fn the_absolute_form_authority_wins_and_nothing_is_stored_under_another_ho
         )
         .await;
         assert!(
-            header(&visitor, "cache-status").unwrap_or("").contains("hit"),
+            header(&visitor, "cache-status")
+                .unwrap_or("")
+                .contains("hit"),
             "{name}: {visitor}"
         );
         assert!(!visitor.contains("evil.test"), "{name}: {visitor}");
@@ -251,7 +253,9 @@ async fn http10_without_host_is_served_but_never_stored() {
             let answer = raw(addr, "GET /home HTTP/1.0\r\n\r\n").await;
             assert_eq!(status(&answer), "200", "{name}: {answer}");
             assert!(
-                !header(&answer, "cache-status").unwrap_or("").contains("hit"),
+                !header(&answer, "cache-status")
+                    .unwrap_or("")
+                    .contains("hit"),
                 "{name}: {answer}"
             );
         }
@@ -262,7 +266,10 @@ async fn http10_without_host_is_served_but_never_stored() {
             "GET /home HTTP/1.1\r\nHost: victim.test\r\nConnection: close\r\n\r\n",
         )
         .await;
-        assert!(body(&answer).contains("host=victim.test"), "{name}: {answer}");
+        assert!(
+            body(&answer).contains("host=victim.test"),
+            "{name}: {answer}"
+        );
     }
 }
 
@@ -315,7 +322,11 @@ async fn a_proxy_alone_refuses_bad_hosts_and_rewrites_host_to_the_target() {
     .await;
     assert!(body(&answer).contains("host=victim.test"), "{answer}");
     assert!(!answer.contains("evil.test"), "{answer}");
-    for bad in ["Host: a.test\r\nHost: b.test\r\n", "", "Host: victim.test/admin\r\n"] {
+    for bad in [
+        "Host: a.test\r\nHost: b.test\r\n",
+        "",
+        "Host: victim.test/admin\r\n",
+    ] {
         let answer = raw(
             addr,
             &format!("GET /home HTTP/1.1\r\n{bad}Connection: close\r\n\r\n"),
@@ -402,7 +413,12 @@ async fn a_header_line_or_section_over_the_limit_gets_431() {
         &format!("GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
     )
     .await;
-    assert_eq!(status(&answer), "431", "{}", &answer[..answer.len().min(200)]);
+    assert_eq!(
+        status(&answer),
+        "431",
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
     // Many lines under the line limit, over the section limit.
     let line = "y".repeat(10_000);
     let many: String = (0..8).map(|i| format!("X-Part-{i}: {line}\r\n")).collect();
@@ -411,7 +427,12 @@ async fn a_header_line_or_section_over_the_limit_gets_431() {
         &format!("GET / HTTP/1.1\r\nHost: a.test\r\n{many}Connection: close\r\n\r\n"),
     )
     .await;
-    assert_eq!(status(&answer), "431", "{}", &answer[..answer.len().min(200)]);
+    assert_eq!(
+        status(&answer),
+        "431",
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
     assert!(heads.lock().unwrap().is_empty());
     // Configurable: a tighter line limit refuses what the default allows.
     let tight = ReverseProxy::builder(set)
@@ -478,5 +499,9 @@ async fn an_upstream_that_accepts_and_never_answers_is_ejected() {
         let answer = raw(addr, req).await;
         assert_eq!(status(&answer), "200", "{answer}");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), before, "picked while ejected");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before,
+        "picked while ejected"
+    );
 }

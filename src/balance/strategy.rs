@@ -735,7 +735,10 @@ impl Strategy for Maglev {
             // the others with four endpoints), a fresh draw hands them out
             // by table share, that is by weight.
             let slot = below(
-                mum(key ^ (k as u64).wrapping_mul(0xa076_1d64_78bd_642f), 0x9e37_79b9_7f4a_7c15),
+                mum(
+                    key ^ (k as u64).wrapping_mul(0xa076_1d64_78bd_642f),
+                    0x9e37_79b9_7f4a_7c15,
+                ),
                 table.len(),
             );
             let i = table[slot] as usize;
@@ -1031,8 +1034,8 @@ pub(crate) mod tests {
 
     /// Ejects endpoint `i` of the fixture for an hour.
     fn eject(f: &Fixture, i: usize) {
-        let health =
-            crate::balance::PassiveHealth::new().base_ejection(std::time::Duration::from_secs(3600));
+        let health = crate::balance::PassiveHealth::new()
+            .base_ejection(std::time::Duration::from_secs(3600));
         f.states[i].eject_for(&health);
     }
 
@@ -1086,12 +1089,17 @@ pub(crate) mod tests {
         let strategies: [(&str, Box<dyn Strategy>); 4] = [
             ("rendezvous", Box::new(Rendezvous::new())),
             ("maglev", Box::new(Maglev::new())),
-            ("rendezvous bounded", Box::new(Rendezvous::new().bounded_load(1.25))),
+            (
+                "rendezvous bounded",
+                Box::new(Rendezvous::new().bounded_load(1.25)),
+            ),
             ("maglev bounded", Box::new(Maglev::new().bounded_load(1.25))),
         ];
         for (name, s) in strategies {
             let f = Fixture::new(&*s, &[1, 1, 1, 1]);
-            let keys: Vec<u64> = (0..4000u64).map(|k| mum(k, 0x9e37_79b9_7f4a_7c15)).collect();
+            let keys: Vec<u64> = (0..4000u64)
+                .map(|k| mum(k, 0x9e37_79b9_7f4a_7c15))
+                .collect();
             let before: Vec<usize> = keys
                 .iter()
                 .map(|&k| s.pick(&f.candidates(Some(k), &[])).unwrap())
