@@ -556,6 +556,10 @@ impl fmt::Debug for ProxyBuilder {
 
 impl ProxyBuilder {
     /// What consistent-hashing strategies hash. Default: [`Key::none`].
+    ///
+    /// The key reads the request after this proxy removed the forwarding
+    /// headers of untrusted peers: with [`Key::client_ip`], pass the same
+    /// [`TrustedProxies`] to [`trusted_proxies`](Self::trusted_proxies).
     pub fn key(mut self, key: Key) -> Self {
         self.key = key;
         self
