@@ -5,7 +5,8 @@
 //!     --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
 //!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
-//!     [--trust CIDR]... [--probe /healthz] [--threads N]
+//!     [--trust CIDR]... [--probe /healthz] [--threads N] \
+//!     [--connect-timeout MS] [--timeout MS]
 //! ```
 //!
 //! It forwards every method and path, streams bodies both ways and returns
@@ -44,6 +45,10 @@ struct Args {
     /// Runtime threads; 1 runs a single-threaded runtime (nginx's model of
     /// one worker per core).
     threads: usize,
+    /// Connect timeout to an upstream.
+    connect_timeout: Duration,
+    /// Time to response headers from an upstream.
+    timeout: Duration,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -56,6 +61,8 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut trust = Vec::new();
     let mut probe = None;
     let mut threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut connect_timeout = tower_ssr::proxy::DEFAULT_CONNECT_TIMEOUT;
+    let mut timeout = tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT;
     let mut it = argv;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -100,6 +107,20 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("--threads {v}: expected a count"))?;
             }
+            "--connect-timeout" | "--timeout" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("{flag} {v}: expected milliseconds"))?;
+                let d = Duration::from_millis(ms);
+                if flag == "--timeout" {
+                    timeout = d;
+                } else {
+                    connect_timeout = d;
+                }
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -136,6 +157,8 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         trust,
         probe,
         threads,
+        connect_timeout,
+        timeout,
     })
 }
 
@@ -163,7 +186,8 @@ fn strategy_and_key(
 
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
-[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N]";
+[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] \
+[--connect-timeout MS] [--timeout MS]";
 
 fn main() {
     let args = match parse(std::env::args().skip(1)) {
@@ -198,7 +222,7 @@ fn main() {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let trusted = TrustedProxies::try_new(&args.trust)?;
-    let (make_set, key) = strategy_and_key(&args.strategy, trusted)?;
+    let (make_set, key) = strategy_and_key(&args.strategy, trusted.clone())?;
     let upstreams = make_set();
     for (i, uri) in args.upstreams.iter().enumerate() {
         let weight = args.weights.as_ref().map_or(1, |w| w[i]);
@@ -209,17 +233,26 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .interval(Duration::from_secs(5))
             .spawn(&upstreams, http_check(path))
     });
-    let proxy = ReverseProxy::builder(upstreams).key(key).build();
+    // The proxy believes forwarding headers only from --trust peers, and
+    // answers 431 to a header line over 16 KiB or a section over 64 KiB.
+    let proxy = ReverseProxy::builder(upstreams)
+        .key(key)
+        .trusted_proxies(trusted)
+        .connect_timeout(args.connect_timeout)
+        .response_timeout(args.timeout)
+        .build();
 
     // The cache (on by default) is a pure RFC 9111 shared cache: it stores
-    // what the upstreams' own headers allow and injects no policy.
+    // what the upstreams' own headers allow and injects no policy. With
+    // --trust, forwarding headers pass it for the proxy to judge by peer.
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     match args.cache_mb {
         Some(mb) => {
             let cache = ResponseCache::builder()
                 .max_bytes(mb.saturating_mul(1 << 20))
                 .build();
-            serve(listener, CacheLayer::new(cache).layer(proxy)).await
+            let layer = CacheLayer::new(cache).trust_forwarding_headers(!args.trust.is_empty());
+            serve(listener, layer.layer(proxy)).await
         }
         None => serve(listener, proxy).await,
     }
@@ -264,6 +297,11 @@ where
                 let conn = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
+                    // hyper answers 431 itself past this read buffer (the
+                    // proxy's own limit, 64 KiB of headers, comes first);
+                    // at most 100 header lines (hyper's default).
+                    .max_buf_size(128 * 1024)
+                    .max_headers(100)
                     .serve_connection(TokioIo::new(stream), handler);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -316,6 +354,13 @@ mod tests {
         assert_eq!(a.upstreams.len(), 2);
         assert_eq!(a.weights, Some(vec![1, 2]));
         assert_eq!(a.cache_mb, Some(64));
+        assert_eq!(a.timeout, tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT);
+        let a = args(
+            "--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1500 --timeout 2500",
+        )
+        .unwrap();
+        assert_eq!(a.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(a.timeout, Duration::from_millis(2500));
         assert_eq!(
             args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache")
                 .unwrap()
@@ -342,6 +387,8 @@ mod tests {
         );
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb lots").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --threads 0").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --timeout 0").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1s").is_err());
         assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
         assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
     }

@@ -28,6 +28,10 @@
 //! purge, stats), then [`cache::CacheLayer`] (the middleware and its
 //! options).
 //!
+//! Both the cache and the proxy take the request's authority from one
+//! validated source, [`authority::normalize`] (RFC 9112 §3.2), and answer
+//! `400` when there is none.
+//!
 //! For balancing: [`balance::Endpoints`] (the set and its health),
 //! [`balance::Strategy`] and its built-ins, [`balance::Balance`] /
 //! [`balance::BalanceLayer`] (the middleware), then [`proxy::ReverseProxy`]
@@ -101,6 +105,9 @@
 //! [hyper]: https://docs.rs/hyper
 //! [Tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod authority;
+pub mod limits;
 
 #[cfg(feature = "cache-control")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]

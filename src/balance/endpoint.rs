@@ -209,7 +209,7 @@ impl EndpointState {
         true
     }
 
-    fn eject_for(&self, health: &PassiveHealth) {
+    pub(crate) fn eject_for(&self, health: &PassiveHealth) {
         let now = now_ms();
         // A long healthy spell forgets earlier ejections, so the backoff
         // grows only for an endpoint that keeps failing.

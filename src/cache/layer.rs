@@ -53,6 +53,9 @@ pub(crate) struct Config {
     pub(crate) executor: Option<Arc<dyn Executor>>,
     /// A user-named targeted field, removed before responses leave.
     pub(crate) strip_field: Option<HeaderName>,
+    /// Keep the forwarding-header family on requests (see
+    /// `CacheLayer::trust_forwarding_headers`).
+    pub(crate) trust_forwarding_headers: bool,
     /// `name; hit; ttl=N` for N up to ten minutes, formatted on first use:
     /// a hit then clones a value instead of formatting one.
     pub(crate) hit_members: Arc<[OnceLock<HeaderValue>]>,
@@ -134,6 +137,7 @@ impl std::fmt::Debug for Config {
             .field("lock_timeout", &self.lock_timeout)
             .field("executor", &self.executor.as_ref().map(|_| "dyn Executor"))
             .field("strip_field", &self.strip_field)
+            .field("trust_forwarding_headers", &self.trust_forwarding_headers)
             .finish()
     }
 }
@@ -167,6 +171,7 @@ impl CacheLayer {
                 #[cfg(not(feature = "tokio"))]
                 executor: None,
                 strip_field: None,
+                trust_forwarding_headers: false,
                 hit_members: hit_members(),
                 fwd_members: fwd_members("tower-ssr"),
             }),
@@ -325,6 +330,23 @@ impl CacheLayer {
     #[must_use]
     pub fn keep_stale(mut self, duration: Duration) -> Self {
         self.config().rules.keep_stale = duration;
+        self
+    }
+
+    /// Whether requests keep the forwarding headers of
+    /// [`authority::FORWARDING_HEADERS`](crate::authority::FORWARDING_HEADERS)
+    /// (`Forwarded`, `X-Forwarded-Host`, `X-Real-IP`, `X-Original-URL`, …)
+    /// on their way to the inner service. Default `false`: they are
+    /// removed, and so are the method-override headers on all but `POST`,
+    /// because the key cannot see them while an application may build the
+    /// page from them (axum's `Host` extractor reads `X-Forwarded-Host`
+    /// first): one client could store a page for everyone. Set `true` only
+    /// when every request reaches this layer through a proxy that
+    /// overwrites all of them. A [`ReverseProxy`](crate::proxy::ReverseProxy)
+    /// inside this layer writes its own from the connection.
+    #[must_use]
+    pub fn trust_forwarding_headers(mut self, trust: bool) -> Self {
+        self.config().trust_forwarding_headers = trust;
         self
     }
 

@@ -130,9 +130,21 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let config = &*self.config;
         let shared = &self.cache.shared;
+
+        // One authority for the key and for the inner service (RFC 9112
+        // §3.2, §3.2.2): `Host` now names it, or the request is refused.
+        // HTTP/1.0 without one has no key and bypasses below.
+        if let Err(e) = crate::authority::normalize_host(&mut parts) {
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = e.status();
+            return ResponseFuture::ready(res);
+        }
+        if !config.trust_forwarding_headers {
+            crate::authority::remove_forwarding_headers(&parts.method, &mut parts.headers);
+        }
 
         let is_head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !is_head {
