@@ -23,7 +23,7 @@
 //! never needs to move (origin `Date`s lie in the future, so apparent age
 //! is 0 whatever the sub-second phase).
 //!
-//! Cases: `TOWER_SSR_MODEL_CASES` (default 600); a failure prints the
+//! Cases: `TOWER_SSR_MODEL_CASES` (default 3000), seed `TOWER_SSR_MODEL_SEED`; a failure prints the
 //! shrunk op sequence. `TOWER_SSR_MODEL_KNOWN_FAULTS=1` turns on the
 //! assertions for faults being fixed elsewhere (see `Known`).
 
@@ -453,9 +453,12 @@ fn origin(
     if answer.set_cookie {
         res = res.header("set-cookie", format!("session=r{render}; Path=/"));
     }
-    res = res
-        .header("surrogate-key", format!("t{path} all"))
-        .header("x-render", render);
+    res = res.header("surrogate-key", format!("t{path} all"));
+    // Not on a 304: its fields replace the stored ones (§3.2), and the
+    // stored body is still the render it names.
+    if status != 304 {
+        res = res.header("x-render", render);
+    }
     let lang = field("accept-language");
     let ua = field("user-agent");
     let body = if status == 304 || status == 204 || req.method() == Method::HEAD {
@@ -523,12 +526,20 @@ struct Stored {
     call: Call,
     /// The policy it is reused under: the render's, or a later 304's.
     policy: Answer,
+    /// Its `ETag` now (a 304 may have added or replaced it, §3.2).
+    etag: Option<String>,
     /// Tokio-clock second of the exchange that produced or last validated it.
     validated_at: u64,
     /// The Age that exchange carried.
     age_in: u64,
     /// The cache said `stored` (so it must be reused while fresh).
     confirmed: bool,
+    /// Freshness cannot be told exactly: a 304 without `Date` left the
+    /// stored `Expires` to be read against the wall-clock receipt time.
+    /// Any reuse is allowed (the key and leak checks still apply).
+    uncertain: bool,
+    /// Validators an uncertain 304 merge may have given it.
+    maybe: Vec<(Option<String>, bool)>,
 }
 
 impl Stored {
@@ -624,7 +635,7 @@ impl Model {
                     && p.swr.is_some_and(|w| age <= life + w);
                 same_key(&s.call, s.call.answer.vary, sent)
                     && (!sent.auth || s.policy.public || p.s_maxage.is_some() || p.must_revalidate)
-                    && (fresh || swr)
+                    && (fresh || swr || s.uncertain)
             })
             .collect()
     }
@@ -903,11 +914,14 @@ fn check(
             if *method == Method::HEAD && c.method != Method::GET {
                 return Err("HEAD answered from a HEAD".into());
             }
-            // A hit: Age is current_age (§4, §4.2.3).
+            // A hit: no Set-Cookie ever (§7.3), Age is current_age (§4, §4.2.3).
             if fwd.is_none() {
+                if let Some(c) = res.headers().get("set-cookie") {
+                    return Err(format!("LEAK: a hit carries Set-Cookie {c:?}"));
+                }
                 let s = allowed.iter().find(|s| s.call.render == c.render).unwrap();
                 let age = res.headers().get("age").map(|v| v.to_str().unwrap().to_owned());
-                if age.as_deref() != Some(&s.age(at).to_string()) {
+                if !s.uncertain && age.as_deref() != Some(&s.age(at).to_string()) {
                     return Err(format!("hit with Age {age:?}, model says {}", s.age(at)));
                 }
             }
@@ -916,9 +930,17 @@ fn check(
 
     // A 304 only when the client's own validators match (§4.3.2, RFC 9110 §13.1).
     if status == 304 {
+        // Any stored representation of this key (fresh, or just validated).
         let mut candidates: Vec<(Option<String>, Option<u64>)> = allowed
             .iter()
-            .map(|s| (s.call.etag.clone(), s.call.answer.last_modified.then_some(s.call.lm_secs)))
+            .chain(model.stored.iter().filter(|s| same_key(&s.call, s.call.answer.vary, sent)))
+            .flat_map(|s| {
+                let lm = s.call.answer.last_modified || s.policy.last_modified;
+                let maybe = s.maybe.iter().flat_map(move |(e, l)| {
+                    [(e.clone(), (lm || *l).then_some(s.call.lm_secs)), (s.etag.clone(), l.then_some(s.call.lm_secs))]
+                });
+                std::iter::once((s.etag.clone(), lm.then_some(s.call.lm_secs))).chain(maybe)
+            })
             .collect();
         if let Some(f) = fwd {
             candidates.push((f.etag.clone(), f.answer.last_modified.then_some(f.lm_secs)));
@@ -1005,8 +1027,30 @@ fn check(
         }
         if call.status == 304 {
             // §4.3.4: freshen the renders the 304's validator selects.
+            // The cache freshens the render it selected (the most recent of
+            // the key); §4.3.4 also names every other one with the same
+            // strong validator: strictly (select304) they are freshened
+            // too, otherwise they may be either way.
+            let selected = model
+                .stored
+                .iter()
+                .rev()
+                .find(|s| same_key(&s.call, s.call.answer.vary, sent))
+                .map(|s| s.call.render);
             let mut refreshed = Vec::new();
             for s in model.stored.iter_mut() {
+                // A 304 that only answered the client's own conditional, or
+                // an authenticated request, may or may not freshen it.
+                let passthrough = status == 304 || sent.auth;
+                if !model.known.select_304
+                    && (Some(s.call.render) != selected || passthrough)
+                    && s.call.path == call.path
+                {
+                    s.uncertain = true;
+                    s.confirmed = false;
+                    s.maybe.push((call.etag.clone(), call.answer.last_modified));
+                    continue;
+                }
                 if same_key(&s.call, s.call.answer.vary, sent)
                     && (s.call.etag.is_some() && s.call.etag == call.etag
                         || etags_weak_eq(&s.call.etag, &call.etag) && !model.known.select_304
@@ -1015,16 +1059,47 @@ fn check(
                             && (call.etag.is_none() || !model.known.select_304))
                 {
                     refreshed.push(s.call.render);
-                    s.policy = call.answer.clone();
+                    // §3.2: the 304's fields replace the stored ones; the
+                    // ones it lacks are kept.
+                    let a = &call.answer;
+                    let mut merged = s.policy.clone();
+                    if !a.cache_control().is_empty() {
+                        merged.max_age = a.max_age;
+                        merged.s_maxage = a.s_maxage;
+                        merged.no_store = a.no_store;
+                        merged.no_cache = a.no_cache;
+                        merged.private = a.private;
+                        merged.public = a.public;
+                        merged.must_revalidate = a.must_revalidate;
+                        merged.swr = a.swr;
+                    }
+                    if a.expires.is_some() {
+                        merged.expires = a.expires;
+                    } else if merged.expires.is_some() && merged.s_maxage.or(merged.max_age).is_none() {
+                        s.uncertain = true;
+                    }
+                    merged.set_cookie |= a.set_cookie;
+                    merged.last_modified |= a.last_modified;
+                    if call.etag.is_some() {
+                        s.etag = call.etag.clone();
+                    }
+                    s.policy = merged;
                     s.validated_at = at;
                     s.age_in = call.answer.age.unwrap_or(0);
                     s.confirmed = false;
                 }
             }
+            // A freshened render is the most recent of its key now (§4).
+            let (mut moved, kept): (Vec<Stored>, Vec<Stored>) = model
+                .stored
+                .drain(..)
+                .partition(|s| refreshed.contains(&s.call.render));
+            model.stored = kept;
+            model.stored.append(&mut moved);
             if model.known.merge_304 {
-                let a = &call.answer;
                 model.stored.retain(|s| {
-                    !refreshed.contains(&s.call.render) || storable(&s.call, a) && shareable(&s.call, a)
+                    !refreshed.contains(&s.call.render)
+                        || storable(&s.call, &s.policy) && shareable(&s.call, &s.policy)
                 });
             }
             continue;
@@ -1037,8 +1112,11 @@ fn check(
                 call: call.clone(),
                 policy: call.answer.clone(),
                 validated_at: at,
+                etag: call.etag.clone(),
                 age_in: call.answer.age.unwrap_or(0),
                 confirmed,
+                uncertain: false,
+                maybe: Vec::new(),
             });
         } else if !transient(call.status) || !model.known.transient {
             // A non-storable answer may replace the variant; the model
@@ -1077,7 +1155,7 @@ fn cases() -> u32 {
     std::env::var("TOWER_SSR_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(600)
+        .unwrap_or(3000)
 }
 
 #[test]
