@@ -151,8 +151,13 @@ mod tests {
     fn three_forms(t: u64) -> (String, String, Option<String>) {
         let imf = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(t));
         // "Sun, 06 Nov 1994 08:49:37 GMT"
-        let (wday, day, mon, year, time) =
-            (&imf[0..3], &imf[5..7], &imf[8..11], &imf[12..16], &imf[17..25]);
+        let (wday, day, mon, year, time) = (
+            &imf[0..3],
+            &imf[5..7],
+            &imf[8..11],
+            &imf[12..16],
+            &imf[17..25],
+        );
         let day_padded = format!("{:>2}", day.trim_start_matches('0'));
         let asctime = format!("{wday} {mon} {day_padded} {time} {year}");
         let long = match wday {

@@ -373,11 +373,14 @@ fn etags_weak_eq(a: &Option<String>, b: &Option<String>) -> bool {
 }
 
 fn origin(
-    state: Arc<Mutex<OriginState>>,
-    req: Request<Full<Bytes>>,
+    state: &Mutex<OriginState>,
+    req: &Request<Full<Bytes>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut s = state.lock().unwrap();
-    let answer = s.next.clone().expect("an origin answer is set before each request");
+    let answer = s
+        .next
+        .clone()
+        .expect("an origin answer is set before each request");
     let path = PATHS
         .iter()
         .position(|p| req.uri().path_and_query().map(|pq| pq.as_str()) == Some(p))
@@ -433,9 +436,10 @@ fn origin(
     }
     if let Some(exp) = answer.expires {
         let date = future_date();
-        res = res
-            .header("date", httpdate::fmt_http_date(date))
-            .header("expires", httpdate::fmt_http_date(date + Duration::from_secs(exp)));
+        res = res.header("date", httpdate::fmt_http_date(date)).header(
+            "expires",
+            httpdate::fmt_http_date(date + Duration::from_secs(exp)),
+        );
     }
     if let Some(a) = answer.age {
         res = res.header("age", a);
@@ -660,7 +664,13 @@ impl Model {
         });
         // Past the store's bound on variants per key one is dropped; which
         // one is issue 8 §7's business, so none is required any more.
-        if self.stored.iter().filter(|s| s.call.path == call.path).count() >= MAX_VARIANTS {
+        if self
+            .stored
+            .iter()
+            .filter(|s| s.call.path == call.path)
+            .count()
+            >= MAX_VARIANTS
+        {
             for s in self.stored.iter_mut().filter(|s| s.call.path == call.path) {
                 s.confirmed = false;
             }
@@ -696,7 +706,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let cache = ResponseCache::builder().max_bytes(8 << 20).build();
     let st = Arc::clone(&state);
     let svc = CacheLayer::new(cache.clone())
-        .layer(service_fn(move |req| std::future::ready(origin(Arc::clone(&st), req))));
+        .layer(service_fn(move |req| std::future::ready(origin(&st, &req))));
     let mut model = Model {
         stored: Vec::new(),
         known: Known::from_env(),
@@ -860,8 +870,19 @@ fn check(
     let served: Option<Call> = render.map(|id| {
         fwd.filter(|c| c.render == id)
             .cloned()
-            .or_else(|| allowed.iter().find(|s| s.call.render == id).map(|s| s.call.clone()))
-            .or_else(|| model.stored.iter().find(|s| s.call.render == id).map(|s| s.call.clone()))
+            .or_else(|| {
+                allowed
+                    .iter()
+                    .find(|s| s.call.render == id)
+                    .map(|s| s.call.clone())
+            })
+            .or_else(|| {
+                model
+                    .stored
+                    .iter()
+                    .find(|s| s.call.render == id)
+                    .map(|s| s.call.clone())
+            })
             .unwrap_or_else(|| Call {
                 render: id,
                 method: Method::GET,
@@ -920,7 +941,10 @@ fn check(
                     return Err(format!("LEAK: a hit carries Set-Cookie {c:?}"));
                 }
                 let s = allowed.iter().find(|s| s.call.render == c.render).unwrap();
-                let age = res.headers().get("age").map(|v| v.to_str().unwrap().to_owned());
+                let age = res
+                    .headers()
+                    .get("age")
+                    .map(|v| v.to_str().unwrap().to_owned());
                 if !s.uncertain && age.as_deref() != Some(&s.age(at).to_string()) {
                     return Err(format!("hit with Age {age:?}, model says {}", s.age(at)));
                 }
@@ -933,11 +957,19 @@ fn check(
         // Any stored representation of this key (fresh, or just validated).
         let mut candidates: Vec<(Option<String>, Option<u64>)> = allowed
             .iter()
-            .chain(model.stored.iter().filter(|s| same_key(&s.call, s.call.answer.vary, sent)))
+            .chain(
+                model
+                    .stored
+                    .iter()
+                    .filter(|s| same_key(&s.call, s.call.answer.vary, sent)),
+            )
             .flat_map(|s| {
                 let lm = s.call.answer.last_modified || s.policy.last_modified;
                 let maybe = s.maybe.iter().flat_map(move |(e, l)| {
-                    [(e.clone(), (lm || *l).then_some(s.call.lm_secs)), (s.etag.clone(), l.then_some(s.call.lm_secs))]
+                    [
+                        (e.clone(), (lm || *l).then_some(s.call.lm_secs)),
+                        (s.etag.clone(), l.then_some(s.call.lm_secs)),
+                    ]
                 });
                 std::iter::once((s.etag.clone(), lm.then_some(s.call.lm_secs))).chain(maybe)
             })
@@ -945,11 +977,13 @@ fn check(
         if let Some(f) = fwd {
             candidates.push((f.etag.clone(), f.answer.last_modified.then_some(f.lm_secs)));
         }
-        let ok = candidates.iter().any(|(etag, lm)| match (&sent.inm, sent.ims) {
-            (Some(inm), _) => etag.as_ref().is_some_and(|e| weak_eq(e, inm)),
-            (None, Some(ims)) => lm.is_some_and(|lm| lm <= ims),
-            (None, None) => false,
-        });
+        let ok = candidates
+            .iter()
+            .any(|(etag, lm)| match (&sent.inm, sent.ims) {
+                (Some(inm), _) => etag.as_ref().is_some_and(|e| weak_eq(e, inm)),
+                (None, Some(ims)) => lm.is_some_and(|lm| lm <= ims),
+                (None, None) => false,
+            });
         if !ok {
             return Err("304 to a client whose validators match nothing".into());
         }
@@ -960,7 +994,9 @@ fn check(
     if model.known.cond_same && status == 200 && *method != Method::POST {
         if let (Some(inm), Some(e)) = (&sent.inm, res.headers().get("etag")) {
             if weak_eq(e.to_str().unwrap(), inm) {
-                return Err("KNOWN(condsame): 200 to an If-None-Match that matches its ETag".into());
+                return Err(
+                    "KNOWN(condsame): 200 to an If-None-Match that matches its ETag".into(),
+                );
             }
         }
     }
@@ -990,7 +1026,10 @@ fn check(
     {
         return Err(format!(
             "forwarded although fresh stored renders match: {:?}",
-            strict_fresh.iter().map(|s| s.call.render).collect::<Vec<_>>()
+            strict_fresh
+                .iter()
+                .map(|s| s.call.render)
+                .collect::<Vec<_>>()
         ));
     }
 
@@ -1010,7 +1049,9 @@ fn check(
                 ));
             }
             if f.answer.set_cookie != res.headers().contains_key("set-cookie") {
-                return Err("KNOWN(merge304): the 304's Set-Cookie did not reach the client".into());
+                return Err(
+                    "KNOWN(merge304): the 304's Set-Cookie did not reach the client".into(),
+                );
             }
         }
     }
@@ -1021,7 +1062,11 @@ fn check(
         model.stored.retain(|s| s.call.path != sent.path);
         return Ok(());
     }
-    for (call, confirmed) in fg.iter().map(|c| (c, cs.contains("stored"))).chain(bg.iter().map(|c| (c, false))) {
+    for (call, confirmed) in fg
+        .iter()
+        .map(|c| (c, cs.contains("stored")))
+        .chain(bg.iter().map(|c| (c, false)))
+    {
         if call.method != Method::GET {
             continue;
         }
@@ -1075,7 +1120,9 @@ fn check(
                     }
                     if a.expires.is_some() {
                         merged.expires = a.expires;
-                    } else if merged.expires.is_some() && merged.s_maxage.or(merged.max_age).is_none() {
+                    } else if merged.expires.is_some()
+                        && merged.s_maxage.or(merged.max_age).is_none()
+                    {
                         s.uncertain = true;
                     }
                     merged.set_cookie |= a.set_cookie;
@@ -1168,7 +1215,8 @@ fn the_cache_only_gives_answers_the_model_allows() {
         failure_persistence: None,
         ..Config::default()
     };
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
