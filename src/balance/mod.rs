@@ -77,6 +77,7 @@ mod probe;
 mod retry;
 mod service;
 mod strategy;
+mod upstream;
 
 pub use body::ResponseBody;
 pub use endpoint::{EndpointError, EndpointId, EndpointStats, Endpoints, EndpointsBuilder};
@@ -91,6 +92,7 @@ pub use layer::BalanceLayer;
 pub use probe::{ActiveProbes, ProbeHandle};
 pub use retry::{ReplayBody, Retries};
 pub use service::{Balance, Connect, Direct, Rewrite};
+pub use upstream::Upstream;
 pub use strategy::{
     Candidates, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, RoundRobin, Strategy,
 };

@@ -47,6 +47,7 @@ pub enum CacheOutcome {
 
 impl CacheOutcome {
     /// Every outcome, in declaration order.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) const ALL: [CacheOutcome; 6] = [
         CacheOutcome::Hit,
         CacheOutcome::Stale,
