@@ -167,10 +167,10 @@ pub fn describe() {
     );
 }
 
-#[cfg(feature = "cache")]
-pub(crate) use cache::{CacheMetrics, PurgeKind};
 #[cfg(feature = "redis")]
 pub(crate) use cache::L2Outcome;
+#[cfg(feature = "cache")]
+pub(crate) use cache::{CacheMetrics, PurgeKind};
 
 #[cfg(feature = "balance")]
 pub(crate) use upstream::{retried, EndpointMetrics};

@@ -92,10 +92,10 @@ pub use layer::BalanceLayer;
 pub use probe::{ActiveProbes, ProbeHandle};
 pub use retry::{ReplayBody, Retries};
 pub use service::{Balance, Connect, Direct, Rewrite};
-pub use upstream::Upstream;
 pub use strategy::{
     Candidates, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, RoundRobin, Strategy,
 };
+pub use upstream::Upstream;
 #[cfg(feature = "proxy")]
 pub(crate) use {retry::is_idempotent, service::rewrite_uri, service::Config};
 

@@ -169,7 +169,11 @@ mod tests {
     #[test]
     fn forwarded_gets_upstream_duration_in_milliseconds() {
         let mut h = HeaderMap::new();
-        server_timing(&mut h, CacheOutcome::Miss, Some(Duration::from_micros(12_345)));
+        server_timing(
+            &mut h,
+            CacheOutcome::Miss,
+            Some(Duration::from_micros(12_345)),
+        );
         assert_eq!(timing(&h), ["cache;desc=miss, upstream;dur=12.3"]);
     }
 

@@ -152,11 +152,19 @@ where
                 // invalidate (and must not reach another URI's entry).
                 let req = Request::from_parts(parts, body);
                 let pass = pass(inner, req, member);
-                return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Bypass, pass)));
+                return ResponseFuture::miss(Box::pin(forwarded(
+                    Arc::clone(&self.config),
+                    Bypass,
+                    pass,
+                )));
             };
             let req = Request::from_parts(parts, body);
             let fwd = forward_method(inner, req, key, member, shared);
-            return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Bypass, fwd)));
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                fwd,
+            )));
         }
 
         let extra = match &config.key_fn {
@@ -182,7 +190,11 @@ where
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
             let req = Request::from_parts(parts, body);
             let pass = pass(inner, req, member);
-            return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Bypass, pass)));
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                pass,
+            )));
         };
 
         let now = crate::date::monotonic_now();
@@ -765,7 +777,10 @@ where
             .map(|entry| {
                 Counters::bump(&shared.counters.stale);
                 let member = config.fwd_member(Fwd::Stale, status, false, collapsed);
-                report(from_entry(entry, false, conditionals.as_ref(), member, now), Stale)
+                report(
+                    from_entry(entry, false, conditionals.as_ref(), member, now),
+                    Stale,
+                )
             })
     };
 
@@ -842,7 +857,10 @@ where
                 head.headers.remove(field);
             }
             let member = config.fwd_member(fwd, fwd_status, false, collapsed);
-            return Ok(report(passthrough(head, body, conditionals.as_ref(), member), Miss));
+            return Ok(report(
+                passthrough(head, body, conditionals.as_ref(), member),
+                Miss,
+            ));
         }
     };
 
