@@ -5,8 +5,12 @@
 //!     --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
 //!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
-//!     [--trust CIDR]... [--probe /healthz] [--threads N]
+//!     [--trust CIDR]... [--probe /healthz] [--threads N] [--metrics ADDR]
 //! ```
+//!
+//! With `--metrics 127.0.0.1:9100` it serves Prometheus text at
+//! `http://127.0.0.1:9100/metrics` (see `tower_ssr::metrics` for the
+//! names) and adds `Server-Timing` to every cached or forwarded answer.
 //!
 //! It forwards every method and path, streams bodies both ways and returns
 //! the upstream's headers minus hop-by-hop ones; it adds no Cache-Control of
@@ -31,6 +35,9 @@ use tower_ssr::balance::{
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::proxy::{http_check, ReverseProxy};
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
@@ -44,6 +51,8 @@ struct Args {
     /// Runtime threads; 1 runs a single-threaded runtime (nginx's model of
     /// one worker per core).
     threads: usize,
+    /// Where to serve Prometheus text at `/metrics`.
+    metrics: Option<SocketAddr>,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -55,6 +64,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut no_cache = false;
     let mut trust = Vec::new();
     let mut probe = None;
+    let mut metrics = None;
     let mut threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut it = argv;
     while let Some(flag) = it.next() {
@@ -92,6 +102,10 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--no-cache" => no_cache = true,
             "--trust" => trust.push(value()?),
             "--probe" => probe = Some(value()?),
+            "--metrics" => {
+                let v = value()?;
+                metrics = Some(v.parse().map_err(|e| format!("--metrics {v}: {e}"))?);
+            }
             "--threads" => {
                 let v = value()?;
                 threads = v
@@ -136,6 +150,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         trust,
         probe,
         threads,
+        metrics,
     })
 }
 
@@ -163,7 +178,7 @@ fn strategy_and_key(
 
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
-[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N]";
+[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] [--metrics ADDR]";
 
 fn main() {
     let args = match parse(std::env::args().skip(1)) {
@@ -197,6 +212,11 @@ fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // First: handles taken before the recorder is installed stay no-ops.
+    if let Some(addr) = args.metrics {
+        let bound = prometheus::serve_metrics(addr).await?;
+        println!("metrics at http://{bound}/metrics");
+    }
     let trusted = TrustedProxies::try_new(&args.trust)?;
     let (make_set, key) = strategy_and_key(&args.strategy, trusted)?;
     let upstreams = make_set();
@@ -219,7 +239,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let cache = ResponseCache::builder()
                 .max_bytes(mb.saturating_mul(1 << 20))
                 .build();
-            serve(listener, CacheLayer::new(cache).layer(proxy)).await
+            let layer = CacheLayer::new(cache).server_timing(true);
+            serve(listener, layer.layer(proxy)).await
         }
         None => serve(listener, proxy).await,
     }
@@ -317,6 +338,12 @@ mod tests {
         assert_eq!(a.weights, Some(vec![1, 2]));
         assert_eq!(a.cache_mb, Some(64));
         assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics 127.0.0.1:9100")
+                .unwrap()
+                .metrics,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(
             args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache")
                 .unwrap()
                 .cache_mb,
@@ -342,6 +369,7 @@ mod tests {
         );
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb lots").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --threads 0").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics nowhere").is_err());
         assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
         assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
     }

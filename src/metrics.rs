@@ -39,7 +39,7 @@
 //! | name | type | unit | labels | meaning |
 //! |---|---|---|---|---|
 //! | `tower_ssr_cache_requests_total` | counter | requests | `cache`, `outcome` | requests the cache answered, by [outcome](#outcomes) |
-//! | `tower_ssr_cache_entries` | gauge | entries | `cache` | URIs held in memory (each with its variants); sampled at every store and every [`stats`](crate::cache::ResponseCache::stats) call |
+//! | `tower_ssr_cache_entries` | gauge | entries | `cache` | URIs held in memory (each with its variants); sampled at every store and every [`stats`](crate::cache::ResponseCache::stats) call, from moka's counts, which lag behind by its pending housekeeping |
 //! | `tower_ssr_cache_bytes` | gauge | bytes | `cache` | weight of the memory tier (bodies, headers, keys); sampled with `_entries` |
 //! | `tower_ssr_cache_evictions_total` | counter | entries | `cache` | entries evicted to stay within `max_bytes` (expiry and purges are not evictions) |
 //! | `tower_ssr_cache_stores_total` | counter | responses | `cache` | responses stored or freshened in memory |
