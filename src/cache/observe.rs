@@ -35,7 +35,7 @@ pub(crate) fn seen<B>(
         cache = %config.name,
         outcome = outcome.as_str(),
         status = res.status().as_u16(),
-        cache_status = ?res.headers().get_all(CACHE_STATUS).iter().last(),
+        cache_status = ?res.headers().get_all(CACHE_STATUS).iter().next_back(),
         age = ?res.headers().get(AGE),
         upstream_ms = upstream.map(|d| d.as_secs_f64() * 1000.0),
         "cache decision"
