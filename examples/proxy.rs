@@ -6,8 +6,12 @@
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
 //!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
 //!     [--trust CIDR]... [--probe /healthz] [--threads N] \
-//!     [--connect-timeout MS] [--timeout MS]
+//!     [--connect-timeout MS] [--timeout MS] [--metrics ADDR]
 //! ```
+//!
+//! With `--metrics 127.0.0.1:9100` it serves Prometheus text at
+//! `http://127.0.0.1:9100/metrics` (see `tower_ssr::metrics` for the
+//! names) and adds `Server-Timing` to every cached or forwarded answer.
 //!
 //! It forwards every method and path, streams bodies both ways and returns
 //! the upstream's headers minus hop-by-hop ones; it adds no Cache-Control of
@@ -32,6 +36,9 @@ use tower_ssr::balance::{
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::proxy::{http_check, ReverseProxy};
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
@@ -49,6 +56,8 @@ struct Args {
     connect_timeout: Duration,
     /// Time to response headers from an upstream.
     timeout: Duration,
+    /// Where to serve Prometheus text at `/metrics`.
+    metrics: Option<SocketAddr>,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -60,6 +69,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut no_cache = false;
     let mut trust = Vec::new();
     let mut probe = None;
+    let mut metrics = None;
     let mut threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut connect_timeout = tower_ssr::proxy::DEFAULT_CONNECT_TIMEOUT;
     let mut timeout = tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT;
@@ -99,6 +109,10 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--no-cache" => no_cache = true,
             "--trust" => trust.push(value()?),
             "--probe" => probe = Some(value()?),
+            "--metrics" => {
+                let v = value()?;
+                metrics = Some(v.parse().map_err(|e| format!("--metrics {v}: {e}"))?);
+            }
             "--threads" => {
                 let v = value()?;
                 threads = v
@@ -159,6 +173,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         threads,
         connect_timeout,
         timeout,
+        metrics,
     })
 }
 
@@ -187,7 +202,7 @@ fn strategy_and_key(
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
 [--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] \
-[--connect-timeout MS] [--timeout MS]";
+[--connect-timeout MS] [--timeout MS] [--metrics ADDR]";
 
 fn main() {
     let args = match parse(std::env::args().skip(1)) {
@@ -221,6 +236,11 @@ fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // First: handles taken before the recorder is installed stay no-ops.
+    if let Some(addr) = args.metrics {
+        let bound = prometheus::serve_metrics(addr).await?;
+        println!("metrics at http://{bound}/metrics");
+    }
     let trusted = TrustedProxies::try_new(&args.trust)?;
     let (make_set, key) = strategy_and_key(&args.strategy, trusted.clone())?;
     let upstreams = make_set();
@@ -251,7 +271,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let cache = ResponseCache::builder()
                 .max_bytes(mb.saturating_mul(1 << 20))
                 .build();
-            let layer = CacheLayer::new(cache).trust_forwarding_headers(!args.trust.is_empty());
+            let layer = CacheLayer::new(cache)
+                .trust_forwarding_headers(!args.trust.is_empty())
+                .server_timing(true);
             serve(listener, layer.layer(proxy)).await
         }
         None => serve(listener, proxy).await,
@@ -362,6 +384,12 @@ mod tests {
         assert_eq!(a.connect_timeout, Duration::from_millis(1500));
         assert_eq!(a.timeout, Duration::from_millis(2500));
         assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics 127.0.0.1:9100")
+                .unwrap()
+                .metrics,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(
             args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache")
                 .unwrap()
                 .cache_mb,
@@ -389,6 +417,7 @@ mod tests {
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --threads 0").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --timeout 0").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1s").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics nowhere").is_err());
         assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
         assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
     }

@@ -61,7 +61,8 @@
 //! | `balance` | yes | [`balance`]: endpoint set, strategies, passive health, retries |
 //! | `proxy` | yes | [`proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
 //! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
-//! | `tracing` | no | debug events from `balance` |
+//! | `metrics` | yes | [`metrics`]: counters, gauges and histograms through the `metrics` facade (no exporter) |
+//! | `tracing` | no | spans and events from `balance` and `proxy` (the cache's are always on: `cache` uses `tracing`) |
 //! | `redis` | no | a shared second cache tier on Redis for many instances |
 //!
 //! # Example
@@ -124,6 +125,15 @@ pub mod balance;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+// Without the feature, the same handles as no-ops, so the instrumented
+// code has no `cfg` of its own.
+#[cfg(not(feature = "metrics"))]
+#[allow(dead_code)]
+mod metrics;
 
 mod builder;
 #[cfg_attr(

@@ -11,6 +11,7 @@ use super::handle::ResponseCache;
 use super::key::QueryKey;
 use super::service::Cache;
 use super::status::{fwd, hit, member_name, Fwd};
+use crate::metrics::CacheMetrics;
 
 /// Bodies up to this size are stored by default.
 const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
@@ -62,6 +63,10 @@ pub(crate) struct Config {
     /// `name; fwd=X` and `name; fwd=X; stored` for every reason, formatted
     /// once: the common forward members.
     pub(crate) fwd_members: Arc<[HeaderValue]>,
+    /// The `cache` label's handles (see `crate::metrics`).
+    pub(crate) metrics: Arc<CacheMetrics>,
+    /// Adds `Server-Timing` entries to every answer.
+    pub(crate) server_timing: bool,
 }
 
 fn fwd_members(name: &str) -> Arc<[HeaderValue]> {
@@ -138,6 +143,8 @@ impl std::fmt::Debug for Config {
             .field("executor", &self.executor.as_ref().map(|_| "dyn Executor"))
             .field("strip_field", &self.strip_field)
             .field("trust_forwarding_headers", &self.trust_forwarding_headers)
+            .field("metrics", &self.metrics)
+            .field("server_timing", &self.server_timing)
             .finish()
     }
 }
@@ -174,6 +181,8 @@ impl CacheLayer {
                 trust_forwarding_headers: false,
                 hit_members: hit_members(),
                 fwd_members: fwd_members("tower-ssr"),
+                metrics: Arc::new(CacheMetrics::new("tower-ssr")),
+                server_timing: false,
             }),
             cache,
         }
@@ -250,12 +259,22 @@ impl CacheLayer {
 
     /// The identifier of this cache in `Cache-Status` (default
     /// `tower-ssr`). A name that is not an RFC 8941 token is sent quoted.
+    ///
+    /// It is also the `cache` label of the metrics (feature `metrics`,
+    /// unquoted). Layers sharing one [`ResponseCache`] should share one
+    /// name: the store's own metrics (size, evictions, purges, Redis)
+    /// take the last name given.
     #[must_use]
     pub fn cache_name(mut self, name: &str) -> Self {
+        let metrics = Arc::new(CacheMetrics::new(name));
+        // The store's own metrics (evictions, size, purges, Redis) carry
+        // the name too: the last one given to a layer over this cache.
+        self.cache.shared.counters.name_metrics(&metrics);
         let config = self.config();
         config.name = member_name(name);
         config.hit_members = hit_members();
         config.fwd_members = fwd_members(&config.name);
+        config.metrics = metrics;
         self
     }
 
@@ -347,6 +366,21 @@ impl CacheLayer {
     #[must_use]
     pub fn trust_forwarding_headers(mut self, trust: bool) -> Self {
         self.config().trust_forwarding_headers = trust;
+        self
+    }
+
+    /// Adds a W3C `Server-Timing` entry to every answer (default off):
+    /// `cache;desc=hit` on a hit, `cache;desc=miss, upstream;dur=12.3` on
+    /// a forwarded request (milliseconds the inner service took to answer
+    /// the response head), `desc=stale`, `bypass`, `revalidated` or
+    /// `coalesced` likewise (see [`CacheOutcome`](super::CacheOutcome)).
+    /// Entries the application set are kept, ahead of these, in one field
+    /// line. Browsers' developer tools show them on every page; they also
+    /// tell anyone which pages are cached, so leave it off where that
+    /// matters.
+    #[must_use]
+    pub fn server_timing(mut self, enabled: bool) -> Self {
+        self.config().server_timing = enabled;
         self
     }
 

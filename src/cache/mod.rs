@@ -133,6 +133,8 @@ mod key;
 #[cfg(feature = "redis")]
 mod l2;
 mod layer;
+mod observe;
+mod outcome;
 mod service;
 mod sf;
 mod status;
@@ -151,4 +153,5 @@ pub use key::QueryKey;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use l2::{InvalidRedisUrl, RedisTier};
 pub use layer::CacheLayer;
+pub use outcome::CacheOutcome;
 pub use service::Cache;

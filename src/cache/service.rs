@@ -14,6 +14,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::ResponseBody;
 use super::entry::{
@@ -24,6 +25,8 @@ use super::future::ResponseFuture;
 use super::handle::{Counters, ResponseCache, Shared};
 use super::key::{origin_of, write_uri_key};
 use super::layer::Config;
+use super::observe::{self, forwarded, seen};
+use super::outcome::CacheOutcome::{Bypass, Coalesced, Hit, Miss, Revalidated, Stale};
 use super::status::Fwd;
 use super::store::Variants;
 use super::tee::Pending;
@@ -110,6 +113,9 @@ struct Job<ReqBody> {
     req_cc: RequestDirectives,
     has_auth: bool,
     conditionals: Option<Conditionals>,
+    /// A background refresh: its answer goes to no client, so it is not
+    /// reported as one.
+    refresh: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
@@ -157,10 +163,20 @@ where
                 // A target that names no URI has nothing stored to
                 // invalidate (and must not reach another URI's entry).
                 let req = Request::from_parts(parts, body);
-                return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+                let pass = pass(inner, req, member);
+                return ResponseFuture::miss(Box::pin(forwarded(
+                    Arc::clone(&self.config),
+                    Bypass,
+                    pass,
+                )));
             };
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, member, shared)));
+            let fwd = forward_method(inner, req, key, member, shared);
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                fwd,
+            )));
         }
 
         let extra = match &config.key_fn {
@@ -185,7 +201,12 @@ where
             let inner = take_ready(&mut self.inner);
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+            let pass = pass(inner, req, member);
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                pass,
+            )));
         };
 
         let now = crate::date::monotonic_now();
@@ -197,17 +218,19 @@ where
                 match reuse(&entry.fresh, &req_cc, now) {
                     Reuse::Fresh => {
                         Counters::bump(&shared.counters.hits);
-                        return ResponseFuture::ready(hit(config, entry, &parts, now));
+                        let response = hit(config, entry, &parts, now);
+                        return ResponseFuture::ready(seen(config, response, Hit, None));
                     }
                     Reuse::StaleAccepted => {
                         Counters::bump(&shared.counters.hits);
                         Counters::bump(&shared.counters.stale);
-                        return ResponseFuture::ready(hit(config, entry, &parts, now));
+                        let response = hit(config, entry, &parts, now);
+                        return ResponseFuture::ready(seen(config, response, Stale, None));
                     }
                     Reuse::StaleWhileRevalidate if config.executor.is_some() => {
                         Counters::bump(&shared.counters.hits);
                         Counters::bump(&shared.counters.stale);
-                        let response = hit(config, entry, &parts, now);
+                        let response = seen(config, hit(config, entry, &parts, now), Stale, None);
                         let key = owned_key(config, &parts);
                         let flight_key = flight_key(&key, extra.as_deref());
                         if let Some(lead) = shared.flights.try_lead(&flight_key) {
@@ -224,6 +247,7 @@ where
                                 fwd: Fwd::Stale,
                                 req_cc,
                                 has_auth,
+                                refresh: true,
                             };
                             refresh_in_background(self.inner.clone(), job, lead);
                         }
@@ -264,7 +288,8 @@ where
         {
             let member = config.fwd_member(fwd, None, false, None);
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+            let pass = pass(inner, req, member);
+            return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Miss, pass)));
         }
         let key = owned_key(config, &parts);
         let flight_key = flight_key(&key, extra.as_deref());
@@ -275,9 +300,8 @@ where
             let req = Request::from_parts(parts, body);
             let shared = Arc::clone(shared);
             let config = Arc::clone(&self.config);
-            return ResponseFuture::miss(Box::pin(forward_uncacheable(
-                inner, req, member, config, shared, flight_key,
-            )));
+            let fwd = forward_uncacheable(inner, req, member, config, shared, flight_key);
+            return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Miss, fwd)));
         }
         let job = Job {
             config: Arc::clone(&self.config),
@@ -292,8 +316,10 @@ where
             fwd,
             req_cc,
             has_auth,
+            refresh: false,
         };
-        ResponseFuture::miss(Box::pin(miss(inner, job)))
+        let span = observe::miss_span(&job.flight_key);
+        ResponseFuture::miss(Box::pin(miss(inner, job).instrument(span)))
     }
 }
 
@@ -552,7 +578,8 @@ where
                         let now = crate::date::monotonic_now();
                         if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
                             lead.finish(Outcome::Stored);
-                            return Ok(hit(&job.config, entry, &job.parts, now));
+                            let response = hit(&job.config, entry, &job.parts, now);
+                            return Ok(seen(&job.config, response, Hit, None));
                         }
                     }
                 }
@@ -593,7 +620,8 @@ where
                                     lead.finish(Outcome::NotStorable);
                                 }
                                 let now = crate::date::monotonic_now();
-                                return Ok(l2_hit(&job.config, &entry, &job.parts, now));
+                                let response = l2_hit(&job.config, &entry, &job.parts, now);
+                                return Ok(seen(&job.config, response, Hit, None));
                             }
                             // Not usable as is: validate it like a stale
                             // entry of our own.
@@ -644,13 +672,9 @@ where
                             // Just fetched or validated for the leader, so
                             // good for this request too, whatever it asked.
                             let member = job.config.fwd_member(job.fwd, None, true, Some(true));
-                            return Ok(from_entry(
-                                entry,
-                                false,
-                                job.conditionals.as_ref(),
-                                member,
-                                now,
-                            ));
+                            let response =
+                                from_entry(entry, false, job.conditionals.as_ref(), member, now);
+                            return Ok(seen(&job.config, response, Coalesced, None));
                         }
                         return fetch(&mut inner, job, None, Some(false)).await;
                     }
@@ -664,13 +688,9 @@ where
                         {
                             Counters::bump(&job.shared.counters.stale);
                             let member = job.config.fwd_member(Fwd::Stale, None, false, Some(true));
-                            return Ok(from_entry(
-                                entry,
-                                false,
-                                job.conditionals.as_ref(),
-                                member,
-                                now,
-                            ));
+                            let response =
+                                from_entry(entry, false, job.conditionals.as_ref(), member, now);
+                            return Ok(seen(&job.config, response, Stale, None));
                         }
                         // One waiter takes over and the others wait for it
                         // (collapsing, RFC 9111 §4), once: a transient
@@ -691,8 +711,9 @@ where
                     Outcome::TimedOut => {
                         tracing::debug!(key = %job.key, "lock timeout: forwarding alone");
                         let member = job.config.fwd_member(job.fwd, None, false, Some(false));
+                        let config = Arc::clone(&job.config);
                         let req = Request::from_parts(job.parts, job.body);
-                        return pass(inner, req, member).await;
+                        return forwarded(config, Miss, pass(inner, req, member)).await;
                     }
                 }
             }
@@ -726,6 +747,7 @@ where
         req_cc,
         has_auth,
         conditionals,
+        refresh,
     } = job;
     let finish = |lead: Option<Lead>, outcome: Outcome| {
         if let Some(lead) = lead {
@@ -753,8 +775,11 @@ where
     }
     let request_headers = parts.headers.clone();
     let request_time = crate::date::monotonic_now();
+    let started = Instant::now();
     let result = inner.call(Request::from_parts(parts, body)).await;
+    let upstream = Some(started.elapsed());
     let now = crate::date::monotonic_now();
+    let report = |res, outcome| observe::fetched(&config, res, outcome, upstream, refresh);
     let response_time = (now, SystemTime::now());
 
     let serve_stale = |status: Option<u16>| {
@@ -764,7 +789,10 @@ where
             .map(|entry| {
                 Counters::bump(&shared.counters.stale);
                 let member = config.fwd_member(Fwd::Stale, status, false, collapsed);
-                from_entry(entry, false, conditionals.as_ref(), member, now)
+                report(
+                    from_entry(entry, false, conditionals.as_ref(), member, now),
+                    Stale,
+                )
             })
     };
 
@@ -796,7 +824,7 @@ where
                 conditionals.as_ref(),
             );
             finish(lead, Outcome::Stored);
-            return Ok(response);
+            return Ok(report(response, Revalidated));
         }
     }
 
@@ -841,7 +869,10 @@ where
                 head.headers.remove(field);
             }
             let member = config.fwd_member(fwd, fwd_status, false, collapsed);
-            return Ok(passthrough(head, body, conditionals.as_ref(), member));
+            return Ok(report(
+                passthrough(head, body, conditionals.as_ref(), member),
+                Miss,
+            ));
         }
     };
 
@@ -879,14 +910,15 @@ where
         }
         // Whether it ends up stored is not known yet: no `stored`.
         head.headers.append(CACHE_STATUS, member(false));
-        return Ok(Response::from_parts(head, ResponseBody::tee(body, pending)));
+        let response = Response::from_parts(head, ResponseBody::tee(body, pending));
+        return Ok(report(response, Miss));
     }
     let collected = if fits {
         collect(body, cap).await
     } else {
         Collected::TooLong(VecDeque::new(), Box::pin(body))
     };
-    match collected {
+    let response: Result<_, S::Error> = match collected {
         // §3.3: a body shorter than announced is incomplete: not stored.
         Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
             pending.len = bytes.len();
@@ -925,7 +957,8 @@ where
                 ResponseBody::replay(buffered, Some(error), None),
             ))
         }
-    }
+    };
+    response.map(|response| report(response, Miss))
 }
 
 /// Whether a response that may not be stored says the resource is no longer
@@ -1010,7 +1043,7 @@ fn revalidated<B: Body>(
             }
             shared.stored_l2(key, &fresh, None);
             Counters::bump(&shared.counters.revalidations);
-            Counters::bump(&shared.counters.stores);
+            shared.count_store();
             tracing::debug!(key, "stored response revalidated");
             from_entry(&fresh, false, conditionals, member(true), now)
         }
@@ -1122,6 +1155,7 @@ where
     job.req_cc = RequestDirectives::default();
     tracing::debug!(key = %job.key, "background refresh");
     let limit = job.config.lock_timeout;
+    let span = observe::refresh_span(&job.flight_key);
     let refresh = async move {
         if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
             return; // the lead guard drops: a later request tries again
@@ -1133,6 +1167,7 @@ where
             while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
         }
     };
+    let refresh = refresh.instrument(span);
     executor.execute(Box::pin(async move {
         // No client waits on a refresh to hang up: a fetch or a body that
         // never ends would hold the key's flight for good. Past the limit

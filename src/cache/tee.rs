@@ -7,7 +7,7 @@ use http::{HeaderMap, StatusCode, Version};
 
 use super::entry::{self, Entry, Policy};
 use super::flight::{Lead, Outcome};
-use super::handle::{Counters, Shared};
+use super::handle::Shared;
 use super::layer::Config;
 
 /// A storable response on its way: what is needed to store it once its
@@ -104,7 +104,7 @@ impl Pending {
         }
         shared.stored_l2(&key, &entry, lead.as_mut());
         shared.forget_uncacheable(&flight_key);
-        Counters::bump(&shared.counters.stores);
+        shared.count_store();
         tracing::debug!(key = %key, bytes = entry.body.len(), "response stored");
         if let Some(lead) = lead {
             lead.finish(Outcome::Stored);
