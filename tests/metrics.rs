@@ -358,6 +358,7 @@ async fn the_chosen_endpoint_is_a_response_extension() {
     let id = set.add("renderer-a", uri(live)).unwrap();
     let mut proxy = ReverseProxy::builder(set).build();
     let req = http::Request::get("/")
+        .header("host", "app.test")
         .body(axum::body::Body::empty())
         .unwrap();
     let res = tower::ServiceExt::oneshot(&mut proxy, req).await.unwrap();
