@@ -5,8 +5,11 @@
 //!     --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
 //!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
-//!     [--trust CIDR]... [--probe /healthz] [--threads N]
+//!     [--trust CIDR]... [--probe /healthz] [--threads N] [--redis redis://127.0.0.1:6379]
 //! ```
+//!
+//! `--redis URL` (built with feature `redis`) puts a shared Redis tier
+//! behind the memory cache.
 //!
 //! It forwards every method and path, streams bodies both ways and returns
 //! the upstream's headers minus hop-by-hop ones; it adds no Cache-Control of
@@ -44,6 +47,9 @@ struct Args {
     /// Runtime threads; 1 runs a single-threaded runtime (nginx's model of
     /// one worker per core).
     threads: usize,
+    /// `--redis URL`: a Redis second tier behind the memory cache.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    redis: Option<String>,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -56,6 +62,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut trust = Vec::new();
     let mut probe = None;
     let mut threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut redis = None;
     let mut it = argv;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -100,6 +107,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("--threads {v}: expected a count"))?;
             }
+            "--redis" if cfg!(feature = "redis") => redis = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -110,6 +118,9 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     if no_cache && cache_mb.is_some() {
         return Err("--cache-mb and --no-cache exclude each other".into());
+    }
+    if no_cache && redis.is_some() {
+        return Err("--redis needs the cache (drop --no-cache)".into());
     }
     // Validated here so that a typo gets the usage text.
     let _ = strategy_and_key(&strategy, TrustedProxies::none())?;
@@ -136,6 +147,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         trust,
         probe,
         threads,
+        redis,
     })
 }
 
@@ -163,7 +175,7 @@ fn strategy_and_key(
 
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
-[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N]";
+[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] [--redis URL]";
 
 fn main() {
     let args = match parse(std::env::args().skip(1)) {
@@ -216,9 +228,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     match args.cache_mb {
         Some(mb) => {
-            let cache = ResponseCache::builder()
-                .max_bytes(mb.saturating_mul(1 << 20))
-                .build();
+            let builder = ResponseCache::builder().max_bytes(mb.saturating_mul(1 << 20));
+            #[cfg(feature = "redis")]
+            let builder = match &args.redis {
+                Some(url) => builder.redis(tower_ssr::cache::RedisTier::new(url)?),
+                None => builder,
+            };
+            let cache = builder.build();
             serve(listener, CacheLayer::new(cache).layer(proxy)).await
         }
         None => serve(listener, proxy).await,
@@ -342,6 +358,16 @@ mod tests {
         );
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb lots").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --threads 0").is_err());
+        assert!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache --redis redis://h").is_err()
+        );
+        // Known only where the example was built with the Redis tier.
+        assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --redis redis://h")
+                .map(|a| a.redis)
+                .ok(),
+            cfg!(feature = "redis").then(|| Some("redis://h".to_string()))
+        );
         assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
         assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
     }
