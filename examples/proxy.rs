@@ -359,7 +359,8 @@ mod tests {
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb lots").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --threads 0").is_err());
         assert!(
-            args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache --redis redis://h").is_err()
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache --redis redis://h")
+                .is_err()
         );
         // Known only where the example was built with the Redis tier.
         assert_eq!(

@@ -100,7 +100,9 @@ async fn measure(body: usize, n: usize) -> PerEntry {
         let client = client.clone();
         async move {
             let (mut parts, body) = req.into_parts();
-            parts.uri = format!("http://{addr}{}", parts.uri.path()).parse().unwrap();
+            parts.uri = format!("http://{addr}{}", parts.uri.path())
+                .parse()
+                .unwrap();
             client.request(Request::from_parts(parts, body)).await
         }
     });
@@ -159,7 +161,10 @@ fn check(body: usize, n: usize) {
         .unwrap();
     let PerEntry { held, weighed } = rt.block_on(measure(body, n));
     println!("{body} B pages: {held} bytes held per entry, {weighed} weighed");
-    assert!(held >= body, "{held} bytes held per entry for {body} B pages: not measuring");
+    assert!(
+        held >= body,
+        "{held} bytes held per entry for {body} B pages: not measuring"
+    );
     assert!(
         held * 10 <= weighed * 12,
         "{body} B pages: {held} bytes held per entry, only {weighed} weighed"
