@@ -6,12 +6,16 @@
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
 //!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
 //!     [--trust CIDR]... [--probe /healthz] [--threads N] \
-//!     [--connect-timeout MS] [--timeout MS] [--metrics ADDR]
+//!     [--connect-timeout MS] [--timeout MS] [--metrics ADDR] \
+//!     [--redis redis://127.0.0.1:6379]
 //! ```
 //!
 //! With `--metrics 127.0.0.1:9100` it serves Prometheus text at
 //! `http://127.0.0.1:9100/metrics` (see `tower_ssr::metrics` for the
 //! names) and adds `Server-Timing` to every cached or forwarded answer.
+//!
+//! `--redis URL` (built with feature `redis`) puts a shared Redis tier
+//! behind the memory cache.
 //!
 //! It forwards every method and path, streams bodies both ways and returns
 //! the upstream's headers minus hop-by-hop ones; it adds no Cache-Control of
@@ -58,6 +62,9 @@ struct Args {
     timeout: Duration,
     /// Where to serve Prometheus text at `/metrics`.
     metrics: Option<SocketAddr>,
+    /// `--redis URL`: a Redis second tier behind the memory cache.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    redis: Option<String>,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -73,6 +80,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut connect_timeout = tower_ssr::proxy::DEFAULT_CONNECT_TIMEOUT;
     let mut timeout = tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT;
+    let mut redis = None;
     let mut it = argv;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -135,6 +143,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     connect_timeout = d;
                 }
             }
+            "--redis" if cfg!(feature = "redis") => redis = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -145,6 +154,9 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     if no_cache && cache_mb.is_some() {
         return Err("--cache-mb and --no-cache exclude each other".into());
+    }
+    if no_cache && redis.is_some() {
+        return Err("--redis needs the cache (drop --no-cache)".into());
     }
     // Validated here so that a typo gets the usage text.
     let _ = strategy_and_key(&strategy, TrustedProxies::none())?;
@@ -174,6 +186,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         connect_timeout,
         timeout,
         metrics,
+        redis,
     })
 }
 
@@ -202,7 +215,7 @@ fn strategy_and_key(
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
 [--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] \
-[--connect-timeout MS] [--timeout MS] [--metrics ADDR]";
+[--connect-timeout MS] [--timeout MS] [--metrics ADDR] [--redis URL]";
 
 fn main() {
     let args = match parse(std::env::args().skip(1)) {
@@ -268,9 +281,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     match args.cache_mb {
         Some(mb) => {
-            let cache = ResponseCache::builder()
-                .max_bytes(mb.saturating_mul(1 << 20))
-                .build();
+            let builder = ResponseCache::builder().max_bytes(mb.saturating_mul(1 << 20));
+            #[cfg(feature = "redis")]
+            let builder = match &args.redis {
+                Some(url) => builder.redis(tower_ssr::cache::RedisTier::new(url)?),
+                None => builder,
+            };
+            let cache = builder.build();
             let layer = CacheLayer::new(cache)
                 .trust_forwarding_headers(!args.trust.is_empty())
                 .server_timing(true);
@@ -418,6 +435,17 @@ mod tests {
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --timeout 0").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1s").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics nowhere").is_err());
+        assert!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache --redis redis://h")
+                .is_err()
+        );
+        // Known only where the example was built with the Redis tier.
+        assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --redis redis://h")
+                .map(|a| a.redis)
+                .ok(),
+            cfg!(feature = "redis").then(|| Some("redis://h".to_string()))
+        );
         assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
         assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
     }

@@ -172,8 +172,10 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     if r.at != bytes.len() {
         return None;
     }
-    // A slice of the value read from Redis: no copy of the body.
-    let body = bytes.slice(start..start + body_len);
+    // Copied out: a slice would keep the whole value read from Redis (and
+    // its spare room) alive with the entry.
+    let body = super::entry::owned_body(&[bytes.slice(start..start + body_len)]);
+    let headers = super::entry::owned_headers(&headers);
 
     // Time since the response was received, on this machine's clock; a
     // clock behind the writer's counts as none.

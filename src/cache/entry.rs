@@ -25,9 +25,11 @@ const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 /// Fixed bookkeeping counted for every stored response besides its bytes
 /// and header slots: the entry struct and its `Arc` (about 300 bytes),
-/// moka's node, the key, the variant list and allocator rounding, as
-/// measured by `tests/cache_memory.rs`.
-const ENTRY_OVERHEAD: usize = 1024;
+/// moka's nodes, the variant list, the shared-buffer headers of the body
+/// and header values, and the allocator's cost per block (about 25 blocks
+/// an entry), as measured by `tests/cache_alloc.rs` with a counting
+/// allocator (rounded up: counting more than is held only costs capacity).
+const ENTRY_OVERHEAD: usize = 1280;
 
 /// A stored response, ready to send: headers prepared once at store time,
 /// the body a `Bytes` that every hit clones without copying.
@@ -669,14 +671,14 @@ pub(crate) fn build(
     if status_placeholder {
         stored.insert(CACHE_STATUS, HeaderValue::from_static("-"));
     }
-    // A clone allocates exactly what is used: a map built by inserting
-    // keeps spare room for twice its fields, which every entry would pay.
-    let stored = stored.clone();
+    let stored = owned_headers(&stored);
     let vary: Box<[_]> = policy
         .vary_names
         .into_iter()
         .map(|n| {
-            let v = joined(request_headers, &n);
+            // Copied: the request's value is a slice of its connection's
+            // read buffer.
+            let v = joined(request_headers, &n).map(|v| owned_value(&v));
             (n, v)
         })
         .collect();
@@ -693,6 +695,57 @@ pub(crate) fn build(
         tags,
         auth_ok: policy.auth_ok,
         weight,
+    }
+}
+
+/// A copy of `headers` that holds nothing of anyone else's and no spare
+/// room: every value copied into one allocation of exactly their length.
+/// A value from hyper's parser is a slice of its connection's read buffer
+/// (8 KiB or more), which a stored slice would keep alive, uncounted, for
+/// as long as the entry lives.
+pub(crate) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut all = Vec::with_capacity(headers.values().map(HeaderValue::len).sum());
+    for v in headers.values() {
+        all.extend_from_slice(v.as_bytes());
+    }
+    let all = Bytes::from(all);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (name, value) in headers {
+        let end = at + value.len();
+        // Valid already, so this cannot fail; a clone would only pin.
+        let mut v =
+            HeaderValue::from_maybe_shared(all.slice(at..end)).unwrap_or_else(|_| value.clone());
+        v.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), v);
+        at = end;
+    }
+    // A clone allocates exactly what is used: a map built by inserting
+    // keeps spare room for twice its fields, which every entry would pay.
+    out.clone()
+}
+
+/// A value in an allocation of its own, of exactly its length.
+fn owned_value(v: &HeaderValue) -> HeaderValue {
+    let mut out = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    out.set_sensitive(v.is_sensitive());
+    out
+}
+
+/// A body in an allocation of its own, of exactly its length: a chunk from
+/// hyper is a slice of its connection's read buffer, and one read from
+/// Redis a slice of the whole value.
+pub(crate) fn owned_body(chunks: &[Bytes]) -> Bytes {
+    match chunks {
+        [] => Bytes::new(),
+        [one] => Bytes::copy_from_slice(one),
+        _ => {
+            let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                all.extend_from_slice(c);
+            }
+            Bytes::from(all)
+        }
     }
 }
 

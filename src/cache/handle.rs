@@ -129,7 +129,12 @@ impl ResponseCacheBuilder {
     /// The most memory the stored responses may take, in bytes (default
     /// 64 MiB). Each entry weighs its body, its headers, its `Vary` values
     /// and a fixed overhead; past the bound, the least useful entries are
-    /// evicted (moka's TinyLFU).
+    /// evicted (moka's TinyLFU). Stored bodies and header values are
+    /// copies of their own, so the weight is what an entry holds; what the
+    /// process holds besides is the allocator's. With glibc and bodies of
+    /// tens of KiB, its heap fragments: `MALLOC_MMAP_THRESHOLD_=65536` in
+    /// the environment keeps the process within about 1.2 × `bytes` plus
+    /// its base (figures in `BENCHMARKS.md`).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self

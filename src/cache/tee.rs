@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
 
 use super::entry::{self, Entry, Policy};
@@ -68,20 +68,12 @@ impl Pending {
             request_headers,
             extra,
             mut lead,
-            mut chunks,
-            len,
+            chunks,
+            len: _,
         } = self;
-        let body = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(len);
-                for c in &chunks {
-                    all.extend_from_slice(c);
-                }
-                all.freeze()
-            }
-        };
+        // Copied, never kept as received: see `entry::owned_body`.
+        let body = entry::owned_body(&chunks);
+        drop(chunks);
         let entry = Arc::new(entry::build(
             status,
             version,
