@@ -178,9 +178,12 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     let headers = super::entry::owned_headers(&headers);
 
     // Time since the response was received, on this machine's clock; a
-    // clock behind the writer's counts as none.
-    let since = wall
-        .duration_since(UNIX_EPOCH + Duration::from_millis(stored_ms))
+    // clock behind the writer's counts as none. `checked_add`: a hostile
+    // value can name a time this platform's `SystemTime` cannot hold
+    // (Windows' range is narrower than u64 milliseconds), which `+` panics on.
+    let since = UNIX_EPOCH
+        .checked_add(Duration::from_millis(stored_ms))
+        .and_then(|stored| wall.duration_since(stored).ok())
         .unwrap_or(Duration::ZERO);
     // An `Instant` that far back may not exist (just after boot): count the
     // rest as age carried in.
