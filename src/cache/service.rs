@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::header::{
     HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE, TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -54,11 +54,25 @@ impl<S> Cache<S> {
     crate::macros::define_inner_service_accessors!();
 }
 
-/// The service that `poll_ready` made ready, leaving a clone in its place
-/// (tower's usual way to move a ready service into a future).
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
+/// Waits for the inner service's readiness. Only the miss path calls it,
+/// inside its future: `Cache` itself is always ready (as axum's router and
+/// tower's `Balance` are), so a concurrency limit or rate limiter inside the
+/// cache throttles misses and never holds back a hit.
+async fn ready<S, R>(inner: &mut S) -> Result<(), S::Error>
+where
+    S: Service<R>,
+{
+    poll_fn(|cx| inner.poll_ready(cx)).await
+}
+
+/// Whether an answer says something about the moment rather than the
+/// resource: a timeout (408), too early (425), a rate limit (429) or a
+/// server error. Such an answer never replaces, evicts or stores anything,
+/// never marks a key uncacheable, and counts as an error for
+/// `stale-if-error` and for the flight's waiters (RFC 9111 §4.3.3 lets a
+/// cache act as if the origin had not answered; RFC 5861 §4).
+fn transient(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error()
 }
 
 /// What a lookup found for a request.
@@ -125,8 +139,10 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<ResBody, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the inner service's readiness is awaited on the miss
+    /// path only, inside the response future, so hits never wait for it.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
@@ -138,7 +154,7 @@ where
         if parts.method != Method::GET && !is_head {
             // RFC 9111 §4: never answered from the cache.
             Counters::bump(&shared.counters.misses);
-            let inner = take_ready(&mut self.inner);
+            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Method, None, false, None);
             let shared = Arc::clone(shared);
             let Some(key) = checked_key(config, &parts) else {
@@ -149,6 +165,18 @@ where
             };
             let req = Request::from_parts(parts, body);
             return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, member, shared)));
+        }
+
+        if has_content(&parts.headers) {
+            // A GET or HEAD with content: what the origin renders may depend
+            // on content that no key covers (a form body injected into the
+            // page), so it is neither answered from nor stored in the
+            // cache. RFC 9110 §9.3.1: such content has no defined meaning.
+            Counters::bump(&shared.counters.misses);
+            let inner = self.inner.clone();
+            let member = config.fwd_member(Fwd::Bypass, None, false, None);
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
         }
 
         let extra = match &config.key_fn {
@@ -170,7 +198,7 @@ where
         });
         let (Some(found), Some(extra)) = (found, extra) else {
             Counters::bump(&shared.counters.misses);
-            let inner = take_ready(&mut self.inner);
+            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
             let req = Request::from_parts(parts, body);
             return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
@@ -240,7 +268,7 @@ where
         }
 
         Counters::bump(&shared.counters.misses);
-        let inner = take_ready(&mut self.inner);
+        let inner = self.inner.clone();
         // HEAD is never stored (its response has no body to store) and a
         // HEAD miss goes inward as HEAD, so a HEAD can never leave an empty
         // body where a GET will look. Ranges and origin-only preconditions
@@ -283,6 +311,17 @@ where
         };
         ResponseFuture::miss(Box::pin(miss(inner, job)))
     }
+}
+
+/// Whether a request says it carries content (RFC 9112 §6.1, §6.2): any
+/// `Transfer-Encoding`, or a `Content-Length` other than 0 (an invalid one
+/// counts as content: it cannot be shown to be empty).
+fn has_content(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() != b"0")
 }
 
 thread_local! {
@@ -407,6 +446,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     B: Body<Data = Bytes>,
 {
+    ready(&mut inner).await?;
     let (mut parts, body) = inner.call(req).await?.into_parts();
     parts.headers.append(CACHE_STATUS, member);
     Ok(Response::from_parts(parts, ResponseBody::stream(body)))
@@ -428,6 +468,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     B: Body<Data = Bytes>,
 {
+    ready(&mut inner).await?;
     let (mut parts, body) = inner.call(req).await?.into_parts();
     let now = crate::date::monotonic_now();
     let storable = entry::storable(
@@ -463,6 +504,7 @@ where
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
+    ready(&mut inner).await?;
     let (mut parts, body) = inner.call(req).await?.into_parts();
     if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
         invalidate(&shared, &key);
@@ -741,7 +783,10 @@ where
     }
     let request_headers = parts.headers.clone();
     let request_time = crate::date::monotonic_now();
-    let result = inner.call(Request::from_parts(parts, body)).await;
+    let result = match ready(inner).await {
+        Ok(()) => inner.call(Request::from_parts(parts, body)).await,
+        Err(e) => Err(e),
+    };
     let now = crate::date::monotonic_now();
     let response_time = (now, SystemTime::now());
 
@@ -769,10 +814,10 @@ where
 
     if status == StatusCode::NOT_MODIFIED {
         if let Some(entry) = validating {
-            let response = revalidated(
+            let (response, stored) = revalidated(
                 &config,
                 &shared,
-                &key,
+                (&key, &flight_key),
                 &entry,
                 &head.headers,
                 &req_cc,
@@ -783,20 +828,35 @@ where
                 collapsed,
                 conditionals.as_ref(),
             );
-            finish(lead, Outcome::Stored);
-            return Ok(response);
-        }
-    }
-
-    // RFC 5861 §4: 500, 502, 503 and 504 count as errors.
-    if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
-        if let Some(response) = serve_stale(Some(status.as_u16())) {
-            finish(lead, Outcome::Failed);
+            // Waiters look up a freshened entry; when the merged response
+            // may not be shared they go on alone, and never get this
+            // client's response (its Set-Cookie, say).
+            let outcome = if stored {
+                Outcome::Stored
+            } else {
+                Outcome::NotStorable
+            };
+            finish(lead, outcome);
             return Ok(response);
         }
     }
 
     let fwd_status = validating.is_some().then_some(status.as_u16());
+    // RFC 5861 §4 names 500, 502, 503 and 504; a timeout, a rate limit or
+    // any server error is as much a failure to answer (see `transient`).
+    if transient(status) {
+        finish(lead, Outcome::Failed);
+        if let Some(response) = serve_stale(Some(status.as_u16())) {
+            return Ok(response);
+        }
+        tracing::debug!(key = %key, status = status.as_u16(), "transient answer: forwarded, nothing evicted");
+        if let Some(field) = &config.strip_field {
+            head.headers.remove(field);
+        }
+        let member = config.fwd_member(fwd, fwd_status, false, collapsed);
+        return Ok(passthrough(head, body, conditionals.as_ref(), member));
+    }
+
     let policy = entry::storable(
         status,
         &head.headers,
@@ -922,23 +982,30 @@ where
 /// (a request's `no-store` concerns that request alone, RFC 9111 §5.2.1.5;
 /// `Authorization`, §3.5), nor for an answer to what this request asked
 /// rather than a new representation: a range (206, 416) or a precondition
-/// (304, 412; §3, §4.3.2). Nor a server error: the cache may forward it or
-/// act as if the origin did not answer (§4.3.3), and one failure must not
-/// drop a good entry or stop coalescing during an outage. RFC 9111 asks to
-/// purge only on §4.4.
+/// (304, 412; §3, §4.3.2). Nor a transient answer (408, 425, 429, 5xx; see
+/// `transient`): the cache may forward it or act as if the origin did not
+/// answer (§4.3.3), and one failure must not drop a good entry or stop
+/// coalescing during an outage. RFC 9111 asks to purge only on §4.4.
 fn supersedes(reason: NotStorable, status: StatusCode) -> bool {
     matches!(reason, NotStorable::Response(_))
         && !matches!(status.as_u16(), 206 | 304 | 412 | 416)
-        && !status.is_server_error()
+        && !transient(status)
 }
 
 /// A 304 answered our validators: freshen the stored entry (RFC 9111
-/// §4.3.4) and answer from it.
+/// §4.3.4) and answer from it. The client always gets the merged response:
+/// the stored one updated with every field of the 304 that §3.2 lets
+/// through (a new `Cache-Control`, a `Set-Cookie`). When the merged
+/// response may not be stored (`no-store`, `private`, `Set-Cookie`, ...)
+/// the entry is dropped and the key remembered as uncacheable, as for a
+/// full response saying so; a restriction of this request alone
+/// (`no-store`, `Authorization`) leaves the entry as it was. Returns the
+/// response and whether the entry was freshened.
 #[allow(clippy::too_many_arguments)]
 fn revalidated<B: Body>(
     config: &Config,
     shared: &Shared,
-    key: &str,
+    (key, flight_key): (&str, &str),
     entry: &Arc<Entry>,
     not_modified: &HeaderMap,
     req_cc: &RequestDirectives,
@@ -948,7 +1015,7 @@ fn revalidated<B: Body>(
     fwd: Fwd,
     collapsed: Option<bool>,
     conditionals: Option<&Conditionals>,
-) -> Response<ResponseBody<B>> {
+) -> (Response<ResponseBody<B>>, bool) {
     let now = response_time.0;
     // §4.3.4: a 304 naming another strong validator selects no stored
     // response: answer from what we have, and let the next request fetch.
@@ -962,6 +1029,11 @@ fn revalidated<B: Body>(
         }
         _ => true,
     };
+    if !same_tag {
+        shared.store.remove_variant(key, entry);
+        let member = config.fwd_member(fwd, Some(304), false, collapsed);
+        return (from_entry(entry, false, conditionals, member, now), false);
+    }
     let mut merged = entry::merge_304(&entry.headers, not_modified);
     if entry.status_placeholder {
         merged.remove(CACHE_STATUS);
@@ -976,37 +1048,79 @@ fn revalidated<B: Body>(
         response_time,
     );
     let member = |stored| config.fwd_member(fwd, Some(304), stored, collapsed);
-    match policy {
-        Ok(policy) if same_tag => {
-            let mut fresh = entry::build(
-                entry.status,
-                entry.version,
-                &merged,
-                entry.body.clone(),
-                policy,
-                &HeaderMap::new(),
-                entry.extra.clone(),
-                config.strip_field.as_ref(),
-            );
-            // The variant stays the one it was.
-            fresh.vary = entry.vary.clone();
-            let fresh = Arc::new(fresh);
-            if !shared.store.insert(key, Arc::clone(&fresh)) {
-                // The merged headers made it too heavy for the tier.
+    let policy = match policy {
+        Ok(policy) => policy,
+        Err(reason) => {
+            tracing::debug!(key, ?reason, "revalidated response not stored");
+            if matches!(reason, NotStorable::Response(_)) {
                 shared.store.remove_variant(key, entry);
-                return from_entry(&fresh, false, conditionals, member(false), now);
+                shared.remember_uncacheable(flight_key, config.uncacheable_for);
             }
-            shared.stored_l2(key, &fresh, None);
-            Counters::bump(&shared.counters.revalidations);
-            Counters::bump(&shared.counters.stores);
-            tracing::debug!(key, "stored response revalidated");
-            from_entry(&fresh, false, conditionals, member(true), now)
+            let response = merged_response(config, entry, merged, conditionals, member(false));
+            return (response, false);
         }
-        _ => {
-            shared.store.remove_variant(key, entry);
-            from_entry(entry, false, conditionals, member(false), now)
-        }
+    };
+    let mut fresh = entry::build(
+        entry.status,
+        entry.version,
+        &merged,
+        entry.body.clone(),
+        policy,
+        &HeaderMap::new(),
+        entry.extra.clone(),
+        config.strip_field.as_ref(),
+    );
+    // The variant stays the one it was.
+    fresh.vary = entry.vary.clone();
+    let fresh = Arc::new(fresh);
+    if !shared.store.insert(key, Arc::clone(&fresh)) {
+        // The merged headers made it too heavy for the tier.
+        shared.store.remove_variant(key, entry);
+        return (
+            from_entry(&fresh, false, conditionals, member(false), now),
+            false,
+        );
     }
+    shared.stored_l2(key, &fresh, None);
+    Counters::bump(&shared.counters.revalidations);
+    Counters::bump(&shared.counters.stores);
+    tracing::debug!(key, "stored response revalidated");
+    (
+        from_entry(&fresh, false, conditionals, member(true), now),
+        true,
+    )
+}
+
+/// The stored response updated by a 304 that may not be stored, for the
+/// client that asked (RFC 9111 §4.3.4): its headers are the merged ones, so
+/// the 304's `Cache-Control` and `Set-Cookie` reach this client and no one
+/// else. `Age` is the 304's own (a just-validated response).
+fn merged_response<B: Body>(
+    config: &Config,
+    entry: &Entry,
+    mut merged: HeaderMap,
+    conditionals: Option<&Conditionals>,
+    member: HeaderValue,
+) -> Response<ResponseBody<B>> {
+    if let Some(field) = &config.strip_field {
+        merged.remove(field);
+    }
+    if !merged.contains_key(AGE) {
+        merged.insert(AGE, HeaderValue::from_static("0"));
+    }
+    let mut head = Response::new(()).into_parts().0;
+    head.status = entry.status;
+    head.version = entry.version;
+    head.headers = merged;
+    if conditionals
+        .is_some_and(|c| c.evaluate(head.status, &head.headers) == Condition::NotModified)
+    {
+        let mut parts = not_modified_parts(head);
+        parts.headers.append(CACHE_STATUS, member);
+        return Response::from_parts(parts, ResponseBody::empty());
+    }
+    head.headers.append(CACHE_STATUS, member);
+    Response::from_parts(head, ResponseBody::stored(entry.body.clone()))
 }
 
 /// An unstored response streamed through, the client's conditionals
