@@ -611,3 +611,139 @@ async fn a_saturated_concurrency_limit_does_not_hold_back_hits() {
     assert_eq!(text(&other), "page");
     assert_eq!(calls.count(), 3);
 }
+
+// ---------------------------------------------------------------------------
+// §7: unique Vary values cannot push out real clients
+// ---------------------------------------------------------------------------
+
+/// One keep-alive client for many requests.
+struct Browser {
+    client:
+        Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Empty<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Browser {
+    fn new(addr: SocketAddr) -> Self {
+        Browser {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            addr,
+        }
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Seen {
+        let mut req = Request::builder().uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = self
+            .client
+            .request(req.body(http_body_util::Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        Seen {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+}
+
+/// An origin whose page varies on `field`, and says which value it was
+/// rendered for.
+fn varying(calls: Calls, field: &'static str) -> Router {
+    scripted(calls, Gate::default(), move |_, headers, _| {
+        let value = headers
+            .get(field)
+            .map_or("-", |v| v.to_str().unwrap())
+            .to_owned();
+        answer(
+            200,
+            &[("cache-control", "public, max-age=600"), ("vary", field)],
+            &format!("for {value}"),
+        )
+    })
+}
+
+/// Runs `uniques` one-off values of `field`, with one request of a real
+/// client (in turn from `browsers`) after every `every` of them; the real
+/// clients' hits and requests.
+async fn vary_flood(
+    field: &'static str,
+    browsers: &[&str],
+    uniques: usize,
+    every: usize,
+) -> (usize, usize) {
+    let calls = Calls::default();
+    let (addr, _cache) = serve_cached(varying(calls, field)).await;
+    let client = Browser::new(addr);
+    let (mut hits, mut asked) = (0, 0);
+    for u in 0..uniques {
+        let value = format!("attack-{u}");
+        let seen = client.get("/home", &[(field, &value)]).await;
+        assert_eq!(text(&seen), format!("for {value}"));
+        if (u + 1) % every == 0 {
+            let b = browsers[asked % browsers.len()];
+            let seen = client.get("/home", &[(field, b)]).await;
+            assert_eq!(text(&seen), format!("for {b}"), "never another's page");
+            asked += 1;
+            if status_of(&seen).contains("hit") {
+                hits += 1;
+            }
+        }
+    }
+    (hits, asked)
+}
+
+/// The named input: `Vary: Accept-Encoding`, three browser values
+/// interleaved 1:9 with 2,000 unique values from one client. Before: the
+/// browsers' hits fell from 197/200 to 101/200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_accept_encodings_do_not_push_out_the_browsers() {
+    let browsers = [
+        "gzip, deflate, br, zstd",
+        "gzip, deflate, br",
+        "gzip, deflate",
+    ];
+    let (hits, asked) = vary_flood("accept-encoding", &browsers, 2000, 9).await;
+    assert!(hits * 100 >= asked * 95, "{hits}/{asked} browser hits");
+}
+
+/// Wider: `Vary: User-Agent` and a sparser interleaving (1:20), which would
+/// defeat a plain LRU of 32 variants: the browsers' values are recognised
+/// as asked for again and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_user_agents_do_not_push_out_the_browsers() {
+    let browsers = [
+        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Safari/605.1.15",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
+    ];
+    let (hits, asked) = vary_flood("user-agent", &browsers, 4000, 20).await;
+    assert!(hits * 100 >= asked * 95, "{hits}/{asked} browser hits");
+}
+
+/// Eviction drops the least recently used variant, not the oldest stored:
+/// a variant stored first but used since outlives 32 newer ones stored
+/// after its use, and the oldest unused one goes instead.
+#[tokio::test]
+async fn a_full_variant_list_drops_the_least_recently_used() {
+    let calls = Calls::default();
+    let (addr, _cache) = serve_cached(varying(calls.clone(), "accept-language")).await;
+    let client = Browser::new(addr);
+    let lang = |i: usize| format!("l{i}");
+    for i in 0..32 {
+        client.get("/v", &[("accept-language", &lang(i))]).await;
+    }
+    // l0 is the oldest stored, and now the most recently used.
+    let used = client.get("/v", &[("accept-language", "l0")]).await;
+    assert!(status_of(&used).contains("hit"));
+    client.get("/v", &[("accept-language", "l32")]).await;
+    let before = calls.count();
+    let kept = client.get("/v", &[("accept-language", "l0")]).await;
+    assert!(status_of(&kept).contains("hit"), "{kept:?}");
+    let dropped = client.get("/v", &[("accept-language", "l1")]).await;
+    assert!(!status_of(&dropped).contains("hit"), "{dropped:?}");
+    assert_eq!(calls.count(), before + 1);
+}

@@ -210,7 +210,15 @@ where
         match found {
             Lookup::Found(variants, i) => {
                 let entry = &variants.list[i];
-                match reuse(&entry.fresh, &req_cc, now) {
+                let reuse = reuse(&entry.fresh, &req_cc, now);
+                if matches!(
+                    reuse,
+                    Reuse::Fresh | Reuse::StaleAccepted | Reuse::StaleWhileRevalidate
+                ) {
+                    // Recency for the variant eviction (no allocation).
+                    variants.touch(i);
+                }
+                match reuse {
                     Reuse::Fresh => {
                         Counters::bump(&shared.counters.hits);
                         return ResponseFuture::ready(hit(config, entry, &parts, now));
@@ -668,6 +676,7 @@ where
                         };
                         if let Lookup::Found(variants, i) = found {
                             let entry = &variants.list[i];
+                            variants.touch(i);
                             if !usable(entry) {
                                 return fetch(&mut inner, job, None, Some(false)).await;
                             }
