@@ -747,3 +747,215 @@ async fn a_full_variant_list_drops_the_least_recently_used() {
     assert!(!status_of(&dropped).contains("hit"), "{dropped:?}");
     assert_eq!(calls.count(), before + 1);
 }
+
+// ---------------------------------------------------------------------------
+// §3: same request, same answer, cached or not
+// ---------------------------------------------------------------------------
+
+const LAST_MODIFIED: &str = "Tue, 01 Oct 2024 10:00:00 GMT";
+
+/// An origin that never answers conditionals itself, with explicit
+/// validators; or (`content_etag`) one whose weak ETag `CacheControlLayer`
+/// makes from the body, which an empty HEAD body would change.
+fn validated(calls: Calls, content_etag: bool) -> Router {
+    let app = scripted(calls, Gate::default(), move |_, _, _| {
+        let mut headers = vec![
+            ("cache-control", "public, max-age=600"),
+            ("last-modified", LAST_MODIFIED),
+        ];
+        if !content_etag {
+            headers.push(("etag", "\"e1\""));
+        }
+        answer(200, &headers, "<html>the page</html>")
+    });
+    if content_etag {
+        app.layer(tower_ssr::cache_control::CacheControlLayer::new())
+    } else {
+        app
+    }
+}
+
+/// Status and validators, the part of an answer that must not depend on
+/// the cache's state.
+fn outcome(seen: &Seen) -> (StatusCode, Option<String>, Option<String>) {
+    let h = |n: &str| seen.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+    (seen.status, h("etag"), h("last-modified"))
+}
+
+/// Every conditional request, GET and HEAD, gets the same status and
+/// validators cold (a miss, forwarded) and warm (a hit), and a HEAD the
+/// validators its GET gets.
+#[tokio::test]
+async fn conditional_requests_get_the_same_answer_cold_and_warm() {
+    for content_etag in [false, true] {
+        // The validator a 304 can match: the origin's own, or the one
+        // CacheControlLayer made.
+        let etag = {
+            let (addr, _) = serve_cached(validated(Calls::default(), content_etag)).await;
+            get(addr, "/").await.one("etag").to_owned()
+        };
+        let strong = etag.trim_start_matches("W/").to_owned();
+        let weak = format!("W/{strong}");
+        let cases: Vec<Vec<(&str, String)>> = vec![
+            vec![],
+            vec![("if-none-match", etag.clone())],
+            vec![("if-none-match", strong.clone())],
+            vec![("if-none-match", weak.clone())],
+            vec![("if-none-match", "\"other\"".into())],
+            vec![("if-none-match", format!("\"other\", {etag}"))],
+            vec![("if-none-match", "*".into())],
+            vec![("if-modified-since", LAST_MODIFIED.into())],
+            vec![("if-modified-since", "Mon, 01 Jan 2024 00:00:00 GMT".into())],
+            vec![("if-modified-since", "Wed, 01 Jan 2025 00:00:00 GMT".into())],
+            vec![("if-modified-since", "not a date".into())],
+            vec![
+                ("if-none-match", "\"other\"".into()),
+                ("if-modified-since", LAST_MODIFIED.into()),
+            ],
+            vec![
+                ("if-none-match", etag.clone()),
+                ("if-modified-since", "Mon, 01 Jan 2024 00:00:00 GMT".into()),
+            ],
+        ];
+        for case in &cases {
+            let headers: Vec<(&str, &str)> = case.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut by_method = Vec::new();
+            for method in [Method::GET, Method::HEAD] {
+                let (cold_addr, _) = serve_cached(validated(Calls::default(), content_etag)).await;
+                let cold = common::send(cold_addr, method.clone(), "/", &headers).await;
+                let calls = Calls::default();
+                let (warm_addr, _) = serve_cached(validated(calls.clone(), content_etag)).await;
+                get(warm_addr, "/").await;
+                let warm = common::send(warm_addr, method.clone(), "/", &headers).await;
+                assert!(status_of(&warm).contains("hit"), "{warm:?}");
+                assert_eq!(calls.count(), 1);
+                assert_eq!(
+                    outcome(&cold),
+                    outcome(&warm),
+                    "{method} {case:?} content_etag={content_etag}\ncold {cold:?}\nwarm {warm:?}"
+                );
+                if method == Method::HEAD {
+                    assert!(cold.body.is_empty() && warm.body.is_empty());
+                }
+                by_method.push(outcome(&cold));
+            }
+            assert_eq!(by_method[0], by_method[1], "GET and HEAD differ: {case:?}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// §8: upstream failures give clean, bounded answers (cache side)
+// ---------------------------------------------------------------------------
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// An origin whose body comes from a channel the test feeds, announcing
+/// `Content-Length: length`; each call takes the next receiver.
+fn fed(length: usize, bodies: Vec<tokio::sync::mpsc::Receiver<Chunk>>, calls: Calls) -> Router {
+    let bodies = Arc::new(Mutex::new(bodies.into_iter()));
+    Router::new().fallback(move |req: Request<Body>| {
+        let (bodies, calls) = (bodies.clone(), calls.clone());
+        async move {
+            calls.record(req.headers(), Bytes::new());
+            let rx = bodies.lock().unwrap().next().expect("one body per call");
+            Response::builder()
+                .header("cache-control", "public, max-age=600")
+                .header("content-length", length)
+                .body(Body::from_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .unwrap()
+        }
+    })
+}
+
+/// Opens a GET and returns the response head and body as they arrive.
+async fn open(addr: SocketAddr, path: &str) -> hyper::Response<hyper::body::Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let req = Request::builder()
+        .uri(format!("http://{addr}{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    tokio::time::timeout(GUARD, client.request(req))
+        .await
+        .expect("response head")
+        .unwrap()
+}
+
+/// With a known `Content-Length`, a storable response reaches the client
+/// while it is read, not once it is whole: the first half arrives before
+/// the origin is allowed to send the second; then it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_a_known_length_streams_while_it_is_stored() {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let calls = Calls::default();
+    let (addr, _cache) = serve_cached(fed(10, vec![rx], calls.clone())).await;
+    tx.send(Ok(Bytes::from_static(b"first"))).await.unwrap();
+    let res = open(addr, "/known").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let first = tokio::time::timeout(GUARD, body.frame())
+        .await
+        .expect("the first half before the second was sent")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&first[..], b"first");
+    tx.send(Ok(Bytes::from_static(b"-last"))).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"-last");
+    let hit = get(addr, "/known").await;
+    assert!(status_of(&hit).contains("hit"), "{hit:?}");
+    assert_eq!(&hit.body[..], b"first-last");
+    assert_eq!(calls.count(), 1);
+}
+
+/// The named input: the upstream promises `Content-Length: 1000` and breaks
+/// off after 100 bytes, before anything reached the client: a 502, not a
+/// reply without a status, and nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_before_anything_was_sent_gets_a_502() {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (tx2, rx2) = tokio::sync::mpsc::channel(4);
+    let calls = Calls::default();
+    let (addr, cache) = serve_cached(fed(1000, vec![rx, rx2], calls.clone())).await;
+    tx.send(Ok(Bytes::from(vec![b'x'; 100]))).await.unwrap();
+    tx.send(Err(std::io::Error::other("upstream closed")))
+        .await
+        .unwrap();
+    let seen = get(addr, "/cut").await;
+    assert_eq!(seen.status, StatusCode::BAD_GATEWAY, "{seen:?}");
+    assert!(seen.body.is_empty());
+    assert_eq!(cache.stats().entries, 0, "never stored");
+    // A body that simply ends short is as incomplete.
+    tx2.send(Ok(Bytes::from(vec![b'x'; 100]))).await.unwrap();
+    drop(tx2);
+    let short = get(addr, "/cut").await;
+    assert_eq!(short.status, StatusCode::BAD_GATEWAY, "{short:?}");
+    assert_eq!(cache.stats().entries, 0, "never stored");
+    assert_eq!(calls.count(), 2);
+}
+
+/// Once bytes have left, a body that breaks off aborts the client's
+/// connection (it never looks complete) and is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_after_bytes_left_aborts_and_is_not_stored() {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let calls = Calls::default();
+    let (addr, cache) = serve_cached(fed(1000, vec![rx], calls.clone())).await;
+    tx.send(Ok(Bytes::from(vec![b'x'; 100]))).await.unwrap();
+    let res = open(addr, "/late").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first.len(), 100);
+    tx.send(Err(std::io::Error::other("upstream closed")))
+        .await
+        .unwrap();
+    let rest = tokio::time::timeout(GUARD, body.collect()).await.unwrap();
+    assert!(rest.is_err(), "the client sees the failure");
+    assert_eq!(cache.stats().entries, 0, "never stored");
+}

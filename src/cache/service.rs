@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{
     HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
     IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE, TRANSFER_ENCODING,
@@ -124,6 +124,9 @@ struct Job<ReqBody> {
     req_cc: RequestDirectives,
     has_auth: bool,
     conditionals: Option<Conditionals>,
+    /// The client asked with HEAD: the inner service gets a GET, the
+    /// client the head of the answer.
+    is_head: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
@@ -245,6 +248,7 @@ where
                                 flight_key,
                                 extra,
                                 stale: Some(Arc::clone(entry)),
+                                is_head: false,
                                 fwd: Fwd::Stale,
                                 req_cc,
                                 has_auth,
@@ -277,12 +281,14 @@ where
 
         Counters::bump(&shared.counters.misses);
         let inner = self.inner.clone();
-        // HEAD is never stored (its response has no body to store) and a
-        // HEAD miss goes inward as HEAD, so a HEAD can never leave an empty
-        // body where a GET will look. Ranges and origin-only preconditions
-        // (RFC 9111 §4.3.2) go inward untouched too.
-        if is_head
-            || parts.headers.contains_key(RANGE)
+        // A HEAD miss goes inward as a GET (as nginx's
+        // `proxy_cache_convert_head`): what comes back is the GET response,
+        // stored for later GETs and HEADs, and the HEAD gets its head, so a
+        // HEAD carries the validators and length the GET would, cached or
+        // not (a content ETag made from an empty HEAD body would differ).
+        // Ranges and origin-only preconditions (RFC 9111 §4.3.2) go inward
+        // untouched.
+        if parts.headers.contains_key(RANGE)
             || parts.headers.contains_key(IF_MATCH)
             || parts.headers.contains_key(IF_UNMODIFIED_SINCE)
         {
@@ -307,6 +313,7 @@ where
             config: Arc::clone(&self.config),
             shared: Arc::clone(shared),
             conditionals: Conditionals::from_request(&parts.method, &parts.headers),
+            is_head,
             flight_key,
             parts,
             body,
@@ -441,7 +448,8 @@ fn l2_hit<B: Body>(
 ) -> Response<ResponseBody<B>> {
     let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
     let member = super::status::hit_detail(&config.name, entry.fresh.ttl(now), "redis");
-    from_entry(entry, false, conditionals.as_ref(), member, now)
+    let is_head = parts.method == Method::HEAD;
+    from_entry(entry, is_head, conditionals.as_ref(), member, now)
 }
 
 /// Forwards a request untouched and streams the response back.
@@ -476,8 +484,22 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     B: Body<Data = Bytes>,
 {
+    // As on every other miss, the client's conditionals are answered here
+    // and a HEAD goes inward as a GET, so the answer does not depend on
+    // whether the key was just seen uncacheable.
+    let (mut req_parts, req_body) = req.into_parts();
+    let conditionals = Conditionals::from_request(&req_parts.method, &req_parts.headers);
+    req_parts.headers.remove(IF_NONE_MATCH);
+    req_parts.headers.remove(IF_MODIFIED_SINCE);
+    let is_head = req_parts.method == Method::HEAD;
+    if is_head {
+        req_parts.method = Method::GET;
+    }
     ready(&mut inner).await?;
-    let (mut parts, body) = inner.call(req).await?.into_parts();
+    let (mut parts, body) = inner
+        .call(Request::from_parts(req_parts, req_body))
+        .await?
+        .into_parts();
     let now = crate::date::monotonic_now();
     let storable = entry::storable(
         parts.status,
@@ -491,8 +513,16 @@ where
     if storable.is_ok() {
         shared.forget_uncacheable(&flight_key);
     }
-    parts.headers.append(CACHE_STATUS, member);
-    Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+    if let Some(field) = &config.strip_field {
+        parts.headers.remove(field);
+    }
+    Ok(passthrough(
+        parts,
+        body,
+        is_head,
+        conditionals.as_ref(),
+        member,
+    ))
 }
 
 /// Forwards an unsafe (or uncacheable safe) method and, on success,
@@ -685,7 +715,7 @@ where
                             let member = job.config.fwd_member(job.fwd, None, true, Some(true));
                             return Ok(from_entry(
                                 entry,
-                                false,
+                                job.is_head,
                                 job.conditionals.as_ref(),
                                 member,
                                 now,
@@ -705,7 +735,7 @@ where
                             let member = job.config.fwd_member(Fwd::Stale, None, false, Some(true));
                             return Ok(from_entry(
                                 entry,
-                                false,
+                                job.is_head,
                                 job.conditionals.as_ref(),
                                 member,
                                 now,
@@ -765,6 +795,7 @@ where
         req_cc,
         has_auth,
         conditionals,
+        is_head,
     } = job;
     let finish = |lead: Option<Lead>, outcome: Outcome| {
         if let Some(lead) = lead {
@@ -777,6 +808,9 @@ where
     // comes back can be stored.
     parts.headers.remove(IF_NONE_MATCH);
     parts.headers.remove(IF_MODIFIED_SINCE);
+    if is_head {
+        parts.method = Method::GET;
+    }
     let validating = stale
         .as_ref()
         .filter(|e| e.etag().is_some() || e.last_modified().is_some())
@@ -806,7 +840,7 @@ where
             .map(|entry| {
                 Counters::bump(&shared.counters.stale);
                 let member = config.fwd_member(Fwd::Stale, status, false, collapsed);
-                from_entry(entry, false, conditionals.as_ref(), member, now)
+                from_entry(entry, is_head, conditionals.as_ref(), member, now)
             })
     };
 
@@ -836,6 +870,7 @@ where
                 fwd,
                 collapsed,
                 conditionals.as_ref(),
+                is_head,
             );
             // Waiters look up a freshened entry; when the merged response
             // may not be shared they go on alone, and never get this
@@ -863,7 +898,13 @@ where
             head.headers.remove(field);
         }
         let member = config.fwd_member(fwd, fwd_status, false, collapsed);
-        return Ok(passthrough(head, body, conditionals.as_ref(), member));
+        return Ok(passthrough(
+            head,
+            body,
+            is_head,
+            conditionals.as_ref(),
+            member,
+        ));
     }
 
     let policy = entry::storable(
@@ -898,7 +939,13 @@ where
                 head.headers.remove(field);
             }
             let member = config.fwd_member(fwd, fwd_status, false, collapsed);
-            return Ok(passthrough(head, body, conditionals.as_ref(), member));
+            return Ok(passthrough(
+                head,
+                body,
+                is_head,
+                conditionals.as_ref(),
+                member,
+            ));
         }
     };
 
@@ -925,64 +972,142 @@ where
         lead,
         chunks: Vec::new(),
         len: 0,
+        declared,
     };
-    // A body of unknown length (a streamed render) is stored as it passes
-    // to the client, so the first bytes are not held back; unless the
-    // client's own conditional may turn the answer into a 304, which needs
-    // the whole response first.
-    if fits && declared.is_none() && hint.exact().is_none() && conditionals.is_none() {
-        if let Some(field) = &config.strip_field {
-            head.headers.remove(field);
-        }
-        // Whether it ends up stored is not known yet: no `stored`.
-        head.headers.append(CACHE_STATUS, member(false));
-        return Ok(Response::from_parts(head, ResponseBody::tee(body, pending)));
+    if let Some(field) = &config.strip_field {
+        head.headers.remove(field);
     }
-    let collected = if fits {
-        collect(body, cap).await
+    // Boxed (the miss path) so the part read here and the rest can go to
+    // the client as one body.
+    let mut body = Box::pin(body);
+    // The client's own conditional may turn the answer into a 304, and a
+    // HEAD needs the whole GET body stored: both read it whole first.
+    // Otherwise the response goes to the client as soon as it has started
+    // (see `read_start`) and is stored as it passes.
+    let read = if !fits {
+        Read::TooLong(VecDeque::new())
     } else {
-        Collected::TooLong(VecDeque::new(), Box::pin(body))
+        read_start(&mut body, cap, conditionals.is_some() || is_head).await
     };
-    match collected {
-        // §3.3: a body shorter than announced is incomplete: not stored.
-        Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
-            pending.len = bytes.len();
-            pending.chunks.push(bytes);
+    match read {
+        // §3.3: a body shorter than announced is incomplete: never stored,
+        // and never shown as complete.
+        Read::Complete(chunks, len) if declared.map_or(true, |n| n == len as u64) => {
+            pending.len = len;
+            pending.chunks.extend(chunks);
             let (entry, stored) = pending.store();
             Ok(from_entry(
                 &entry,
-                false,
+                is_head,
                 conditionals.as_ref(),
                 member(stored),
                 crate::date::monotonic_now(),
             ))
         }
-        Collected::Complete(bytes) => {
-            if let Some(lead) = pending.lead.take() {
-                lead.finish(Outcome::Failed);
+        Read::Complete(..) | Read::Failed(_) => {
+            // The upstream broke off before anything reached the client:
+            // nothing partial is stored, the flight failed (waiters never
+            // see the truncated body), and the client gets a stale copy
+            // where allowed, else a clean 502 (RFC 9110 §15.6.3) instead
+            // of a connection closed without a status.
+            pending.fail();
+            if let Some(response) = serve_stale(Some(502)) {
+                return Ok(response);
             }
-            head.headers.remove(CONTENT_LENGTH);
-            head.headers.append(CACHE_STATUS, member(false));
-            Ok(Response::from_parts(head, ResponseBody::stored(bytes)))
+            tracing::debug!(status = status.as_u16(), "upstream body broke off: 502");
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            res.headers_mut().append(CACHE_STATUS, member(false));
+            Ok(res)
         }
-        Collected::TooLong(buffered, rest) => {
+        Read::TooLong(buffered) => {
             pending.too_long();
             head.headers.append(CACHE_STATUS, member(false));
-            Ok(Response::from_parts(
-                head,
-                ResponseBody::replay(buffered, None, Some(rest)),
-            ))
+            let body = if is_head {
+                ResponseBody::empty()
+            } else {
+                ResponseBody::replay(buffered, None, Some(body))
+            };
+            Ok(Response::from_parts(head, body))
         }
-        Collected::Failed(buffered, error) => {
-            // Nothing partial is stored; the flight failed.
-            pending.fail();
+        Read::Started(buffered, len) => {
+            pending.len = len;
+            pending.chunks.extend(buffered.iter().cloned());
+            // Whether it ends up stored is not known yet: no `stored`.
             head.headers.append(CACHE_STATUS, member(false));
             Ok(Response::from_parts(
                 head,
-                ResponseBody::replay(buffered, Some(error), None),
+                ResponseBody::tee(buffered, body, pending),
             ))
         }
     }
+}
+
+/// How a response body began.
+enum Read<E> {
+    /// It ended: its chunks and length.
+    Complete(VecDeque<Bytes>, usize),
+    /// Data came and the upstream has no more ready: the chunks so far
+    /// and their length; the rest streams.
+    Started(VecDeque<Bytes>, usize),
+    /// Longer than may be stored: the chunks read.
+    TooLong(VecDeque<Bytes>),
+    Failed(E),
+}
+
+/// Cooperative yields granted, after the first data, to an upstream that
+/// has nothing more ready, before the headers go out: enough for an
+/// upstream connection that already closed to report it (its task runs
+/// first), so a body cut short right after its first bytes still gets a
+/// 502. Not a timer: each yield only lets ready tasks run.
+const START_YIELDS: u8 = 3;
+
+/// Reads the start of a body: the whole of it when `whole`, else until the
+/// first data has come and nothing more is ready, so the client gets its
+/// first byte as soon as the upstream sent it while a body that breaks off
+/// before then still gets a clean answer. The choice for a body that
+/// breaks off later: the headers have left, so the client's connection is
+/// aborted (a body error) and nothing is stored. Trailers are dropped
+/// (RFC 9111 §3.1 allows it).
+async fn read_start<B: Body<Data = Bytes>>(
+    body: &mut Pin<Box<B>>,
+    cap: usize,
+    whole: bool,
+) -> Read<B::Error> {
+    let mut chunks = VecDeque::new();
+    let mut len = 0usize;
+    let mut yields = 0u8;
+    poll_fn(|cx| loop {
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    len = len.saturating_add(data.len());
+                    if !data.is_empty() {
+                        chunks.push_back(data);
+                    }
+                    if len > cap {
+                        return Poll::Ready(Read::TooLong(std::mem::take(&mut chunks)));
+                    }
+                }
+                if body.is_end_stream() {
+                    return Poll::Ready(Read::Complete(std::mem::take(&mut chunks), len));
+                }
+                yields = 0;
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Read::Failed(e)),
+            Poll::Ready(None) => {
+                return Poll::Ready(Read::Complete(std::mem::take(&mut chunks), len))
+            }
+            Poll::Pending if whole || chunks.is_empty() => return Poll::Pending,
+            Poll::Pending if yields < START_YIELDS => {
+                yields += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Pending => return Poll::Ready(Read::Started(std::mem::take(&mut chunks), len)),
+        }
+    })
+    .await
 }
 
 /// Whether a response that may not be stored says the resource is no longer
@@ -1024,6 +1149,7 @@ fn revalidated<B: Body>(
     fwd: Fwd,
     collapsed: Option<bool>,
     conditionals: Option<&Conditionals>,
+    is_head: bool,
 ) -> (Response<ResponseBody<B>>, bool) {
     let now = response_time.0;
     // §4.3.4: a 304 naming another strong validator selects no stored
@@ -1041,7 +1167,7 @@ fn revalidated<B: Body>(
     if !same_tag {
         shared.store.remove_variant(key, entry);
         let member = config.fwd_member(fwd, Some(304), false, collapsed);
-        return (from_entry(entry, false, conditionals, member, now), false);
+        return (from_entry(entry, is_head, conditionals, member, now), false);
     }
     let mut merged = entry::merge_304(&entry.headers, not_modified);
     if entry.status_placeholder {
@@ -1065,7 +1191,8 @@ fn revalidated<B: Body>(
                 shared.store.remove_variant(key, entry);
                 shared.remember_uncacheable(flight_key, config.uncacheable_for);
             }
-            let response = merged_response(config, entry, merged, conditionals, member(false));
+            let response =
+                merged_response(config, entry, merged, is_head, conditionals, member(false));
             return (response, false);
         }
     };
@@ -1086,7 +1213,7 @@ fn revalidated<B: Body>(
         // The merged headers made it too heavy for the tier.
         shared.store.remove_variant(key, entry);
         return (
-            from_entry(&fresh, false, conditionals, member(false), now),
+            from_entry(&fresh, is_head, conditionals, member(false), now),
             false,
         );
     }
@@ -1095,7 +1222,7 @@ fn revalidated<B: Body>(
     Counters::bump(&shared.counters.stores);
     tracing::debug!(key, "stored response revalidated");
     (
-        from_entry(&fresh, false, conditionals, member(true), now),
+        from_entry(&fresh, is_head, conditionals, member(true), now),
         true,
     )
 }
@@ -1108,6 +1235,7 @@ fn merged_response<B: Body>(
     config: &Config,
     entry: &Entry,
     mut merged: HeaderMap,
+    is_head: bool,
     conditionals: Option<&Conditionals>,
     member: HeaderValue,
 ) -> Response<ResponseBody<B>> {
@@ -1129,7 +1257,12 @@ fn merged_response<B: Body>(
         return Response::from_parts(parts, ResponseBody::empty());
     }
     head.headers.append(CACHE_STATUS, member);
-    Response::from_parts(head, ResponseBody::stored(entry.body.clone()))
+    let body = if is_head {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::stored(entry.body.clone())
+    };
+    Response::from_parts(head, body)
 }
 
 /// An unstored response streamed through, the client's conditionals
@@ -1137,6 +1270,7 @@ fn merged_response<B: Body>(
 fn passthrough<B: Body>(
     mut head: http::response::Parts,
     body: B,
+    is_head: bool,
     conditionals: Option<&Conditionals>,
     member: HeaderValue,
 ) -> Response<ResponseBody<B>> {
@@ -1148,49 +1282,11 @@ fn passthrough<B: Body>(
         return Response::from_parts(parts, ResponseBody::empty());
     }
     head.headers.append(CACHE_STATUS, member);
-    Response::from_parts(head, ResponseBody::stream(body))
-}
-
-enum Collected<B: Body> {
-    Complete(Bytes),
-    TooLong(VecDeque<Bytes>, Pin<Box<B>>),
-    Failed(VecDeque<Bytes>, B::Error),
-}
-
-/// Reads a body whole, up to `cap` bytes. Trailers are dropped (RFC 9111
-/// §3.1 allows it).
-async fn collect<B: Body<Data = Bytes>>(body: B, cap: usize) -> Collected<B> {
-    let mut body = Box::pin(body);
-    let mut chunks = VecDeque::new();
-    let mut len = 0usize;
-    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        match frame {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    len = len.saturating_add(data.len());
-                    if !data.is_empty() {
-                        chunks.push_back(data);
-                    }
-                    if len > cap {
-                        return Collected::TooLong(chunks, body);
-                    }
-                }
-            }
-            Err(e) => return Collected::Failed(chunks, e),
-        }
+    if is_head {
+        // The GET's head, Content-Length included, without its body.
+        return Response::from_parts(head, ResponseBody::empty());
     }
-    let bytes = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop_front().unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(len);
-            for c in chunks {
-                all.extend_from_slice(&c);
-            }
-            all.freeze()
-        }
-    };
-    Collected::Complete(bytes)
+    Response::from_parts(head, ResponseBody::stream(body))
 }
 
 /// Starts a `stale-while-revalidate` refresh on the executor.
