@@ -984,10 +984,17 @@ where
     // HEAD needs the whole GET body stored: both read it whole first.
     // Otherwise the response goes to the client as soon as it has started
     // (see `read_start`) and is stored as it passes.
+    let whole = conditionals.is_some() || is_head;
     let read = if !fits {
         Read::TooLong(VecDeque::new())
+    } else if !whole && declared.is_none() && hint.exact().is_none() {
+        // A body of unknown length (a streamed render) goes out with its
+        // headers at once, as it always has: a renderer may flush its head
+        // early and take its time over the rest. A break-off then aborts
+        // the client's connection; it is never stored either way.
+        Read::Started(VecDeque::new(), 0)
     } else {
-        read_start(&mut body, cap, conditionals.is_some() || is_head).await
+        read_start(&mut body, cap, whole).await
     };
     match read {
         // §3.3: a body shorter than announced is incomplete: never stored,
@@ -1062,8 +1069,8 @@ enum Read<E> {
 /// 502. Not a timer: each yield only lets ready tasks run.
 const START_YIELDS: u8 = 3;
 
-/// Reads the start of a body: the whole of it when `whole`, else until the
-/// first data has come and nothing more is ready, so the client gets its
+/// Reads the start of a body of known length: the whole of it when
+/// `whole`, else until the first data has come and nothing more is ready, so the client gets its
 /// first byte as soon as the upstream sent it while a body that breaks off
 /// before then still gets a clean answer. The choice for a body that
 /// breaks off later: the headers have left, so the client's connection is

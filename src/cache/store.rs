@@ -269,7 +269,7 @@ impl Store {
             }
             clock += 1;
             slots.push(Slot {
-                entry: Arc::clone(&entry),
+                entry,
                 last: clock,
                 hot,
             });
