@@ -27,6 +27,9 @@ pub(crate) struct Pending {
     pub(crate) lead: Option<Lead>,
     pub(crate) chunks: Vec<Bytes>,
     pub(crate) len: usize,
+    /// The `Content-Length` the response announced: a body that ends
+    /// shorter or longer is incomplete (RFC 9111 §3.3) and never stored.
+    pub(crate) declared: Option<u64>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -70,6 +73,7 @@ impl Pending {
             mut lead,
             chunks,
             len: _,
+            declared: _,
         } = self;
         // Copied, never kept as received: see `entry::owned_body`.
         let body = entry::owned_body(&chunks);
@@ -102,6 +106,23 @@ impl Pending {
             lead.finish(Outcome::Stored);
         }
         (entry, true)
+    }
+
+    /// Whether the body has all the bytes it announced: stored then, before
+    /// the last chunk is handed on, so the next request finds it.
+    pub(crate) fn has_all(&self) -> bool {
+        self.declared == Some(self.len as u64)
+    }
+
+    /// The body ended: stores it when it is complete (as long as it
+    /// announced), else ends the flight as failed.
+    pub(crate) fn complete(self) {
+        if self.declared.is_some_and(|n| n != self.len as u64) {
+            tracing::debug!(key = %self.key, "body ended short of its Content-Length");
+            self.fail();
+        } else {
+            self.store();
+        }
     }
 
     /// The inner body failed: nothing partial is stored, and the flight
