@@ -135,6 +135,27 @@ pub mod metrics;
 #[allow(dead_code)]
 mod metrics;
 
+/// Guides longer than an item's docs.
+#[cfg(all(
+    feature = "cache",
+    feature = "cache-control",
+    feature = "balance",
+    feature = "tokio"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(
+        feature = "cache",
+        feature = "cache-control",
+        feature = "balance",
+        feature = "tokio"
+    )))
+)]
+pub mod docs {
+    #[doc = include_str!("docs/recipes.md")]
+    pub mod recipes {}
+}
+
 mod builder;
 #[cfg_attr(
     not(any(feature = "cache-control", feature = "cache")),

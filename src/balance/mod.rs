@@ -89,7 +89,7 @@ pub use key::{
 pub use layer::BalanceLayer;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use probe::{ActiveProbes, ProbeHandle};
+pub use probe::{ActiveProbes, NoRuntime, ProbeHandle};
 pub use retry::{ReplayBody, Retries};
 pub use service::{Balance, Connect, Direct, Rewrite};
 pub use strategy::{
