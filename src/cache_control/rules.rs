@@ -439,7 +439,9 @@ impl Rule {
                 set(headers, &SURROGATE_CONTROL, v);
             }
         }
-        if let Some((keys, tags)) = &self.tags {
+        // Purge tags are for shared caches: on a private page they would
+        // only show browsers the purge topology.
+        if let Some((keys, tags)) = self.tags.as_ref().filter(|_| !has_cookie) {
             set(headers, &SURROGATE_KEY, keys);
             set(headers, &CACHE_TAG, tags);
         }
@@ -572,6 +574,18 @@ mod tests {
         rule.apply(&mut h, true);
         assert_eq!(h["cache-control"], "private");
         assert!(!h.contains_key("cdn-cache-control"));
+    }
+
+    #[test]
+    fn cookie_response_gets_no_purge_tags() {
+        let rule = Rule::any()
+            .cache_control(Directives::new().public().s_maxage(Duration::from_secs(60)))
+            .tags(["posts"])
+            .unwrap();
+        let mut h = HeaderMap::new();
+        rule.apply(&mut h, true);
+        assert!(!h.contains_key("surrogate-key"));
+        assert!(!h.contains_key("cache-tag"));
     }
 
     #[test]
