@@ -64,6 +64,7 @@
 //! | `metrics` | yes | [`metrics`]: counters, gauges and histograms through the `metrics` facade (no exporter) |
 //! | `tracing` | no | spans and events from `balance` and `proxy` (the cache's are always on: `cache` uses `tracing`) |
 //! | `redis` | no | a shared second cache tier on Redis for many instances |
+//! | `redis-tls` | no | `rediss://` (Redis over TLS, rustls) for that tier |
 //!
 //! # Example
 //!
