@@ -116,6 +116,10 @@ pub(crate) struct Config {
 /// always ready: the pick happens in `call`, the chosen endpoint's readiness
 /// is driven in the response future, and when no endpoint is eligible the
 /// answer is `503 Service Unavailable` at once, never a wait.
+///
+/// Not `tower::balance::p2c::Balance` (which balances over a `Discover`
+/// stream of services and waits for readiness): if you use both, rename
+/// one on import, `use tower_ssr::balance::Balance as SsrBalance;`.
 pub struct Balance<T, C = Direct> {
     inner: Arc<Inner<T, C>>,
 }

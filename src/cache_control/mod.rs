@@ -91,5 +91,5 @@ pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use glob::{InvalidGlob, PathGlob};
 pub use layer::CacheControlLayer;
-pub use rules::{InvalidRule, Rule};
+pub use rules::{InvalidRule, Rule, RuleErrorKind};
 pub use service::CacheControl;
