@@ -89,7 +89,7 @@ pub use crate::directives::{Directives, InvalidDirective};
 pub use crate::etag::{ETag, ETagMode, InvalidETag};
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
-pub use glob::{InvalidGlob, PathGlob};
+pub use glob::{GlobErrorKind, InvalidGlob, PathGlob};
 pub use layer::CacheControlLayer;
 pub use rules::{InvalidRule, Rule, RuleErrorKind};
 pub use service::CacheControl;
