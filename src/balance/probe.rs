@@ -112,6 +112,20 @@ impl ActiveProbes {
     /// # Errors
     ///
     /// [`NoRuntime`] when called outside a tokio runtime.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_ssr::balance::{ActiveProbes, Endpoints, RoundRobin};
+    ///
+    /// let set = Endpoints::new(RoundRobin::new());
+    /// set.add("a", ()).unwrap();
+    /// // No tokio runtime on this thread: an error, not a panic.
+    /// let err = ActiveProbes::new()
+    ///     .try_spawn(&set, |_: ()| async { true })
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("tokio runtime"));
+    /// ```
     pub fn try_spawn<T, F, Fut>(
         self,
         endpoints: &Endpoints<T>,
