@@ -120,15 +120,16 @@ fn pick_contended(c: &mut Criterion) {
 fn call(c: &mut Criterion) {
     let mut g = c.benchmark_group("call");
     for n in SIZES {
-        let mut ours = Balance::new(set_of(PowerOfTwo::with_seed(1), n));
+        // Without retries (they are on by default): the pick alone.
+        let mut ours = Balance::new(set_of(PowerOfTwo::with_seed(1), n)).retries(Retries::none());
         g.bench_with_input(BenchmarkId::new("tower_ssr_p2c", n), &n, |b, _| {
             b.iter(|| {
                 let res = block_on(ours.call(Request::new(String::new()))).unwrap();
                 black_box(res)
             });
         });
-        // With retries, as BalanceLayer does by default: a copy of each GET
-        // is kept for a retry.
+        // With retries, the default of every entry point: a copy of each
+        // GET is kept for a retry.
         let mut ours_plain =
             Balance::new(set_of(PowerOfTwo::with_seed(1), n)).retries(Retries::new());
         g.bench_with_input(
@@ -141,7 +142,7 @@ fn call(c: &mut Criterion) {
                 });
             },
         );
-        let mut ours_rr = Balance::new(set_of(RoundRobin::new(), n));
+        let mut ours_rr = Balance::new(set_of(RoundRobin::new(), n)).retries(Retries::none());
         g.bench_with_input(BenchmarkId::new("tower_ssr_round_robin", n), &n, |b, _| {
             b.iter(|| {
                 let res = block_on(ours_rr.call(Request::new(String::new()))).unwrap();

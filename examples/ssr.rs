@@ -220,7 +220,7 @@ fn renderer_workers() -> Result<
     use tower_ssr::balance::{Balance, Endpoints, LeastInFlight};
     let workers = Endpoints::new(LeastInFlight::new());
     for name in ["worker-1", "worker-2", "worker-3"] {
-        let worker = tower::service_fn(move |req: axum::http::Request<String>| async move {
+        let worker = tower::service_fn(move |req: axum::extract::Request| async move {
             let mut res = Html(render(req.uri().path())).into_response();
             res.headers_mut()
                 .insert("x-worker", HeaderValue::from_static(name));
@@ -228,10 +228,9 @@ fn renderer_workers() -> Result<
         });
         workers.add(name, worker)?;
     }
-    // Pages are GETs: their (empty) bodies need not be read.
-    Ok(tower::ServiceBuilder::new()
-        .map_request(|req: axum::extract::Request| req.map(|_| String::new()))
-        .service(Balance::new(workers)))
+    // Any request body balances; retries (on by default) replay the body
+    // types they know (axum's with the `axum` feature).
+    Ok(Balance::new(workers))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {

@@ -75,6 +75,23 @@ for _ in $(seq 1 50); do kill -0 "$LAST_PID" 2>/dev/null || break; sleep 0.1; do
 kill -0 "$LAST_PID" 2>/dev/null && fail "ssr did not stop on Ctrl-C"
 ok "ssr stops on Ctrl-C"
 
+# ---- one example per task (issue 13) --------------------------------------
+for app in axum_app hyper_app; do
+  start "$app" env PORT=0 "$ex/$app"
+  base="http://$ADDR"
+  expect "$app first request is stored" "$(header "$base/" cache-status -H 'Accept-Encoding: gzip')" 'fwd=uri-miss; stored'
+  expect "$app second request is a hit" "$(header "$base/" cache-status -H 'Accept-Encoding: gzip')" '^tower-ssr; hit'
+  expect "$app compresses" "$(header "$base/" content-encoding -H 'Accept-Encoding: gzip')" '^gzip$'
+  kill -INT "$LAST_PID"
+  for _ in $(seq 1 50); do kill -0 "$LAST_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$LAST_PID" 2>/dev/null && fail "$app did not stop on Ctrl-C"
+  ok "$app stops on Ctrl-C"
+done
+"$ex/balance_in_process" >"$logs/balance_in_process.log" 2>&1 || { cat "$logs/balance_in_process.log" >&2; fail "balance_in_process"; }
+ok "balance_in_process"
+"$ex/purge_and_revalidate" >"$logs/purge.log" 2>&1 || { cat "$logs/purge.log" >&2; fail "purge_and_revalidate"; }
+ok "purge_and_revalidate"
+
 # ---- the proxy, with exactly the issue's command line shape ---------------
 start r1 "$ex/renderer" --listen 127.0.0.1:0 --name r1
 up1=$ADDR

@@ -1,6 +1,6 @@
 //! [`ServiceBuilderExt`]: the crate's layers as `ServiceBuilder` methods.
 
-#[cfg(any(feature = "cache-control", feature = "balance"))]
+#[cfg(any(feature = "cache-control", feature = "cache", feature = "balance"))]
 use tower_layer::Stack;
 
 /// Adds tower-ssr's layers to [`tower::ServiceBuilder`] as methods, the way
@@ -40,6 +40,16 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         layer: crate::cache_control::CacheControlLayer,
     ) -> tower::ServiceBuilder<Stack<crate::cache_control::CacheControlLayer, L>>;
 
+    /// Adds a [`CacheLayer`](crate::cache::CacheLayer): the response
+    /// cache, outermost but for tracing and the body mapping axum needs
+    /// (README, "The production stack").
+    #[cfg(feature = "cache")]
+    #[must_use]
+    fn cache(
+        self,
+        layer: crate::cache::CacheLayer,
+    ) -> tower::ServiceBuilder<Stack<crate::cache::CacheLayer, L>>;
+
     /// Adds a [`BalanceLayer`](crate::balance::BalanceLayer) over the
     /// client service that follows.
     #[cfg(feature = "balance")]
@@ -56,6 +66,14 @@ impl<L> ServiceBuilderExt<L> for tower::ServiceBuilder<L> {
         self,
         layer: crate::cache_control::CacheControlLayer,
     ) -> tower::ServiceBuilder<Stack<crate::cache_control::CacheControlLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "cache")]
+    fn cache(
+        self,
+        layer: crate::cache::CacheLayer,
+    ) -> tower::ServiceBuilder<Stack<crate::cache::CacheLayer, L>> {
         self.layer(layer)
     }
 

@@ -64,15 +64,16 @@
 //! | `metrics` | yes | [`metrics`]: counters, gauges and histograms through the `metrics` facade (no exporter) |
 //! | `tracing` | no | spans and events from `balance` and `proxy` (the cache's are always on: `cache` uses `tracing`) |
 //! | `redis` | no | a shared second cache tier on Redis for many instances |
+//! | `redis-tls` | no | `rediss://` (Redis over TLS, rustls) for that tier |
 //!
 //! # Example
 //!
-//! The cache outside the router, the policy inside it:
+//! The simple form: the cache and the policy as router layers. It compiles
+//! under any other layer (`Router::layer` adapts body types):
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use axum::{response::Html, routing::get, Router, ServiceExt as _};
-//! use tower::ServiceBuilder;
+//! use axum::{response::Html, routing::get, Router};
 //! use tower_ssr::cache::{CacheLayer, ResponseCache};
 //! use tower_ssr::cache_control::{CacheControlLayer, Directives, Rule};
 //!
@@ -84,16 +85,43 @@
 //!         Directives::new().public().s_maxage(Duration::from_secs(60))
 //!             .stale_while_revalidate(Duration::from_secs(300)),
 //!     ));
-//! let router = Router::new()
+//! let cache = ResponseCache::builder().max_bytes(256 << 20).build();
+//! let app = Router::new()
 //!     .route("/", get(|| async { Html("<h1>rendered</h1>") }))
-//!     .layer(policy);
+//!     .layer(policy)
+//!     .layer(CacheLayer::new(cache.clone())); // the last layer is the outermost
 //!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The fastest form puts the cache outside the router, under tracing, with
+//! compression inside it; the body mapping that `axum::serve` needs goes
+//! **above every other layer** (below one, it fails with `E0271` at
+//! `axum::serve`). The README's "The production stack" explains the
+//! order; `examples/axum_app.rs` runs it:
+//!
+//! ```no_run
+//! use axum::{response::Html, routing::get, Router, ServiceExt as _};
+//! use tower::ServiceBuilder;
+//! use tower_http::{compression::CompressionLayer, trace::TraceLayer};
+//! use tower_ssr::cache::{CacheLayer, ResponseCache};
+//! use tower_ssr::cache_control::CacheControlLayer;
+//! use tower_ssr::ServiceBuilderExt as _;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let router = Router::new().route("/", get(|| async { Html("<h1>rendered</h1>") }));
 //! let cache = ResponseCache::builder().max_bytes(256 << 20).build();
 //! let app = ServiceBuilder::new()
-//!     // Names the request type and unifies the body type for axum::serve.
 //!     .map_request(|req: axum::extract::Request| req)
 //!     .map_response(|res: http::Response<_>| res.map(axum::body::Body::new))
-//!     .layer(CacheLayer::new(cache.clone()))
+//!     .layer(TraceLayer::new_for_http())
+//!     .cache(CacheLayer::new(cache.clone()))
+//!     .cache_control(CacheControlLayer::new())
+//!     .layer(CompressionLayer::new())
 //!     .service(router);
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
@@ -101,6 +129,8 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! More in [`docs::recipes`] and `examples/` (one program per task).
 //!
 //! [axum]: https://docs.rs/axum
 //! [hyper]: https://docs.rs/hyper
@@ -134,6 +164,27 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 #[allow(dead_code)]
 mod metrics;
+
+/// Guides longer than an item's docs.
+#[cfg(all(
+    feature = "cache",
+    feature = "cache-control",
+    feature = "balance",
+    feature = "tokio"
+))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(
+        feature = "cache",
+        feature = "cache-control",
+        feature = "balance",
+        feature = "tokio"
+    )))
+)]
+pub mod docs {
+    #[doc = include_str!("docs/recipes.md")]
+    pub mod recipes {}
+}
 
 mod builder;
 #[cfg_attr(

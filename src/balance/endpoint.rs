@@ -381,7 +381,22 @@ pub struct EndpointsBuilder {
     health: PassiveHealth,
 }
 
+impl Default for EndpointsBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl EndpointsBuilder {
+    /// The same builder as [`Endpoints::builder`]: [`PowerOfTwo`] and
+    /// [`PassiveHealth::new`] until told otherwise.
+    pub fn new() -> Self {
+        EndpointsBuilder {
+            strategy: Box::new(PowerOfTwo::new()),
+            health: PassiveHealth::new(),
+        }
+    }
+
     /// How a request's endpoint is chosen. Default: [`PowerOfTwo`].
     pub fn strategy(mut self, strategy: impl Strategy) -> Self {
         self.strategy = Box::new(strategy);
@@ -422,13 +437,27 @@ impl EndpointsBuilder {
 }
 
 impl Endpoints<()> {
-    /// A builder for a set with non-default health settings; the type of
-    /// the endpoints is chosen by [`build`](EndpointsBuilder::build).
+    /// A builder for a set with non-default health settings, for endpoints
+    /// of any type: write `Endpoints::builder()` (no type), and the type is
+    /// chosen by [`build`](EndpointsBuilder::build), from the binding or
+    /// with `build::<T>()`. [`EndpointsBuilder::new`] is the same builder.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::Uri;
+    /// use tower_ssr::balance::{Endpoints, LeastInFlight, PassiveHealth};
+    ///
+    /// let upstreams: Endpoints<Uri> = Endpoints::builder()
+    ///     .strategy(LeastInFlight::new())
+    ///     .health(PassiveHealth::new())
+    ///     .build();
+    /// upstreams.add("r1", "http://127.0.0.1:4001".parse::<Uri>()?)?;
+    /// assert_eq!(upstreams.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder() -> EndpointsBuilder {
-        EndpointsBuilder {
-            strategy: Box::new(PowerOfTwo::new()),
-            health: PassiveHealth::new(),
-        }
+        EndpointsBuilder::new()
     }
 }
 

@@ -9,7 +9,6 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::endpoint::EndpointId;
-use super::retry::ReplayBody;
 use super::service::{copy_request, pick, Attempt, Connect, Inner};
 use super::upstream::Upstream;
 
@@ -69,7 +68,7 @@ where
         req: Request<B>,
     ) -> Self
     where
-        B: ReplayBody,
+        B: 'static,
     {
         let mut spare = None;
         let spare_slot = may_retry.then_some(&mut spare);
@@ -101,7 +100,7 @@ impl<T, C, B, ResB> Future for ResponseFuture<T, C, B>
 where
     C: Connect<T, B>,
     C::Service: Service<Request<B>, Response = Response<ResB>>,
-    B: ReplayBody,
+    B: 'static,
 {
     type Output = Result<Response<ResponseBody<ResB>>, <C::Service as Service<Request<B>>>::Error>;
 
@@ -174,7 +173,9 @@ where
                 let req = if last {
                     this.spare.take().map(|b| *b)
                 } else {
-                    this.spare.as_deref().and_then(copy_request)
+                    this.spare
+                        .as_deref()
+                        .and_then(|r| copy_request(&this.inner.config.retries, r))
                 };
                 req.and_then(|req| pick(this.inner, *this.key, this.tried, req, None).ok())
             } else {

@@ -170,6 +170,28 @@ pub enum ForwardedHeader {
 /// Only the header the proxies are configured to write is read: a proxy
 /// that appends `X-Forwarded-For` passes a client's own `Forwarded` through
 /// untouched, so reading both would let clients choose their address.
+///
+/// # Example
+///
+/// ```
+/// use std::net::{IpAddr, SocketAddr};
+/// use http::Request;
+/// use tower_ssr::balance::{client_ip, ClientAddr, TrustedProxies};
+///
+/// // Our load balancers live in 10.0.0.0/8 and append X-Forwarded-For.
+/// let trusted = TrustedProxies::try_new(["10.0.0.0/8"])?;
+/// let mut req = Request::get("/")
+///     .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
+///     .body(())?;
+/// // The socket peer, as your server loop records it.
+/// req.extensions_mut().insert(ClientAddr(SocketAddr::from(([10, 0, 0, 2], 41000))));
+/// let (parts, _) = req.into_parts();
+/// // The rightmost hop the trusted peer did not vouch for is the client.
+/// assert_eq!(client_ip(&parts, &trusted), Some("203.0.113.9".parse::<IpAddr>()?));
+/// // Trusting no one: the socket peer, whatever the header says.
+/// assert_eq!(client_ip(&parts, &TrustedProxies::none()), Some(IpAddr::from([10, 0, 0, 2])));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct TrustedProxies {

@@ -10,9 +10,44 @@ use super::service::{Balance, Config, Rewrite};
 /// base URIs: each request's target is rewritten to the chosen upstream.
 ///
 /// The layer wraps the client (the leaf of the stack), for example
-/// hyper-util's pooled client, or `proxy::Forward` (feature `proxy`)
-/// which adds timeouts and forwarding headers. For in-process services use
-/// [`Balance::new`] instead.
+/// hyper-util's pooled client, or `proxy::Forward` (feature `proxy`),
+/// which adds a connect timeout and a timeout on response headers. Neither
+/// adds forwarding headers (`Via`, `X-Forwarded-For`, `Forwarded`) or
+/// removes hop-by-hop ones: [`ReverseProxy`](crate::proxy::ReverseProxy)
+/// does, so use it to forward a client's request. For in-process services
+/// use [`Balance::new`] instead.
+///
+/// Services made by one layer share the endpoint set and one retry budget.
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, Response, Uri};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+/// use tower_ssr::balance::{BalanceLayer, Endpoints, RoundRobin};
+/// use tower_ssr::ServiceBuilderExt as _;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let upstreams = Endpoints::new(RoundRobin::new());
+/// upstreams.add("r1", "http://10.0.0.1:4000".parse::<Uri>()?)?;
+/// upstreams.add("r2", "http://10.0.0.2:4000".parse::<Uri>()?)?;
+/// // A stand-in for an HTTP client: answers with the URI it was sent to.
+/// let client = service_fn(|req: Request<String>| async move {
+///     let mut res = Response::new(String::new());
+///     res.headers_mut().insert("x-upstream", req.uri().to_string().parse()?);
+///     Ok::<_, http::header::InvalidHeaderValue>(res)
+/// });
+/// let svc = ServiceBuilder::new()
+///     .balance(BalanceLayer::new(upstreams))
+///     .service(client);
+/// let res = svc.clone().oneshot(Request::get("/posts/1").body(String::new())?).await?;
+/// assert_eq!(res.headers()["x-upstream"], "http://10.0.0.1:4000/posts/1");
+/// let res = svc.oneshot(Request::get("/posts/1").body(String::new())?).await?;
+/// assert_eq!(res.headers()["x-upstream"], "http://10.0.0.2:4000/posts/1");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct BalanceLayer {
@@ -47,8 +82,8 @@ impl<C> Layer<C> for BalanceLayer {
     type Service = Balance<Uri, Rewrite<C>>;
 
     fn layer(&self, client: C) -> Self::Service {
-        // Every service this layer makes shares the set, and each gets its
-        // own retry budget (a clone of the settings).
+        // Every service this layer makes shares the set and the retry
+        // budget (clones of `Retries` share it).
         Balance::with_connect(
             self.endpoints.clone(),
             Rewrite::new(client),

@@ -52,7 +52,7 @@
 //! |---|---|
 //! | an eligible endpoint | the strategy picks it; the request counts as in flight there until the response body ends or is dropped |
 //! | no active endpoint (empty set, all drained, all tried) | `503 Service Unavailable`, empty body, at once |
-//! | the endpoint's service errors before response headers | failure counted; with [`Retries`] (on by default for [`BalanceLayer`], off for [`Balance::new`]) an idempotent request (RFC 9110 §9.2.2) with a replayable body moves to an endpoint it has not tried, within the budget; otherwise the error is returned |
+//! | the endpoint's service errors before response headers | failure counted; with [`Retries`] (on by default, for every entry point) an idempotent request (RFC 9110 §9.2.2) whose body type can be replayed ([`ReplayBody`]) moves to an endpoint it has not tried, within the budget; otherwise the error is returned |
 //! | a `5xx` response | passed on; a failure for health only with [`PassiveHealth::server_errors_are_failures`]; never retried |
 //! | consecutive failures reach the threshold | the endpoint is ejected for a backoff growing with each ejection; at most a share of the set is out; afterwards one trial request decides |
 //! | every endpoint ejected or probed down | fail open: pick among all of them |
@@ -89,7 +89,7 @@ pub use key::{
 pub use layer::BalanceLayer;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use probe::{ActiveProbes, ProbeHandle};
+pub use probe::{ActiveProbes, NoRuntime, ProbeHandle};
 pub use retry::{ReplayBody, Retries};
 pub use service::{Balance, Connect, Direct, Rewrite};
 pub use strategy::{

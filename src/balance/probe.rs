@@ -92,13 +92,51 @@ impl ActiveProbes {
     ///
     /// # Panics
     ///
-    /// When called outside a tokio runtime.
+    /// When called outside a tokio runtime; [`try_spawn`](Self::try_spawn)
+    /// returns an error instead.
     pub fn spawn<T, F, Fut>(self, endpoints: &Endpoints<T>, check: F) -> ProbeHandle
     where
         T: Clone + Send + Sync + 'static,
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = bool> + Send + 'static,
     {
+        match self.try_spawn(endpoints, check) {
+            Ok(handle) => handle,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`spawn`](Self::spawn), or an error when there is no tokio runtime
+    /// to run the probes on.
+    ///
+    /// # Errors
+    ///
+    /// [`NoRuntime`] when called outside a tokio runtime.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_ssr::balance::{ActiveProbes, Endpoints, RoundRobin};
+    ///
+    /// let set = Endpoints::new(RoundRobin::new());
+    /// set.add("a", ()).unwrap();
+    /// // No tokio runtime on this thread: an error, not a panic.
+    /// let err = ActiveProbes::new()
+    ///     .try_spawn(&set, |_: ()| async { true })
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("tokio runtime"));
+    /// ```
+    pub fn try_spawn<T, F, Fut>(
+        self,
+        endpoints: &Endpoints<T>,
+        check: F,
+    ) -> Result<ProbeHandle, NoRuntime>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: Fn(T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime(()))?;
         let endpoints = endpoints.clone();
         // Held while a verdict is written, and set by the handle's drop: a
         // task aborted in the middle of a round cannot take an endpoint
@@ -106,7 +144,7 @@ impl ActiveProbes {
         let stopped = Arc::new(Mutex::new(false));
         let task_stopped = Arc::clone(&stopped);
         let task_endpoints = endpoints.clone();
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             let endpoints = task_endpoints;
             let stopped = task_stopped;
             // (passes, failures) in a row, per endpoint.
@@ -160,12 +198,24 @@ impl ActiveProbes {
                 state.probe_down.store(false, Ordering::Release);
             }
         };
-        ProbeHandle {
+        Ok(ProbeHandle {
             task,
             clear: Box::new(clear),
-        }
+        })
     }
 }
+
+/// [`ActiveProbes::try_spawn`] was called outside a tokio runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRuntime(());
+
+impl fmt::Display for NoRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("active probes need a tokio runtime: start them from inside one")
+    }
+}
+
+impl std::error::Error for NoRuntime {}
 
 /// Keeps active probes running; dropping it stops them and clears their
 /// verdicts (every endpoint counts as probe-healthy again; passive health

@@ -1,4 +1,6 @@
+use std::any::Any;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use http::Method;
 use http_body::Body;
@@ -10,31 +12,61 @@ use super::endpoint::now_ms;
 /// A retry happens only when the inner service failed before giving
 /// response headers (a connection refused or reset, a timeout), the method
 /// is idempotent (RFC 9110 §9.2.2: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
-/// `DELETE`; never `POST` or `PATCH`), the body can be replayed
-/// ([`ReplayBody`]), and the retry budget allows it. Each retry goes to an
-/// endpoint this request has not tried yet.
+/// `DELETE`; never `POST` or `PATCH`), the body can be replayed (its type
+/// is one the balancer knows, see [`ReplayBody`]), and the retry budget
+/// allows it. Each retry goes to an endpoint this request has not tried
+/// yet. A body of any other type is simply never retried: balancing works
+/// with every body type.
 ///
 /// The budget caps retries at [`ratio`](Self::budget) of recent requests
 /// plus a floor per second, so a dead cluster costs at most that much extra
 /// load instead of multiplying it.
-#[derive(Debug)]
+///
+/// **One default everywhere:** [`Balance::new`](super::Balance::new),
+/// [`BalanceLayer`](super::BalanceLayer) and the proxy all start with
+/// [`Retries::new`]. Clones share one budget (the budget is state, not
+/// configuration), so a `Retries` handed to several services caps their
+/// retries together.
+///
+/// # Example
+///
+/// ```
+/// use tower_ssr::balance::Retries;
+///
+/// // At most one retry per request, within 10 % of requests plus 5 per second.
+/// let retries = Retries::new().max_retries(1).budget(0.1, 5);
+/// assert_eq!(retries.max(), 1);
+/// // Clones share the budget.
+/// let shared = retries.clone();
+/// assert!(shared.shares_budget_with(&retries));
+/// assert_eq!(Retries::none().max(), 0);
+/// ```
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct Retries {
     pub(crate) max: u32,
     ratio: f64,
     floor: u32,
+    // Shared by clones: one budget however many services hold it.
+    budget: Arc<Budget>,
+    // Body types registered with `replay_body`, beyond the built-in ones.
+    replayers: Arc<[Replayer]>,
+}
+
+#[derive(Debug)]
+struct Budget {
     /// Retry tokens in thousandths.
     tokens: AtomicI64,
     /// Second (of [`now_ms`]) of the last floor refill.
     refilled: AtomicU64,
 }
 
-impl Clone for Retries {
-    fn clone(&self) -> Self {
-        // A clone starts with a fresh budget: it is configuration.
-        Retries::new()
-            .max_retries(self.max)
-            .budget(self.ratio, self.floor)
+impl Budget {
+    fn new(floor: u32) -> Arc<Self> {
+        Arc::new(Budget {
+            tokens: AtomicI64::new(i64::from(floor) * 1000),
+            refilled: AtomicU64::new(0),
+        })
     }
 }
 
@@ -46,14 +78,14 @@ impl Default for Retries {
 
 impl Retries {
     /// Up to 2 retries per request, within 20 % of requests plus 10 per
-    /// second.
+    /// second. The default of every entry point.
     pub fn new() -> Self {
         Retries {
             max: 2,
             ratio: 0.2,
             floor: 10,
-            tokens: AtomicI64::new(10_000),
-            refilled: AtomicU64::new(0),
+            budget: Budget::new(10),
+            replayers: Arc::new([]),
         }
     }
 
@@ -68,8 +100,15 @@ impl Retries {
         self
     }
 
+    /// The most retries of one request (0: retries are off).
+    #[must_use]
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
     /// Retries may add `ratio` (0.0 to 1.0, clamped) of the requests, plus
-    /// `floor_per_second` so that a quiet service can still retry.
+    /// `floor_per_second` so that a quiet service can still retry. Starts a
+    /// new budget (earlier clones keep the old one).
     pub fn budget(mut self, ratio: f64, floor_per_second: u32) -> Self {
         self.ratio = if ratio.is_nan() {
             0.0
@@ -77,8 +116,37 @@ impl Retries {
             ratio.clamp(0.0, 1.0)
         };
         self.floor = floor_per_second;
-        self.tokens = AtomicI64::new(i64::from(floor_per_second) * 1000);
+        self.budget = Budget::new(floor_per_second);
         self
+    }
+
+    /// Whether `self` and `other` draw on the same budget (one is a clone
+    /// of the other).
+    #[must_use]
+    pub fn shares_budget_with(&self, other: &Retries) -> bool {
+        Arc::ptr_eq(&self.budget, &other.budget)
+    }
+
+    /// Also replays request bodies of type `B` (a body type of your own
+    /// that implements [`ReplayBody`]). The built-in types need no
+    /// registration; see [`ReplayBody`].
+    pub fn replay_body<B: ReplayBody + 'static>(mut self) -> Self {
+        let mut v: Vec<Replayer> = self.replayers.to_vec();
+        v.push(Replayer(replay_as::<B>));
+        self.replayers = v.into();
+        self
+    }
+
+    /// A copy of `body` for a retry: `None` when its type is not one the
+    /// balancer can replay, or this value cannot be sent twice.
+    pub(crate) fn replay<B: 'static>(&self, body: &B) -> Option<B> {
+        let mut out: Option<B> = None;
+        for r in BUILT_IN.iter().chain(self.replayers.iter()) {
+            if (r.0)(body, &mut out) {
+                return out;
+            }
+        }
+        None
     }
 
     fn cap(&self) -> i64 {
@@ -94,6 +162,7 @@ impl Retries {
         if add > 0 {
             let cap = self.cap();
             let _ = self
+                .budget
                 .tokens
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                     (t < cap).then_some((t + add).min(cap))
@@ -107,21 +176,24 @@ impl Retries {
     }
 
     fn withdraw_at(&self, sec: u64) -> bool {
-        let last = self.refilled.load(Ordering::Relaxed);
+        let b = &*self.budget;
+        let last = b.refilled.load(Ordering::Relaxed);
         if sec != last
             && self
+                .budget
                 .refilled
                 .compare_exchange(last, sec, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
             let floor = i64::from(self.floor) * 1000;
             let _ = self
+                .budget
                 .tokens
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                     (t < floor).then_some(floor)
                 });
         }
-        self.tokens
+        b.tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                 (t >= 1000).then_some(t - 1000)
             })
@@ -140,15 +212,90 @@ pub(crate) fn is_idempotent(m: &Method) -> bool {
 
 /// A request body the balancer can send again to another endpoint.
 ///
-/// Implemented for bodies held in memory (`String`, `Full`, `Empty`, ...),
-/// and for streaming bodies that are already at their end (an empty body).
+/// Only retries need it: [`Balance`](super::Balance) serves requests of
+/// every body type, and retries the ones whose type it knows. Built in:
+/// `String`, `http_body_util::Full<D>` and `Empty<D>` (`D: Buf + Clone`),
+/// `http_body_util::combinators::BoxBody` / `UnsyncBoxBody` (`Bytes` data,
+/// when already at their end), hyper's `Incoming` (never: it cannot be
+/// copied), `axum::body::Body` (with the `axum` feature, when already at
+/// its end: a `GET` without content) and the proxy's own body. For a body
+/// type of your own, implement this trait and register it with
+/// [`Retries::replay_body`]. (`()` and `Bytes` are not `http_body::Body`
+/// types; use `Empty<Bytes>` and `Full<Bytes>`.)
+///
 /// A streaming body with content is never replayed: its bytes are gone once
 /// sent.
+///
+/// # Example
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower_ssr::balance::{ReplayBody, Retries};
+///
+/// let body = Full::new(Bytes::from_static(b"form=1"));
+/// assert!(body.try_replay().is_some());
+///
+/// // A body type of your own: implement the trait, then register it.
+/// # #[derive(Clone)]
+/// # struct MyBody(String);
+/// # impl http_body::Body for MyBody {
+/// #     type Data = Bytes;
+/// #     type Error = std::convert::Infallible;
+/// #     fn poll_frame(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>)
+/// #         -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+/// #         std::task::Poll::Ready(None)
+/// #     }
+/// # }
+/// impl ReplayBody for MyBody {
+///     fn try_replay(&self) -> Option<Self> {
+///         Some(self.clone())
+///     }
+/// }
+/// let retries = Retries::new().replay_body::<MyBody>();
+/// # let _ = retries;
+/// ```
 pub trait ReplayBody: Body + Sized {
     /// A copy to send on a retry, or `None` when this body cannot be sent
     /// twice.
     fn try_replay(&self) -> Option<Self>;
 }
+
+/// Copies a body of one known type: `body` is a `&B`, `out` an
+/// `&mut Option<B>`; false when `B` is not the type this replayer knows.
+#[derive(Clone, Copy)]
+struct Replayer(fn(&dyn Any, &mut dyn Any) -> bool);
+
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replayer")
+    }
+}
+
+fn replay_as<R: ReplayBody + 'static>(body: &dyn Any, out: &mut dyn Any) -> bool {
+    match (body.downcast_ref::<R>(), out.downcast_mut::<Option<R>>()) {
+        (Some(b), Some(o)) => {
+            *o = b.try_replay();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The body types every `Retries` can replay, most common first.
+static BUILT_IN: &[Replayer] = &[
+    #[cfg(feature = "proxy")]
+    Replayer(replay_as::<crate::proxy::ProxyBody>),
+    #[cfg(feature = "axum")]
+    Replayer(replay_as::<axum::body::Body>),
+    Replayer(replay_as::<http_body_util::Empty<bytes::Bytes>>),
+    Replayer(replay_as::<http_body_util::Full<bytes::Bytes>>),
+    Replayer(replay_as::<String>),
+    Replayer(replay_as::<http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>>),
+    Replayer(replay_as::<http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>>),
+];
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ReplayBody for String {
     fn try_replay(&self) -> Option<Self> {
@@ -156,21 +303,55 @@ impl ReplayBody for String {
     }
 }
 
-#[cfg(feature = "proxy")]
-mod util_impls {
-    use super::ReplayBody;
-    use bytes::Buf;
-
-    impl<D: Buf> ReplayBody for http_body_util::Empty<D> {
-        fn try_replay(&self) -> Option<Self> {
-            Some(http_body_util::Empty::new())
-        }
+impl<D: bytes::Buf> ReplayBody for http_body_util::Empty<D> {
+    fn try_replay(&self) -> Option<Self> {
+        Some(http_body_util::Empty::new())
     }
+}
 
-    impl<D: Buf + Clone> ReplayBody for http_body_util::Full<D> {
-        fn try_replay(&self) -> Option<Self> {
-            Some(self.clone())
-        }
+impl<D: bytes::Buf + Clone> ReplayBody for http_body_util::Full<D> {
+    fn try_replay(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl<D, E> ReplayBody for http_body_util::combinators::BoxBody<D, E>
+where
+    D: bytes::Buf + Send + 'static,
+    E: 'static,
+{
+    fn try_replay(&self) -> Option<Self> {
+        use http_body_util::BodyExt;
+        self.is_end_stream().then(|| {
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed()
+        })
+    }
+}
+
+impl<D, E> ReplayBody for http_body_util::combinators::UnsyncBoxBody<D, E>
+where
+    D: bytes::Buf + Send + 'static,
+    E: 'static,
+{
+    fn try_replay(&self) -> Option<Self> {
+        use http_body_util::BodyExt;
+        self.is_end_stream().then(|| {
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        })
+    }
+}
+
+#[cfg(feature = "proxy")]
+impl ReplayBody for hyper::body::Incoming {
+    /// Never: hyper offers no way to make a second `Incoming`. Behind
+    /// [`ReverseProxy`](crate::proxy::ReverseProxy) requests are retried
+    /// anyway, since it buffers small bodies first.
+    fn try_replay(&self) -> Option<Self> {
+        None
     }
 }
 
@@ -208,6 +389,25 @@ mod tests {
         assert!(!r.withdraw_at(7));
         // a new second refills the floor
         assert!(r.withdraw_at(8));
+    }
+
+    #[test]
+    fn clones_share_one_budget() {
+        let a = Retries::new().budget(0.0, 1);
+        let b = a.clone();
+        assert!(a.withdraw_at(3));
+        assert!(!b.withdraw_at(3), "the clone drew on the same budget");
+    }
+
+    #[test]
+    fn known_bodies_are_replayed_and_others_are_not() {
+        let r = Retries::new();
+        assert_eq!(r.replay(&String::from("x")).as_deref(), Some("x"));
+        let full = http_body_util::Full::new(bytes::Bytes::from_static(b"x"));
+        assert!(r.replay(&full).is_some());
+        #[derive(Debug)]
+        struct Other;
+        assert!(r.replay(&Other).is_none());
     }
 
     #[test]

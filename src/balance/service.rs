@@ -10,7 +10,7 @@ use super::body::{InFlight, ResponseBody};
 use super::endpoint::{EndpointId, EndpointState, Endpoints, Shared};
 use super::future::ResponseFuture;
 use super::key::Key;
-use super::retry::{ReplayBody, Retries};
+use super::retry::Retries;
 use super::strategy::Candidates;
 
 /// How the balancer reaches the endpoint it picked: given the endpoint's
@@ -116,6 +116,10 @@ pub(crate) struct Config {
 /// always ready: the pick happens in `call`, the chosen endpoint's readiness
 /// is driven in the response future, and when no endpoint is eligible the
 /// answer is `503 Service Unavailable` at once, never a wait.
+///
+/// Not `tower::balance::p2c::Balance` (which balances over a `Discover`
+/// stream of services and waits for readiness): if you use both, rename
+/// one on import, `use tower_ssr::balance::Balance as SsrBalance;`.
 pub struct Balance<T, C = Direct> {
     inner: Arc<Inner<T, C>>,
 }
@@ -160,14 +164,13 @@ impl<T, C: fmt::Debug> fmt::Debug for Balance<T, C> {
 impl<S> Balance<S, Direct> {
     /// Balances over the in-process services of `endpoints`.
     ///
-    /// Without retries unless [`retries`](Self::retries) says otherwise: an
-    /// in-process service that failed will most likely fail the same way
-    /// on its neighbour, and a retry needs a copy of every request.
+    /// With [`Retries::new`], the default of every entry point; turn them
+    /// off with `.retries(Retries::none())`.
     #[must_use]
     pub fn new(endpoints: Endpoints<S>) -> Self {
         let config = Config {
             key: Key::none(),
-            retries: Retries::none(),
+            retries: Retries::new(),
         };
         Balance::with_connect(endpoints, Direct, config)
     }
@@ -201,8 +204,8 @@ impl<T, C: Clone> Balance<T, C> {
     }
 
     /// When failed requests move to another endpoint. Default:
-    /// [`Retries::none`] for [`Balance::new`], [`Retries::new`] for
-    /// [`BalanceLayer`](super::BalanceLayer).
+    /// [`Retries::new`] (for [`Balance::new`], [`BalanceLayer`](super::BalanceLayer)
+    /// and the proxy alike).
     #[must_use]
     pub fn retries(mut self, retries: Retries) -> Self {
         Arc::make_mut(&mut self.inner).config.retries = retries;
@@ -305,7 +308,7 @@ pub(crate) fn pick<T, C, B>(
 ) -> Result<(Attempt, C::Service, Request<B>), Request<B>>
 where
     C: Connect<T, B>,
-    B: ReplayBody,
+    B: 'static,
 {
     let shared = &*inner.endpoints.shared;
     let snap = shared.snapshot.load();
@@ -351,7 +354,7 @@ where
             }
             if let Some(spare) = spare {
                 if snap.states.len() > 1 {
-                    *spare = copy_request(&req).map(Box::new);
+                    *spare = copy_request(&inner.config.retries, &req).map(Box::new);
                 }
             }
             let (svc, req) = inner.connect.connect(&snap.values[i], req);
@@ -366,7 +369,7 @@ impl<T, C, B, ResB> Service<Request<B>> for Balance<T, C>
 where
     C: Connect<T, B>,
     C::Service: Service<Request<B>, Response = Response<ResB>>,
-    B: ReplayBody,
+    B: 'static,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = <C::Service as Service<Request<B>>>::Error;
@@ -398,8 +401,8 @@ where
 }
 
 /// A copy of `req` when its body can be replayed.
-pub(crate) fn copy_request<B: ReplayBody>(req: &Request<B>) -> Option<Request<B>> {
-    let body = req.body().try_replay()?;
+pub(crate) fn copy_request<B: 'static>(retries: &Retries, req: &Request<B>) -> Option<Request<B>> {
+    let body = retries.replay(req.body())?;
     let mut copy = Request::new(body);
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
@@ -514,18 +517,54 @@ mod balance_tests {
     }
 
     #[tokio::test]
-    async fn in_process_balance_does_not_retry_by_default() {
+    async fn in_process_balance_retries_by_default() {
         let set = Endpoints::new(RoundRobin::new());
         let live_calls = Arc::new(AtomicUsize::new(0));
         set.add("dead", worker("dead", Arc::default(), true))
             .unwrap();
         set.add("live", worker("live", Arc::clone(&live_calls), false))
             .unwrap();
-        assert!(Balance::new(set)
+        let res = Balance::new(set)
             .oneshot(request(Method::GET))
             .await
-            .is_err());
-        assert_eq!(live_calls.load(Ordering::SeqCst), 0);
+            .unwrap();
+        assert_eq!(worker_of(&res), "live");
+        assert_eq!(live_calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_type_the_balancer_cannot_replay_is_balanced_not_retried() {
+        // No `ReplayBody` impl: it must still compile and balance.
+        #[derive(Debug, Default)]
+        struct Opaque;
+        let set = Endpoints::new(RoundRobin::new());
+        let live_calls = Arc::new(AtomicUsize::new(0));
+        for (name, calls, fail) in [
+            ("dead", Arc::default(), true),
+            ("live", Arc::clone(&live_calls), false),
+        ] {
+            let calls: Arc<AtomicUsize> = calls;
+            let svc = service_fn(move |_req: Request<Opaque>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if fail {
+                        Err("down")
+                    } else {
+                        Ok(Response::new(String::from(name)))
+                    }
+                }
+            });
+            set.add(name, svc).unwrap();
+        }
+        let svc = Balance::new(set);
+        assert!(svc.clone().oneshot(Request::new(Opaque)).await.is_err());
+        assert_eq!(
+            live_calls.load(Ordering::SeqCst),
+            0,
+            "no retry without replay"
+        );
+        let res = svc.oneshot(Request::new(Opaque)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -12,6 +12,41 @@ use super::endpoint::{EndpointId, EndpointState, Prepared};
 /// request and should cost tens of nanoseconds. A pick only chooses among
 /// [`Candidates::is_eligible`] endpoints; it returns `None` when there is
 /// none, and the balancer then fails open or answers `503`.
+///
+/// The built-ins ([`RoundRobin`], [`LeastInFlight`], [`PowerOfTwo`],
+/// [`Rendezvous`], [`Maglev`]) cover most needs; write one for a rule of
+/// your own.
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{service_fn, ServiceExt};
+/// use tower_ssr::balance::{Balance, Candidates, Endpoints, Strategy};
+///
+/// /// Always the first eligible endpoint: a primary and its standbys.
+/// #[derive(Debug)]
+/// struct Primary;
+///
+/// impl Strategy for Primary {
+///     fn pick(&self, candidates: &Candidates<'_>) -> Option<usize> {
+///         (0..candidates.len()).find(|&i| candidates.is_eligible(i))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let set = Endpoints::new(Primary);
+/// for name in ["primary", "standby"] {
+///     set.add(name, service_fn(move |_req: Request<String>| async move {
+///         Response::builder().header("x-served-by", name).body(String::new())
+///     }))?;
+/// }
+/// let res = Balance::new(set).oneshot(Request::new(String::new())).await?;
+/// assert_eq!(res.headers()["x-served-by"], "primary");
+/// # Ok(())
+/// # }
+/// ```
 pub trait Strategy: fmt::Debug + Send + Sync + 'static {
     /// Precomputes what picks need for this set: `weights[i]` (all above
     /// 0) and the stable name hash `hashes[i]` of each active endpoint.

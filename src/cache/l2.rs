@@ -115,13 +115,14 @@ impl std::error::Error for InvalidRedisUrl {}
 
 impl RedisTier {
     /// A tier on the Redis at `url` (`redis://[:password@]host[:port][/db]`,
-    /// or `rediss://` where the client was built with TLS). Only the URL is
+    /// or `rediss://` for TLS, which needs the `redis-tls` feature). Only the URL is
     /// checked here; the connection is made on first use, and a Redis that
     /// is not there only means the cache runs on memory alone.
     ///
     /// # Errors
     ///
-    /// When `url` is not a Redis URL.
+    /// When `url` is not a Redis URL, or is `rediss://` without the
+    /// `redis-tls` feature.
     pub fn new(url: &str) -> Result<Self, InvalidRedisUrl> {
         let client = Client::open(url).map_err(|e| InvalidRedisUrl {
             reason: e.to_string(),

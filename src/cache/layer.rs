@@ -174,7 +174,7 @@ impl CacheLayer {
                 uncacheable_for: DEFAULT_UNCACHEABLE_FOR,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
                 #[cfg(feature = "tokio")]
-                executor: Some(Arc::new(super::executor::TokioExecutor)),
+                executor: Some(Arc::new(super::executor::TokioSpawner)),
                 #[cfg(not(feature = "tokio"))]
                 executor: None,
                 strip_field: None,
@@ -334,10 +334,24 @@ impl CacheLayer {
     /// a later request fetches the page. This bounds the wait behind a
     /// render that stalls, a streamed body that stops half-way while its
     /// client stays connected, or a refresh that never ends.
-    /// `Duration::MAX` waits as long as the other request lasts. Needs the `tokio` feature (and
-    /// a tokio runtime with its timer); without it there is no limit.
+    /// `Duration::MAX` waits as long as the other request lasts.
+    ///
+    /// Needs the `tokio` feature (and a tokio runtime with its timer):
+    /// without it there is no timer to enforce a limit, waits last as long
+    /// as the other request, and setting anything but `Duration::MAX` logs
+    /// a `warn` event once per call (as [`ActiveProbes::try_spawn`] returns
+    /// an error without tokio).
+    ///
+    /// [`ActiveProbes::try_spawn`]: https://docs.rs/tower-ssr/latest/tower_ssr/balance/struct.ActiveProbes.html#method.try_spawn
     #[must_use]
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        #[cfg(not(feature = "tokio"))]
+        if timeout != Duration::MAX {
+            tracing::warn!(
+                ?timeout,
+                "CacheLayer::lock_timeout has no effect without the `tokio` feature"
+            );
+        }
         self.config().lock_timeout = timeout;
         self
     }

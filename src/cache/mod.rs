@@ -142,10 +142,11 @@ mod store;
 mod tee;
 
 pub use body::ResponseBody;
+pub use executor::{Executor, Task};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use executor::TokioExecutor;
-pub use executor::{Executor, Task};
+#[allow(deprecated)]
+pub use executor::{TokioExecutor, TokioSpawner};
 pub use future::ResponseFuture;
 pub use handle::{CacheStats, ResponseCache, ResponseCacheBuilder};
 pub use key::QueryKey;

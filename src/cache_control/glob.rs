@@ -150,6 +150,47 @@ impl InvalidGlob {
     pub fn pattern(&self) -> &str {
         &self.pattern
     }
+
+    /// Why it was rejected, to match on.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_ssr::cache_control::{GlobErrorKind, PathGlob};
+    ///
+    /// assert_eq!(PathGlob::new("posts/*").unwrap_err().kind(), GlobErrorKind::NoLeadingSlash);
+    /// assert_eq!(PathGlob::new("").unwrap_err().kind(), GlobErrorKind::Empty);
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> GlobErrorKind {
+        match self.reason {
+            Reason::Empty => GlobErrorKind::Empty,
+            Reason::NoLeadingSlash => GlobErrorKind::NoLeadingSlash,
+            Reason::DoubleStarInSegment { .. } => GlobErrorKind::DoubleStarInSegment,
+            Reason::Unsupported { .. } => GlobErrorKind::Unsupported,
+            Reason::EscapedSlash { .. } => GlobErrorKind::EscapedSlash,
+            Reason::TrailingBackslash => GlobErrorKind::TrailingBackslash,
+        }
+    }
+}
+
+/// Why a glob was rejected: [`InvalidGlob::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GlobErrorKind {
+    /// The pattern is empty (`/**` matches every path).
+    Empty,
+    /// The pattern does not start with `/`.
+    NoLeadingSlash,
+    /// `**` is not a whole segment (`/a**`).
+    DoubleStarInSegment,
+    /// `[`, `]`, `{` or `}` unescaped (reserved for character classes and
+    /// braces).
+    Unsupported,
+    /// An escaped `/` (`\/`).
+    EscapedSlash,
+    /// A `\` with nothing after it.
+    TrailingBackslash,
 }
 
 impl fmt::Display for InvalidGlob {

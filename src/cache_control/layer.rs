@@ -5,7 +5,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 use tower_layer::Layer;
 
-use super::rules::{Rule, CDN_CACHE_CONTROL, SURROGATE_CONTROL};
+use super::rules::{Rule, CACHE_TAG, CDN_CACHE_CONTROL, SURROGATE_CONTROL, SURROGATE_KEY};
 use super::service::CacheControl;
 use crate::directives::Directives;
 use crate::etag::ETagMode;
@@ -119,8 +119,10 @@ impl CacheControlLayer {
     }
 
     /// Whether a response that sets a cookie is made `private`, with
-    /// `s-maxage`, `CDN-Cache-Control` and `Surrogate-Control` removed, even
-    /// when the handler set them (default `true`). A shared cache that
+    /// `s-maxage`, `CDN-Cache-Control`, `Surrogate-Control` and the purge
+    /// tags (`Surrogate-Key`, `Cache-Tag`) removed, even when the handler
+    /// set them (default `true`). Shared-cacheable responses keep their
+    /// tags. A shared cache that
     /// stored it would hand one user's session to others.
     #[must_use]
     pub fn private_on_set_cookie(mut self, enabled: bool) -> Self {
@@ -213,10 +215,14 @@ impl Config {
 }
 
 /// Makes whatever `Cache-Control` the response now carries safe for a
-/// response that sets a cookie, and drops the shared-cache targets.
+/// response that sets a cookie, and drops the shared-cache targets and
+/// purge tags (the handler's own too): tags only serve shared caches, and
+/// on a private page they show browsers how purges are organised.
 fn downgrade_existing(headers: &mut HeaderMap) {
     headers.remove(&CDN_CACHE_CONTROL);
     headers.remove(&SURROGATE_CONTROL);
+    headers.remove(&SURROGATE_KEY);
+    headers.remove(&CACHE_TAG);
     if headers.contains_key(header::CACHE_CONTROL) {
         let mut d = Directives::from_headers(headers);
         let before = d.clone();

@@ -100,6 +100,52 @@ enum InvalidRuleKind {
     Tag(String),
 }
 
+/// What was wrong with a rule, to match on: [`InvalidRule::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RuleErrorKind {
+    /// The path glob ([`InvalidRule::glob`] has the details).
+    Glob,
+    /// The content-type pattern is not `type/subtype` or `type/*`.
+    ContentType,
+    /// A purge tag is empty or holds a space, a comma or a non-visible
+    /// character.
+    Tag,
+}
+
+impl InvalidRule {
+    /// Which part of the rule was invalid.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_ssr::cache_control::{Rule, RuleErrorKind};
+    ///
+    /// let err = Rule::any().tags(["two words"]).unwrap_err();
+    /// assert_eq!(err.kind(), RuleErrorKind::Tag);
+    /// let err = Rule::path("no-slash").unwrap_err();
+    /// assert_eq!(err.kind(), RuleErrorKind::Glob);
+    /// assert_eq!(err.glob().map(|g| g.pattern()), Some("no-slash"));
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> RuleErrorKind {
+        match self.kind {
+            InvalidRuleKind::Glob(_) => RuleErrorKind::Glob,
+            InvalidRuleKind::ContentType(_) => RuleErrorKind::ContentType,
+            InvalidRuleKind::Tag(_) => RuleErrorKind::Tag,
+        }
+    }
+
+    /// The glob error, when the path glob was invalid.
+    #[must_use]
+    pub fn glob(&self) -> Option<&InvalidGlob> {
+        match &self.kind {
+            InvalidRuleKind::Glob(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for InvalidRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
@@ -439,7 +485,9 @@ impl Rule {
                 set(headers, &SURROGATE_CONTROL, v);
             }
         }
-        if let Some((keys, tags)) = &self.tags {
+        // Purge tags are for shared caches: on a private page they would
+        // only show browsers the purge topology.
+        if let Some((keys, tags)) = self.tags.as_ref().filter(|_| !has_cookie) {
             set(headers, &SURROGATE_KEY, keys);
             set(headers, &CACHE_TAG, tags);
         }
@@ -572,6 +620,18 @@ mod tests {
         rule.apply(&mut h, true);
         assert_eq!(h["cache-control"], "private");
         assert!(!h.contains_key("cdn-cache-control"));
+    }
+
+    #[test]
+    fn cookie_response_gets_no_purge_tags() {
+        let rule = Rule::any()
+            .cache_control(Directives::new().public().s_maxage(Duration::from_secs(60)))
+            .tags(["posts"])
+            .unwrap();
+        let mut h = HeaderMap::new();
+        rule.apply(&mut h, true);
+        assert!(!h.contains_key("surrogate-key"));
+        assert!(!h.contains_key("cache-tag"));
     }
 
     #[test]
