@@ -163,6 +163,16 @@ where
             return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, member, shared)));
         }
 
+        // A protocol upgrade (WebSocket, RFC 9110 §7.8) opens a tunnel: it
+        // is never answered from the cache, stored or coalesced, and passes
+        // untouched (hyper's upgrade handle rides in the extensions).
+        if parts.headers.contains_key(http::header::UPGRADE) {
+            let inner = take_ready(&mut self.inner);
+            let member = config.fwd_member(Fwd::Bypass, None, false, None);
+            let req = Request::from_parts(parts, body);
+            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+        }
+
         let extra = match &config.key_fn {
             None => Some(None),
             Some(f) => f(&parts).map(|s| Some(s.into_boxed_str())),

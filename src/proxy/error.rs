@@ -60,3 +60,41 @@ impl std::error::Error for ProxyError {
         }
     }
 }
+
+/// Why a proxy could not be configured: reported when it is built, never
+/// per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An upstream that does not parse (see [`upstream`](super::upstream)).
+    InvalidUpstream(String),
+    /// An upstream whose scheme this build cannot speak: `https://` without
+    /// feature `tls`, `unix:` off Unix, or a scheme none of the transports
+    /// know.
+    UnsupportedScheme(String),
+    /// A CA bundle that cannot be read or holds no usable certificate.
+    Ca(String),
+    /// `https://` upstreams are configured, but no authority is trusted
+    /// (no system store found and no CA bundle given).
+    NoTrustedRoots,
+    /// rustls refused the TLS configuration.
+    Tls(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::InvalidUpstream(s) => write!(f, "invalid upstream {s}"),
+            ConfigError::UnsupportedScheme(s) => {
+                write!(f, "this build cannot speak to upstream {s}")
+            }
+            ConfigError::Ca(s) => write!(f, "CA bundle: {s}"),
+            ConfigError::NoTrustedRoots => f.write_str(
+                "https upstreams are configured but no certificate authority is trusted",
+            ),
+            ConfigError::Tls(s) => write!(f, "TLS configuration: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,12 +1,115 @@
 //! Readying a request for an upstream: one authority, hop-by-hop fields
-//! removed, forwarding headers, `Via`.
+//! removed, forwarding headers, `Via`. Public as [`Forwarding`] for users
+//! who build their own leaf service.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 
-use super::service::Settings;
-use crate::balance::peer_addr;
+use crate::authority::AuthorityError;
+use crate::balance::{peer_addr, TrustedProxies};
+
+/// What an intermediary does to a request before forwarding it and to the
+/// response before relaying it, as [`ReverseProxy`](super::ReverseProxy)
+/// does: for a leaf service of your own (another client, another
+/// balancer) that must forward like the proxy.
+///
+/// ```
+/// use tower_ssr::balance::ClientAddr;
+/// use tower_ssr::proxy::Forwarding;
+///
+/// let fwd = Forwarding::new();
+/// let mut req = http::Request::get("/page")
+///     .header("host", "shop.example")
+///     .header("x-forwarded-for", "6.6.6.6") // spoofed: removed
+///     .header("connection", "close")
+///     .body(())
+///     .unwrap();
+/// req.extensions_mut().insert(ClientAddr("203.0.113.9:50000".parse().unwrap()));
+/// let (mut parts, _body) = req.into_parts();
+/// fwd.prepare_request(&mut parts).unwrap();
+/// assert_eq!(parts.headers["x-forwarded-for"], "203.0.113.9");
+/// assert_eq!(parts.headers["via"], "1.1 tower-ssr");
+/// assert!(!parts.headers.contains_key("connection"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    pub(super) preserve_host: bool,
+    pub(super) trusted: TrustedProxies,
+    pub(super) forwarding: ForwardingHeaders,
+    pub(super) proto: HeaderValue,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Forwarding {
+    /// The proxy's defaults: `Host` preserved, no trusted proxies,
+    /// [`ForwardingHeaders::XForwarded`], clients on plain HTTP.
+    #[must_use]
+    pub fn new() -> Self {
+        Forwarding {
+            preserve_host: true,
+            trusted: TrustedProxies::none(),
+            forwarding: ForwardingHeaders::XForwarded,
+            proto: HeaderValue::from_static("http"),
+        }
+    }
+
+    /// As [`ProxyBuilder::preserve_host`](super::ProxyBuilder::preserve_host).
+    #[must_use]
+    pub fn preserve_host(mut self, yes: bool) -> Self {
+        self.preserve_host = yes;
+        self
+    }
+
+    /// As [`ProxyBuilder::trusted_proxies`](super::ProxyBuilder::trusted_proxies).
+    #[must_use]
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// As [`ProxyBuilder::forwarding_headers`](super::ProxyBuilder::forwarding_headers).
+    #[must_use]
+    pub fn headers(mut self, h: ForwardingHeaders) -> Self {
+        self.forwarding = h;
+        self
+    }
+
+    /// As [`ProxyBuilder::https`](super::ProxyBuilder::https).
+    #[must_use]
+    pub fn https(mut self, yes: bool) -> Self {
+        self.proto = HeaderValue::from_static(if yes { "https" } else { "http" });
+        self
+    }
+
+    /// Readies a request's head for an upstream: one validated authority
+    /// in `Host` (RFC 9112 §3.2, §3.2.2; dropped unless preserved),
+    /// hop-by-hop fields removed (RFC 9110 §7.6.1) but `TE: trailers`
+    /// kept, forwarding headers of untrusted peers removed and ours written
+    /// (RFC 7239 or `X-Forwarded-*`), `Via` appended (RFC 9110 §7.6.3).
+    /// The client's address is read from [`ClientAddr`](crate::balance::ClientAddr)
+    /// (or axum's `ConnectInfo` with feature `axum`).
+    ///
+    /// # Errors
+    ///
+    /// The request's authority is missing, repeated or invalid; answer
+    /// with [`AuthorityError::status`] (`400`) and forward nothing.
+    pub fn prepare_request(&self, parts: &mut Parts) -> Result<(), AuthorityError> {
+        prepare_request(parts, self)
+    }
+
+    /// Readies a response's headers for the client: hop-by-hop fields
+    /// removed (RFC 9110 §7.6.1); `Trailer` is kept.
+    pub fn prepare_response(&self, headers: &mut HeaderMap) {
+        remove_hop_by_hop(headers);
+    }
+}
 
 /// Which forwarding headers the proxy adds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +132,7 @@ pub enum ForwardingHeaders {
 /// this proxy, never for the upstream. `Trailer` is not hop-by-hop (it
 /// announces fields of the message itself) and is kept; `TE` is, and
 /// [`prepare_request`] forwards its `trailers` member on its own.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -101,8 +204,8 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
 /// headers from untrusted peers removed and ours written, `Via` added.
 pub(super) fn prepare_request(
     parts: &mut http::request::Parts,
-    settings: &Settings,
-) -> Result<(), crate::authority::AuthorityError> {
+    settings: &Forwarding,
+) -> Result<(), AuthorityError> {
     // RFC 9112 §3.2, §3.2.2: the absolute-form authority wins over Host,
     // and a missing, repeated or invalid Host is refused. `Host` now holds
     // the one authority (or, for HTTP/1.0 without one, is absent).
@@ -120,6 +223,9 @@ pub(super) fn prepare_request(
         parts.headers.remove(header::HOST);
     }
     let peer: Option<IpAddr> = peer_addr(parts).map(|a| a.ip().to_canonical());
+    if peer.is_none() {
+        super::serve::warn_no_client_addr();
+    }
     let trusted = peer.is_some_and(|ip| settings.trusted.contains(ip));
     if trusted {
         crate::authority::remove_method_override(&parts.method, &mut parts.headers);
@@ -195,24 +301,12 @@ fn quote_if_needed(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use http::Request;
 
     use super::*;
-    use crate::balance::TrustedProxies;
-    use crate::limits::HeaderLimits;
 
-    fn settings(forwarding: ForwardingHeaders) -> Settings {
-        Settings {
-            preserve_host: true,
-            trusted: TrustedProxies::none(),
-            header_limits: HeaderLimits::new(),
-            forwarding,
-            proto: HeaderValue::from_static("http"),
-            replay_buffer: 16,
-            buffer_timeout: Duration::from_secs(5),
-        }
+    fn settings(forwarding: ForwardingHeaders) -> Forwarding {
+        Forwarding::new().headers(forwarding)
     }
 
     fn parts(headers: &[(&str, &str)]) -> http::request::Parts {

@@ -56,11 +56,10 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let upstreams = Endpoints::new(RoundRobin::new());
-//! upstreams.add("r1", "http://127.0.0.1:9001".parse()?)?;
-//! upstreams.add("r2", "http://127.0.0.1:9002".parse()?)?;
-//! let proxy = ReverseProxy::builder(upstreams).build();
-//! // serve `proxy` with hyper, inserting `ClientAddr` per connection;
-//! // see examples/proxy.rs
+//! upstreams.add("r1", tower_ssr::proxy::upstream("http://127.0.0.1:9001")?)?;
+//! upstreams.add("r2", tower_ssr::proxy::upstream("unix:/run/renderer.sock")?)?;
+//! let proxy = ReverseProxy::builder(upstreams).try_build()?;
+//! // serve it with tower_ssr::proxy::serve(listener, proxy); see examples/proxy.rs
 //! # drop(proxy);
 //! # Ok(())
 //! # }
@@ -85,20 +84,71 @@
 //! Idempotent requests with an empty body, or a body of known length up to
 //! [`replay_buffer`](ProxyBuilder::replay_buffer) (buffered first), can be
 //! retried on another upstream; other bodies stream straight through and are
-//! never replayed. Protocol upgrades (WebSocket) are not forwarded: the
-//! `Upgrade` header is hop-by-hop and removed.
+//! never replayed.
+//!
+//! # Transports
+//!
+//! Upstreams are base URIs, best made with [`upstream`] (which refuses, at
+//! configuration time, a scheme this build cannot speak):
+//!
+//! | upstream | how |
+//! |---|---|
+//! | `http://HOST:PORT` | HTTP/1.1 over TCP, pooled |
+//! | `https://HOST:PORT` | TLS via rustls (feature `tls`, on by default; ring provider, no OpenSSL): [`TlsRoots::system`] plus any CA bundle, SNI from HOST, ALPN `h2` then `http/1.1` (HTTP/2 when the upstream picks it) |
+//! | `h2c://HOST:PORT` | cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3), multiplexed on one connection |
+//! | `unix:/PATH` | HTTP/1.1 over a Unix domain socket |
+//! | anything | your own hyper-util client: [`ProxyBuilder::client`] |
+//!
+//! [`ProxyBuilder::try_build`] fails with a [`ConfigError`] for an upstream
+//! it cannot speak; no request is ever sent to find out.
+//!
+//! # Upgrades (WebSocket)
+//!
+//! An HTTP/1.1 request with `Upgrade` and `Connection: upgrade` (RFC 9110
+//! §7.8) is forwarded with both fields to the endpoint the balancer picks
+//! (a consistent-hashing [`Key`](crate::balance::Key) keeps a client on one
+//! renderer). When the upstream answers `101 Switching Protocols` for a
+//! protocol the client offered, the `101` is relayed and bytes are copied
+//! both ways until both sides have closed, or nothing moved for
+//! [`idle_timeout`](ProxyBuilder::idle_timeout) (60 s by default). The
+//! tunnel counts as in flight on its endpoint for as long as it is open.
+//! A `101` the client did not ask for, or for a protocol it did not offer,
+//! is answered `502 Bad Gateway` and never relayed. The server must hand
+//! connections over: [`serve`] does; with hyper directly, use
+//! `serve_connection_with_upgrades` / `.with_upgrades()`.
+//! [`CacheLayer`](crate::cache::CacheLayer) passes upgrade requests through
+//! untouched. HTTP/2 extended CONNECT (RFC 8441, WebSocket over HTTP/2) is
+//! not supported, neither from clients nor to upstreams; nor are upgrades
+//! to `h2c://` upstreams (HTTP/2 has no `Upgrade`).
+//!
+//! # Serving
+//!
+//! [`serve`] runs the accept loop: HTTP/1.1 and HTTP/2 (h2c) on one port,
+//! the client's address as [`ClientAddr`](crate::balance::ClientAddr) in
+//! every request (so `X-Forwarded-For` works without axum), upgrades,
+//! graceful shutdown. Under axum, enable feature `axum` and serve with
+//! `into_make_service_with_connect_info::<SocketAddr>()`; a request
+//! without a client address makes the proxy warn once.
 
 mod body;
 mod client;
 mod error;
 mod forward;
+mod serve;
 mod service;
+#[cfg(feature = "tls")]
+mod tls;
+mod upgrade;
 
 pub use body::{BoxError, ProxyBody};
-pub use client::{http_check, Forward};
-pub use error::ProxyError;
-pub use forward::ForwardingHeaders;
+pub use client::{http_check, upstream, Forward};
+pub use error::{ConfigError, ProxyError};
+pub use forward::{Forwarding, ForwardingHeaders};
+pub use serve::{serve, Serve};
 pub use service::{
-    ProxyBuilder, ProxyResponseBody, ReverseProxy, DEFAULT_CONNECT_TIMEOUT,
+    ProxyBuilder, ProxyResponseBody, ReverseProxy, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT,
 };
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::TlsRoots;

@@ -17,7 +17,11 @@ use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::forward::{prepare_request, remove_hop_by_hop};
-use super::{BoxError, Forward, ForwardingHeaders, ProxyBody, ProxyError};
+#[cfg(feature = "tls")]
+use super::TlsRoots;
+use super::{
+    upgrade, BoxError, ConfigError, Forward, Forwarding, ForwardingHeaders, ProxyBody, ProxyError,
+};
 use crate::balance::{Balance, Connect, Endpoints, Key, ResponseBody, Retries, TrustedProxies};
 use crate::limits::HeaderLimits;
 
@@ -34,6 +38,12 @@ impl Connect<Uri, ProxyBody> for ToUpstream {
 
     fn connect(&self, base: &Uri, mut req: Request<ProxyBody>) -> (Forward, Request<ProxyBody>) {
         *req.uri_mut() = crate::balance::rewrite_uri(base, req.uri());
+        if base.scheme_str() == Some("unix") && !req.headers().contains_key(http::header::HOST) {
+            // A socket path is no host: hyper-util would send the URI's
+            // hex-encoded one.
+            req.headers_mut()
+                .insert(http::header::HOST, HeaderValue::from_static("localhost"));
+        }
         (self.client.clone(), req)
     }
 
@@ -42,20 +52,22 @@ impl Connect<Uri, ProxyBody> for ToUpstream {
     }
 }
 
-pub(super) struct Settings {
-    pub(super) preserve_host: bool,
-    pub(super) trusted: TrustedProxies,
-    pub(super) header_limits: HeaderLimits,
-    pub(super) forwarding: ForwardingHeaders,
-    pub(super) proto: HeaderValue,
-    pub(super) replay_buffer: usize,
-    pub(super) buffer_timeout: Duration,
+struct Settings {
+    fwd: Forwarding,
+    header_limits: HeaderLimits,
+    replay_buffer: usize,
+    buffer_timeout: Duration,
+    // How long a tunnel may carry nothing either way before it is closed.
+    idle_timeout: Duration,
 }
 
 /// The default [`ProxyBuilder::connect_timeout`]: 2 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The default [`ProxyBuilder::response_timeout`]: 15 s.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The default [`ProxyBuilder::idle_timeout`]: 60 s (nginx's
+/// `proxy_read_timeout`, the figure WebSocket users know).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Builds a [`ReverseProxy`].
 #[must_use]
@@ -71,6 +83,11 @@ pub struct ProxyBuilder {
     forwarding: ForwardingHeaders,
     https: bool,
     replay_buffer: usize,
+    idle_timeout: Duration,
+    // The user's own client; `None` builds the built-in transports.
+    client: Option<Forward>,
+    #[cfg(feature = "tls")]
+    tls_roots: Option<TlsRoots>,
 }
 
 impl fmt::Debug for ProxyBuilder {
@@ -182,10 +199,130 @@ impl ProxyBuilder {
         self
     }
 
-    /// Builds the proxy. Its client spawns connection tasks on the tokio
-    /// runtime when used.
+    /// How long a tunnel (an upgraded connection, e.g. a WebSocket) may
+    /// carry nothing either way before both sides are closed, and how long
+    /// an idle pooled upstream connection is kept. Default:
+    /// [`DEFAULT_IDLE_TIMEOUT`] (60 s). WebSocket apps that ping less often
+    /// need more.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// The CA certificates `https://` upstreams are verified against.
+    /// Default: [`TlsRoots::system`], read when the proxy is built.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_roots(mut self, roots: TlsRoots) -> Self {
+        self.tls_roots = Some(roots);
+        self
+    }
+
+    /// Forwards with the user's own hyper-util client instead of the
+    /// built-in transports: its connector (TLS, DNS, socket options,
+    /// timeouts) and pool settings are the user's, and the schemes it
+    /// speaks are whatever the connector accepts (nothing is checked at
+    /// build time). The proxy still applies
+    /// [`response_timeout`](Self::response_timeout);
+    /// [`connect_timeout`](Self::connect_timeout),
+    /// [`tls_roots`](Self::tls_roots) and the pool part of
+    /// [`idle_timeout`](Self::idle_timeout) are then the connector's
+    /// business. For upgrades (WebSocket) to work the client must be
+    /// hyper-util's legacy client, which keeps them enabled.
+    ///
+    /// ```
+    /// use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    /// use hyper_util::rt::TokioExecutor;
+    /// use tower_ssr::balance::{Endpoints, RoundRobin};
+    /// use tower_ssr::proxy::{ProxyBody, ReverseProxy};
+    ///
+    /// let mut connector = HttpConnector::new();
+    /// connector.set_keepalive(Some(std::time::Duration::from_secs(30)));
+    /// let client = Client::builder(TokioExecutor::new()).build::<_, ProxyBody>(connector);
+    /// let proxy = ReverseProxy::builder(Endpoints::new(RoundRobin::new()))
+    ///     .client(client)
+    ///     .try_build()
+    ///     .unwrap();
+    /// # drop(proxy);
+    /// ```
+    pub fn client<C>(mut self, client: hyper_util::client::legacy::Client<C, ProxyBody>) -> Self
+    where
+        C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    {
+        self.client = Some(Forward::with_client(client, self.response_timeout));
+        self
+    }
+
+    /// Builds the proxy, checking what can be checked before the first
+    /// request: every upstream's scheme is one the built-in transports
+    /// speak (see [`upstream`](super::upstream)), and `https://` upstreams
+    /// have authorities to trust. Its client spawns connection tasks on the
+    /// tokio runtime when used.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::UnsupportedScheme`] (e.g. `https://` without feature
+    /// `tls`), [`ConfigError::NoTrustedRoots`], [`ConfigError::Tls`]. With
+    /// [`client`](Self::client), none: the user's connector decides.
+    pub fn try_build(self) -> Result<ReverseProxy, ConfigError> {
+        let client = match &self.client {
+            Some(c) => c.with_response_timeout(self.response_timeout),
+            None => {
+                let values = self.endpoints.values();
+                for uri in &values {
+                    super::client::check_scheme(uri)?;
+                }
+                #[cfg(feature = "tls")]
+                {
+                    let roots = self.tls_roots.clone().unwrap_or_else(TlsRoots::system);
+                    if roots.is_empty() && values.iter().any(|u| u.scheme_str() == Some("https")) {
+                        return Err(ConfigError::NoTrustedRoots);
+                    }
+                    Forward::builtin(
+                        self.connect_timeout,
+                        self.response_timeout,
+                        self.idle_timeout,
+                        &roots,
+                    )?
+                }
+                #[cfg(not(feature = "tls"))]
+                Forward::builtin(
+                    self.connect_timeout,
+                    self.response_timeout,
+                    self.idle_timeout,
+                )?
+            }
+        };
+        Ok(self.finish(client))
+    }
+
+    /// Builds the proxy without the checks of [`try_build`](Self::try_build):
+    /// an upstream this build cannot speak then fails each request sent to
+    /// it (`502`, counted against the endpoint), and with no trusted
+    /// authority every TLS handshake fails. Prefer `try_build`.
     pub fn build(self) -> ReverseProxy {
-        let client = Forward::new(self.connect_timeout, self.response_timeout);
+        let client = match &self.client {
+            Some(c) => c.with_response_timeout(self.response_timeout),
+            #[cfg(feature = "tls")]
+            None => Forward::builtin(
+                self.connect_timeout,
+                self.response_timeout,
+                self.idle_timeout,
+                &self.tls_roots.clone().unwrap_or_else(TlsRoots::system),
+            )
+            .unwrap_or_else(|_| Forward::new(self.connect_timeout, self.response_timeout)),
+            #[cfg(not(feature = "tls"))]
+            None => Forward::builtin(
+                self.connect_timeout,
+                self.response_timeout,
+                self.idle_timeout,
+            )
+            .unwrap_or_else(|_| Forward::new(self.connect_timeout, self.response_timeout)),
+        };
+        self.finish(client)
+    }
+
+    fn finish(self, client: Forward) -> ReverseProxy {
         let config = crate::balance::Config {
             key: self.key,
             retries: self.retries,
@@ -194,13 +331,15 @@ impl ProxyBuilder {
         ReverseProxy {
             balance,
             settings: Arc::new(Settings {
-                preserve_host: self.preserve_host,
-                trusted: self.trusted,
+                fwd: Forwarding::new()
+                    .preserve_host(self.preserve_host)
+                    .trusted_proxies(self.trusted)
+                    .headers(self.forwarding)
+                    .https(self.https),
                 header_limits: self.header_limits,
-                forwarding: self.forwarding,
-                proto: HeaderValue::from_static(if self.https { "https" } else { "http" }),
                 replay_buffer: self.replay_buffer,
                 buffer_timeout: self.response_timeout,
+                idle_timeout: self.idle_timeout,
             }),
         }
     }
@@ -236,6 +375,10 @@ impl ReverseProxy {
             forwarding: ForwardingHeaders::XForwarded,
             https: false,
             replay_buffer: 64 * 1024,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            client: None,
+            #[cfg(feature = "tls")]
+            tls_roots: None,
         }
     }
 
@@ -272,8 +415,13 @@ where
             if !settings.header_limits.allows(&parts) {
                 return Ok(status_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
             }
-            if let Err(e) = prepare_request(&mut parts, &settings) {
+            // Taken before hop-by-hop removal, which drops `Upgrade`.
+            let upgrade = upgrade::take(&mut parts);
+            if let Err(e) = prepare_request(&mut parts, &settings.fwd) {
                 return Ok(status_response(e.status()));
+            }
+            if let Some(u) = &upgrade {
+                u.restore(&mut parts.headers);
             }
             let body = match into_proxy_body(&parts, body, &settings).await {
                 Ok(b) => b,
@@ -295,6 +443,11 @@ where
                 }
                 Err(_) => return Ok(status_response(StatusCode::BAD_GATEWAY)),
             };
+            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // Relayed only as the upgrade the client asked for; an
+                // unrequested one is a 502 (RFC 9110 §7.8, §15.2.2).
+                return Ok(upgrade::switch(res, upgrade, settings.idle_timeout));
+            }
             let (mut parts, body) = res.into_parts();
             remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))
