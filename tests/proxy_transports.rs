@@ -321,7 +321,8 @@ async fn ws_upstream(name: &'static str) -> SocketAddr {
                             return;
                         }
                         Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
+                            let sent = ws.send(msg).await;
+                            if sent.is_err() {
                                 return;
                             }
                         }

@@ -60,11 +60,10 @@ impl Transport for Builtin {
             // §8.3.1); the separate client is what makes it HTTP/2.
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(Scheme::HTTP);
-            match Uri::from_parts(parts) {
-                Ok(uri) => *req.uri_mut() = uri,
-                // Unreachable for a URI that had a scheme and authority;
-                // hyper-util refuses the empty one with an error.
-                Err(_) => {}
+            // Fails only for a URI without scheme and authority, which
+            // hyper-util then refuses with an error (the URI stays empty).
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
             }
             return self.h2c.request(req);
         }
@@ -205,6 +204,9 @@ impl Service<Uri> for Connector {
             });
         }
         let fut = self.tcp.call(dst);
+        // A conversion only without feature `tls` (hyper-rustls' error is
+        // already a BoxError).
+        #[allow(clippy::useless_conversion)]
         Box::pin(async move { Ok(Io::Tcp(fut.await.map_err(Into::<BoxError>::into)?)) })
     }
 }
@@ -227,6 +229,10 @@ async fn connect_unix(_: std::path::PathBuf, _: Duration) -> Result<Io, BoxError
 }
 
 /// A connection made by [`Connector`].
+// The TLS variant is large; it is made once per connection and moved once
+// into hyper's connection task, where boxing would cost an indirection on
+// every read and write.
+#[allow(clippy::large_enum_variant)]
 enum Io {
     Tcp(TcpIo),
     #[cfg(unix)]
