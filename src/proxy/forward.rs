@@ -118,7 +118,7 @@ pub enum ForwardingHeaders {
     /// `X-Forwarded-For` (the peer; appended to a trusted peer's list),
     /// `X-Forwarded-Proto` and `X-Forwarded-Host` (the validated
     /// authority). An untrusted peer's forwarding headers never reach an
-    /// upstream, in any mode (see the [module docs](self)).
+    /// upstream, in any mode (see the [module docs](crate::proxy)).
     XForwarded,
     /// An element appended to `Forwarded` (RFC 7239):
     /// `for=…;host=…;proto=…`.

@@ -4,7 +4,7 @@
 //! [`ReverseProxy`] is a whole reverse proxy as one service: it prepares the
 //! request as an intermediary must (hop-by-hop headers removed, RFC 9110
 //! §7.6.1; `Via` added, §7.6.3; `X-Forwarded-*` or `Forwarded`, RFC 7239),
-//! balances it over the upstreams with [`Balance`], forwards it with
+//! balances it over the upstreams with [`Balance`](crate::balance::Balance), forwards it with
 //! [`Forward`] (connect and response timeouts), and streams bodies both ways,
 //! trailers included (`TE: trailers` is forwarded; `Trailer` is not
 //! hop-by-hop).

@@ -345,7 +345,7 @@ impl ProxyBuilder {
     }
 }
 
-/// A balancing reverse proxy as one service; see the [module docs](self).
+/// A balancing reverse proxy as one service; see the [module docs](crate::proxy).
 #[derive(Clone)]
 pub struct ReverseProxy {
     balance: Balance<Uri, ToUpstream>,
