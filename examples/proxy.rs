@@ -31,7 +31,7 @@ use tower_ssr::balance::{
     TrustedProxies,
 };
 use tower_ssr::cache::{CacheLayer, ResponseCache};
-use tower_ssr::proxy::{self, http_check, ReverseProxy, TlsRoots};
+use tower_ssr::proxy::{self, ReverseProxy, TlsRoots};
 
 #[derive(Debug)]
 struct Args {
@@ -247,11 +247,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for file in &args.ca_files {
         roots = roots.try_add_pem_file(file)?;
     }
-    let _probes = args.probe.as_deref().map(|path| {
-        ActiveProbes::new()
-            .interval(Duration::from_secs(5))
-            .spawn(&upstreams, http_check(path))
-    });
     // The proxy believes forwarding headers only from --trust peers, and
     // answers 431 to a header line over 16 KiB or a section over 64 KiB.
     let proxy = ReverseProxy::builder(upstreams)
@@ -262,6 +257,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .idle_timeout(args.idle_timeout)
         .tls_roots(roots)
         .try_build()?;
+    // Probes go over the proxy's own client (its transports and CA bundle).
+    let _probes = args.probe.as_deref().map(|path| {
+        ActiveProbes::new()
+            .interval(Duration::from_secs(5))
+            .spawn(proxy.endpoints(), proxy.http_check(path))
+    });
 
     // The cache (on by default) is a pure RFC 9111 shared cache: it stores
     // what the upstreams' own headers allow and injects no policy. With

@@ -530,7 +530,10 @@ enum Phase {
 }
 
 /// An HTTP check for [`ActiveProbes`](crate::balance::ActiveProbes): `GET base +
-/// path`, healthy on a `2xx` or `3xx`.
+/// path`, healthy on a `2xx` or `3xx`, over the built-in transports (any
+/// upstream spelling of [`upstream`]; `https://` trusts the system's
+/// roots). To probe with the proxy's own client (its CA bundle, or a
+/// client of your own), use [`ReverseProxy::http_check`](super::ReverseProxy::http_check).
 ///
 /// ```no_run
 /// # use std::time::Duration;
@@ -543,29 +546,49 @@ enum Phase {
 pub fn http_check(
     path: &str,
 ) -> impl Fn(Uri) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
-    let client: Client<HttpConnector, ProxyBody> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let path: Arc<str> = Arc::from(if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("/{path}")
-    });
-    move |base: Uri| {
-        let client = client.clone();
-        let target = crate::balance::rewrite_uri(&base, &Uri::try_from(&*path).unwrap_or_default());
-        Box::pin(async move {
-            let Ok(req) = Request::get(target).body(ProxyBody::empty()) else {
-                return false;
-            };
-            match client.request(req).await {
-                Ok(res) => {
-                    let ok = res.status().is_success() || res.status().is_redirection();
-                    // Drain so the connection goes back to the pool.
-                    let _ = res.into_body().collect().await;
-                    ok
+    Forward::new(
+        super::DEFAULT_CONNECT_TIMEOUT,
+        super::DEFAULT_RESPONSE_TIMEOUT,
+    )
+    .check(path)
+}
+
+impl Forward {
+    /// An HTTP check over this client; see [`http_check`].
+    pub(super) fn check(
+        &self,
+        path: &str,
+    ) -> impl Fn(Uri) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+        let client = Arc::clone(&self.client);
+        let path: Arc<str> = Arc::from(if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        });
+        move |base: Uri| {
+            let client = Arc::clone(&client);
+            let target =
+                crate::balance::rewrite_uri(&base, &Uri::try_from(&*path).unwrap_or_default());
+            Box::pin(async move {
+                let Ok(mut req) = Request::get(target).body(ProxyBody::empty()) else {
+                    return false;
+                };
+                if base.scheme_str() == Some(UNIX) {
+                    req.headers_mut().insert(
+                        http::header::HOST,
+                        http::HeaderValue::from_static("localhost"),
+                    );
                 }
-                Err(_) => false,
-            }
-        })
+                match client.request(req).await {
+                    Ok(res) => {
+                        let ok = res.status().is_success() || res.status().is_redirection();
+                        // Drain so the connection goes back to the pool.
+                        let _ = res.into_body().collect().await;
+                        ok
+                    }
+                    Err(_) => false,
+                }
+            })
+        }
     }
 }

@@ -327,9 +327,16 @@ impl ProxyBuilder {
             key: self.key,
             retries: self.retries,
         };
-        let balance = Balance::with_connect(self.endpoints, ToUpstream { client }, config);
+        let balance = Balance::with_connect(
+            self.endpoints,
+            ToUpstream {
+                client: client.clone(),
+            },
+            config,
+        );
         ReverseProxy {
             balance,
+            client,
             settings: Arc::new(Settings {
                 fwd: Forwarding::new()
                     .preserve_host(self.preserve_host)
@@ -349,6 +356,8 @@ impl ProxyBuilder {
 #[derive(Clone)]
 pub struct ReverseProxy {
     balance: Balance<Uri, ToUpstream>,
+    // The same client the balancer forwards with, for health checks.
+    client: Forward,
     settings: Arc<Settings>,
 }
 
@@ -380,6 +389,26 @@ impl ReverseProxy {
             #[cfg(feature = "tls")]
             tls_roots: None,
         }
+    }
+
+    /// An HTTP check for [`ActiveProbes`](crate::balance::ActiveProbes)
+    /// over this proxy's own client (its transports, CA bundle, or the
+    /// user's client): `GET base + path`, healthy on a `2xx` or `3xx`.
+    ///
+    /// ```no_run
+    /// # use tower_ssr::balance::{ActiveProbes, Endpoints, RoundRobin};
+    /// # use tower_ssr::proxy::ReverseProxy;
+    /// # async fn f(upstreams: Endpoints<http::Uri>) -> Result<(), tower_ssr::proxy::ConfigError> {
+    /// let proxy = ReverseProxy::builder(upstreams.clone()).try_build()?;
+    /// let _probes = ActiveProbes::new().spawn(&upstreams, proxy.http_check("/healthz"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn http_check(
+        &self,
+        path: &str,
+    ) -> impl Fn(Uri) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync + 'static {
+        self.client.check(path)
     }
 
     /// The upstream set, to change it at run time or read its stats.
