@@ -453,14 +453,23 @@ impl Service<Request<ProxyBody>> for Forward {
     }
 
     fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
-        let watch = Arc::new(BodyWatch::new());
+        let timeout = self.response_timeout;
         if req.body().kind_is_end_stream() {
-            // hyper never polls an empty body.
-            watch.sent.store(true, Ordering::Release);
+            // No body to watch (hyper never polls an empty one): the
+            // response timeout starts now, and any failure is upstream's.
+            let fut = self.client.request(req);
+            return Box::pin(async move {
+                match tokio::time::timeout(timeout, fut).await {
+                    Err(_) => Err(ProxyError::Timeout),
+                    Ok(Ok(res)) => Ok(res),
+                    Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(Box::new(e))),
+                    Ok(Err(e)) => Err(ProxyError::Upstream(Box::new(e))),
+                }
+            });
         }
+        let watch = Arc::new(BodyWatch::new());
         req.body_mut().watch = Some(Arc::clone(&watch));
         let fut = self.client.request(req);
-        let timeout = self.response_timeout;
         Box::pin(async move {
             let classify = |e: hyper_util::client::legacy::Error| {
                 if watch.failed.load(Ordering::Acquire) {

@@ -133,6 +133,12 @@ pub enum ForwardingHeaders {
 /// announces fields of the message itself) and is kept; `TE` is, and
 /// [`prepare_request`] forwards its `trailers` member on its own.
 pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages carry none of these,
+    // and a scan of a few standard names is cheaper than eight hashed
+    // removals (this runs on every request and every response).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -158,11 +164,34 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether a field is hop-by-hop by itself (those a `Connection` field
+/// lists are found through `Connection`, which is one of these).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 fn append_value(headers: &mut HeaderMap, name: HeaderName, add: &str) {
+    if !headers.contains_key(&name) {
+        // The common case: ours is the only value.
+        if let Ok(v) = HeaderValue::from_str(add) {
+            headers.insert(name, v);
+        }
+        return;
+    }
     // One line, appended after what earlier proxies wrote (several lines
     // are folded so that the list order stays unambiguous).
     let joined = {
@@ -275,16 +304,18 @@ pub(super) fn prepare_request(
         ForwardingHeaders::None => {}
     }
     // RFC 9110 §7.6.3: a gateway MUST send Via on forwarded requests.
-    let version = match parts.version {
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        _ => "1.1",
+    let via = match parts.version {
+        http::Version::HTTP_10 => "1.0 tower-ssr",
+        http::Version::HTTP_2 => "2 tower-ssr",
+        _ => "1.1 tower-ssr",
     };
-    append_value(
-        &mut parts.headers,
-        header::VIA,
-        &format!("{version} tower-ssr"),
-    );
+    if parts.headers.contains_key(header::VIA) {
+        append_value(&mut parts.headers, header::VIA, via);
+    } else {
+        parts
+            .headers
+            .insert(header::VIA, HeaderValue::from_static(via));
+    }
     Ok(())
 }
 
