@@ -566,3 +566,35 @@ async fn an_http2_client_is_served_and_forwarded_over_http1() {
         assert_eq!(body, "page");
     }
 }
+
+#[tokio::test]
+async fn a_users_own_client_forwards_through_its_connector() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Service;
+    let up = plain_upstream("own").await;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connects);
+    let http = hyper_util::client::legacy::connect::HttpConnector::new();
+    // The user's connector: here, one that counts the connections it makes.
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        let mut http = http.clone();
+        // hyper-util wants an Unpin connect future.
+        Box::pin(async move { http.call(uri).await })
+    });
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, proxy::ProxyBody>(connector);
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .client(client)
+        .try_build()
+        .unwrap();
+    for _ in 0..3 {
+        let (status, headers, _) = call(&proxy, "/page").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-upstream"], "own");
+    }
+    // Every connection came from the user's connector (how many depends
+    // on when hyper-util returns a connection to its pool).
+    let n = connects.load(Ordering::Relaxed);
+    assert!((1..=3).contains(&n), "{n}");
+}

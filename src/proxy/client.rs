@@ -67,10 +67,6 @@ impl Transport for Builtin {
             }
             return self.h2c.request(req);
         }
-        // hyper-util refuses an HTTP/2 request on an HTTP/1 connection:
-        // the version is the hop's, not the message's (RFC 9110 §6.2), and
-        // hyper picks it per connection.
-        *req.version_mut() = http::Version::HTTP_11;
         self.main.request(req)
     }
 }
@@ -453,6 +449,10 @@ impl Service<Request<ProxyBody>> for Forward {
     }
 
     fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+        // hyper-util refuses an HTTP/2 request on an HTTP/1 connection:
+        // the version is the hop's, not the message's (RFC 9110 §6.2), and
+        // the client picks it per connection (ALPN, h2c, or the user's).
+        *req.version_mut() = http::Version::HTTP_11;
         let timeout = self.response_timeout;
         if req.body().kind_is_end_stream() {
             // No body to watch (hyper never polls an empty one): the
