@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! cargo run --release --example proxy -- --listen 127.0.0.1:8080 \
-//!     --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
+//!     --upstream http://127.0.0.1:9001 --upstream https://render.internal:9443 \
+//!     --upstream h2c://127.0.0.1:9003 --upstream unix:/run/renderer.sock \
+//!     [--ca-file PEM] \
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
-//!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
+//!     [--weights 1,2,1,1] [--cache-mb 256 | --no-cache] \
 //!     [--trust CIDR]... [--probe /healthz] [--threads N] \
-//!     [--connect-timeout MS] [--timeout MS] [--metrics ADDR] \
-//!     [--redis redis://127.0.0.1:6379]
+//!     [--connect-timeout MS] [--timeout MS] [--idle-timeout MS] \
+//!     [--metrics ADDR] [--redis redis://127.0.0.1:6379]
 //! ```
 //!
 //! With `--metrics 127.0.0.1:9100` it serves Prometheus text at
@@ -19,26 +21,25 @@
 //!
 //! It forwards every method and path, streams bodies both ways and returns
 //! the upstream's headers minus hop-by-hop ones; it adds no Cache-Control of
-//! its own. It prints `listening on ADDR` once ready and stops cleanly on
+//! its own. Upstreams may mix `http://`, `https://` (system roots plus
+//! `--ca-file`), `h2c://` (HTTP/2 prior knowledge) and `unix:/PATH`.
+//! Clients may speak HTTP/1.1 or HTTP/2 (h2c) on the same port; WebSocket
+//! upgrades are tunnelled (idle ones close after `--idle-timeout`, which
+//! also bounds idle keep-alive connections). It prints `listening on ADDR` once ready and stops cleanly on
 //! Ctrl-C or SIGTERM. Try `cargo run --example renderer -- --listen
 //! 127.0.0.1:9001` for upstreams.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{HeaderName, Uri};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tower::{Layer, Service};
+use tower::Layer;
 use tower_ssr::balance::{
-    ActiveProbes, ClientAddr, Endpoints, Key, LeastInFlight, PowerOfTwo, Rendezvous, RoundRobin,
-    Strategy, TrustedProxies,
+    ActiveProbes, Endpoints, Key, LeastInFlight, PowerOfTwo, Rendezvous, RoundRobin, Strategy,
+    TrustedProxies,
 };
 use tower_ssr::cache::{CacheLayer, ResponseCache};
-use tower_ssr::proxy::{http_check, ReverseProxy};
+use tower_ssr::proxy::{self, ReverseProxy, TlsRoots};
 
 #[path = "support/prometheus.rs"]
 mod prometheus;
@@ -46,7 +47,10 @@ mod prometheus;
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
-    upstreams: Vec<Uri>,
+    /// As spelled (the endpoint's name) and as a base URI.
+    upstreams: Vec<(String, Uri)>,
+    /// Extra CA bundles for `https://` upstreams.
+    ca_files: Vec<String>,
     strategy: String,
     weights: Option<Vec<u32>>,
     /// `None`: --no-cache.
@@ -65,11 +69,15 @@ struct Args {
     /// `--redis URL`: a Redis second tier behind the memory cache.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     redis: Option<String>,
+    /// Idle tunnels, idle pooled upstream connections and idle client
+    /// keep-alive connections close after this.
+    idle_timeout: Duration,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut listen = None;
     let mut upstreams = Vec::new();
+    let mut ca_files = Vec::new();
     let mut strategy = String::from("round-robin");
     let mut weights = None;
     let mut cache_mb = None;
@@ -81,6 +89,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut connect_timeout = tower_ssr::proxy::DEFAULT_CONNECT_TIMEOUT;
     let mut timeout = tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT;
     let mut redis = None;
+    let mut idle_timeout = tower_ssr::proxy::DEFAULT_IDLE_TIMEOUT;
     let mut it = argv;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -88,12 +97,15 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
             "--upstream" => {
                 let v = value()?;
-                let uri: Uri = v.parse().map_err(|e| format!("--upstream {v}: {e}"))?;
-                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                    return Err(format!("--upstream {v}: expected http://HOST:PORT"));
-                }
-                upstreams.push(uri);
+                let uri = proxy::upstream(&v).map_err(|e| {
+                    format!(
+                        "--upstream {v}: {e} (expected http://HOST:PORT, https://HOST:PORT, \
+                         h2c://HOST:PORT or unix:/PATH)"
+                    )
+                })?;
+                upstreams.push((v, uri));
             }
+            "--ca-file" => ca_files.push(value()?),
             "--strategy" => strategy = value()?,
             "--weights" => {
                 let v = value()?;
@@ -129,7 +141,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("--threads {v}: expected a count"))?;
             }
-            "--connect-timeout" | "--timeout" => {
+            "--connect-timeout" | "--timeout" | "--idle-timeout" => {
                 let v = value()?;
                 let ms: u64 = v
                     .parse()
@@ -137,10 +149,10 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("{flag} {v}: expected milliseconds"))?;
                 let d = Duration::from_millis(ms);
-                if flag == "--timeout" {
-                    timeout = d;
-                } else {
-                    connect_timeout = d;
+                match flag.as_str() {
+                    "--timeout" => timeout = d,
+                    "--idle-timeout" => idle_timeout = d,
+                    _ => connect_timeout = d,
                 }
             }
             "--redis" if cfg!(feature = "redis") => redis = Some(value()?),
@@ -172,6 +184,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(Args {
         listen,
         upstreams,
+        ca_files,
         strategy,
         weights,
         // The cache is on by default, 256 MB.
@@ -187,6 +200,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         timeout,
         metrics,
         redis,
+        idle_timeout,
     })
 }
 
@@ -215,7 +229,9 @@ fn strategy_and_key(
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
 [--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] \
-[--connect-timeout MS] [--timeout MS] [--metrics ADDR] [--redis URL]";
+[--connect-timeout MS] [--timeout MS] [--idle-timeout MS] [--ca-file PEM]... \
+[--metrics ADDR] [--redis URL] \
+(URL: http://HOST:PORT, https://HOST:PORT, h2c://HOST:PORT or unix:/PATH)";
 
 fn main() {
     let args = match parse(std::env::args().skip(1)) {
@@ -257,15 +273,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let trusted = TrustedProxies::try_new(&args.trust)?;
     let (make_set, key) = strategy_and_key(&args.strategy, trusted.clone())?;
     let upstreams = make_set();
-    for (i, uri) in args.upstreams.iter().enumerate() {
+    for (i, (name, uri)) in args.upstreams.iter().enumerate() {
         let weight = args.weights.as_ref().map_or(1, |w| w[i]);
-        upstreams.add_weighted(&uri.to_string(), uri.clone(), weight)?;
+        upstreams.add_weighted(name, uri.clone(), weight)?;
     }
-    let _probes = args.probe.as_deref().map(|path| {
-        ActiveProbes::new()
-            .interval(Duration::from_secs(5))
-            .spawn(&upstreams, http_check(path))
-    });
+    let mut roots = TlsRoots::system();
+    for file in &args.ca_files {
+        roots = roots.try_add_pem_file(file)?;
+    }
     // The proxy believes forwarding headers only from --trust peers, and
     // answers 431 to a header line over 16 KiB or a section over 64 KiB.
     let proxy = ReverseProxy::builder(upstreams)
@@ -273,12 +288,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .trusted_proxies(trusted)
         .connect_timeout(args.connect_timeout)
         .response_timeout(args.timeout)
-        .build();
+        .idle_timeout(args.idle_timeout)
+        .tls_roots(roots)
+        .try_build()?;
+    // Probes go over the proxy's own client (its transports and CA bundle).
+    let _probes = args.probe.as_deref().map(|path| {
+        ActiveProbes::new()
+            .interval(Duration::from_secs(5))
+            .spawn(proxy.endpoints(), proxy.http_check(path))
+    });
 
     // The cache (on by default) is a pure RFC 9111 shared cache: it stores
     // what the upstreams' own headers allow and injects no policy. With
     // --trust, forwarding headers pass it for the proxy to judge by peer.
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let idle = args.idle_timeout;
     match args.cache_mb {
         Some(mb) => {
             let builder = ResponseCache::builder().max_bytes(mb.saturating_mul(1 << 20));
@@ -291,70 +316,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let layer = CacheLayer::new(cache)
                 .trust_forwarding_headers(!args.trust.is_empty())
                 .server_timing(true);
-            serve(listener, layer.layer(proxy)).await
+            proxy::serve(listener, layer.layer(proxy))
+                .idle_timeout(idle)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
         }
-        None => serve(listener, proxy).await,
-    }
-}
-
-/// Accepts connections until Ctrl-C or SIGTERM, then lets requests in
-/// progress finish, within reason.
-async fn serve<S, B>(
-    listener: tokio::net::TcpListener,
-    service: S,
-) -> Result<(), Box<dyn std::error::Error>>
-where
-    S: Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    println!("listening on {}", listener.local_addr()?);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    // Out of file descriptors and the like: keep serving.
-                    Err(_) => continue,
-                };
-                let _ = stream.set_nodelay(true);
-                let svc = service.clone();
-                let handler = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    let mut svc = svc.clone();
-                    async move { Ok::<_, Infallible>(svc.call(req).await.unwrap_or_else(|e| match e {})) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    // hyper answers 431 itself past this read buffer (the
-                    // proxy's own limit, 64 KiB of headers, comes first);
-                    // at most 100 header lines (hyper's default).
-                    .max_buf_size(128 * 1024)
-                    .max_headers(100)
-                    .serve_connection(TokioIo::new(stream), handler);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            () = &mut shutdown => break,
+        None => {
+            proxy::serve(listener, proxy)
+                .idle_timeout(idle)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
         }
-    }
-    drop(listener);
-    // Let requests in progress finish, within reason.
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(Duration::from_secs(10)) => {}
     }
     Ok(())
 }
@@ -395,11 +367,13 @@ mod tests {
         assert_eq!(a.cache_mb, Some(64));
         assert_eq!(a.timeout, tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT);
         let a = args(
-            "--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1500 --timeout 2500",
+            "--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1500 --timeout 2500 \
+             --idle-timeout 3500",
         )
         .unwrap();
         assert_eq!(a.connect_timeout, Duration::from_millis(1500));
         assert_eq!(a.timeout, Duration::from_millis(2500));
+        assert_eq!(a.idle_timeout, Duration::from_millis(3500));
         assert_eq!(
             args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics 127.0.0.1:9100")
                 .unwrap()
@@ -421,7 +395,35 @@ mod tests {
     }
 
     #[test]
+    fn every_transport_spelling_parses_and_mixes() {
+        let a = args(
+            "--listen 127.0.0.1:1 --upstream http://127.0.0.1:9001 \
+             --upstream https://render.test:9443 --upstream h2c://127.0.0.1:9003 \
+             --upstream unix:/tmp/renderer.sock --ca-file /etc/ca.pem --weights 1,2,1,1",
+        )
+        .unwrap();
+        let names: Vec<&str> = a.upstreams.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "http://127.0.0.1:9001",
+                "https://render.test:9443",
+                "h2c://127.0.0.1:9003",
+                "unix:/tmp/renderer.sock"
+            ]
+        );
+        assert_eq!(a.upstreams[2].1.scheme_str(), Some("h2c"));
+        assert_eq!(a.upstreams[3].1.scheme_str(), Some("unix"));
+        assert_eq!(a.ca_files, ["/etc/ca.pem"]);
+        assert_eq!(a.idle_timeout, tower_ssr::proxy::DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
     fn bad_flags_are_refused() {
+        assert!(args("--listen 127.0.0.1:1 --upstream unix:relative.sock").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream h2c://h").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --idle-timeout 0").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --ca-file").is_err());
         assert!(args("--upstream http://h:1").is_err());
         assert!(args("--listen 127.0.0.1:1").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream ftp://h:1").is_err());

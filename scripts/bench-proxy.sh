@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark: examples/proxy (round robin, no cache) beside nginx
-# `upstream` round robin, over the same three local renderers, same pinning,
-# alternating rounds in one run. Only 127.0.0.1.
+# `upstream` round robin and examples/minimal_proxy (hyper + hyper-util's
+# pooled client, no header work: the floor for a Rust proxy), over the same
+# three local renderers, same pinning, alternating rounds in one run. Only
+# 127.0.0.1, fixed ports in 27100-27199 (override with BASE_PORT).
 #
 #   bash scripts/bench-proxy.sh            # 5 rounds of 10 s each
 #   ROUNDS=5 DURATION=10s bash scripts/bench-proxy.sh
@@ -19,14 +21,16 @@ CONNS=${CONNS:-50}
 BYTES=${BYTES:-8192}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-OURS=127.0.0.1:18180
-NGINX=127.0.0.1:18181
-UP=(127.0.0.1:19101 127.0.0.1:19102 127.0.0.1:19103)
+BASE_PORT=${BASE_PORT:-27100}
+OURS=127.0.0.1:$((BASE_PORT + 80))
+NGINX=127.0.0.1:$((BASE_PORT + 81))
+MINIMAL=127.0.0.1:$((BASE_PORT + 82))
+UP=(127.0.0.1:$((BASE_PORT + 1)) 127.0.0.1:$((BASE_PORT + 2)) 127.0.0.1:$((BASE_PORT + 3)))
 
 command -v nginx >/dev/null && command -v wrk >/dev/null || {
   echo "needs nginx and wrk: apt-get install -y nginx wrk" >&2; exit 1; }
 
-cargo build --release --example proxy --example renderer >&2
+cargo build --release --example proxy --example renderer --example minimal_proxy >&2
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -57,6 +61,12 @@ taskset -c "$PROXY_CPU" target/release/examples/proxy --listen "$OURS" \
 ours_pid=$!
 pids+=($ours_pid)
 wait_for "$work/proxy.log"
+
+taskset -c "$PROXY_CPU" target/release/examples/minimal_proxy "$MINIMAL" "${UP[@]}" \
+  >"$work/minimal.log" 2>&1 &
+minimal_pid=$!
+pids+=($minimal_pid)
+wait_for "$work/minimal.log"
 
 cat >"$work/nginx.conf" <<CONF
 user root;
@@ -91,6 +101,7 @@ for _ in $(seq 1 50); do [ -s "$work/nginx.pid" ] && break; sleep 0.1; done
 
 # Both answer, with the same body.
 curl -fsS "http://$OURS/page" -o "$work/a" && curl -fsS "http://$NGINX/page" -o "$work/b" && cmp -s "$work/a" "$work/b"
+curl -fsS "http://$MINIMAL/page" -o "$work/c" && cmp -s "$work/a" "$work/c"
 
 cpu_ticks() { # summed utime+stime of the given pids and their threads
   local t=0 p u s
@@ -111,16 +122,31 @@ run() { # run NAME URL PIDS...: prints "NAME req/s cpu_us_per_req"
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   awk -v n="$name" -v r="$rps" -v q="$reqs" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%-12s %10.0f req/s  %6.1f us CPU/req\n", n, r, t / hz * 1e6 / q }'
+    'BEGIN { printf "%-12s %10.0f req/s  %6.1f us CPU/req\n", n, r, t / hz * 1e6 / q }' | tee -a "$work/results"
 }
 
 # Warm both (connection pools, page faults).
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://$OURS/page" >/dev/null
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://$NGINX/page" >/dev/null
+taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://$MINIMAL/page" >/dev/null
 
 echo "# $ROUNDS rounds, wrk -t1 -c$CONNS -d$DURATION, ${BYTES}-byte page, proxies on CPU $PROXY_CPU, renderers+wrk on CPU $LOAD_CPU"
 for r in $(seq 1 "$ROUNDS"); do
   # shellcheck disable=SC2046
   run nginx "http://$NGINX/page" $(nginx_pids)
+  run minimal "http://$MINIMAL/page" "$minimal_pid"
   run tower-ssr "http://$OURS/page" "$ours_pid"
 done
+
+# Medians over the rounds, and the ratios the issue's goal is stated in.
+awk '{ cpu[$1] = cpu[$1] " " $4; rps[$1] = rps[$1] " " $2 }
+  function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  END {
+    for (k in cpu) { m[k] = median(cpu[k]); printf "median %-12s %10.0f req/s  %6.1f us CPU/req\n", k, median(rps[k]), m[k] }
+    if (m["minimal"] > 0) printf "tower-ssr / minimal CPU per request: %.2f\n", m["tower-ssr"] / m["minimal"]
+    if (m["nginx"] > 0) printf "tower-ssr / nginx   CPU per request: %.2f\n", m["tower-ssr"] / m["nginx"]
+  }' "$work/results"

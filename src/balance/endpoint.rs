@@ -550,6 +550,14 @@ impl<T: Clone> Endpoints<T> {
             .map(|(s, _)| s.id)
     }
 
+    /// Every endpoint's value, drained ones included (the proxy checks
+    /// their schemes when it is built).
+    #[cfg(feature = "proxy")]
+    pub(crate) fn values(&self) -> Vec<T> {
+        let list = self.shared.lock_list();
+        list.entries.iter().map(|(_, v)| v.clone()).collect()
+    }
+
     /// Copies what the next snapshot needs, under the list's lock.
     fn draft(list: &mut List<T>) -> Draft<T> {
         list.generation += 1;

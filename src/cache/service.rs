@@ -215,6 +215,21 @@ where
             )));
         }
 
+        // A protocol upgrade (WebSocket, RFC 9110 §7.8) opens a tunnel: it
+        // is never answered from the cache, stored or coalesced, and passes
+        // untouched (hyper's upgrade handle rides in the extensions).
+        if parts.headers.contains_key(http::header::UPGRADE) {
+            let inner = self.inner.clone();
+            let member = config.fwd_member(Fwd::Bypass, None, false, None);
+            let req = Request::from_parts(parts, body);
+            let pass = pass(inner, req, member);
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                pass,
+            )));
+        }
+
         let extra = match &config.key_fn {
             None => Some(None),
             Some(f) => f(&parts).map(|s| Some(s.into_boxed_str())),

@@ -1,0 +1,600 @@
+//! The proxy's transports and tunnels over real sockets on 127.0.0.1:
+//! TLS upstreams with a CA made here (right CA, wrong CA, SNI), h2c and
+//! Unix socket upstreams, WebSocket through the proxy (echo both ways,
+//! close from either side, balancing, stickiness, in-flight for the
+//! tunnel's life, idle close), an unrequested `101`, and an HTTP/2 client.
+#![cfg(all(feature = "proxy", feature = "tls", feature = "cache"))]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tower::{Layer, ServiceExt};
+
+use tower_ssr::balance::{ClientAddr, Endpoints, Key, Rendezvous, RoundRobin};
+use tower_ssr::cache::{CacheLayer, ResponseCache};
+use tower_ssr::proxy::{self, ConfigError, ReverseProxy, TlsRoots};
+
+/// Guards against hangs only; never a timing assertion.
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("hung")
+}
+
+/// Answers every request with who served it and how it arrived.
+async fn info(
+    name: &'static str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let xff = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok(Response::builder()
+        .header("x-upstream", name)
+        .header("x-version", format!("{:?}", req.version()))
+        .header("x-seen-xff", xff)
+        .body(Full::new(Bytes::from_static(b"page")))
+        .unwrap())
+}
+
+/// An HTTP/1.1 + h2c upstream on TCP.
+async fn plain_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), service_fn(move |r| info(name, r)))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct TestPki {
+    ca_pem: String,
+    cert: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+/// A CA and a certificate for `localhost` signed by it.
+fn pki() -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tower-ssr test CA");
+    let ca = params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        cert: leaf.der().clone(),
+        key: leaf_key.serialize_der(),
+    }
+}
+
+/// A TLS upstream (ALPN h2, http/1.1) recording the SNI of each handshake.
+async fn tls_upstream(pki: &TestPki) -> (u16, Arc<Mutex<Vec<String>>>) {
+    use tokio_rustls::rustls;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![pki.cert.clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key.clone().into()),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sni: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&sni);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen));
+            tokio::spawn(async move {
+                // A failed handshake (the wrong-CA test) just ends here.
+                let Ok(tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let name = tls.get_ref().1.server_name().unwrap_or("").to_owned();
+                seen.lock().unwrap().push(name);
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service_fn(|r| info("tls", r)))
+                    .await;
+            });
+        }
+    });
+    (port, sni)
+}
+
+async fn call(proxy: &ReverseProxy, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+    let mut req = Request::get(path)
+        .header("host", "front.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(ClientAddr("198.51.100.7:5000".parse().unwrap()));
+    let res = within(proxy.clone().oneshot(req)).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+fn one_upstream(spelling: &str) -> Endpoints<http::Uri> {
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("u", proxy::upstream(spelling).unwrap()).unwrap();
+    set
+}
+
+#[tokio::test]
+async fn tls_upstream_trusted_by_the_given_ca_answers_over_h2_with_sni() {
+    let pki = pki();
+    let (port, sni) = tls_upstream(&pki).await;
+    let roots = TlsRoots::empty()
+        .try_add_pem(pki.ca_pem.as_bytes())
+        .unwrap();
+    let proxy = ReverseProxy::builder(one_upstream(&format!("https://localhost:{port}")))
+        .tls_roots(roots)
+        .try_build()
+        .unwrap();
+    let (status, headers, body) = call(&proxy, "/page").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-upstream"], "tls");
+    // ALPN picked h2.
+    assert_eq!(headers["x-version"], "HTTP/2.0");
+    assert_eq!(headers["x-seen-xff"], "198.51.100.7");
+    assert_eq!(body, "page");
+    assert_eq!(sni.lock().unwrap().as_slice(), ["localhost"]);
+}
+
+#[tokio::test]
+async fn tls_upstream_with_a_wrong_ca_is_502_and_counted_against_the_endpoint() {
+    let (port, sni) = tls_upstream(&pki()).await;
+    let stranger = pki();
+    let roots = TlsRoots::empty()
+        .try_add_pem(stranger.ca_pem.as_bytes())
+        .unwrap();
+    let proxy = ReverseProxy::builder(one_upstream(&format!("https://localhost:{port}")))
+        .tls_roots(roots)
+        .try_build()
+        .unwrap();
+    let (status, _, _) = call(&proxy, "/page").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let stats = proxy.endpoints().stats();
+    assert!(stats[0].failures >= 1, "{stats:?}");
+    // The handshake never completed on the server side.
+    assert!(sni.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn schemes_the_build_cannot_speak_fail_at_configuration_time() {
+    assert!(matches!(
+        proxy::upstream("ftp://h:21"),
+        Err(ConfigError::UnsupportedScheme(_))
+    ));
+    assert!(matches!(
+        proxy::upstream("unix:relative.sock"),
+        Err(ConfigError::InvalidUpstream(_))
+    ));
+    assert!(proxy::upstream("h2c://h").is_err());
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("ftp", "ftp://h:21".parse().unwrap()).unwrap();
+    assert!(matches!(
+        ReverseProxy::builder(set).try_build(),
+        Err(ConfigError::UnsupportedScheme(_))
+    ));
+    assert!(matches!(
+        ReverseProxy::builder(one_upstream("https://localhost:1"))
+            .tls_roots(TlsRoots::empty())
+            .try_build(),
+        Err(ConfigError::NoTrustedRoots)
+    ));
+    assert!(matches!(
+        TlsRoots::empty().try_add_pem(b"not a pem"),
+        Err(ConfigError::Ca(_))
+    ));
+    assert!(TlsRoots::empty()
+        .try_add_pem_file("/nonexistent/ca.pem")
+        .is_err());
+}
+
+#[tokio::test]
+async fn h2c_upstream_is_spoken_to_over_http2_with_prior_knowledge() {
+    let addr = plain_upstream("h2c").await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("h2c://{addr}")))
+        .try_build()
+        .unwrap();
+    let calls = (0..8).map(|_| call(&proxy, "/page"));
+    for (status, headers, body) in futures_util::future::join_all(calls).await {
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-version"], "HTTP/2.0");
+        assert_eq!(body, "page");
+    }
+    // A plain http:// endpoint on the same server stays HTTP/1.1.
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{addr}")))
+        .try_build()
+        .unwrap();
+    assert_eq!(call(&proxy, "/").await.1["x-version"], "HTTP/1.1");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_socket_upstream_answers() {
+    let dir = std::env::temp_dir().join(format!("tower-ssr-uds-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("renderer.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service_fn(|r| info("uds", r)))
+                    .await;
+            });
+        }
+    });
+    let proxy = ReverseProxy::builder(one_upstream(&format!("unix:{}", path.display())))
+        .try_build()
+        .unwrap();
+    for _ in 0..3 {
+        let (status, headers, body) = call(&proxy, "/page").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-upstream"], "uds");
+        assert_eq!(body, "page");
+    }
+    // Not preserving Host: the upstream gets `localhost`, not hex.
+    let proxy = ReverseProxy::builder(one_upstream(&format!("unix:{}", path.display())))
+        .preserve_host(false)
+        .try_build()
+        .unwrap();
+    assert_eq!(call(&proxy, "/").await.0, StatusCode::OK);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// A WebSocket upstream: greets with its name, then echoes every message;
+/// a `bye` makes it close the connection itself.
+async fn ws_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                let _ = ws.send(Message::Text(name.to_owned())).await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Text(t) if t == "bye" => {
+                            let _ = ws.close(None).await;
+                            // Drain until the client's close answer.
+                            while let Some(Ok(_)) = ws.next().await {}
+                            return;
+                        }
+                        Message::Text(_) | Message::Binary(_) => {
+                            let sent = ws.send(msg).await;
+                            if sent.is_err() {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Serves `proxy` (behind the cache, which must let upgrades through) on
+/// an ephemeral port.
+async fn serve_proxy(proxy: ReverseProxy) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cache = CacheLayer::new(ResponseCache::builder().max_bytes(1 << 20).build());
+    tokio::spawn(async move {
+        proxy::serve(listener, cache.layer(proxy)).await.unwrap();
+    });
+    addr
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn ws_connect(proxy: SocketAddr, user: &str) -> (Ws, String) {
+    let mut req = format!("ws://{proxy}/live").into_client_request().unwrap();
+    req.headers_mut().insert("x-user", user.parse().unwrap());
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut ws, res) = within(tokio_tungstenite::client_async(req, tcp))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let Some(Ok(Message::Text(greeting))) = within(ws.next()).await else {
+        panic!("no greeting");
+    };
+    (ws, greeting)
+}
+
+#[tokio::test]
+async fn websocket_echoes_both_ways_and_closes_from_either_side() {
+    let up = ws_upstream("r1").await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let endpoints = proxy.endpoints().clone();
+    let addr = serve_proxy(proxy).await;
+
+    // Client closes.
+    let (mut ws, greeting) = ws_connect(addr, "a").await;
+    assert_eq!(greeting, "r1");
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::Text("hello".into())
+    );
+    ws.send(Message::Binary(vec![0, 1, 2, 255])).await.unwrap();
+    assert_eq!(
+        within(ws.next()).await.unwrap().unwrap(),
+        Message::Binary(vec![0, 1, 2, 255])
+    );
+    // The tunnel counts in flight on its endpoint while open.
+    assert_eq!(endpoints.stats()[0].in_flight, 1);
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = within(ws.next()).await {}
+    drop(ws);
+
+    // Upstream closes.
+    let (mut ws, _) = ws_connect(addr, "a").await;
+    ws.send(Message::Text("bye".into())).await.unwrap();
+    let mut saw_close = false;
+    while let Some(msg) = within(ws.next()).await {
+        match msg {
+            Ok(Message::Close(_)) => saw_close = true,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(saw_close);
+    drop(ws);
+
+    // Both tunnels ended: nothing stays in flight.
+    within(async {
+        while endpoints.stats()[0].in_flight != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tunnels_are_balanced_and_a_hash_key_keeps_a_client_on_one_renderer() {
+    let (a, b) = (ws_upstream("a").await, ws_upstream("b").await);
+    let rr = Endpoints::new(RoundRobin::new());
+    rr.add("a", proxy::upstream(&format!("http://{a}")).unwrap())
+        .unwrap();
+    rr.add("b", proxy::upstream(&format!("http://{b}")).unwrap())
+        .unwrap();
+    let addr = serve_proxy(ReverseProxy::builder(rr).try_build().unwrap()).await;
+    let mut names = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (ws, name) = ws_connect(addr, "x").await;
+        names.push(name);
+        open.push(ws);
+    }
+    names.sort();
+    assert_eq!(names, ["a", "a", "b", "b"]);
+
+    let sticky = Endpoints::new(Rendezvous::new());
+    sticky
+        .add("a", proxy::upstream(&format!("http://{a}")).unwrap())
+        .unwrap();
+    sticky
+        .add("b", proxy::upstream(&format!("http://{b}")).unwrap())
+        .unwrap();
+    let proxy = ReverseProxy::builder(sticky)
+        .key(Key::header(http::HeaderName::from_static("x-user")))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    for user in ["alice", "bob", "carol"] {
+        let (_, first) = ws_connect(addr, user).await;
+        for _ in 0..3 {
+            assert_eq!(ws_connect(addr, user).await.1, first, "{user}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed() {
+    let up = ws_upstream("r1").await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .idle_timeout(Duration::from_millis(200))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    let (mut ws, _) = ws_connect(addr, "a").await;
+    // Nothing sent: the proxy closes both sides; the stream ends.
+    loop {
+        match within(ws.next()).await {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// An upstream that answers every request with a raw response head.
+async fn raw_upstream(head: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                let _ = s.write_all(head.as_bytes()).await;
+                // Keep the connection open, as a switched one would be.
+                let _ = s.read(&mut tmp).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a raw request to the proxy and returns the status line.
+async fn raw_status(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !buf.windows(2).any(|w| w == b"\r\n") {
+        let n = within(s.read(&mut tmp)).await.unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn an_unrequested_or_unoffered_101_is_a_502() {
+    let up = raw_upstream(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    // No upgrade asked for.
+    let line = raw_status(addr, "GET / HTTP/1.1\r\nhost: front.test\r\n\r\n").await;
+    assert!(line.starts_with("HTTP/1.1 502"), "{line}");
+    // An upgrade asked for, but to another protocol.
+    let line = raw_status(
+        addr,
+        "GET / HTTP/1.1\r\nhost: front.test\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 502"), "{line}");
+    // The offered one is relayed.
+    let line = raw_status(
+        addr,
+        "GET / HTTP/1.1\r\nhost: front.test\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+}
+
+#[tokio::test]
+async fn an_http2_client_is_served_and_forwarded_over_http1() {
+    let up = plain_upstream("r1").await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{addr}/page"))
+            .body(Empty::new())
+            .unwrap();
+        let res = within(client.request(req)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        assert_eq!(res.headers()["x-version"], "HTTP/1.1");
+        // The served connection's peer reached X-Forwarded-For.
+        assert_eq!(res.headers()["x-seen-xff"], "127.0.0.1");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "page");
+    }
+}
+
+#[tokio::test]
+async fn a_users_own_client_forwards_through_its_connector() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Service;
+    let up = plain_upstream("own").await;
+    let connects = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connects);
+    let http = hyper_util::client::legacy::connect::HttpConnector::new();
+    // The user's connector: here, one that counts the connections it makes.
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        let mut http = http.clone();
+        // hyper-util wants an Unpin connect future.
+        Box::pin(async move { http.call(uri).await })
+    });
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build::<_, proxy::ProxyBody>(connector);
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .client(client)
+        .try_build()
+        .unwrap();
+    for _ in 0..3 {
+        let (status, headers, _) = call(&proxy, "/page").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-upstream"], "own");
+    }
+    // Every connection came from the user's connector (how many depends
+    // on when hyper-util returns a connection to its pool).
+    let n = connects.load(Ordering::Relaxed);
+    assert!((1..=3).contains(&n), "{n}");
+}
