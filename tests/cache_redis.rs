@@ -979,3 +979,43 @@ async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_res
     purged.confirmed(PATIENCE).await.unwrap();
     assert!(cb.redis_ready(PATIENCE).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
+async fn a_revalidation_on_one_instance_renders_once_across_both() {
+    let url = redis_url();
+    let (origin, [(a, ca), (b, cb)]) = two_instances("reval", &url, true).await;
+    let page = "/rv?tag=news&sleep=100";
+    get(a, page).await;
+    eventually("the write", || ca.stats().l2_writes == 1).await;
+    assert!(get(b, page).await.one("cache-status").contains("redis"));
+
+    ca.revalidate_tag("news").confirmed(PATIENCE).await.unwrap();
+    eventually("the revalidation reaches the second instance", || {
+        cb.stats().remote_purges == 1
+    })
+    .await;
+    // Both memories hold a copy marked stale (s-maxage without
+    // stale-while-revalidate: refreshed before it is served), Redis none.
+    let burst: Vec<_> = (0..12)
+        .map(|i| {
+            let addr = if i % 2 == 0 { a } else { b };
+            tokio::spawn(async move { get(addr, page).await })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    for addr in [a, b] {
+        let seen = get(addr, page).await;
+        assert!(
+            seen.one("cache-status").starts_with("tower-ssr; hit"),
+            "{:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(origin.renders(page), 2, "one render for both instances");
+}

@@ -13,6 +13,7 @@ pub(crate) use super::l2::Purge;
 #[cfg(feature = "redis")]
 use super::l2::{RedisTier, Tier};
 use super::purged::Purged;
+use super::revalidate::{mark_stale, Scope};
 use super::store::Store;
 use crate::metrics::{CacheMetrics, PurgeKind};
 
@@ -25,6 +26,9 @@ pub(crate) enum Purge {
     Prefix(String),
     Tag(String),
     All,
+    RevalidatePath(String),
+    RevalidatePrefix(String),
+    RevalidateTag(String),
 }
 
 /// Default capacity: 64 MiB of stored responses.
@@ -308,6 +312,60 @@ impl ResponseCache {
         self.purged(PurgeKind::All);
         self.shared.store.clear();
         self.shared.purge_cluster(|| Purge::All)
+    }
+
+    /// Marks every entry tagged `tag` (`Surrogate-Key` / `Cache-Tag`)
+    /// stale, without removing it: on-demand revalidation (Next.js
+    /// `revalidateTag`), soft purge in Fastly's and Varnish's words.
+    ///
+    /// The next request for such an entry is answered at once from the
+    /// stale copy (`Cache-Status: …; hit; …`, counted in `stale`) while
+    /// one background refresh per key renders the new page, coalesced
+    /// with every other request for the key (and across instances by the
+    /// Redis render lock, when it is on); requests after it get the new
+    /// page. An entry that names no `stale-while-revalidate` window may be
+    /// served stale this way for 60 s while its refresh runs or fails. An
+    /// entry whose policy forbids stale serving (`no-cache`,
+    /// `must-revalidate`, `proxy-revalidate`, or `s-maxage` without
+    /// `stale-while-revalidate`) is refreshed before it is served. Serving
+    /// stale in the background needs the layer's executor (on with the
+    /// `tokio` feature); without one, every marked entry is refreshed
+    /// before it is served.
+    ///
+    /// Applied to this instance before it returns. With a Redis tier, the
+    /// shared copies are removed from Redis (an instance holding no memory
+    /// copy renders, under the render lock when it is on) and every other
+    /// instance marks its memory copies the same way; the returned
+    /// [`Purged`] waits for that. Like a purge, it is never lost while
+    /// Redis is away.
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn revalidate_tag(&self, tag: &str) -> Purged {
+        self.purged(PurgeKind::Tag);
+        mark_stale(&self.shared.store, Scope::Tag(tag));
+        self.shared
+            .purge_cluster(|| Purge::RevalidateTag(tag.into()))
+    }
+
+    /// Marks every entry whose path and query are exactly `path_and_query`
+    /// (for example `/` or `/search?q=a`), on every host, stale: see
+    /// [`revalidate_tag`](Self::revalidate_tag).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn revalidate_path(&self, path_and_query: &str) -> Purged {
+        self.purged(PurgeKind::Path);
+        mark_stale(&self.shared.store, Scope::Path(path_and_query));
+        self.shared
+            .purge_cluster(|| Purge::RevalidatePath(path_and_query.into()))
+    }
+
+    /// Marks every entry whose path and query start with `prefix` (for
+    /// example `/posts/`), on every host, stale: see
+    /// [`revalidate_tag`](Self::revalidate_tag).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn revalidate_prefix(&self, prefix: &str) -> Purged {
+        self.purged(PurgeKind::Prefix);
+        mark_stale(&self.shared.store, Scope::Prefix(prefix));
+        self.shared
+            .purge_cluster(|| Purge::RevalidatePrefix(prefix.into()))
     }
 
     fn purged(&self, kind: PurgeKind) {

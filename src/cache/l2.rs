@@ -59,6 +59,7 @@ use super::entry::{reuse, Entry, RequestDirectives, Reuse};
 use super::flight::Lead;
 use super::handle::{Counters, Shared};
 use super::key;
+use super::revalidate::{mark_stale, Scope};
 use crate::metrics::{L2Outcome, PurgeKind};
 use tracing::Instrument;
 
@@ -225,6 +226,11 @@ pub(crate) enum Purge {
     Prefix(String),
     Tag(String),
     All,
+    /// Revalidations (soft purges): marked stale in memory; in Redis the
+    /// shared copies are removed, so that no refresh takes one back.
+    RevalidatePath(String),
+    RevalidatePrefix(String),
+    RevalidateTag(String),
 }
 
 impl Purge {
@@ -235,6 +241,9 @@ impl Purge {
             Purge::Prefix(p) => ('x', p.as_str()),
             Purge::Tag(t) => ('t', t.as_str()),
             Purge::All => ('a', ""),
+            Purge::RevalidatePath(p) => ('P', p.as_str()),
+            Purge::RevalidatePrefix(p) => ('X', p.as_str()),
+            Purge::RevalidateTag(t) => ('T', t.as_str()),
         };
         format!("{id:016x} {kind} {arg}")
     }
@@ -251,6 +260,9 @@ impl Purge {
             "x" => Purge::Prefix(arg.into()),
             "t" => Purge::Tag(arg.into()),
             "a" => Purge::All,
+            "P" => Purge::RevalidatePath(arg.into()),
+            "X" => Purge::RevalidatePrefix(arg.into()),
+            "T" => Purge::RevalidateTag(arg.into()),
             _ => return None,
         };
         Some((id, purge))
@@ -266,6 +278,9 @@ impl Purge {
             Purge::Prefix(p) => shared.store.purge_prefix(p),
             Purge::Tag(t) => shared.store.purge_tag(t),
             Purge::All => shared.store.clear(),
+            Purge::RevalidatePath(p) => mark_stale(&shared.store, Scope::Path(p)),
+            Purge::RevalidatePrefix(p) => mark_stale(&shared.store, Scope::Prefix(p)),
+            Purge::RevalidateTag(t) => mark_stale(&shared.store, Scope::Tag(t)),
         }
     }
 }
@@ -913,7 +928,7 @@ impl Tier {
                     .await;
                 done.is_some()
             }
-            Purge::Tag(t) => {
+            Purge::Tag(t) | Purge::RevalidateTag(t) => {
                 let tkey = format!("{}{t}", self.tag_prefix());
                 let mut inv = self.purge_tag.key(&tkey);
                 inv.arg(PURGE_BATCH);
@@ -931,8 +946,10 @@ impl Tier {
                 }
                 true
             }
-            Purge::Path(p) => self.scan_delete(&prefix, |k| key::path_of(k) == p).await,
-            Purge::Prefix(p) => {
+            Purge::Path(p) | Purge::RevalidatePath(p) => {
+                self.scan_delete(&prefix, |k| key::path_of(k) == p).await
+            }
+            Purge::Prefix(p) | Purge::RevalidatePrefix(p) => {
                 self.scan_delete(&prefix, |k| key::path_of(k).starts_with(p.as_str()))
                     .await
             }
@@ -1324,6 +1341,9 @@ mod tests {
             Purge::Prefix("/posts/".into()),
             Purge::Tag("pages".into()),
             Purge::All,
+            Purge::RevalidatePath("/a b".into()),
+            Purge::RevalidatePrefix("/posts/".into()),
+            Purge::RevalidateTag("pages".into()),
         ] {
             let msg = p.message(42);
             let (id, back) = Purge::parse(msg.as_bytes()).unwrap();

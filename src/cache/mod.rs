@@ -137,6 +137,7 @@ mod layer;
 mod observe;
 mod outcome;
 mod purged;
+mod revalidate;
 mod service;
 mod sf;
 mod status;

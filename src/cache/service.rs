@@ -584,9 +584,11 @@ where
                     }
                 }
                 // Then the shared tier: another instance may have rendered
-                // it (or be rendering it, with the render lock on).
+                // it (or be rendering it, with the render lock on), also
+                // when a stale copy is at hand (a revalidation marks the
+                // copies of every instance at once).
                 #[cfg(feature = "redis")]
-                if job.stale.is_none() {
+                {
                     if let Some(tier) = job.shared.l2.clone() {
                         let found = tier
                             .before_render(
@@ -624,8 +626,8 @@ where
                                 return Ok(seen(&job.config, response, Hit, None));
                             }
                             // Not usable as is: validate it like a stale
-                            // entry of our own.
-                            Some((entry, how)) => {
+                            // entry of our own (we keep ours if we have one).
+                            Some((entry, how)) if job.stale.is_none() => {
                                 job.fwd = if how == Reuse::ForwardRequest {
                                     Fwd::Request
                                 } else {
@@ -633,7 +635,7 @@ where
                                 };
                                 job.stale = Some(entry);
                             }
-                            None => {}
+                            _ => {}
                         }
                     }
                 }
@@ -1162,6 +1164,32 @@ where
         }
         // The response only matters for what it stores: read its body to
         // the end, since a streamed one is stored as it is read.
+        // Another instance may have refreshed it already, or be refreshing
+        // it under the render lock: one render per key across instances.
+        #[cfg(feature = "redis")]
+        let mut lead = lead;
+        #[cfg(feature = "redis")]
+        if let Some(tier) = job.shared.l2.clone() {
+            let found = tier
+                .before_render(
+                    &job.shared,
+                    &job.key,
+                    &job.flight_key,
+                    &job.parts.headers,
+                    job.extra.as_deref(),
+                    &job.req_cc,
+                    &mut lead,
+                )
+                .await;
+            if let Some((entry, Reuse::Fresh)) = found {
+                if entry.body.len() <= job.config.max_body
+                    && job.shared.store.insert(&job.key, entry)
+                {
+                    lead.finish(Outcome::Stored);
+                    return;
+                }
+            }
+        }
         if let Ok(res) = fetch(&mut svc, job, Some(lead), None).await {
             let mut body = std::pin::pin!(res.into_body());
             while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
