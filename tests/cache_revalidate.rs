@@ -157,3 +157,71 @@ async fn revalidating_a_prefix_leaves_other_pages_fresh() {
     until("the refresh of /a/2", || origin.renders("/a/2") == 2).await;
     assert_eq!(origin.renders("/a/1"), 1, "not requested, not rendered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_renders_each_page_once_with_bounded_concurrency() {
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let renders = Arc::new(AtomicUsize::new(0));
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let render = {
+        let (renders, now, most) = (renders.clone(), now.clone(), most.clone());
+        service_fn(move |req: http::Request<String>| {
+            let (renders, now, most) = (renders.clone(), now.clone(), most.clone());
+            async move {
+                renders.fetch_add(1, Ordering::SeqCst);
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(running, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                let cc = if req.uri().path() == "/private" {
+                    "no-store"
+                } else {
+                    "public, max-age=60"
+                };
+                let res = http::Response::builder()
+                    .header("cache-control", cc)
+                    .body(format!("<p>{}</p>", req.uri()))
+                    .unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
+    let cache = ResponseCache::new();
+    let svc = CacheLayer::new(cache.clone()).layer(render);
+    let req = |p: String| {
+        http::Request::get(p)
+            .header("host", "shop.example")
+            .body(String::new())
+            .unwrap()
+    };
+    let pages: Vec<String> = (0..50).map(|i| format!("/posts/{i}")).collect();
+    let mut all: Vec<_> = pages.iter().cloned().map(req).collect();
+    all.push(req("/private".into()));
+    let warmed = svc.warm(all, 4).await;
+    assert_eq!(
+        (
+            warmed.requested,
+            warmed.stored,
+            warmed.not_stored,
+            warmed.failed
+        ),
+        (51, 50, 1, 0),
+        "{warmed:?}"
+    );
+    assert!(most.load(Ordering::SeqCst) <= 4, "at most 4 at a time");
+    assert_eq!(renders.load(Ordering::SeqCst), 51);
+
+    // Warming again stores nothing new: everything is cached.
+    let again = svc.warm(pages.iter().cloned().map(req), 8).await;
+    assert_eq!((again.stored, again.cached), (0, 50), "{again:?}");
+    assert_eq!(renders.load(Ordering::SeqCst), 51);
+    let hit = svc.clone().oneshot(req("/posts/7".into())).await.unwrap();
+    assert!(hit.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("tower-ssr; hit"));
+    assert_eq!(cache.stats().stores, 50);
+}

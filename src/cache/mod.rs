@@ -143,6 +143,7 @@ mod sf;
 mod status;
 mod store;
 mod tee;
+mod warm;
 
 pub use body::ResponseBody;
 #[cfg(feature = "tokio")]
@@ -159,3 +160,4 @@ pub use layer::CacheLayer;
 pub use outcome::CacheOutcome;
 pub use purged::{PurgeError, Purged};
 pub use service::Cache;
+pub use warm::Warmed;
