@@ -42,7 +42,8 @@ fn namespace(test: &str) -> String {
 
 /// The renderer behind both instances: counts renders per path-and-query.
 /// `kb` sets the body size, `tag` a Surrogate-Key, `sleep` a render time in
-/// milliseconds, `ttl` the `s-maxage` (60 by default); `gate` holds the
+/// milliseconds, `ttl` the `s-maxage` (60 by default), `swr` a
+/// `stale-while-revalidate`; `gate` holds the
 /// render until the test lets it go.
 #[derive(Clone)]
 struct Origin {
@@ -92,8 +93,11 @@ async fn render(
         .take(kb * 1024)
         .collect::<Vec<u8>>();
     let ttl = q.get("ttl").map_or("60", String::as_str);
+    let swr = q
+        .get("swr")
+        .map_or(String::new(), |s| format!(", stale-while-revalidate={s}"));
     let mut res = Response::builder()
-        .header("cache-control", format!("public, s-maxage={ttl}"))
+        .header("cache-control", format!("public, s-maxage={ttl}{swr}"))
         .header("content-type", "text/html");
     if let Some(tag) = q.get("tag") {
         res = res.header("surrogate-key", tag.as_str());
@@ -1018,4 +1022,88 @@ async fn a_revalidation_on_one_instance_renders_once_across_both() {
         );
     }
     assert_eq!(origin.renders(page), 2, "one render for both instances");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
+async fn a_revalidation_serves_stale_on_both_and_renders_each_key_once() {
+    let url = redis_url();
+    // Generous call timeouts: this is about coordination, and one call
+    // timing out on a busy machine switches the tier off for a moment
+    // (each instance then renders alone, by design).
+    let ns = namespace("revalswr");
+    let tier = || {
+        RedisTier::new(&url)
+            .unwrap()
+            .namespace(&ns)
+            .timeout(Duration::from_secs(5))
+            .render_lock(PATIENCE)
+    };
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, tier()).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+    let pages: Vec<String> = (0..100)
+        .map(|i| format!("/w/{i}?tag=wide&swr=60&sleep=5"))
+        .collect();
+    for p in &pages {
+        get(a, p).await;
+    }
+    eventually("the writes", || ca.stats().l2_writes == 100).await;
+    for p in &pages {
+        assert!(get(b, p).await.one("cache-status").contains("redis"));
+    }
+
+    cb.revalidate_tag("wide").confirmed(PATIENCE).await.unwrap();
+    eventually("the revalidation reaches the first instance", || {
+        ca.stats().remote_purges == 1
+    })
+    .await;
+    // Every page on both instances at once: stale copies, answered at once.
+    let burst: Vec<_> = pages
+        .iter()
+        .flat_map(|p| [(a, p.clone()), (b, p.clone())])
+        .map(|(addr, p)| tokio::spawn(async move { get(addr, &p).await }))
+        .collect();
+    for r in burst {
+        let seen = r.await.unwrap();
+        assert_eq!(seen.status, 200);
+        assert!(seen.one("cache-status").starts_with("tower-ssr; hit"));
+    }
+    // Settled once both instances answer every page fresh: no refresh can
+    // start after that.
+    for p in &pages {
+        for addr in [a, b] {
+            let mut polls = 0;
+            loop {
+                let stale = if addr == a {
+                    ca.stats().stale
+                } else {
+                    cb.stats().stale
+                };
+                get(addr, p).await;
+                let now = if addr == a {
+                    ca.stats().stale
+                } else {
+                    cb.stats().stale
+                };
+                if now == stale {
+                    break;
+                }
+                polls += 1;
+                assert!(polls < 4000, "{p} stayed stale");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let counts: Vec<usize> = pages.iter().map(|p| origin.renders(p)).collect();
+    assert!(
+        counts.iter().all(|&n| n == 2),
+        "renders per page (2 = one refresh across both instances): {counts:?}\n{:?}\n{:?}",
+        ca.stats(),
+        cb.stats()
+    );
 }

@@ -656,16 +656,11 @@ impl Tier {
     ) -> Option<(Arc<Entry>, Reuse)> {
         let (seen, found) = self.read(key).await?;
         *generation = Some(seen);
-        let best = found
-            .into_iter()
-            .filter(|e| e.matches(headers, extra))
-            .max_by_key(|e| e.fresh.stored_at);
-        let Some(entry) = best else {
+        let Some((entry, how)) = best(found, headers, extra, req_cc) else {
             Counters::bump(&self.counters.l2_misses);
             self.counters.metrics().l2(L2Outcome::Miss);
             return None;
         };
-        let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
         if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
             Counters::bump(&self.counters.l2_hits);
             self.counters.metrics().l2(L2Outcome::Hit);
@@ -673,7 +668,21 @@ impl Tier {
             Counters::bump(&self.counters.l2_misses);
             self.counters.metrics().l2(L2Outcome::Miss);
         }
-        Some((Arc::new(entry), how))
+        Some((entry, how))
+    }
+
+    /// [`lookup`](Self::lookup) without counting a hit or miss.
+    async fn lookup_quiet(
+        &self,
+        key: &str,
+        headers: &HeaderMap,
+        extra: Option<&str>,
+        req_cc: &RequestDirectives,
+        generation: &mut Option<u64>,
+    ) -> Option<(Arc<Entry>, Reuse)> {
+        let (seen, found) = self.read(key).await?;
+        *generation = Some(seen);
+        best(found, headers, extra, req_cc)
     }
 
     /// Tries to take the render lock for `flight_key`: `Taken`, `Held` by
@@ -765,6 +774,20 @@ impl Tier {
         loop {
             match self.try_lock(flight_key).await {
                 LockAttempt::Taken(lkey, token) => {
+                    // The instance that rendered may have stored the entry
+                    // and let go of the lock between our look and now:
+                    // look once more, or this key renders twice.
+                    if let Some((entry, how)) = self
+                        .lookup_quiet(key, headers, extra, req_cc, generation)
+                        .await
+                    {
+                        if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
+                            Counters::bump(&self.counters.l2_hits);
+                            self.counters.metrics().l2(L2Outcome::Hit);
+                            self.release(&lkey, &token).await;
+                            return Some((entry, how));
+                        }
+                    }
                     *held = Some((lkey, token));
                     return None;
                 }
@@ -1247,6 +1270,22 @@ async fn follow_on(
             }
         }
     }
+}
+
+/// The newest of `found` that matches the request, with how it may be
+/// reused.
+fn best(
+    found: Vec<Entry>,
+    headers: &HeaderMap,
+    extra: Option<&str>,
+    req_cc: &RequestDirectives,
+) -> Option<(Arc<Entry>, Reuse)> {
+    let entry = found
+        .into_iter()
+        .filter(|e| e.matches(headers, extra))
+        .max_by_key(|e| e.fresh.stored_at)?;
+    let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
+    Some((Arc::new(entry), how))
 }
 
 /// What [`Tier::try_lock`] got.
