@@ -80,6 +80,9 @@ const MAX_PENDING: usize = 10_000;
 const FOLLOW_BLOCK: Duration = Duration::from_secs(1);
 /// Log entries read per call.
 const FOLLOW_BATCH: usize = 256;
+/// Background refreshes that consult Redis at once, per instance; more
+/// wait their turn (no client waits on them).
+const MAX_REFRESHING: usize = 32;
 
 /// The shared Redis tier's configuration, given to
 /// [`ResponseCacheBuilder::redis`](super::ResponseCacheBuilder::redis).
@@ -426,6 +429,11 @@ pub(crate) struct Tier {
     /// Wakes the pump when a purge is queued (shared, so that the pump
     /// waits on it without keeping the tier alive).
     wake: Arc<Notify>,
+    /// Background refreshes consulting Redis at once: after a
+    /// revalidation of thousands of keys, unbounded, their calls would
+    /// queue on the one connection past the timeout and switch the tier
+    /// off, and every instance would render every key.
+    refreshing: tokio::sync::Semaphore,
 }
 
 /// A purge waiting for Redis, and who waits for it.
@@ -479,6 +487,7 @@ impl Tier {
             pending: Mutex::new(VecDeque::new()),
             has_pending: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
+            refreshing: tokio::sync::Semaphore::new(MAX_REFRESHING),
         }
     }
 
@@ -751,6 +760,63 @@ impl Tier {
             });
         }
         found
+    }
+
+    /// Before a background refresh on this instance: `Found` when Redis
+    /// holds a fresh entry (another instance refreshed it), `Skip` when
+    /// another instance holds the render lock (it is refreshing it: this
+    /// instance goes on serving its stale copy, and a later request's
+    /// refresh finds the new entry in Redis), else `Render`, with `lead`
+    /// keeping the lock if taken and the purge generation. Never waits for
+    /// another instance: after a revalidation of thousands of keys, that
+    /// many waiting refreshes polling Redis would swamp it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn before_refresh(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        key: &str,
+        flight_key: &str,
+        headers: &HeaderMap,
+        extra: Option<&str>,
+        req_cc: &RequestDirectives,
+        lead: &mut Lead,
+    ) -> BeforeRefresh {
+        self.listen(shared);
+        // Never closed, so this only waits.
+        let _turn = self.refreshing.acquire().await;
+        let mut generation = None;
+        if let Some((entry, Reuse::Fresh)) = self
+            .lookup(key, headers, extra, req_cc, &mut generation)
+            .await
+        {
+            return BeforeRefresh::Found(entry);
+        }
+        let mut held = None;
+        if self.cfg.lock_wait.is_some() {
+            match self.try_lock(flight_key).await {
+                LockAttempt::Taken(lkey, token) => {
+                    // As in `find_or_lock`: it may have landed meanwhile.
+                    if let Some((entry, Reuse::Fresh)) = self
+                        .lookup_quiet(key, headers, extra, req_cc, &mut generation)
+                        .await
+                    {
+                        self.release(&lkey, &token).await;
+                        return BeforeRefresh::Found(entry);
+                    }
+                    held = Some((lkey, token));
+                }
+                LockAttempt::Held => return BeforeRefresh::Skip,
+                LockAttempt::Failed => {}
+            }
+        }
+        if held.is_some() || generation.is_some() {
+            lead.render_lock = Some(RenderLock {
+                tier: Arc::clone(self),
+                held,
+                generation,
+            });
+        }
+        BeforeRefresh::Render
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1286,6 +1352,16 @@ fn best(
         .max_by_key(|e| e.fresh.stored_at)?;
     let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
     Some((Arc::new(entry), how))
+}
+
+/// What a background refresh should do, from [`Tier::before_refresh`].
+pub(crate) enum BeforeRefresh {
+    /// Redis holds a fresh entry: store it, render nothing.
+    Found(Arc<Entry>),
+    /// Render (holding the render lock, if it is on).
+    Render,
+    /// Another instance is rendering it: leave it to that one.
+    Skip,
 }
 
 /// What [`Tier::try_lock`] got.

@@ -1170,8 +1170,9 @@ where
         let mut lead = lead;
         #[cfg(feature = "redis")]
         if let Some(tier) = job.shared.l2.clone() {
+            use super::l2::BeforeRefresh;
             let found = tier
-                .before_render(
+                .before_refresh(
                     &job.shared,
                     &job.key,
                     &job.flight_key,
@@ -1181,13 +1182,18 @@ where
                     &mut lead,
                 )
                 .await;
-            if let Some((entry, Reuse::Fresh)) = found {
-                if entry.body.len() <= job.config.max_body
-                    && job.shared.store.insert(&job.key, entry)
-                {
-                    lead.finish(Outcome::Stored);
-                    return;
+            match found {
+                BeforeRefresh::Found(entry) => {
+                    if entry.body.len() <= job.config.max_body
+                        && job.shared.store.insert(&job.key, entry)
+                    {
+                        lead.finish(Outcome::Stored);
+                        return;
+                    }
                 }
+                // The lead drops: a later request's refresh finds it.
+                BeforeRefresh::Skip => return,
+                BeforeRefresh::Render => {}
             }
         }
         if let Ok(res) = fetch(&mut svc, job, Some(lead), None).await {
