@@ -876,8 +876,10 @@ impl Tier {
     /// `lock`, if held, is released once the write has landed, so that
     /// instances waiting on it find the entry. With the generation `lock`
     /// read before the render, Redis refuses the write if a purge came
-    /// since; without one (a revalidation, a background refresh) it is
-    /// written as is.
+    /// since (validations of a stale copy and background refreshes read it
+    /// too, in `before_render` / `before_refresh`); without one (Redis did
+    /// not answer then, or a purge was still queued here) it is written
+    /// as is.
     pub(crate) fn write(self: &Arc<Self>, key: &str, entry: &Entry, lock: Option<RenderLock>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
