@@ -1107,3 +1107,25 @@ async fn a_revalidation_serves_stale_on_both_and_renders_each_key_once() {
         cb.stats()
     );
 }
+
+#[test]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
+fn a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request() {
+    let url = redis_url();
+    let ns = namespace("cold");
+    // No runtime here: nothing can start yet.
+    let cache = ResponseCache::builder()
+        .redis(RedisTier::new(&url).unwrap().namespace(&ns))
+        .build();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        cache.purge_tag("pages").confirmed(PATIENCE).await.unwrap();
+    });
+}

@@ -262,7 +262,7 @@ impl ResponseCache {
     #[allow(clippy::must_use_candidate)] // purging is the point; the flag is extra
     pub fn purge(&self, key: &str) -> bool {
         self.purged(PurgeKind::Key);
-        let _ = self.shared.purge_cluster(|| Purge::Key(key.into()));
+        let _ = self.cluster(|| Purge::Key(key.into()));
         self.shared.store.remove(key)
     }
 
@@ -275,8 +275,7 @@ impl ResponseCache {
     pub fn purge_path(&self, path_and_query: &str) -> Purged {
         self.purged(PurgeKind::Path);
         self.shared.store.purge_path(path_and_query);
-        self.shared
-            .purge_cluster(|| Purge::Path(path_and_query.into()))
+        self.cluster(|| Purge::Path(path_and_query.into()))
     }
 
     /// Drops every entry whose path and query start with `prefix` (for
@@ -288,7 +287,7 @@ impl ResponseCache {
     pub fn purge_prefix(&self, prefix: &str) -> Purged {
         self.purged(PurgeKind::Prefix);
         self.shared.store.purge_prefix(prefix);
-        self.shared.purge_cluster(|| Purge::Prefix(prefix.into()))
+        self.cluster(|| Purge::Prefix(prefix.into()))
     }
 
     /// Drops every entry tagged `tag` by a `Surrogate-Key` (space-separated)
@@ -300,7 +299,7 @@ impl ResponseCache {
     pub fn purge_tag(&self, tag: &str) -> Purged {
         self.purged(PurgeKind::Tag);
         self.shared.store.purge_tag(tag);
-        self.shared.purge_cluster(|| Purge::Tag(tag.into()))
+        self.cluster(|| Purge::Tag(tag.into()))
     }
 
     /// Drops everything.
@@ -311,7 +310,7 @@ impl ResponseCache {
     pub fn purge_all(&self) -> Purged {
         self.purged(PurgeKind::All);
         self.shared.store.clear();
-        self.shared.purge_cluster(|| Purge::All)
+        self.cluster(|| Purge::All)
     }
 
     /// Marks every entry tagged `tag` (`Surrogate-Key` / `Cache-Tag`)
@@ -342,8 +341,7 @@ impl ResponseCache {
     pub fn revalidate_tag(&self, tag: &str) -> Purged {
         self.purged(PurgeKind::Tag);
         mark_stale(&self.shared.store, Scope::Tag(tag));
-        self.shared
-            .purge_cluster(|| Purge::RevalidateTag(tag.into()))
+        self.cluster(|| Purge::RevalidateTag(tag.into()))
     }
 
     /// Marks every entry whose path and query are exactly `path_and_query`
@@ -353,8 +351,7 @@ impl ResponseCache {
     pub fn revalidate_path(&self, path_and_query: &str) -> Purged {
         self.purged(PurgeKind::Path);
         mark_stale(&self.shared.store, Scope::Path(path_and_query));
-        self.shared
-            .purge_cluster(|| Purge::RevalidatePath(path_and_query.into()))
+        self.cluster(|| Purge::RevalidatePath(path_and_query.into()))
     }
 
     /// Marks every entry whose path and query start with `prefix` (for
@@ -364,8 +361,18 @@ impl ResponseCache {
     pub fn revalidate_prefix(&self, prefix: &str) -> Purged {
         self.purged(PurgeKind::Prefix);
         mark_stale(&self.shared.store, Scope::Prefix(prefix));
-        self.shared
-            .purge_cluster(|| Purge::RevalidatePrefix(prefix.into()))
+        self.cluster(|| Purge::RevalidatePrefix(prefix.into()))
+    }
+
+    /// Queues `purge` for Redis and the other instances; starts the
+    /// tier's pump and follower first if no request did yet (a cache built
+    /// outside a runtime and purged before serving anything).
+    fn cluster(&self, purge: impl FnOnce() -> Purge) -> Purged {
+        #[cfg(feature = "redis")]
+        if let Some(tier) = &self.shared.l2 {
+            tier.listen(&self.shared);
+        }
+        self.shared.purge_cluster(purge)
     }
 
     fn purged(&self, kind: PurgeKind) {
