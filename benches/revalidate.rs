@@ -133,9 +133,10 @@ fn redis_pid(port: u16) -> u32 {
 }
 
 fn signal(pid: u32, sig: &str) {
-    std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
+    // The shell's own `kill`: no procps needed.
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{sig} {pid}"))
         .status()
         .unwrap();
 }

@@ -857,9 +857,10 @@ fn redis_pid(port: u16) -> u32 {
 
 /// Sends `signal` (`STOP`, `CONT`) to process `pid`.
 fn signal(pid: u32, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
+    // The shell's own `kill`: no procps needed.
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
         .status()
         .unwrap()
         .success();
