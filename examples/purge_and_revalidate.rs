@@ -28,16 +28,32 @@ use tower_ssr::cache_control::{CacheControlLayer, Directives, Rule};
 async fn purge(State(cache): State<ResponseCache>, uri: Uri) -> StatusCode {
     let query = uri.query().unwrap_or("");
     let (what, value) = query.split_once('=').unwrap_or((query, ""));
-    match what {
+    // The returned `Purged` can be awaited (`confirmed(within)`) when a
+    // Redis tier must have applied it too; in memory it is applied already.
+    let _purged = match what {
         "path" => cache.purge_path(value),
         "prefix" => cache.purge_prefix(value),
         "tag" => cache.purge_tag(value),
         "" => cache.purge_all(),
         _ => return StatusCode::BAD_REQUEST,
-    }
-    // Soft purge (`revalidate_tag` / `revalidate_path`: serve the stale
-    // page at once while one refresh per key runs) belongs here too once
-    // the cache offers it; the route shape stays the same.
+    };
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /admin/revalidate?path=/p` (or `?prefix=`, `?tag=`): a soft purge.
+/// The stale page is served at once while one refresh per key renders the
+/// new one (Next.js's `revalidatePath` / `revalidateTag`).
+async fn revalidate(State(cache): State<ResponseCache>, uri: Uri) -> StatusCode {
+    let query = uri.query().unwrap_or("");
+    let Some((what, value)) = query.split_once('=') else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let _purged = match what {
+        "path" => cache.revalidate_path(value),
+        "prefix" => cache.revalidate_prefix(value),
+        "tag" => cache.revalidate_tag(value),
+        _ => return StatusCode::BAD_REQUEST,
+    };
     StatusCode::NO_CONTENT
 }
 
@@ -61,6 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Admin routes outside the cached part: never cached, never tagged.
     let app = Router::new()
         .route("/admin/purge", post(purge))
+        .route("/admin/revalidate", post(revalidate))
         .with_state(cache.clone())
         .merge(pages);
 

@@ -21,7 +21,12 @@
 //! curl -si -H 'Host: shop.local' http://127.0.0.1:3000/posts/1 | grep -i cache-status  # fwd=uri-miss; stored
 //! curl -si -H 'Host: shop.local' http://127.0.0.1:3001/posts/1 | grep -i cache-status  # hit; ...; detail=redis
 //! curl -si -X POST -H 'Host: shop.local' 'http://127.0.0.1:3001/admin/purge?tag=pages'  # purges both
+//! curl -si -X POST 'http://127.0.0.1:3000/admin/revalidate?tag=pages'  # soft purge: stale at once, one re-render per page
 //! ```
+//!
+//! With `ADMIN_TOKEN` set, the `/admin/*` routes want it as a bearer
+//! token (`curl -H "Authorization: Bearer $ADMIN_TOKEN" …`) and answer
+//! `401` without it.
 //!
 //! The host is part of the cache key: behind a load balancer every
 //! instance sees the public host; curling two ports directly, send the same
@@ -94,6 +99,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -i {base}/ (twice)         # the second is a hit: Age, Cache-Status: tower-ssr; hit");
     println!("  curl -i -X POST '{base}/admin/purge?path=/'   # demo only: purge a path");
     println!("  curl -i -X POST '{base}/admin/purge?tag=pages' # or a tag");
+    println!("  curl -i -X POST '{base}/admin/revalidate?tag=pages' # soft purge: stale at once, one re-render each");
+    println!("  (with ADMIN_TOKEN set, /admin/* want -H 'Authorization: Bearer $ADMIN_TOKEN')");
     println!("  curl {base}/admin/stats         # cache counters");
     println!("two instances sharing one Redis (feature redis):");
     println!(
@@ -159,13 +166,51 @@ fn app(cache: ResponseCache) -> Result<Router, Box<dyn std::error::Error>> {
         .merge(admin(cache)))
 }
 
-/// Demo only: unauthenticated cache administration. A real deployment puts
-/// this behind authentication or on a private listener.
+/// Cache administration. Demo only: with `ADMIN_TOKEN` set it wants that
+/// bearer token; without it, it is open. A real deployment also puts it on
+/// a private listener.
 fn admin(cache: ResponseCache) -> Router {
+    let token = std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
     Router::new()
         .route("/admin/purge", post_route(purge))
+        .route("/admin/revalidate", post_route(revalidate))
         .route("/admin/stats", get(stats))
+        .route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let allowed = token.as_deref().map_or(true, |t| bearer_is(&req, t));
+                async move {
+                    if allowed {
+                        next.run(req).await
+                    } else {
+                        (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "admin routes want Authorization: Bearer $ADMIN_TOKEN\n",
+                        )
+                            .into_response()
+                    }
+                }
+            },
+        ))
         .with_state(cache)
+}
+
+/// Whether `req` carries `Authorization: Bearer <token>`.
+fn bearer_is(req: &axum::extract::Request, token: &str) -> bool {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| given.as_bytes() == token.as_bytes())
+}
+
+/// Waits a moment for the purge to reach Redis and the other instances,
+/// and says whether it did (it is applied here already, and never lost).
+async fn confirmed(purged: tower_ssr::cache::Purged) -> &'static str {
+    match purged.confirmed(Duration::from_secs(1)).await {
+        Ok(()) => "applied everywhere",
+        Err(_) => "applied here; queued for Redis and the other instances",
+    }
 }
 
 async fn purge(
@@ -173,21 +218,46 @@ async fn purge(
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let what = if let Some(path) = q.get("path") {
-        cache.purge_path(path);
-        format!("purged path {path}\n")
+        let done = confirmed(cache.purge_path(path)).await;
+        format!("purged path {path}: {done}\n")
     } else if let Some(prefix) = q.get("prefix") {
-        cache.purge_prefix(prefix);
-        format!("purged prefix {prefix}\n")
+        let done = confirmed(cache.purge_prefix(prefix)).await;
+        format!("purged prefix {prefix}: {done}\n")
     } else if let Some(tag) = q.get("tag") {
-        cache.purge_tag(tag);
-        format!("purged tag {tag}\n")
+        let done = confirmed(cache.purge_tag(tag)).await;
+        format!("purged tag {tag}: {done}\n")
     } else if q.contains_key("all") {
-        cache.purge_all();
-        "purged everything\n".to_owned()
+        let done = confirmed(cache.purge_all()).await;
+        format!("purged everything: {done}\n")
     } else {
         return (
             StatusCode::BAD_REQUEST,
             "use ?path=/, ?prefix=/posts/, ?tag=pages or ?all\n",
+        )
+            .into_response();
+    };
+    ([(header::CACHE_CONTROL, "no-store")], what).into_response()
+}
+
+/// Soft purge: the pages stay, marked stale; the next request for each is
+/// answered at once while one re-render runs.
+async fn revalidate(
+    State(cache): State<ResponseCache>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let what = if let Some(path) = q.get("path") {
+        let done = confirmed(cache.revalidate_path(path)).await;
+        format!("revalidating path {path}: {done}\n")
+    } else if let Some(prefix) = q.get("prefix") {
+        let done = confirmed(cache.revalidate_prefix(prefix)).await;
+        format!("revalidating prefix {prefix}: {done}\n")
+    } else if let Some(tag) = q.get("tag") {
+        let done = confirmed(cache.revalidate_tag(tag)).await;
+        format!("revalidating tag {tag}: {done}\n")
+    } else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "use ?path=/, ?prefix=/posts/ or ?tag=pages\n",
         )
             .into_response();
     };

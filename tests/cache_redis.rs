@@ -25,7 +25,7 @@ use axum::Router;
 use common::redis::{answers_ping, free_port, redis_url, spawn_watched};
 use common::{get_with, serve, Seen};
 use std::io::{Read, Write};
-use tower_ssr::cache::{CacheLayer, RedisTier, ResponseCache};
+use tower_ssr::cache::{CacheLayer, PurgeError, RedisTier, ResponseCache};
 
 /// A hang guard only: nothing here is expected to take more than moments.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -42,7 +42,8 @@ fn namespace(test: &str) -> String {
 
 /// The renderer behind both instances: counts renders per path-and-query.
 /// `kb` sets the body size, `tag` a Surrogate-Key, `sleep` a render time in
-/// milliseconds, `ttl` the `s-maxage` (60 by default); `gate` holds the
+/// milliseconds, `ttl` the `s-maxage` (60 by default), `swr` a
+/// `stale-while-revalidate`; `gate` holds the
 /// render until the test lets it go.
 #[derive(Clone)]
 struct Origin {
@@ -92,8 +93,11 @@ async fn render(
         .take(kb * 1024)
         .collect::<Vec<u8>>();
     let ttl = q.get("ttl").map_or("60", String::as_str);
+    let swr = q
+        .get("swr")
+        .map_or(String::new(), |s| format!(", stale-while-revalidate={s}"));
     let mut res = Response::builder()
-        .header("cache-control", format!("public, s-maxage={ttl}"))
+        .header("cache-control", format!("public, s-maxage={ttl}{swr}"))
         .header("content-type", "text/html");
     if let Some(tag) = q.get("tag") {
         res = res.header("surrogate-key", tag.as_str());
@@ -828,4 +832,301 @@ async fn a_write_rendered_before_a_purge_does_not_land_after_it() {
         "tower-ssr; fwd=uri-miss; stored",
         "the pre-purge render came back from Redis"
     );
+}
+
+/// The pid of the `redis-server` on `port` (from `INFO server`).
+fn redis_pid(port: u16) -> u32 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "INFO ended without process_id");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(rest) = text.split("process_id:").nth(1) {
+            if let Some((pid, _)) = rest.split_once("\r\n") {
+                return pid.parse().unwrap();
+            }
+        }
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    // The shell's own `kill`: no procps needed.
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// Two instances on a private `redis-server` this test may pause or kill.
+async fn two_on_private(port: u16) -> (Server, Origin, [(SocketAddr, ResponseCache); 2]) {
+    let child = Server::start(port).expect("redis-server on PATH");
+    let server = Server {
+        port,
+        child: Some(child),
+    };
+    server.up().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let tier = || {
+        RedisTier::new(&url)
+            .unwrap()
+            .retry_after(Duration::from_millis(50))
+    };
+    let origin = Origin::default();
+    let a = instance(&origin, tier()).await;
+    let b = instance(&origin, tier()).await;
+    assert!(a.1.redis_ready(PATIENCE).await && b.1.redis_ready(PATIENCE).await);
+    (server, origin, [a, b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis_server),
+    ignore = "needs redis-server on PATH (starts and pauses its own)"
+)]
+async fn a_purge_sent_while_redis_is_paused_is_applied_once_it_resumes() {
+    let port = free_port();
+    let (server, origin, [(a, ca), (b, cb)]) = two_on_private(port).await;
+    let pages = ["/n/1?tag=news", "/n/2?tag=news"];
+    for path in pages {
+        get(a, path).await;
+    }
+    eventually("both writes", || ca.stats().l2_writes == 2).await;
+    for path in pages {
+        assert!(get(b, path).await.one("cache-status").contains("redis"));
+    }
+
+    let pid = redis_pid(server.port);
+    signal(pid, "STOP");
+    // The purge is sent to both instances, as an admin hook would.
+    let mut on_a = ca.purge_tag("news");
+    let mut on_b = cb.purge_tag("news");
+    // A paused Redis confirms nothing.
+    assert_eq!(
+        ca.purge_path("/elsewhere")
+            .confirmed(Duration::from_millis(300))
+            .await,
+        Err(PurgeError::TimedOut {
+            within: Duration::from_millis(300)
+        })
+    );
+    assert!(!on_a.is_confirmed() && !on_b.is_confirmed());
+    signal(pid, "CONT");
+
+    // Neither instance serves the purged pages from Redis: each renders.
+    // (No one rendered /n/2 since the purge, so a Redis hit there could
+    // only be the purged copy.)
+    let seen = get(a, pages[0]).await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    let seen = get(b, pages[1]).await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders(pages[0]), 2);
+    assert_eq!(origin.renders(pages[1]), 2);
+    on_a.confirmed(PATIENCE).await.unwrap();
+    on_b.confirmed(PATIENCE).await.unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis_server),
+    ignore = "needs redis-server on PATH (starts and kills its own)"
+)]
+async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_restart() {
+    let port = free_port();
+    let (mut server, origin, [(a, ca), (b, cb)]) = two_on_private(port).await;
+    let page = "/k?tag=news";
+    get(a, page).await;
+    eventually("the write", || ca.stats().l2_writes == 1).await;
+    assert!(get(b, page).await.one("cache-status").contains("redis"));
+    // Now in the second instance's memory too.
+    assert!(get(b, page)
+        .await
+        .one("cache-status")
+        .starts_with("tower-ssr; hit"));
+
+    server.kill();
+    let purged = ca.purge_tag("news");
+    // A dead Redis confirms nothing; the purge stays queued.
+    assert!(matches!(
+        ca.purge_path("/elsewhere")
+            .confirmed(Duration::from_millis(200))
+            .await,
+        Err(PurgeError::TimedOut { .. })
+    ));
+    server.child = Server::start(port);
+    server.up().await;
+
+    // Redis came back empty, without the purge log: the second instance
+    // cannot know what it missed, and stops serving its memory copy
+    // within some of its reconnect cycles.
+    let mut polls = 0;
+    loop {
+        let seen = get(b, page).await;
+        if seen.one("cache-status").contains("fwd=uri-miss") {
+            break;
+        }
+        polls += 1;
+        assert!(polls < 4000, "the second instance kept the purged page");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(origin.renders(page), 2);
+    // The first instance's purge reaches the new Redis too.
+    purged.confirmed(PATIENCE).await.unwrap();
+    assert!(cb.redis_ready(PATIENCE).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
+async fn a_revalidation_on_one_instance_renders_once_across_both() {
+    let url = redis_url();
+    let (origin, [(a, ca), (b, cb)]) = two_instances("reval", &url, true).await;
+    let page = "/rv?tag=news&sleep=100";
+    get(a, page).await;
+    eventually("the write", || ca.stats().l2_writes == 1).await;
+    assert!(get(b, page).await.one("cache-status").contains("redis"));
+
+    ca.revalidate_tag("news").confirmed(PATIENCE).await.unwrap();
+    eventually("the revalidation reaches the second instance", || {
+        cb.stats().remote_purges == 1
+    })
+    .await;
+    // Both memories hold a copy marked stale (s-maxage without
+    // stale-while-revalidate: refreshed before it is served), Redis none.
+    let burst: Vec<_> = (0..12)
+        .map(|i| {
+            let addr = if i % 2 == 0 { a } else { b };
+            tokio::spawn(async move { get(addr, page).await })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap().status, 200);
+    }
+    for addr in [a, b] {
+        let seen = get(addr, page).await;
+        assert!(
+            seen.one("cache-status").starts_with("tower-ssr; hit"),
+            "{:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(origin.renders(page), 2, "one render for both instances");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
+async fn a_revalidation_serves_stale_on_both_and_renders_each_key_once() {
+    let url = redis_url();
+    // Generous call timeouts: this is about coordination, and one call
+    // timing out on a busy machine switches the tier off for a moment
+    // (each instance then renders alone, by design).
+    let ns = namespace("revalswr");
+    let tier = || {
+        RedisTier::new(&url)
+            .unwrap()
+            .namespace(&ns)
+            .timeout(Duration::from_secs(5))
+            .render_lock(PATIENCE)
+    };
+    let origin = Origin::default();
+    let (a, ca) = instance(&origin, tier()).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+    let pages: Vec<String> = (0..100)
+        .map(|i| format!("/w/{i}?tag=wide&swr=60&sleep=5"))
+        .collect();
+    for p in &pages {
+        get(a, p).await;
+    }
+    eventually("the writes", || ca.stats().l2_writes == 100).await;
+    for p in &pages {
+        assert!(get(b, p).await.one("cache-status").contains("redis"));
+    }
+
+    cb.revalidate_tag("wide").confirmed(PATIENCE).await.unwrap();
+    eventually("the revalidation reaches the first instance", || {
+        ca.stats().remote_purges == 1
+    })
+    .await;
+    // Every page on both instances at once: stale copies, answered at once.
+    let burst: Vec<_> = pages
+        .iter()
+        .flat_map(|p| [(a, p.clone()), (b, p.clone())])
+        .map(|(addr, p)| tokio::spawn(async move { get(addr, &p).await }))
+        .collect();
+    for r in burst {
+        let seen = r.await.unwrap();
+        assert_eq!(seen.status, 200);
+        assert!(seen.one("cache-status").starts_with("tower-ssr; hit"));
+    }
+    // Settled once both instances answer every page fresh: no refresh can
+    // start after that.
+    for p in &pages {
+        for addr in [a, b] {
+            let mut polls = 0;
+            loop {
+                let stale = if addr == a {
+                    ca.stats().stale
+                } else {
+                    cb.stats().stale
+                };
+                get(addr, p).await;
+                let now = if addr == a {
+                    ca.stats().stale
+                } else {
+                    cb.stats().stale
+                };
+                if now == stale {
+                    break;
+                }
+                polls += 1;
+                assert!(polls < 4000, "{p} stayed stale");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let counts: Vec<usize> = pages.iter().map(|p| origin.renders(p)).collect();
+    assert!(
+        counts.iter().all(|&n| n == 2),
+        "renders per page (2 = one refresh across both instances): {counts:?}\n{:?}\n{:?}",
+        ca.stats(),
+        cb.stats()
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
+fn a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request() {
+    let url = redis_url();
+    let ns = namespace("cold");
+    // No runtime here: nothing can start yet.
+    let cache = ResponseCache::builder()
+        .redis(RedisTier::new(&url).unwrap().namespace(&ns))
+        .build();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        cache.purge_tag("pages").confirmed(PATIENCE).await.unwrap();
+    });
 }

@@ -32,8 +32,9 @@ const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 const ENTRY_OVERHEAD: usize = 1280;
 
 /// A stored response, ready to send: headers prepared once at store time,
-/// the body a `Bytes` that every hit clones without copying.
-#[derive(Debug)]
+/// the body a `Bytes` that every hit clones without copying. `Clone` for
+/// revalidation, which stores a copy marked stale (`revalidate.rs`).
+#[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,

@@ -12,6 +12,8 @@ use super::flight::{Flights, Lead};
 pub(crate) use super::l2::Purge;
 #[cfg(feature = "redis")]
 use super::l2::{RedisTier, Tier};
+use super::purged::Purged;
+use super::revalidate::{mark_stale, Scope};
 use super::store::Store;
 use crate::metrics::{CacheMetrics, PurgeKind};
 
@@ -24,6 +26,9 @@ pub(crate) enum Purge {
     Prefix(String),
     Tag(String),
     All,
+    RevalidatePath(String),
+    RevalidatePrefix(String),
+    RevalidateTag(String),
 }
 
 /// Default capacity: 64 MiB of stored responses.
@@ -143,7 +148,8 @@ impl ResponseCacheBuilder {
     /// Adds a shared second tier on Redis behind the memory tier, for
     /// many instances of one app (feature `redis`): an L1 miss reads
     /// Redis before rendering, a stored response is written to both, a
-    /// purge on any instance reaches every instance's memory over pub/sub.
+    /// purge on any instance reaches every instance's memory through a
+    /// purge log in Redis, even one issued while Redis was away.
     /// Redis being slow or down never fails a request: the cache goes on
     /// with memory alone and reconnects by itself. See [`RedisTier`].
     #[cfg(feature = "redis")]
@@ -222,7 +228,7 @@ pub struct CacheStats {
     pub l2_timeouts: u64,
     /// Entries written to Redis.
     pub l2_writes: u64,
-    /// Purges heard from other instances over Redis pub/sub and applied
+    /// Purges heard from other instances through the Redis purge log and applied
     /// to this one's memory.
     pub remote_purges: u64,
     /// Weighted size of what is stored, in bytes.
@@ -256,40 +262,117 @@ impl ResponseCache {
     #[allow(clippy::must_use_candidate)] // purging is the point; the flag is extra
     pub fn purge(&self, key: &str) -> bool {
         self.purged(PurgeKind::Key);
-        self.shared.purge_cluster(|| Purge::Key(key.into()));
+        let _ = self.cluster(|| Purge::Key(key.into()));
         self.shared.store.remove(key)
     }
 
     /// Drops every entry whose path and query are exactly `path_and_query`
     /// (for example `/` or `/search?q=a`), on every host.
-    pub fn purge_path(&self, path_and_query: &str) {
+    ///
+    /// Applied to this instance at once; the returned handle waits for
+    /// Redis and the other instances (see [`Purged`]).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn purge_path(&self, path_and_query: &str) -> Purged {
         self.purged(PurgeKind::Path);
-        self.shared
-            .purge_cluster(|| Purge::Path(path_and_query.into()));
         self.shared.store.purge_path(path_and_query);
+        self.cluster(|| Purge::Path(path_and_query.into()))
     }
 
     /// Drops every entry whose path and query start with `prefix` (for
     /// example `/posts/`), on every host.
-    pub fn purge_prefix(&self, prefix: &str) {
+    ///
+    /// Applied to this instance at once; the returned handle waits for
+    /// Redis and the other instances (see [`Purged`]).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn purge_prefix(&self, prefix: &str) -> Purged {
         self.purged(PurgeKind::Prefix);
-        self.shared.purge_cluster(|| Purge::Prefix(prefix.into()));
         self.shared.store.purge_prefix(prefix);
+        self.cluster(|| Purge::Prefix(prefix.into()))
     }
 
     /// Drops every entry tagged `tag` by a `Surrogate-Key` (space-separated)
     /// or `Cache-Tag` (comma-separated) response header.
-    pub fn purge_tag(&self, tag: &str) {
+    ///
+    /// Applied to this instance at once; the returned handle waits for
+    /// Redis and the other instances (see [`Purged`]).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn purge_tag(&self, tag: &str) -> Purged {
         self.purged(PurgeKind::Tag);
-        self.shared.purge_cluster(|| Purge::Tag(tag.into()));
         self.shared.store.purge_tag(tag);
+        self.cluster(|| Purge::Tag(tag.into()))
     }
 
     /// Drops everything.
-    pub fn purge_all(&self) {
+    ///
+    /// Applied to this instance at once; the returned handle waits for
+    /// Redis and the other instances (see [`Purged`]).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn purge_all(&self) -> Purged {
         self.purged(PurgeKind::All);
-        self.shared.purge_cluster(|| Purge::All);
         self.shared.store.clear();
+        self.cluster(|| Purge::All)
+    }
+
+    /// Marks every entry tagged `tag` (`Surrogate-Key` / `Cache-Tag`)
+    /// stale, without removing it: on-demand revalidation (Next.js
+    /// `revalidateTag`), soft purge in Fastly's and Varnish's words.
+    ///
+    /// The next request for such an entry is answered at once from the
+    /// stale copy (`Cache-Status: …; hit; …`, counted in `stale`) while
+    /// one background refresh per key renders the new page, coalesced
+    /// with every other request for the key (and across instances by the
+    /// Redis render lock, when it is on); requests after it get the new
+    /// page. An entry that names no `stale-while-revalidate` window may be
+    /// served stale this way for 60 s while its refresh runs or fails. An
+    /// entry whose policy forbids stale serving (`no-cache`,
+    /// `must-revalidate`, `proxy-revalidate`, or `s-maxage` without
+    /// `stale-while-revalidate`) is refreshed before it is served. Serving
+    /// stale in the background needs the layer's executor (on with the
+    /// `tokio` feature); without one, every marked entry is refreshed
+    /// before it is served.
+    ///
+    /// Applied to this instance before it returns. With a Redis tier, the
+    /// shared copies are removed from Redis (an instance holding no memory
+    /// copy renders, under the render lock when it is on) and every other
+    /// instance marks its memory copies the same way; the returned
+    /// [`Purged`] waits for that. Like a purge, it is never lost while
+    /// Redis is away.
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn revalidate_tag(&self, tag: &str) -> Purged {
+        self.purged(PurgeKind::Tag);
+        mark_stale(&self.shared.store, Scope::Tag(tag));
+        self.cluster(|| Purge::RevalidateTag(tag.into()))
+    }
+
+    /// Marks every entry whose path and query are exactly `path_and_query`
+    /// (for example `/` or `/search?q=a`), on every host, stale: see
+    /// [`revalidate_tag`](Self::revalidate_tag).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn revalidate_path(&self, path_and_query: &str) -> Purged {
+        self.purged(PurgeKind::Path);
+        mark_stale(&self.shared.store, Scope::Path(path_and_query));
+        self.cluster(|| Purge::RevalidatePath(path_and_query.into()))
+    }
+
+    /// Marks every entry whose path and query start with `prefix` (for
+    /// example `/posts/`), on every host, stale: see
+    /// [`revalidate_tag`](Self::revalidate_tag).
+    #[allow(clippy::must_use_candidate)] // the handle is optional
+    pub fn revalidate_prefix(&self, prefix: &str) -> Purged {
+        self.purged(PurgeKind::Prefix);
+        mark_stale(&self.shared.store, Scope::Prefix(prefix));
+        self.cluster(|| Purge::RevalidatePrefix(prefix.into()))
+    }
+
+    /// Queues `purge` for Redis and the other instances; starts the
+    /// tier's pump and follower first if no request did yet (a cache built
+    /// outside a runtime and purged before serving anything).
+    fn cluster(&self, purge: impl FnOnce() -> Purge) -> Purged {
+        #[cfg(feature = "redis")]
+        if let Some(tier) = &self.shared.l2 {
+            tier.listen(&self.shared);
+        }
+        self.shared.purge_cluster(purge)
     }
 
     fn purged(&self, kind: PurgeKind) {
@@ -381,13 +464,17 @@ impl Shared {
         let _ = (key, entry, lead);
     }
 
-    /// Purges in Redis and on every other instance, when there is a tier.
+    /// Queues a purge for Redis and every other instance, when there is a
+    /// tier (it is never lost: see `l2.rs`); the handle to wait for it.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    pub(crate) fn purge_cluster(&self, purge: impl FnOnce() -> Purge) {
+    pub(crate) fn purge_cluster(&self, purge: impl FnOnce() -> Purge) -> Purged {
         #[cfg(feature = "redis")]
         if let Some(tier) = &self.l2 {
-            tier.purge(purge());
+            return Purged {
+                done: Some(tier.purge(purge())),
+            };
         }
+        Purged::default()
     }
 
     /// Remembers `key` as uncacheable until `for_` has passed, so requests

@@ -17,8 +17,23 @@
 //! - `{ns}:g`: the purge generation, a counter every purge raises first; a
 //!   write carries the generation read before its render and is refused if
 //!   a purge came since, so a slow write never puts a purged page back.
-//! - `{ns}:purge`: the pub/sub channel over which purges reach every
-//!   instance's memory tier.
+//! - `{ns}:s`: the purge log, a Redis Stream (`XADD … MAXLEN ~ 10000`)
+//!   that every instance follows (`XREAD BLOCK`) from the last id it read,
+//!   so a purge issued while an instance was disconnected reaches it when
+//!   it reconnects. Pub/sub would drop it.
+//! - `{ns}:epoch`: a random value the first instance to connect sets; when
+//!   Redis restarts empty (or is flushed), it changes, and every instance
+//!   knows its log lost what it had not read yet.
+//!
+//! Purges are never lost. One accepted here is applied to this instance's
+//! memory at once and queued; a background task (the pump) applies it in
+//! Redis (generation first, then the deletions) and appends it to the log,
+//! in order, retrying until Redis answers; only then is it taken off the
+//! queue. While anything is queued, this instance does not read Redis (an
+//! entry there may be one the queued purge will delete). An instance that
+//! cannot know what it missed (the epoch changed, or the log was trimmed
+//! past its last id) drops its whole memory tier: that covers any purge it
+//! missed, at the cost of some renders.
 //!
 //! Failure is never the user's problem: every call has a timeout; an error
 //! or a timeout drops the connection and the tier stays off for a short
@@ -26,22 +41,25 @@
 //! reconnects by itself. The first failure is logged at `warn`, the
 //! recovery at `info`, nothing in between.
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::HeaderMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, RedisResult, Script};
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult, Script};
+use tokio::sync::{oneshot, Notify};
 
 use super::codec;
 use super::entry::{reuse, Entry, RequestDirectives, Reuse};
 use super::flight::Lead;
 use super::handle::{Counters, Shared};
 use super::key;
+use super::revalidate::{mark_stale, Scope};
 use crate::metrics::{L2Outcome, PurgeKind};
 use tracing::Instrument;
 
@@ -51,6 +69,20 @@ const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
 const PURGE_BATCH: usize = 500;
 /// Variants kept per key in Redis, as in memory.
 const MAX_VARIANTS: usize = super::store::MAX_VARIANTS;
+/// Purges kept in the purge log (about: `MAXLEN ~`). An instance away for
+/// longer than this many purges drops its memory tier when it is back.
+const LOG_LEN: usize = 10_000;
+/// Purges queued while Redis is away; past this, the queue collapses into
+/// one purge of everything (correct, only costlier).
+const MAX_PENDING: usize = 10_000;
+/// How long one read of the purge log waits for news before the follower
+/// checks the epoch again.
+const FOLLOW_BLOCK: Duration = Duration::from_secs(1);
+/// Log entries read per call.
+const FOLLOW_BATCH: usize = 256;
+/// Background refreshes that consult Redis at once, per instance; more
+/// wait their turn (no client waits on them).
+const MAX_REFRESHING: usize = 32;
 
 /// The shared Redis tier's configuration, given to
 /// [`ResponseCacheBuilder::redis`](super::ResponseCacheBuilder::redis).
@@ -198,6 +230,11 @@ pub(crate) enum Purge {
     Prefix(String),
     Tag(String),
     All,
+    /// Revalidations (soft purges): marked stale in memory; in Redis the
+    /// shared copies are removed, so that no refresh takes one back.
+    RevalidatePath(String),
+    RevalidatePrefix(String),
+    RevalidateTag(String),
 }
 
 impl Purge {
@@ -208,6 +245,9 @@ impl Purge {
             Purge::Prefix(p) => ('x', p.as_str()),
             Purge::Tag(t) => ('t', t.as_str()),
             Purge::All => ('a', ""),
+            Purge::RevalidatePath(p) => ('P', p.as_str()),
+            Purge::RevalidatePrefix(p) => ('X', p.as_str()),
+            Purge::RevalidateTag(t) => ('T', t.as_str()),
         };
         format!("{id:016x} {kind} {arg}")
     }
@@ -224,6 +264,9 @@ impl Purge {
             "x" => Purge::Prefix(arg.into()),
             "t" => Purge::Tag(arg.into()),
             "a" => Purge::All,
+            "P" => Purge::RevalidatePath(arg.into()),
+            "X" => Purge::RevalidatePrefix(arg.into()),
+            "T" => Purge::RevalidateTag(arg.into()),
             _ => return None,
         };
         Some((id, purge))
@@ -239,6 +282,9 @@ impl Purge {
             Purge::Prefix(p) => shared.store.purge_prefix(p),
             Purge::Tag(t) => shared.store.purge_tag(t),
             Purge::All => shared.store.clear(),
+            Purge::RevalidatePath(p) => mark_stale(&shared.store, Scope::Path(p)),
+            Purge::RevalidatePrefix(p) => mark_stale(&shared.store, Scope::Prefix(p)),
+            Purge::RevalidateTag(t) => mark_stale(&shared.store, Scope::Tag(t)),
         }
     }
 }
@@ -333,6 +379,27 @@ if #keys > 0 then redis.call('DEL', unpack(keys)) end
 return redis.call('EXISTS', KEYS[1])
 ";
 
+/// The epoch (`KEYS[1]`, set to `ARGV[1]` if absent) and the purge log's
+/// (`KEYS[2]`) first id, last generated id and, on Redis 7+, the largest
+/// id trimmed away (`''` where absent; the epoch too, when Redis refuses
+/// writes and none was set).
+const LOG_STATE: &str = r"
+-- A Redis refusing writes (out of memory) can still be followed.
+pcall(redis.call, 'SET', KEYS[1], ARGV[1], 'NX')
+local epoch = redis.call('GET', KEYS[1]) or ''
+local first, last, deleted = '', '', ''
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1]
+    elseif info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+  local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #head > 0 then first = head[1][1] end
+end
+return {epoch, first, last, deleted}
+";
+
 /// Deletes the lock only if it is still ours: it may have expired and been
 /// taken by another instance since.
 const RELEASE: &str = r"
@@ -354,6 +421,26 @@ pub(crate) struct Tier {
     write: Script,
     purge_tag: Script,
     release: Script,
+    log_state: Script,
+    /// Purges accepted here and not yet applied in Redis and logged,
+    /// oldest first; only the pump takes the front off.
+    pending: Mutex<VecDeque<Pending>>,
+    /// Whether `pending` holds anything: one load on every Redis lookup.
+    has_pending: AtomicBool,
+    /// Wakes the pump when a purge is queued (shared, so that the pump
+    /// waits on it without keeping the tier alive).
+    wake: Arc<Notify>,
+    /// Background refreshes consulting Redis at once: after a
+    /// revalidation of thousands of keys, unbounded, their calls would
+    /// queue on the one connection past the timeout and switch the tier
+    /// off, and every instance would render every key.
+    refreshing: tokio::sync::Semaphore,
+}
+
+/// A purge waiting for Redis, and who waits for it.
+struct Pending {
+    purge: Purge,
+    done: Vec<oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for Tier {
@@ -397,6 +484,11 @@ impl Tier {
             write: Script::new(WRITE),
             purge_tag: Script::new(PURGE_TAG),
             release: Script::new(RELEASE),
+            log_state: Script::new(LOG_STATE),
+            pending: Mutex::new(VecDeque::new()),
+            has_pending: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
+            refreshing: tokio::sync::Semaphore::new(MAX_REFRESHING),
         }
     }
 
@@ -412,8 +504,12 @@ impl Tier {
         format!("{}:t:", self.cfg.namespace)
     }
 
-    fn channel(&self) -> String {
-        format!("{}:purge", self.cfg.namespace)
+    fn log_key(&self) -> String {
+        format!("{}:s", self.cfg.namespace)
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}:epoch", self.cfg.namespace)
     }
 
     /// A connection, or `None` while the tier is off.
@@ -534,6 +630,11 @@ impl Tier {
     /// whole tier off for every other key.
     /// With the purge generation as of the read.
     async fn read(&self, key: &str) -> Option<(u64, Vec<Entry>)> {
+        if self.has_pending.load(SeqCst) {
+            // A queued purge may cover what Redis holds: not before it is
+            // applied there.
+            return None;
+        }
         let mut inv = self.read.key(self.entry_key(key));
         inv.key(self.generation_key()).arg(self.cfg.max_value);
         let inv = &inv;
@@ -565,16 +666,11 @@ impl Tier {
     ) -> Option<(Arc<Entry>, Reuse)> {
         let (seen, found) = self.read(key).await?;
         *generation = Some(seen);
-        let best = found
-            .into_iter()
-            .filter(|e| e.matches(headers, extra))
-            .max_by_key(|e| e.fresh.stored_at);
-        let Some(entry) = best else {
+        let Some((entry, how)) = best(found, headers, extra, req_cc) else {
             Counters::bump(&self.counters.l2_misses);
             self.counters.metrics().l2(L2Outcome::Miss);
             return None;
         };
-        let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
         if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
             Counters::bump(&self.counters.l2_hits);
             self.counters.metrics().l2(L2Outcome::Hit);
@@ -582,7 +678,21 @@ impl Tier {
             Counters::bump(&self.counters.l2_misses);
             self.counters.metrics().l2(L2Outcome::Miss);
         }
-        Some((Arc::new(entry), how))
+        Some((entry, how))
+    }
+
+    /// [`lookup`](Self::lookup) without counting a hit or miss.
+    async fn lookup_quiet(
+        &self,
+        key: &str,
+        headers: &HeaderMap,
+        extra: Option<&str>,
+        req_cc: &RequestDirectives,
+        generation: &mut Option<u64>,
+    ) -> Option<(Arc<Entry>, Reuse)> {
+        let (seen, found) = self.read(key).await?;
+        *generation = Some(seen);
+        best(found, headers, extra, req_cc)
     }
 
     /// Tries to take the render lock for `flight_key`: `Taken`, `Held` by
@@ -653,6 +763,63 @@ impl Tier {
         found
     }
 
+    /// Before a background refresh on this instance: `Found` when Redis
+    /// holds a fresh entry (another instance refreshed it), `Skip` when
+    /// another instance holds the render lock (it is refreshing it: this
+    /// instance goes on serving its stale copy, and a later request's
+    /// refresh finds the new entry in Redis), else `Render`, with `lead`
+    /// keeping the lock if taken and the purge generation. Never waits for
+    /// another instance: after a revalidation of thousands of keys, that
+    /// many waiting refreshes polling Redis would swamp it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn before_refresh(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        key: &str,
+        flight_key: &str,
+        headers: &HeaderMap,
+        extra: Option<&str>,
+        req_cc: &RequestDirectives,
+        lead: &mut Lead,
+    ) -> BeforeRefresh {
+        self.listen(shared);
+        // Never closed, so this only waits.
+        let _turn = self.refreshing.acquire().await;
+        let mut generation = None;
+        if let Some((entry, Reuse::Fresh)) = self
+            .lookup(key, headers, extra, req_cc, &mut generation)
+            .await
+        {
+            return BeforeRefresh::Found(entry);
+        }
+        let mut held = None;
+        if self.cfg.lock_wait.is_some() {
+            match self.try_lock(flight_key).await {
+                LockAttempt::Taken(lkey, token) => {
+                    // As in `find_or_lock`: it may have landed meanwhile.
+                    if let Some((entry, Reuse::Fresh)) = self
+                        .lookup_quiet(key, headers, extra, req_cc, &mut generation)
+                        .await
+                    {
+                        self.release(&lkey, &token).await;
+                        return BeforeRefresh::Found(entry);
+                    }
+                    held = Some((lkey, token));
+                }
+                LockAttempt::Held => return BeforeRefresh::Skip,
+                LockAttempt::Failed => {}
+            }
+        }
+        if held.is_some() || generation.is_some() {
+            lead.render_lock = Some(RenderLock {
+                tier: Arc::clone(self),
+                held,
+                generation,
+            });
+        }
+        BeforeRefresh::Render
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn find_or_lock(
         self: &Arc<Self>,
@@ -674,6 +841,20 @@ impl Tier {
         loop {
             match self.try_lock(flight_key).await {
                 LockAttempt::Taken(lkey, token) => {
+                    // The instance that rendered may have stored the entry
+                    // and let go of the lock between our look and now:
+                    // look once more, or this key renders twice.
+                    if let Some((entry, how)) = self
+                        .lookup_quiet(key, headers, extra, req_cc, generation)
+                        .await
+                    {
+                        if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
+                            Counters::bump(&self.counters.l2_hits);
+                            self.counters.metrics().l2(L2Outcome::Hit);
+                            self.release(&lkey, &token).await;
+                            return Some((entry, how));
+                        }
+                    }
                     *held = Some((lkey, token));
                     return None;
                 }
@@ -696,8 +877,10 @@ impl Tier {
     /// `lock`, if held, is released once the write has landed, so that
     /// instances waiting on it find the entry. With the generation `lock`
     /// read before the render, Redis refuses the write if a purge came
-    /// since; without one (a revalidation, a background refresh) it is
-    /// written as is.
+    /// since (validations of a stale copy and background refreshes read it
+    /// too, in `before_render` / `before_refresh`); without one (Redis did
+    /// not answer then, or a purge was still queued here) it is written
+    /// as is.
     pub(crate) fn write(self: &Arc<Self>, key: &str, entry: &Entry, lock: Option<RenderLock>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -753,37 +936,69 @@ impl Tier {
         });
     }
 
-    /// Applies `purge` in Redis, then tells every instance (fire and
-    /// forget; this instance's memory is purged already).
-    pub(crate) fn purge(self: &Arc<Self>, purge: Purge) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!("purge outside a tokio runtime: this instance only");
-            return;
-        };
-        let tier = Arc::clone(self);
-        rt.spawn(async move {
-            tier.purge_remote(&purge).await;
-            let msg = purge.message(tier.id);
-            let channel = tier.channel();
-            let _: Option<i64> = tier
-                .call(|mut c| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(&msg)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await;
-        });
+    /// Queues `purge` for Redis and every other instance (this instance's
+    /// memory is purged already); the receiver hears once it is applied in
+    /// Redis and logged. Queued purges are applied in order, however long
+    /// Redis is away (the pump starts with the follower, on first use
+    /// inside a tokio runtime).
+    pub(crate) fn purge(self: &Arc<Self>, purge: Purge) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = lock(&self.pending);
+            q.push_back(Pending {
+                purge,
+                done: vec![tx],
+            });
+            if q.len() > MAX_PENDING {
+                // The front may be in the pump's hands: keep it; the rest
+                // become one purge of everything.
+                let front = q.pop_front();
+                let done = q.drain(..).flat_map(|p| p.done).collect();
+                q.extend(front);
+                q.push_back(Pending {
+                    purge: Purge::All,
+                    done,
+                });
+            }
+            self.has_pending.store(true, SeqCst);
+        }
+        self.wake.notify_one();
+        rx
     }
 
-    async fn purge_remote(&self, purge: &Purge) {
+    /// Applies `purge` in Redis and appends it to the purge log; whether
+    /// both were done.
+    async fn record(&self, purge: &Purge) -> bool {
+        if !self.purge_remote(purge).await {
+            return false;
+        }
+        let (log, msg) = (self.log_key(), purge.message(self.id));
+        let id: Option<String> = self
+            .call(|mut c| async move {
+                redis::cmd("XADD")
+                    .arg(&log)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(LOG_LEN)
+                    .arg("*")
+                    .arg("m")
+                    .arg(&msg)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        id.is_some()
+    }
+
+    /// Applies `purge` in Redis; whether every step was done (a purge
+    /// half done is done again: each step is idempotent).
+    async fn purge_remote(&self, purge: &Purge) -> bool {
         // First: from here on, a write whose render began before this purge
         // is refused, even if it reaches Redis after the deletions below.
         // One counter for every purge: a write is rarely in flight, and
         // refusing one costs one render, never a stale page.
         let generation = self.generation_key();
-        let _: Option<i64> = self
+        let raised: Option<i64> = self
             .call(|mut c| async move {
                 redis::cmd("INCR")
                     .arg(&generation)
@@ -791,16 +1006,21 @@ impl Tier {
                     .await
             })
             .await;
+        if raised.is_none() {
+            return false;
+        }
+        let prefix = format!("{}:e:", self.cfg.namespace);
         match purge {
             Purge::Key(k) => {
                 let rkey = self.entry_key(k);
-                let _: Option<i64> =
+                let done: Option<i64> =
                     self.call(|mut c| async move {
                         redis::cmd("DEL").arg(&rkey).query_async(&mut c).await
                     })
                     .await;
+                done.is_some()
             }
-            Purge::Tag(t) => {
+            Purge::Tag(t) | Purge::RevalidateTag(t) => {
                 let tkey = format!("{}{t}", self.tag_prefix());
                 let mut inv = self.purge_tag.key(&tkey);
                 inv.arg(PURGE_BATCH);
@@ -810,34 +1030,32 @@ impl Tier {
                     let more: Option<i64> = self
                         .call(|mut c| async move { inv.invoke_async(&mut c).await })
                         .await;
-                    if more != Some(1) {
-                        break;
+                    match more {
+                        Some(1) => {}
+                        Some(_) => return true,
+                        None => return false,
                     }
                 }
+                true
             }
-            Purge::Path(p) => {
-                self.scan_delete(&format!("{}:e:", self.cfg.namespace), |k| {
-                    key::path_of(k) == p
-                })
-                .await;
+            Purge::Path(p) | Purge::RevalidatePath(p) => {
+                self.scan_delete(&prefix, |k| key::path_of(k) == p).await
             }
-            Purge::Prefix(p) => {
-                self.scan_delete(&format!("{}:e:", self.cfg.namespace), |k| {
-                    key::path_of(k).starts_with(p.as_str())
-                })
-                .await;
+            Purge::Prefix(p) | Purge::RevalidatePrefix(p) => {
+                self.scan_delete(&prefix, |k| key::path_of(k).starts_with(p.as_str()))
+                    .await
             }
             Purge::All => {
-                self.scan_delete(&format!("{}:e:", self.cfg.namespace), |_| true)
-                    .await;
-                self.scan_delete(&self.tag_prefix(), |_| true).await;
+                self.scan_delete(&prefix, |_| true).await
+                    && self.scan_delete(&self.tag_prefix(), |_| true).await
             }
         }
     }
 
     /// Deletes the keys under `prefix` whose rest `doomed` picks: a SCAN,
     /// never KEYS, so Redis keeps serving other instances meanwhile.
-    async fn scan_delete(&self, prefix: &str, doomed: impl Fn(&str) -> bool) {
+    /// Whether it went through to the end.
+    async fn scan_delete(&self, prefix: &str, doomed: impl Fn(&str) -> bool) -> bool {
         let pattern = format!("{}*", glob_escape(prefix));
         let mut cursor: u64 = 0;
         loop {
@@ -854,7 +1072,9 @@ impl Tier {
                         .await
                 })
                 .await;
-            let Some((next, keys)) = page else { return };
+            let Some((next, keys)) = page else {
+                return false;
+            };
             let keys: Vec<Vec<u8>> = keys
                 .into_iter()
                 .filter(|k| {
@@ -866,20 +1086,24 @@ impl Tier {
                 .collect();
             if !keys.is_empty() {
                 let keys = &keys;
-                let _: Option<i64> =
+                let done: Option<i64> =
                     self.call(|mut c| async move {
                         redis::cmd("DEL").arg(keys).query_async(&mut c).await
                     })
                     .await;
+                if done.is_none() {
+                    return false;
+                }
             }
             if next == 0 {
-                return;
+                return true;
             }
             cursor = next;
         }
     }
 
-    /// Starts the purge listener, once, if a tokio runtime is at hand.
+    /// Starts the purge log's follower and the pump, once, if a tokio
+    /// runtime is at hand.
     pub(crate) fn listen(self: &Arc<Self>, shared: &Arc<Shared>) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -889,10 +1113,11 @@ impl Tier {
         }
         let shared = Arc::downgrade(shared);
         let tier = Arc::downgrade(self);
-        rt.spawn(listen(shared, tier));
+        rt.spawn(follow(shared, tier.clone()));
+        rt.spawn(pump(tier));
     }
 
-    /// Whether the tier is connected and its purge listener subscribed.
+    /// Whether the tier is connected and its purge log followed.
     pub(crate) async fn ready(self: &Arc<Self>, shared: &Arc<Shared>) -> bool {
         self.listen(shared);
         let pinged: Option<String> = self
@@ -911,43 +1136,235 @@ impl Tier {
     }
 }
 
-/// The purge listener: subscribes, applies other instances' purges to this
-/// instance's memory, and resubscribes after any failure. Ends once the
-/// cache is dropped.
-async fn listen(shared: Weak<Shared>, tier: Weak<Tier>) {
+/// The pump: applies queued purges in Redis and logs them, in order,
+/// retrying each [`RedisTier::retry_after`] until Redis answers. Ends once
+/// the cache is dropped.
+async fn pump(tier: Weak<Tier>) {
     loop {
         let Some(t) = tier.upgrade() else { return };
-        let (client, channel) = (t.cfg.client.clone(), t.channel());
-        let (connect, retry, id) = (t.cfg.connect_timeout, t.cfg.retry_after, t.id);
-        drop(t);
-        if let Ok(Ok(mut pubsub)) = tokio::time::timeout(connect, client.get_async_pubsub()).await {
-            let subscribed = tokio::time::timeout(connect, pubsub.subscribe(&channel)).await;
-            if matches!(subscribed, Ok(Ok(()))) {
-                if let Some(t) = tier.upgrade() {
-                    t.subscribed.store(true, Relaxed);
-                }
-                let mut messages = pubsub.into_on_message();
-                while let Some(msg) = messages.next().await {
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    match Purge::parse(msg.get_payload_bytes()) {
-                        Some((from, purge)) if from != id => {
-                            purge.apply_local(&shared);
-                            Counters::bump(&shared.counters.remote_purges);
-                            shared.counters.metrics().purged(PurgeKind::Remote);
-                            tracing::debug!(?purge, "purge from another instance");
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(t) = tier.upgrade() {
-                    t.subscribed.store(false, Relaxed);
-                }
+        loop {
+            let front = lock(&t.pending).front().map(|p| p.purge.clone());
+            let Some(purge) = front else { break };
+            if !t.record(&purge).await {
+                break;
             }
+            let done = {
+                let mut q = lock(&t.pending);
+                let done = q.pop_front();
+                if q.is_empty() {
+                    t.has_pending.store(false, SeqCst);
+                }
+                done
+            };
+            tracing::debug!(?purge, "purge applied in redis and logged");
+            for tx in done.into_iter().flat_map(|p| p.done) {
+                let _ = tx.send(());
+            }
+        }
+        let (wake, retry) = (Arc::clone(&t.wake), t.cfg.retry_after);
+        let idle = !t.has_pending.load(SeqCst);
+        drop(t);
+        if idle {
+            // A permit stored by `notify_one` meanwhile is not lost. Wake
+            // now and then anyway, to end once the cache is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
+        } else {
+            tokio::time::sleep(retry).await;
+        }
+    }
+}
+
+/// A stream id (`ms-seq`) as a comparable pair; `(0, 0)` for nonsense.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// What the follower learns from the epoch and the log's bounds.
+#[derive(Debug, PartialEq, Eq)]
+enum Resume {
+    /// Read on from the last id read.
+    From(String),
+    /// Some purges may have been missed: drop the memory tier, then read
+    /// on from this id.
+    Lost(String),
+}
+
+/// Where to read the log from, given what the follower knew (`known`: the
+/// epoch and last id read, `None` before its first connection), whether
+/// memory already holds entries, and what Redis says now (`now`: epoch,
+/// first id, last generated id, largest trimmed id; `''` where absent).
+fn resume(
+    known: Option<(&str, &str)>,
+    memory_filled: bool,
+    now: (&str, &str, &str, &str),
+) -> Resume {
+    let (epoch, first, newest, trimmed) = now;
+    let newest = if newest.is_empty() { "0-0" } else { newest };
+    let Some((old_epoch, last)) = known else {
+        // First connection: what memory holds was stored while no log was
+        // followed.
+        return if memory_filled {
+            Resume::Lost(newest.into())
+        } else {
+            Resume::From(newest.into())
+        };
+    };
+    if old_epoch != epoch {
+        // Redis restarted empty or was flushed: its log is not the one we
+        // read.
+        return Resume::Lost(newest.into());
+    }
+    let missed = if trimmed.is_empty() {
+        // Before Redis 7 there is no record of what was trimmed: a head
+        // past the last id read may have had entries before it.
+        !first.is_empty() && stream_id(first) > stream_id(last) && stream_id(last) != (0, 0)
+    } else {
+        stream_id(trimmed) > stream_id(last)
+    };
+    if missed {
+        Resume::Lost(newest.into())
+    } else {
+        Resume::From(last.into())
+    }
+}
+
+/// The follower: reads the purge log from the last id it read and applies
+/// other instances' purges to this instance's memory; on every
+/// (re)connection, and between reads, checks the epoch and the log's
+/// bounds, and drops the memory tier when it cannot know what it missed.
+/// Ends once the cache is dropped.
+async fn follow(shared: Weak<Shared>, tier: Weak<Tier>) {
+    // The epoch and the last id read, once known.
+    let mut known: Option<(String, String)> = None;
+    loop {
+        let Some(t) = tier.upgrade() else { return };
+        let client = t.cfg.client.clone();
+        let (connect, retry, timeout) = (t.cfg.connect_timeout, t.cfg.retry_after, t.cfg.timeout);
+        drop(t);
+        // A connection of its own: reads block for up to `FOLLOW_BLOCK`.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(connect)
+            .set_response_timeout(FOLLOW_BLOCK + timeout);
+        let conn = tokio::time::timeout(
+            connect,
+            client.get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        if let Ok(Ok(mut conn)) = conn {
+            let _ = follow_on(&shared, &tier, &mut conn, &mut known, timeout).await;
+            if let Some(t) = tier.upgrade() {
+                t.subscribed.store(false, Relaxed);
+            }
+        }
+        if tier.strong_count() == 0 {
+            return;
         }
         tokio::time::sleep(retry).await;
     }
+}
+
+/// Follows the log on one connection until it fails (`None`) or the cache
+/// is dropped (`Some`).
+async fn follow_on(
+    shared: &Weak<Shared>,
+    tier: &Weak<Tier>,
+    conn: &mut redis::aio::MultiplexedConnection,
+    known: &mut Option<(String, String)>,
+    timeout: Duration,
+) -> Option<()> {
+    loop {
+        let t = tier.upgrade()?;
+        let (epoch_key, log_key, id) = (t.epoch_key(), t.log_key(), t.id);
+        let mut inv = t.log_state.key(&epoch_key);
+        inv.key(&log_key).arg(format!("{:016x}", random_id()));
+        let state: (String, String, String, String) =
+            tokio::time::timeout(timeout + FOLLOW_BLOCK, inv.invoke_async(conn))
+                .await
+                .ok()?
+                .ok()?;
+        let shared_now = shared.upgrade()?;
+        let (epoch, first, newest, trimmed) = &state;
+        let from = resume(
+            known.as_ref().map(|(e, l)| (e.as_str(), l.as_str())),
+            shared_now.store.entries() > 0,
+            (epoch, first, newest, trimmed),
+        );
+        let last = match from {
+            Resume::From(last) => last,
+            Resume::Lost(last) => {
+                if known.is_some() {
+                    tracing::warn!(
+                        "purges may have been missed while away from redis: the memory tier is dropped"
+                    );
+                }
+                shared_now.store.clear();
+                last
+            }
+        };
+        *known = Some((epoch.clone(), last.clone()));
+        t.subscribed.store(true, Relaxed);
+        drop((t, shared_now));
+
+        let block = u64::try_from(FOLLOW_BLOCK.as_millis()).unwrap_or(1000);
+        let read: Option<StreamReadReply> = tokio::time::timeout(
+            timeout + FOLLOW_BLOCK,
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(FOLLOW_BATCH)
+                .arg("BLOCK")
+                .arg(block)
+                .arg("STREAMS")
+                .arg(&log_key)
+                .arg(&last)
+                .query_async(conn),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let shared_now = shared.upgrade()?;
+        for entry in read.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            let msg: Option<Vec<u8>> = entry.get("m");
+            match msg.as_deref().and_then(Purge::parse) {
+                Some((from, purge)) if from != id => {
+                    purge.apply_local(&shared_now);
+                    Counters::bump(&shared_now.counters.remote_purges);
+                    shared_now.counters.metrics().purged(PurgeKind::Remote);
+                    tracing::debug!(?purge, "purge from another instance");
+                }
+                _ => {}
+            }
+            if let Some((_, last)) = known.as_mut() {
+                *last = entry.id;
+            }
+        }
+    }
+}
+
+/// The newest of `found` that matches the request, with how it may be
+/// reused.
+fn best(
+    found: Vec<Entry>,
+    headers: &HeaderMap,
+    extra: Option<&str>,
+    req_cc: &RequestDirectives,
+) -> Option<(Arc<Entry>, Reuse)> {
+    let entry = found
+        .into_iter()
+        .filter(|e| e.matches(headers, extra))
+        .max_by_key(|e| e.fresh.stored_at)?;
+    let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
+    Some((Arc::new(entry), how))
+}
+
+/// What a background refresh should do, from [`Tier::before_refresh`].
+pub(crate) enum BeforeRefresh {
+    /// Redis holds a fresh entry: store it, render nothing.
+    Found(Arc<Entry>),
+    /// Render (holding the render lock, if it is on).
+    Render,
+    /// Another instance is rendering it: leave it to that one.
+    Skip,
 }
 
 /// What [`Tier::try_lock`] got.
@@ -1042,6 +1459,9 @@ mod tests {
             Purge::Prefix("/posts/".into()),
             Purge::Tag("pages".into()),
             Purge::All,
+            Purge::RevalidatePath("/a b".into()),
+            Purge::RevalidatePrefix("/posts/".into()),
+            Purge::RevalidateTag("pages".into()),
         ] {
             let msg = p.message(42);
             let (id, back) = Purge::parse(msg.as_bytes()).unwrap();
@@ -1060,6 +1480,65 @@ mod tests {
         assert!(err.to_string().starts_with("invalid Redis URL"), "{err}");
         let tier = RedisTier::new("redis://:secret@127.0.0.1:6379").unwrap();
         assert!(!format!("{tier:?}").contains("secret"));
+    }
+
+    #[test]
+    fn the_follower_drops_memory_only_when_it_cannot_know_what_it_missed() {
+        use Resume::{From, Lost};
+        let r = |known, filled, now| resume(known, filled, now);
+        // First connection: from the newest id; memory filled meanwhile goes.
+        assert_eq!(r(None, false, ("e", "", "", "")), From("0-0".into()));
+        assert_eq!(
+            r(None, false, ("e", "1-0", "9-0", "0-0")),
+            From("9-0".into())
+        );
+        assert_eq!(
+            r(None, true, ("e", "1-0", "9-0", "0-0")),
+            Lost("9-0".into())
+        );
+        // Same epoch, nothing trimmed past the last id read: read on.
+        assert_eq!(
+            r(Some(("e", "5-0")), true, ("e", "1-0", "9-0", "4-3")),
+            From("5-0".into())
+        );
+        assert_eq!(
+            r(Some(("e", "5-0")), true, ("e", "6-0", "9-0", "5-0")),
+            From("5-0".into())
+        );
+        // Trimmed past it (Redis 7 says so): lost.
+        assert_eq!(
+            r(Some(("e", "5-0")), true, ("e", "7-0", "9-0", "6-0")),
+            Lost("9-0".into())
+        );
+        assert_eq!(
+            r(Some(("e", "5-0")), true, ("e", "5-1", "9-0", "5-1")),
+            Lost("9-0".into())
+        );
+        // Before Redis 7: a head past the last id read counts as lost.
+        assert_eq!(
+            r(Some(("e", "5-0")), true, ("e", "7-0", "9-0", "")),
+            Lost("9-0".into())
+        );
+        assert_eq!(
+            r(Some(("e", "5-0")), true, ("e", "3-0", "9-0", "")),
+            From("5-0".into())
+        );
+        // Another epoch: Redis restarted empty or was flushed.
+        assert_eq!(
+            r(Some(("e", "5-0")), false, ("f", "", "", "")),
+            Lost("0-0".into())
+        );
+        assert_eq!(
+            r(Some(("e", "5-0")), true, ("f", "1-0", "2-0", "0-0")),
+            Lost("2-0".into())
+        );
+    }
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(stream_id("10-0") > stream_id("9-5"));
+        assert!(stream_id("9-10") > stream_id("9-9"));
+        assert_eq!(stream_id("junk"), (0, 0));
     }
 
     #[test]

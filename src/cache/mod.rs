@@ -114,7 +114,8 @@
 //! `ResponseCacheBuilder::redis` with a `RedisTier`): an L1 miss then reads
 //! Redis before rendering (`Cache-Status: …; hit; ttl=N; detail=redis`), a
 //! stored response goes to both tiers, a purge on any instance reaches
-//! every instance over pub/sub, and an optional render lock lets one
+//! every instance through a purge log in Redis (never lost while Redis is
+//! away), and an optional render lock lets one
 //! instance render a page while the others wait for it. Redis being slow
 //! or down never fails a request: every call has a timeout and the cache
 //! goes on with memory alone until it reconnects by itself. Hits are
@@ -135,11 +136,14 @@ mod l2;
 mod layer;
 mod observe;
 mod outcome;
+mod purged;
+mod revalidate;
 mod service;
 mod sf;
 mod status;
 mod store;
 mod tee;
+mod warm;
 
 pub use body::ResponseBody;
 pub use executor::{Executor, Task};
@@ -155,4 +159,6 @@ pub use key::QueryKey;
 pub use l2::{InvalidRedisUrl, RedisTier};
 pub use layer::CacheLayer;
 pub use outcome::CacheOutcome;
+pub use purged::{PurgeError, Purged};
 pub use service::Cache;
+pub use warm::Warmed;

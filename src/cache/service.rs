@@ -684,9 +684,11 @@ where
                     }
                 }
                 // Then the shared tier: another instance may have rendered
-                // it (or be rendering it, with the render lock on).
+                // it (or be rendering it, with the render lock on), also
+                // when a stale copy is at hand (a revalidation marks the
+                // copies of every instance at once).
                 #[cfg(feature = "redis")]
-                if job.stale.is_none() {
+                {
                     if let Some(tier) = job.shared.l2.clone() {
                         let found = tier
                             .before_render(
@@ -724,8 +726,8 @@ where
                                 return Ok(seen(&job.config, response, Hit, None));
                             }
                             // Not usable as is: validate it like a stale
-                            // entry of our own.
-                            Some((entry, how)) => {
+                            // entry of our own (we keep ours if we have one).
+                            Some((entry, how)) if job.stale.is_none() => {
                                 job.fwd = if how == Reuse::ForwardRequest {
                                     Fwd::Request
                                 } else {
@@ -733,7 +735,7 @@ where
                                 };
                                 job.stale = Some(entry);
                             }
-                            None => {}
+                            _ => {}
                         }
                     }
                 }
@@ -1412,6 +1414,38 @@ where
         }
         // The response only matters for what it stores: read its body to
         // the end, since a streamed one is stored as it is read.
+        // Another instance may have refreshed it already, or be refreshing
+        // it under the render lock: one render per key across instances.
+        #[cfg(feature = "redis")]
+        let mut lead = lead;
+        #[cfg(feature = "redis")]
+        if let Some(tier) = job.shared.l2.clone() {
+            use super::l2::BeforeRefresh;
+            let found = tier
+                .before_refresh(
+                    &job.shared,
+                    &job.key,
+                    &job.flight_key,
+                    &job.parts.headers,
+                    job.extra.as_deref(),
+                    &job.req_cc,
+                    &mut lead,
+                )
+                .await;
+            match found {
+                BeforeRefresh::Found(entry) => {
+                    if entry.body.len() <= job.config.max_body
+                        && job.shared.store.insert(&job.key, entry)
+                    {
+                        lead.finish(Outcome::Stored);
+                        return;
+                    }
+                }
+                // The lead drops: a later request's refresh finds it.
+                BeforeRefresh::Skip => return,
+                BeforeRefresh::Render => {}
+            }
+        }
         if let Ok(res) = fetch(&mut svc, job, Some(lead), None).await {
             let mut body = std::pin::pin!(res.into_body());
             while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}

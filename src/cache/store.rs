@@ -329,6 +329,45 @@ impl Store {
         self.invalidate_if(move |_, v| v.list.iter().any(|e| e.has_tag(&tag)));
     }
 
+    /// Replaces every variant of the keys `predicate` picks with what
+    /// `update` makes of it (revalidation: a copy marked stale). A walk
+    /// over the whole tier, off the request path.
+    pub(crate) fn update_if(
+        &self,
+        predicate: impl Fn(&str, &Variants) -> bool,
+        update: impl Fn(&Arc<Entry>) -> Arc<Entry>,
+    ) {
+        for (key, value) in &self.map {
+            if !predicate(&key, &value) {
+                continue;
+            }
+            self.map
+                .entry_by_ref(key.as_str())
+                .and_compute_with(|current| {
+                    let Some(current) = current else {
+                        return moka::ops::compute::Op::Nop;
+                    };
+                    let current = current.value();
+                    let slots = current
+                        .slots()
+                        .into_iter()
+                        .map(|s| Slot {
+                            entry: update(&s.entry),
+                            ..s
+                        })
+                        .collect();
+                    let clock = current.clock.load(Relaxed);
+                    let seen = current.seen.clone();
+                    moka::ops::compute::Op::Put(Arc::new(Variants::new(
+                        slots,
+                        clock,
+                        seen,
+                        key.len(),
+                    )))
+                });
+        }
+    }
+
     pub(crate) fn clear(&self) {
         self.map.invalidate_all();
     }
