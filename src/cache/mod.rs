@@ -133,6 +133,7 @@ mod key;
 #[cfg(feature = "redis")]
 mod l2;
 mod layer;
+mod representation;
 mod service;
 mod sf;
 mod status;
@@ -151,4 +152,8 @@ pub use key::QueryKey;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use l2::{InvalidRedisUrl, RedisTier};
 pub use layer::CacheLayer;
+pub use representation::Coding;
+#[cfg(feature = "compression")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+pub use representation::Compression;
 pub use service::Cache;
