@@ -23,6 +23,7 @@
 pub(crate) mod accept;
 pub(crate) mod coding;
 pub(crate) mod range;
+pub(crate) mod stored;
 pub(crate) mod validator;
 
 #[cfg(feature = "compression")]
