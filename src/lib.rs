@@ -59,6 +59,7 @@
 //! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
 //! | `tracing` | no | debug events from `balance` |
 //! | `redis` | no | a shared second cache tier on Redis for many instances |
+//! | `compression` | yes | the cache's gzip / br / zstd representations ([`cache::Compression`]); implies `cache`, `tokio` |
 //!
 //! # Example
 //!
