@@ -1,11 +1,12 @@
 //! Costs of the shared Redis tier, each beside its baseline in one run.
 //!
 //! ```text
-//! redis-server --port 6399 --save '' --appendonly no --daemonize yes
-//! TOWER_SSR_REDIS_URL=redis://127.0.0.1:6399 cargo bench --bench cache_redis --features redis
+//! cargo bench --bench cache_redis --features redis
 //! ```
 //!
-//! Skipped, with a message, when `TOWER_SSR_REDIS_URL` is unset.
+//! Uses the Redis at `TOWER_SSR_REDIS_URL`, or else starts its own
+//! `redis-server` from `PATH` (stopped when the bench ends); skipped, with
+//! a message, when there is neither.
 //!
 //! - `l1_hit/*`: a 30 KB page answered from memory, with the Redis tier
 //!   configured vs without (an L1 hit never touches Redis, so these should
@@ -26,6 +27,9 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_ssr::cache::{CacheLayer, RedisTier, ResponseCache};
+
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
 
 fn page() -> Bytes {
     Bytes::from(
@@ -69,12 +73,12 @@ fn req() -> Request<()> {
 }
 
 fn benches(c: &mut Criterion) {
-    let Ok(url) = std::env::var("TOWER_SSR_REDIS_URL") else {
-        eprintln!(
-            "cache_redis bench skipped: set TOWER_SSR_REDIS_URL (e.g. redis://127.0.0.1:6379)"
-        );
+    // Benches have no "ignored": say so loudly instead.
+    if !cfg!(tower_ssr_redis) {
+        eprintln!("cache_redis bench skipped: needs redis-server on PATH or TOWER_SSR_REDIS_URL");
         return;
-    };
+    }
+    let url = redis_server::redis_url();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,8 +5,17 @@
 //!     --upstream http://127.0.0.1:9001 --upstream http://127.0.0.1:9002 \
 //!     [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] \
 //!     [--weights 1,2] [--cache-mb 256 | --no-cache] \
-//!     [--trust CIDR]... [--probe /healthz] [--threads N]
+//!     [--trust CIDR]... [--probe /healthz] [--threads N] \
+//!     [--connect-timeout MS] [--timeout MS] [--metrics ADDR] \
+//!     [--redis redis://127.0.0.1:6379]
 //! ```
+//!
+//! With `--metrics 127.0.0.1:9100` it serves Prometheus text at
+//! `http://127.0.0.1:9100/metrics` (see `tower_ssr::metrics` for the
+//! names) and adds `Server-Timing` to every cached or forwarded answer.
+//!
+//! `--redis URL` (built with feature `redis`) puts a shared Redis tier
+//! behind the memory cache.
 //!
 //! It forwards every method and path, streams bodies both ways and returns
 //! the upstream's headers minus hop-by-hop ones; it adds no Cache-Control of
@@ -31,6 +40,9 @@ use tower_ssr::balance::{
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::proxy::{http_check, ReverseProxy};
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
 #[derive(Debug)]
 struct Args {
     listen: SocketAddr,
@@ -44,6 +56,15 @@ struct Args {
     /// Runtime threads; 1 runs a single-threaded runtime (nginx's model of
     /// one worker per core).
     threads: usize,
+    /// Connect timeout to an upstream.
+    connect_timeout: Duration,
+    /// Time to response headers from an upstream.
+    timeout: Duration,
+    /// Where to serve Prometheus text at `/metrics`.
+    metrics: Option<SocketAddr>,
+    /// `--redis URL`: a Redis second tier behind the memory cache.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    redis: Option<String>,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -55,7 +76,11 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut no_cache = false;
     let mut trust = Vec::new();
     let mut probe = None;
+    let mut metrics = None;
     let mut threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut connect_timeout = tower_ssr::proxy::DEFAULT_CONNECT_TIMEOUT;
+    let mut timeout = tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT;
+    let mut redis = None;
     let mut it = argv;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -92,6 +117,10 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--no-cache" => no_cache = true,
             "--trust" => trust.push(value()?),
             "--probe" => probe = Some(value()?),
+            "--metrics" => {
+                let v = value()?;
+                metrics = Some(v.parse().map_err(|e| format!("--metrics {v}: {e}"))?);
+            }
             "--threads" => {
                 let v = value()?;
                 threads = v
@@ -100,6 +129,21 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("--threads {v}: expected a count"))?;
             }
+            "--connect-timeout" | "--timeout" => {
+                let v = value()?;
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(format!("{flag} {v}: expected milliseconds"))?;
+                let d = Duration::from_millis(ms);
+                if flag == "--timeout" {
+                    timeout = d;
+                } else {
+                    connect_timeout = d;
+                }
+            }
+            "--redis" if cfg!(feature = "redis") => redis = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -110,6 +154,9 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     if no_cache && cache_mb.is_some() {
         return Err("--cache-mb and --no-cache exclude each other".into());
+    }
+    if no_cache && redis.is_some() {
+        return Err("--redis needs the cache (drop --no-cache)".into());
     }
     // Validated here so that a typo gets the usage text.
     let _ = strategy_and_key(&strategy, TrustedProxies::none())?;
@@ -136,6 +183,10 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         trust,
         probe,
         threads,
+        connect_timeout,
+        timeout,
+        metrics,
+        redis,
     })
 }
 
@@ -163,7 +214,8 @@ fn strategy_and_key(
 
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
-[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N]";
+[--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] \
+[--connect-timeout MS] [--timeout MS] [--metrics ADDR] [--redis URL]";
 
 fn main() {
     let args = match parse(std::env::args().skip(1)) {
@@ -197,8 +249,13 @@ fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // First: handles taken before the recorder is installed stay no-ops.
+    if let Some(addr) = args.metrics {
+        let bound = prometheus::serve_metrics(addr).await?;
+        println!("metrics at http://{bound}/metrics");
+    }
     let trusted = TrustedProxies::try_new(&args.trust)?;
-    let (make_set, key) = strategy_and_key(&args.strategy, trusted)?;
+    let (make_set, key) = strategy_and_key(&args.strategy, trusted.clone())?;
     let upstreams = make_set();
     for (i, uri) in args.upstreams.iter().enumerate() {
         let weight = args.weights.as_ref().map_or(1, |w| w[i]);
@@ -209,17 +266,32 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .interval(Duration::from_secs(5))
             .spawn(&upstreams, http_check(path))
     });
-    let proxy = ReverseProxy::builder(upstreams).key(key).build();
+    // The proxy believes forwarding headers only from --trust peers, and
+    // answers 431 to a header line over 16 KiB or a section over 64 KiB.
+    let proxy = ReverseProxy::builder(upstreams)
+        .key(key)
+        .trusted_proxies(trusted)
+        .connect_timeout(args.connect_timeout)
+        .response_timeout(args.timeout)
+        .build();
 
     // The cache (on by default) is a pure RFC 9111 shared cache: it stores
-    // what the upstreams' own headers allow and injects no policy.
+    // what the upstreams' own headers allow and injects no policy. With
+    // --trust, forwarding headers pass it for the proxy to judge by peer.
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     match args.cache_mb {
         Some(mb) => {
-            let cache = ResponseCache::builder()
-                .max_bytes(mb.saturating_mul(1 << 20))
-                .build();
-            serve(listener, CacheLayer::new(cache).layer(proxy)).await
+            let builder = ResponseCache::builder().max_bytes(mb.saturating_mul(1 << 20));
+            #[cfg(feature = "redis")]
+            let builder = match &args.redis {
+                Some(url) => builder.redis(tower_ssr::cache::RedisTier::new(url)?),
+                None => builder,
+            };
+            let cache = builder.build();
+            let layer = CacheLayer::new(cache)
+                .trust_forwarding_headers(!args.trust.is_empty())
+                .server_timing(true);
+            serve(listener, layer.layer(proxy)).await
         }
         None => serve(listener, proxy).await,
     }
@@ -264,6 +336,11 @@ where
                 let conn = http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
+                    // hyper answers 431 itself past this read buffer (the
+                    // proxy's own limit, 64 KiB of headers, comes first);
+                    // at most 100 header lines (hyper's default).
+                    .max_buf_size(128 * 1024)
+                    .max_headers(100)
                     .serve_connection(TokioIo::new(stream), handler);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -316,6 +393,19 @@ mod tests {
         assert_eq!(a.upstreams.len(), 2);
         assert_eq!(a.weights, Some(vec![1, 2]));
         assert_eq!(a.cache_mb, Some(64));
+        assert_eq!(a.timeout, tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT);
+        let a = args(
+            "--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1500 --timeout 2500",
+        )
+        .unwrap();
+        assert_eq!(a.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(a.timeout, Duration::from_millis(2500));
+        assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics 127.0.0.1:9100")
+                .unwrap()
+                .metrics,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
         assert_eq!(
             args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache")
                 .unwrap()
@@ -342,6 +432,20 @@ mod tests {
         );
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --cache-mb lots").is_err());
         assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --threads 0").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --timeout 0").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --connect-timeout 1s").is_err());
+        assert!(args("--listen 127.0.0.1:1 --upstream http://h:1 --metrics nowhere").is_err());
+        assert!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --no-cache --redis redis://h")
+                .is_err()
+        );
+        // Known only where the example was built with the Redis tier.
+        assert_eq!(
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --redis redis://h")
+                .map(|a| a.redis)
+                .ok(),
+            cfg!(feature = "redis").then(|| Some("redis://h".to_string()))
+        );
         assert!(strategy_and_key("fastest", TrustedProxies::none()).is_err());
         assert!(strategy_and_key("header-hash:bad header", TrustedProxies::none()).is_err());
     }

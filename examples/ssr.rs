@@ -4,7 +4,12 @@
 //! ```text
 //! cargo run --example ssr            # listens on 127.0.0.1:3000
 //! PORT=4000 cargo run --example ssr  # another port
+//! curl http://127.0.0.1:9100/metrics # Prometheus text (METRICS_PORT, default 9100)
 //! ```
+//!
+//! Every answer carries `Server-Timing` (`cache;desc=hit`, or
+//! `cache;desc=miss, upstream;dur=…`): open the page with the browser's
+//! developer tools to see it.
 //!
 //! Two instances sharing one Redis (feature `redis`; without `REDIS_URL`
 //! the shared tier is off and no Redis is needed):
@@ -37,8 +42,23 @@ use tower::ServiceBuilder;
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::cache_control::{CacheControlLayer, Directives, Rule};
 
+#[path = "support/prometheus.rs"]
+mod prometheus;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // First: handles taken before the recorder is installed stay no-ops.
+    let metrics_port: u16 = match std::env::var("METRICS_PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("METRICS_PORT must be a port number, got {p:?}"))?,
+        Err(_) => 9100,
+    };
+    match prometheus::serve_metrics(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await {
+        Ok(bound) => println!("metrics at http://{bound}/metrics"),
+        // A second instance on the same machine: the demo goes on.
+        Err(e) => eprintln!("no /metrics on port {metrics_port} ({e}); set METRICS_PORT"),
+    }
     let port: u16 = match std::env::var("PORT") {
         Ok(p) => p
             .parse()
@@ -52,7 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Names the request body type for the router below.
         .map_request(|req: axum::extract::Request| req)
         .map_response(|res: http::Response<_>| res.map(axum::body::Body::new))
-        .layer(CacheLayer::new(cache.clone()).ignore_client_no_cache(true))
+        .layer(
+            CacheLayer::new(cache.clone())
+                .ignore_client_no_cache(true)
+                .server_timing(true),
+        )
         .service(app(cache)?);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -52,11 +52,14 @@ expect() { # expect WHAT GOT WANT-REGEX
 }
 
 # ---- the ssr demo: `cargo run --example ssr` (PORT overrides 3000) -------
-start ssr env PORT=0 "$ex/ssr"
+start ssr env PORT=0 METRICS_PORT=0 "$ex/ssr"
 base="http://$ADDR"
 expect "ssr page policy" "$(header "$base/posts/1" cache-control)" '^public, max-age=0, s-maxage=60, stale-while-revalidate=300$'
 expect "ssr second request is a hit" "$(header "$base/posts/1" cache-status)" '^tower-ssr; hit; ttl=[0-9]+$'
 expect "ssr hit carries Age" "$(header "$base/posts/1" age)" '^[0-9]+$'
+expect "ssr hit has Server-Timing" "$(header "$base/posts/1" server-timing)" '^cache;desc=hit$'
+ssr_metrics=$(grep -m1 "metrics at" "$logs/ssr.log" | sed -E 's#.*metrics at ##')
+expect "ssr serves /metrics" "$(curl -s "$ssr_metrics")" 'tower_ssr_cache_requests_total\{cache="tower-ssr",outcome="hit"\} [1-9]'
 etag=$(header "$base/posts/1" etag)
 expect "ssr weak ETag" "$etag" '^W/"[0-9a-f]{32}"$'
 expect "ssr If-None-Match gives 304" "$(status "$base/posts/1" -H "If-None-Match: $etag")" '^304$'
@@ -95,14 +98,38 @@ expect "proxy --no-cache adds no Cache-Status" "$(header "$base/p/1" cache-statu
 a=$(header "$base/p/2" x-upstream); b=$(header "$base/p/2" x-upstream)
 [[ -n "$a" && -n "$b" && "$a" != "$b" ]] || fail "round robin: got '$a' then '$b'"
 ok "proxy round robin alternates upstreams"
+# ---- the proxy's Prometheus endpoint: `--metrics ADDR` -------------------
+start proxy3 "$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --upstream "http://$up2" \
+  --metrics 127.0.0.1:0
+base="http://$ADDR"
+metrics_url=$(grep -m1 "metrics at" "$logs/proxy3.log" | sed -E 's#.*metrics at ##')
+expect "proxy --metrics prints its URL" "$metrics_url" '^http://127\.0\.0\.1:[0-9]+/metrics$'
+expect "proxy forwarded answer has Server-Timing" "$(header "$base/m/1" server-timing)" '^cache;desc=miss, upstream;dur=[0-9]+\.[0-9]$'
+expect "proxy hit has Server-Timing" "$(header "$base/m/1" server-timing)" '^cache;desc=hit$'
+header "$base/m/2" cache-status >/dev/null
+scrape=$(curl -s "$metrics_url")
+for want in \
+  'tower_ssr_cache_requests_total\{cache="tower-ssr",outcome="hit"\} 1' \
+  'tower_ssr_cache_requests_total\{cache="tower-ssr",outcome="miss"\} 2' \
+  'tower_ssr_cache_stores_total\{cache="tower-ssr"\} 2' \
+  'tower_ssr_cache_bytes\{cache="tower-ssr"\} [0-9]' \
+  'tower_ssr_upstream_requests_total\{endpoint="http://[0-9.:]+/",status_class="2xx"\} [12]' \
+  'tower_ssr_upstream_request_duration_seconds_bucket\{endpoint="http://[0-9.:]+/",le="0.1"\} [12]' \
+  'tower_ssr_upstream_in_flight\{endpoint="http://[0-9.:]+/"\} 0' \
+  'tower_ssr_upstream_healthy\{endpoint="http://[0-9.:]+/"\} 1'; do
+  [[ "$scrape" =~ $want ]] || { echo "$scrape" >&2; fail "scrape lacks /$want/"; }
+done
+ok "proxy --metrics scrape has the cache and upstream series"
+expect "proxy metrics port answers 404 elsewhere" "$(status "${metrics_url%/metrics}/")" '^404$'
+
 expect "proxy rejects bad flags" "$("$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --strategy nope >/dev/null 2>&1; echo $?)" '^2$'
 
 # ---- two ssr instances sharing one Redis (when CI started one) ----------
 if [[ -n "${TOWER_SSR_REDIS_URL:-}" ]]; then
   cargo build --quiet --example ssr --features redis
-  start ssr_a env PORT=0 REDIS_URL="$TOWER_SSR_REDIS_URL" "$ex/ssr"
+  start ssr_a env PORT=0 METRICS_PORT=0 REDIS_URL="$TOWER_SSR_REDIS_URL" "$ex/ssr"
   a="http://$ADDR"
-  start ssr_b env PORT=0 REDIS_URL="$TOWER_SSR_REDIS_URL" "$ex/ssr"
+  start ssr_b env PORT=0 METRICS_PORT=0 REDIS_URL="$TOWER_SSR_REDIS_URL" "$ex/ssr"
   b="http://$ADDR"
   host=(-H "Host: smoke-$$.local")
   expect "redis: instance A renders and stores" "$(header "$a/posts/7" cache-status "${host[@]}")" 'fwd=uri-miss; stored'

@@ -28,6 +28,10 @@
 //! purge, stats), then [`cache::CacheLayer`] (the middleware and its
 //! options).
 //!
+//! Both the cache and the proxy take the request's authority from one
+//! validated source, [`authority::normalize`] (RFC 9112 §3.2), and answer
+//! `400` when there is none.
+//!
 //! For balancing: [`balance::Endpoints`] (the set and its health),
 //! [`balance::Strategy`] and its built-ins, [`balance::Balance`] /
 //! [`balance::BalanceLayer`] (the middleware), then [`proxy::ReverseProxy`]
@@ -57,7 +61,8 @@
 //! | `balance` | yes | [`balance`]: endpoint set, strategies, passive health, retries |
 //! | `proxy` | yes | [`proxy`]: forwarding over hyper-util's client (implies `balance`, `tokio`) |
 //! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
-//! | `tracing` | no | debug events from `balance` |
+//! | `metrics` | yes | [`metrics`]: counters, gauges and histograms through the `metrics` facade (no exporter) |
+//! | `tracing` | no | spans and events from `balance` and `proxy` (the cache's are always on: `cache` uses `tracing`) |
 //! | `redis` | no | a shared second cache tier on Redis for many instances |
 //! | `compression` | yes | the cache's gzip / br / zstd representations ([`cache::Compression`]); implies `cache`, `tokio` |
 //!
@@ -103,6 +108,9 @@
 //! [Tower]: https://docs.rs/tower
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod authority;
+pub mod limits;
+
 #[cfg(feature = "cache-control")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache-control")))]
 pub mod cache_control;
@@ -118,6 +126,15 @@ pub mod balance;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+// Without the feature, the same handles as no-ops, so the instrumented
+// code has no `cfg` of its own.
+#[cfg(not(feature = "metrics"))]
+#[allow(dead_code)]
+mod metrics;
 
 mod builder;
 #[cfg_attr(

@@ -5,7 +5,45 @@
 //! request as an intermediary must (hop-by-hop headers removed, RFC 9110
 //! §7.6.1; `Via` added, §7.6.3; `X-Forwarded-*` or `Forwarded`, RFC 7239),
 //! balances it over the upstreams with [`Balance`], forwards it with
-//! [`Forward`] (connect and response timeouts), and streams bodies both ways.
+//! [`Forward`] (connect and response timeouts), and streams bodies both ways,
+//! trailers included (`TE: trailers` is forwarded; `Trailer` is not
+//! hop-by-hop).
+//!
+//! # Authority and forwarding headers
+//!
+//! The upstream sees one validated authority: an absolute-form target's
+//! authority replaces `Host` (RFC 9112 §3.2.2), and the same value goes
+//! into `X-Forwarded-Host` / `Forwarded: host=`; see
+//! [`authority`](crate::authority). Unless the socket peer is one of
+//! [`trusted_proxies`](ProxyBuilder::trusted_proxies), every forwarding
+//! header of [`FORWARDING_HEADERS`](crate::authority::FORWARDING_HEADERS)
+//! is removed before the proxy writes its own:
+//!
+//! `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Host`, `X-Forwarded-Proto`,
+//! `X-Forwarded-Protocol`, `X-Forwarded-Port`, `X-Forwarded-Prefix`,
+//! `X-Forwarded-Path`, `X-Forwarded-Uri`, `X-Forwarded-Method`,
+//! `X-Forwarded-Server`, `X-Forwarded-Ssl`, `X-Forwarded-Scheme`,
+//! `X-Forwarded-Tls-Client-Cert`, `X-Forwarded-Tls-Client-Cert-Info`,
+//! `X-Forwarded-Client-Cert`, `X-Original-Forwarded-For`,
+//! `Front-End-Https`, `X-Url-Scheme`, `X-Real-IP`, `X-Client-IP`,
+//! `Client-IP`, `True-Client-IP`, `CF-Connecting-IP`, `Fastly-Client-IP`,
+//! `X-Cluster-Client-IP`, `X-Original-URL`, `X-Rewrite-URL`,
+//! `X-Original-URI`, `X-Original-Host`, `X-Host`;
+//!
+//! and `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override` on
+//! every method but `POST`, from any peer. That is the union of Traefik's
+//! `forwardedHeaders` list, Envoy's external-request sanitising
+//! (`X-Forwarded-*`, `X-Forwarded-Client-Cert`) and the headers Express,
+//! Rails, Django, Spring, ASP.NET, Symfony and Ktor read. With
+//! [`ForwardingHeaders::XForwarded`] the proxy then writes
+//! `X-Forwarded-For: <peer>`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+//!
+//! # Timeouts
+//!
+//! Connecting may take [`DEFAULT_CONNECT_TIMEOUT`] (2 s), response headers
+//! [`DEFAULT_RESPONSE_TIMEOUT`] (15 s) from the end of the request body.
+//! Both count as failures of the endpoint for passive health, so an upstream
+//! that accepts connections and never answers is ejected.
 //! Failures become responses: `502 Bad Gateway` when no upstream could be
 //! reached after retries, `504 Gateway Timeout` when the last attempt timed
 //! out, `503` when no upstream is eligible.
@@ -36,6 +74,8 @@
 //! | every attempt failed to connect or broke before headers | `502 Bad Gateway` |
 //! | the last attempt outlasted the response timeout | `504 Gateway Timeout` |
 //! | no eligible upstream | `503 Service Unavailable` |
+//! | several `Host` lines, none on HTTP/1.1, an invalid one (see [`authority`](crate::authority)) | `400 Bad Request`, nothing forwarded |
+//! | a header line or the header section over [`header_limits`](ProxyBuilder::header_limits) | `431 Request Header Fields Too Large`, nothing forwarded |
 //! | the client's body failed (being buffered or streamed) | `400 Bad Request`, no failure counted against the upstream |
 //! | the client's body stalled longer than the response timeout | `408 Request Timeout`, no failure counted against the upstream |
 //!
@@ -71,8 +111,9 @@ use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use crate::balance::{
-    peer_addr, Balance, Connect, Endpoints, Key, ReplayBody, ResponseBody, Retries,
+    peer_addr, Balance, Connect, Endpoints, Key, ReplayBody, ResponseBody, Retries, TrustedProxies,
 };
+use crate::limits::HeaderLimits;
 
 /// Errors a body or client may return, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -459,11 +500,10 @@ impl Connect<Uri, ProxyBody> for ToUpstream {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ForwardingHeaders {
-    /// `X-Forwarded-For` (appended; a client's list is dropped when the
-    /// request has no [`ClientAddr`](crate::balance::ClientAddr), as there is
-    /// then no hop of ours to vouch for it), `X-Forwarded-Proto` and
-    /// `X-Forwarded-Host` (replaced). A client's `X-Forwarded-Host` never
-    /// reaches an upstream, in any mode.
+    /// `X-Forwarded-For` (the peer; appended to a trusted peer's list),
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` (the validated
+    /// authority). An untrusted peer's forwarding headers never reach an
+    /// upstream, in any mode (see the [module docs](self)).
     XForwarded,
     /// An element appended to `Forwarded` (RFC 7239):
     /// `for=…;host=…;proto=…`.
@@ -474,11 +514,18 @@ pub enum ForwardingHeaders {
 
 struct Settings {
     preserve_host: bool,
+    trusted: TrustedProxies,
+    header_limits: HeaderLimits,
     forwarding: ForwardingHeaders,
     proto: HeaderValue,
     replay_buffer: usize,
     buffer_timeout: Duration,
 }
+
+/// The default [`ProxyBuilder::connect_timeout`]: 2 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The default [`ProxyBuilder::response_timeout`]: 15 s.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Builds a [`ReverseProxy`].
 #[must_use]
@@ -489,6 +536,8 @@ pub struct ProxyBuilder {
     connect_timeout: Duration,
     response_timeout: Duration,
     preserve_host: bool,
+    trusted: TrustedProxies,
+    header_limits: HeaderLimits,
     forwarding: ForwardingHeaders,
     https: bool,
     replay_buffer: usize,
@@ -507,6 +556,10 @@ impl fmt::Debug for ProxyBuilder {
 
 impl ProxyBuilder {
     /// What consistent-hashing strategies hash. Default: [`Key::none`].
+    ///
+    /// The key reads the request after this proxy removed the forwarding
+    /// headers of untrusted peers: with [`Key::client_ip`], pass the same
+    /// [`TrustedProxies`] to [`trusted_proxies`](Self::trusted_proxies).
     pub fn key(mut self, key: Key) -> Self {
         self.key = key;
         self
@@ -519,7 +572,10 @@ impl ProxyBuilder {
         self
     }
 
-    /// How long a connection to an upstream may take. Default: 2 s.
+    /// How long a connection to an upstream may take. Default: 2 s
+    /// (renderers are near; Envoy's default is 5 s, HAProxy's advice 5 s,
+    /// nginx's 60 s). A timed-out connect counts as a failure of the
+    /// endpoint for passive health and is retried on another one.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
         self
@@ -529,7 +585,13 @@ impl ProxyBuilder {
     /// from the end of the request body (the response body then streams
     /// for as long as it takes). Also the longest a request body may stall
     /// while it streams: a client that sends nothing for that long gets
-    /// `408`, and no failure counts against the upstream. Default: 30 s.
+    /// `408`, and no failure counts against the upstream. Default: 15 s
+    /// (Envoy's route timeout; nginx's `proxy_read_timeout` is 60 s, far
+    /// beyond any page a renderer should take). An upstream that outlasts
+    /// it gets `504` for the request and a failure for passive health, so
+    /// one that accepts and never answers is ejected after
+    /// [`PassiveHealth::consecutive_failures`](crate::balance::PassiveHealth::consecutive_failures)
+    /// timeouts instead of holding every request sent to it.
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d;
         self
@@ -540,6 +602,31 @@ impl ProxyBuilder {
     /// (like nginx's default).
     pub fn preserve_host(mut self, yes: bool) -> Self {
         self.preserve_host = yes;
+        self
+    }
+
+    /// Peers whose forwarding headers are believed (a TLS terminator or CDN
+    /// in front). Default: [`TrustedProxies::none`].
+    ///
+    /// From any other peer (and when the request carries no
+    /// [`ClientAddr`](crate::balance::ClientAddr)) every header of
+    /// [`authority::FORWARDING_HEADERS`](crate::authority::FORWARDING_HEADERS)
+    /// is removed before the proxy writes its own, and the method-override
+    /// headers are removed on all methods but `POST`. From a trusted peer
+    /// they are kept: `X-Forwarded-For` / `Forwarded` get this hop
+    /// appended, and `X-Forwarded-Proto` / `X-Forwarded-Host` are only set
+    /// when the peer sent none.
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// The largest request header line and header section forwarded; a
+    /// request over either gets `431 Request Header Fields Too Large`
+    /// (RFC 6585 §5) and reaches no upstream. Default:
+    /// [`HeaderLimits::new`] (16 KiB per line, 64 KiB in all).
+    pub fn header_limits(mut self, limits: HeaderLimits) -> Self {
+        self.header_limits = limits;
         self
     }
 
@@ -578,6 +665,8 @@ impl ProxyBuilder {
             balance,
             settings: Arc::new(Settings {
                 preserve_host: self.preserve_host,
+                trusted: self.trusted,
+                header_limits: self.header_limits,
                 forwarding: self.forwarding,
                 proto: HeaderValue::from_static(if self.https { "https" } else { "http" }),
                 replay_buffer: self.replay_buffer,
@@ -609,9 +698,11 @@ impl ReverseProxy {
             endpoints,
             key: Key::none(),
             retries: Retries::new(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(30),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             preserve_host: true,
+            trusted: TrustedProxies::none(),
+            header_limits: HeaderLimits::new(),
             forwarding: ForwardingHeaders::XForwarded,
             https: false,
             replay_buffer: 64 * 1024,
@@ -648,7 +739,12 @@ where
         let settings = Arc::clone(&self.settings);
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            prepare_request(&mut parts, &settings);
+            if !settings.header_limits.allows(&parts) {
+                return Ok(status_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+            }
+            if let Err(e) = prepare_request(&mut parts, &settings) {
+                return Ok(status_response(e.status()));
+            }
             let body = match into_proxy_body(&parts, body, &settings).await {
                 Ok(b) => b,
                 Err(status) => return Ok(status_response(status)),
@@ -710,7 +806,9 @@ where
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1): those `Connection` lists, then the
 /// fixed ones. `Proxy-Authorization` / `Proxy-Authenticate` are meant for
-/// this proxy, never for the upstream.
+/// this proxy, never for the upstream. `Trailer` is not hop-by-hop (it
+/// announces fields of the message itself) and is kept; `TE` is, and
+/// [`prepare_request`] forwards its `trailers` member on its own.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -730,7 +828,6 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in [
         header::CONNECTION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::PROXY_AUTHORIZATION,
@@ -762,46 +859,75 @@ fn append_value(headers: &mut HeaderMap, name: HeaderName, add: &str) {
     }
 }
 
-fn prepare_request(parts: &mut http::request::Parts, settings: &Settings) {
+/// Whether a `TE` field lists `trailers` (RFC 9110 §10.1.4).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+}
+
+/// Readies a request for an upstream: one validated authority in `Host`,
+/// hop-by-hop fields removed (but `TE: trailers` kept, as gRPC proxies do,
+/// so an upstream may send trailers the client asked for), forwarding
+/// headers from untrusted peers removed and ours written, `Via` added.
+fn prepare_request(
+    parts: &mut http::request::Parts,
+    settings: &Settings,
+) -> Result<(), crate::authority::AuthorityError> {
+    // RFC 9112 §3.2, §3.2.2: the absolute-form authority wins over Host,
+    // and a missing, repeated or invalid Host is refused. `Host` now holds
+    // the one authority (or, for HTTP/1.0 without one, is absent).
+    crate::authority::normalize_host(parts)?;
+    let trailers = accepts_trailers(&parts.headers);
     remove_hop_by_hop(&mut parts.headers);
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+    if trailers {
         parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let host = parts.headers.get(header::HOST).cloned();
     if !settings.preserve_host {
         // hyper-util then sets Host from the upstream's URI.
         parts.headers.remove(header::HOST);
-    } else if let (None, Some(h)) = (parts.headers.get(header::HOST), &host) {
-        parts.headers.insert(header::HOST, h.clone());
     }
     let peer: Option<IpAddr> = peer_addr(parts).map(|a| a.ip().to_canonical());
-    // Always ours, never the client's, whatever the forwarding mode: an
-    // `X-Forwarded-Host` passed through would let a client choose the host
-    // upstreams build absolute URLs from (cache poisoning, reset links).
-    let xfh = HeaderName::from_static("x-forwarded-host");
-    parts.headers.remove(&xfh);
+    let trusted = peer.is_some_and(|ip| settings.trusted.contains(ip));
+    if trusted {
+        crate::authority::remove_method_override(&parts.method, &mut parts.headers);
+    } else {
+        // Never the client's: the host, scheme, port, prefix, path and
+        // client address an upstream may build URLs and decisions from
+        // (cache poisoning, reset links, IP allow lists).
+        crate::authority::remove_forwarding_headers(&parts.method, &mut parts.headers);
+    }
     match settings.forwarding {
         ForwardingHeaders::XForwarded => {
             let xff = HeaderName::from_static("x-forwarded-for");
             if let Some(ip) = peer {
-                // The client's list is kept and our hop appended: upstreams
-                // read it with their own trusted set, from the right
-                // (DESIGN.md "Balancing"), and the rightmost hop is ours.
+                // A trusted peer's list is kept and our hop appended:
+                // upstreams read it from the right with their own trusted
+                // set (DESIGN.md "Balancing"). An untrusted peer's list was
+                // removed above, so ours is the whole of it.
                 append_value(&mut parts.headers, xff, &ip.to_string());
-            } else {
-                // With no socket peer there is no hop of ours to append, so
-                // the client's list would reach the upstream as if this
-                // proxy vouched for its rightmost entry: drop it.
-                parts.headers.remove(xff);
             }
-            parts.headers.insert(
-                HeaderName::from_static("x-forwarded-proto"),
-                settings.proto.clone(),
-            );
+            let xfp = HeaderName::from_static("x-forwarded-proto");
+            if !(trusted && parts.headers.contains_key(&xfp)) {
+                parts.headers.insert(xfp, settings.proto.clone());
+            }
+            let xfh = HeaderName::from_static("x-forwarded-host");
             if let Some(h) = &host {
-                parts.headers.insert(xfh, h.clone());
+                if !(trusted && parts.headers.contains_key(&xfh)) {
+                    parts.headers.insert(xfh, h.clone());
+                }
             }
         }
         ForwardingHeaders::Forwarded => {
@@ -833,6 +959,7 @@ fn prepare_request(parts: &mut http::request::Parts, settings: &Settings) {
         header::VIA,
         &format!("{version} tower-ssr"),
     );
+    Ok(())
 }
 
 fn quote_if_needed(v: &str) -> String {
@@ -894,6 +1021,8 @@ mod tests {
     fn settings(forwarding: ForwardingHeaders) -> Settings {
         Settings {
             preserve_host: true,
+            trusted: TrustedProxies::none(),
+            header_limits: HeaderLimits::new(),
             forwarding,
             proto: HeaderValue::from_static("http"),
             replay_buffer: 16,
@@ -919,14 +1048,14 @@ mod tests {
             ("connection", "keep-alive, X-Secret"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
+            ("te", "gzip"),
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic x"),
             ("proxy-connection", "keep-alive"),
             ("authorization", "Bearer kept"),
             ("host", "front.example"),
         ]);
-        prepare_request(&mut p, &settings(ForwardingHeaders::None));
+        prepare_request(&mut p, &settings(ForwardingHeaders::None)).unwrap();
         for gone in [
             "connection",
             "x-secret",
@@ -945,26 +1074,77 @@ mod tests {
     }
 
     #[test]
-    fn x_forwarded_for_is_appended_and_proto_host_replaced() {
-        let mut p = parts(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-proto", "https"),
-            ("host", "front.example"),
-        ]);
-        prepare_request(&mut p, &settings(ForwardingHeaders::XForwarded));
-        assert_eq!(p.headers["x-forwarded-for"], "6.6.6.6, 198.51.100.7");
-        assert_eq!(p.headers["x-forwarded-proto"], "http");
-        assert_eq!(p.headers["x-forwarded-host"], "front.example");
+    fn te_trailers_is_forwarded_alone() {
+        let mut p = parts(&[("te", "gzip, Trailers;q=1"), ("host", "h.test")]);
+        prepare_request(&mut p, &settings(ForwardingHeaders::None)).unwrap();
+        assert_eq!(p.headers["te"], "trailers");
     }
 
     #[test]
-    fn forwarded_element_is_appended_quoted_where_needed() {
+    fn an_untrusted_peers_forwarding_headers_are_replaced_by_ours() {
+        let mut p = parts(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("host", "front.example"),
+        ]);
+        prepare_request(&mut p, &settings(ForwardingHeaders::XForwarded)).unwrap();
+        assert_eq!(p.headers["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["x-forwarded-host"], "front.example");
+        for gone in ["x-real-ip", "x-original-url", "x-http-method-override"] {
+            assert!(!p.headers.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn a_trusted_peers_forwarding_headers_are_kept_and_appended_to() {
+        let mut s = settings(ForwardingHeaders::XForwarded);
+        s.trusted = TrustedProxies::try_new(["198.51.100.0/24"]).unwrap();
+        let mut p = parts(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-http-method-override", "DELETE"),
+            ("host", "front.example"),
+        ]);
+        prepare_request(&mut p, &s).unwrap();
+        assert_eq!(p.headers["x-forwarded-for"], "203.0.113.9, 198.51.100.7");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+        assert_eq!(p.headers["x-real-ip"], "203.0.113.9");
+        assert!(!p.headers.contains_key("x-http-method-override"));
+    }
+
+    #[test]
+    fn forwarded_element_is_ours_alone_quoted_where_needed() {
         let mut p = parts(&[("forwarded", "for=6.6.6.6"), ("host", "front.example:8080")]);
-        prepare_request(&mut p, &settings(ForwardingHeaders::Forwarded));
+        prepare_request(&mut p, &settings(ForwardingHeaders::Forwarded)).unwrap();
         assert_eq!(
             p.headers["forwarded"],
-            "for=6.6.6.6, for=198.51.100.7;host=\"front.example:8080\";proto=http"
+            "for=198.51.100.7;host=\"front.example:8080\";proto=http"
         );
+    }
+
+    #[test]
+    fn the_absolute_form_authority_replaces_host_and_bad_hosts_are_refused() {
+        let mut req = Request::get("http://victim.test/home")
+            .header("host", "evil.test")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(crate::balance::ClientAddr(
+            "198.51.100.7:5000".parse().unwrap(),
+        ));
+        let mut p = req.into_parts().0;
+        prepare_request(&mut p, &settings(ForwardingHeaders::XForwarded)).unwrap();
+        assert_eq!(p.headers["host"], "victim.test");
+        assert_eq!(p.headers["x-forwarded-host"], "victim.test");
+        let mut p = parts(&[("host", "victim.test/admin")]);
+        assert!(prepare_request(&mut p, &settings(ForwardingHeaders::None)).is_err());
+        let mut p = parts(&[]);
+        assert!(prepare_request(&mut p, &settings(ForwardingHeaders::None)).is_err());
     }
 
     #[test]
@@ -972,7 +1152,7 @@ mod tests {
         let mut p = parts(&[("host", "front.example")]);
         let mut s = settings(ForwardingHeaders::None);
         s.preserve_host = false;
-        prepare_request(&mut p, &s);
+        prepare_request(&mut p, &s).unwrap();
         assert!(!p.headers.contains_key("host"));
     }
 
@@ -987,7 +1167,9 @@ mod tests {
             HeaderValue::from_static("public, s-maxage=60"),
         );
         remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
+        // Trailer is not hop-by-hop (RFC 9110 §6.6.2, §7.6.1).
+        assert_eq!(h.len(), 2);
+        assert_eq!(h["trailer"], "x-t");
     }
 
     #[test]

@@ -2,16 +2,18 @@
 //!
 //! Two cache instances in one test (two separate stacks, each with its own
 //! memory tier, each served on its own socket) stand for two processes.
-//! Most tests use the server whose URL is in `TOWER_SSR_REDIS_URL` (`.ci/run`
-//! starts one) and are skipped with a message without it; the outage test
-//! starts a private `redis-server` of its own so it can kill and restart it.
+//! Most tests share the server whose URL is in `TOWER_SSR_REDIS_URL`, or
+//! else one this binary starts from `PATH` (`tests/common/redis.rs`), each
+//! in a key namespace of its own; the outage and write-refusal tests start
+//! a private `redis-server` so they can kill it or starve it. Without a
+//! Redis they are reported as ignored (`build.rs` sets the cfg).
 #![cfg(feature = "redis")]
 
 mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,24 +22,13 @@ use axum::extract::{Query, State};
 use axum::http::Uri;
 use axum::response::Response;
 use axum::Router;
+use common::redis::{answers_ping, free_port, redis_url, spawn_watched};
 use common::{get_with, serve, Seen};
 use std::io::{Read, Write};
 use tower_ssr::cache::{CacheLayer, RedisTier, ResponseCache};
 
 /// A hang guard only: nothing here is expected to take more than moments.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn redis_url() -> Option<String> {
-    match std::env::var("TOWER_SSR_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!(
-                "skipped: set TOWER_SSR_REDIS_URL (e.g. redis://127.0.0.1:6379) to run the Redis tier tests"
-            );
-            None
-        }
-    }
-}
 
 /// A namespace of its own per test and run, so tests sharing one server
 /// never see each other's entries or purges.
@@ -165,8 +156,12 @@ async fn two_instances(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn a_page_rendered_by_one_instance_is_a_hit_on_the_other() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let (origin, [(a, ca), (b, cb)]) = two_instances("share", &url, false).await;
 
     let first = get(a, "/posts/1?kb=30").await;
@@ -201,8 +196,12 @@ async fn a_page_rendered_by_one_instance_is_a_hit_on_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn a_purge_on_one_instance_empties_both() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let (origin, [(a, ca), (b, cb)]) = two_instances("purge", &url, false).await;
 
     for path in ["/p/1?tag=pages", "/p/2", "/q/1"] {
@@ -263,8 +262,12 @@ async fn a_purge_on_one_instance_empties_both() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn a_burst_over_both_instances_renders_once_with_the_render_lock() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let (origin, [(a, _), (b, _)]) = two_instances("lock", &url, true).await;
 
     let mut burst = Vec::new();
@@ -301,8 +304,12 @@ fn resp(url: &str, args: &[&[u8]]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn a_value_of_another_format_version_or_garbage_is_a_miss() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let ns = namespace("version");
     let origin = Origin::default();
     let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
@@ -348,8 +355,12 @@ fn crafted(lifetime: u64, initial_age: u64, keep_for_ms: u64, body: &[u8]) -> Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn hostile_freshness_values_from_redis_are_capped_not_a_panic() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let ns = namespace("hostile");
     let origin = Origin::default();
     let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
@@ -377,8 +388,12 @@ async fn hostile_freshness_values_from_redis_are_capped_not_a_panic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn values_over_the_size_cap_stay_in_memory() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let ns = namespace("cap");
     let tier = || {
         RedisTier::new(&url)
@@ -450,36 +465,23 @@ impl Server {
     }
 
     fn start_with(port: u16, extra: &[&str]) -> Option<Child> {
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()
+        spawn_watched(port, extra)
     }
 
     async fn up(&self) {
         let start = tokio::time::Instant::now();
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                s.set_read_timeout(Some(PATIENCE)).unwrap();
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0; 16];
-                    if matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG")) {
-                        return;
-                    }
-                }
-            }
+        while !answers_ping(self.port) {
             assert!(start.elapsed() < PATIENCE, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
+    /// Stops the server and waits until it is gone (its port free again).
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            // End of input tells the watching shell to stop the server and
+            // wait for it.
+            drop(c.stdin.take());
             let _ = c.wait();
         }
     }
@@ -492,15 +494,13 @@ impl Drop for Server {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis_server),
+    ignore = "needs redis-server on PATH (starts and stops its own)"
+)]
 async fn killing_redis_fails_no_request_and_a_restart_restores_sharing() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let Some(child) = Server::start(port) else {
-        eprintln!("skipped: no redis-server on PATH for the outage test");
-        return;
-    };
+    let port = free_port();
+    let child = Server::start(port).expect("redis-server on PATH");
     let mut server = Server {
         port,
         child: Some(child),
@@ -558,8 +558,12 @@ async fn killing_redis_fails_no_request_and_a_restart_restores_sharing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let ns = namespace("crashed");
     let origin = Origin::default();
     // Waits far longer than the planted lock lives: only its expiry can
@@ -584,8 +588,12 @@ async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let (origin, [(a, ca), (b, cb)]) = two_instances("unsafe", &url, false).await;
 
     get(a, "/cart").await;
@@ -618,18 +626,16 @@ async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis_server),
+    ignore = "needs redis-server on PATH (starts and stops its own)"
+)]
 async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait() {
     // A private server: the whole of it refuses writes (out of memory,
     // no eviction), which would break every other test on a shared one.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let args = ["--maxmemory", "1", "--maxmemory-policy", "noeviction"];
-    let Some(child) = Server::start_with(port, &args) else {
-        eprintln!("skipped: no redis-server on PATH for the write-refusal test");
-        return;
-    };
+    let child = Server::start_with(port, &args).expect("redis-server on PATH");
     let server = Server {
         port,
         child: Some(child),
@@ -657,8 +663,12 @@ async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let ns = namespace("wrongtype");
     let origin = Origin::default();
     let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
@@ -691,8 +701,12 @@ async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let ns = namespace("bigread");
     let origin = Origin::default();
     let tier = RedisTier::new(&url)
@@ -731,8 +745,12 @@ async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn the_tag_index_forgets_entries_that_expired() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let ns = namespace("tagindex");
     let origin = Origin::default();
     let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
@@ -779,8 +797,12 @@ async fn the_tag_index_forgets_entries_that_expired() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
 async fn a_write_rendered_before_a_purge_does_not_land_after_it() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     let (origin, [(a, ca), (b, cb)]) = two_instances("purgerace", &url, false).await;
 
     // The first instance misses and renders; the page changes meanwhile

@@ -19,6 +19,7 @@ impl InFlight {
     /// been sent before this one.
     pub(crate) fn start(state: Arc<EndpointState>) -> (Self, u64) {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.metrics.started();
         let n = state.record_request();
         (InFlight { state }, n)
     }
@@ -31,6 +32,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state.metrics.ended();
     }
 }
 

@@ -86,14 +86,19 @@ pub(crate) struct EndpointState {
     failures: AtomicU64,
     latency_total_us: AtomicU64,
     latency_count: AtomicU64,
+    /// This endpoint's metrics handles (see `crate::metrics`).
+    pub(crate) metrics: crate::metrics::EndpointMetrics,
 }
 
 impl EndpointState {
     fn new(id: EndpointId, name: &str, weight: u32) -> Self {
+        let hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+        let name: Arc<str> = Arc::from(name);
         EndpointState {
             id,
-            name: Arc::from(name),
-            hash: xxhash_rust::xxh3::xxh3_64(name.as_bytes()),
+            metrics: crate::metrics::EndpointMetrics::new(&name),
+            name,
+            hash,
             weight: AtomicU32::new(weight),
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -108,6 +113,11 @@ impl EndpointState {
             latency_total_us: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
         }
+    }
+
+    /// Not ejected, and not down by active probes.
+    pub(crate) fn is_pickable(&self) -> bool {
+        !self.is_ejected() && !self.probe_down.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_ejected(&self) -> bool {
@@ -175,7 +185,7 @@ impl EndpointState {
                 self.readmitted_at_ms.store(now_ms(), Ordering::Relaxed);
                 self.state.store(HEALTHY, Ordering::Release);
                 self.trial.store(false, Ordering::Release);
-                crate::balance::trace!(endpoint = %self.name, "trial request succeeded; endpoint back in service");
+                super::upstream::readmitted(self);
             }
             return false;
         }
@@ -209,7 +219,7 @@ impl EndpointState {
         true
     }
 
-    fn eject_for(&self, health: &PassiveHealth) {
+    pub(crate) fn eject_for(&self, health: &PassiveHealth) {
         let now = now_ms();
         // A long healthy spell forgets earlier ejections, so the backoff
         // grows only for an endpoint that keeps failing.
@@ -223,7 +233,7 @@ impl EndpointState {
         let until = now.saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
         self.ejected_until_ms.store(until, Ordering::Release);
         self.state.store(EJECTED, Ordering::Release);
-        crate::balance::trace!(endpoint = %self.name, backoff_ms = backoff.as_millis() as u64, "endpoint ejected");
+        super::upstream::ejected(self, backoff);
     }
 
     fn stats(&self) -> EndpointStats {

@@ -11,6 +11,7 @@ use super::body::ResponseBody;
 use super::endpoint::EndpointId;
 use super::retry::ReplayBody;
 use super::service::{copy_request, pick, Attempt, Connect, Inner};
+use super::upstream::Upstream;
 
 pin_project! {
     /// Response future of [`Balance`](super::Balance).
@@ -131,6 +132,9 @@ where
                             return Poll::Ready(Ok(res.map(|_| ResponseBody::unavailable())));
                         };
                         let shared = &*this.inner.endpoints.shared;
+                        attempt.answered(this.tried.len() + 1, Some(res.status()));
+                        let mut res = res;
+                        res.extensions_mut().insert(Upstream::of(attempt.state()));
                         let ok = !(shared.health.server_errors && res.status().is_server_error());
                         let in_flight = attempt.finish(ok, shared);
                         return Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, in_flight))));
@@ -156,6 +160,7 @@ where
             }
             // The attempt failed before response headers.
             if let Some(attempt) = this.attempt.take() {
+                attempt.answered(this.tried.len() + 1, None);
                 this.tried.push(attempt.state().id);
                 drop(attempt.finish(false, &this.inner.endpoints.shared));
             }
@@ -178,6 +183,7 @@ where
             match next {
                 Some((attempt, svc, req)) => {
                     crate::balance::trace!(endpoint = %attempt.state().name, "retrying on another endpoint");
+                    crate::metrics::retried();
                     *this.attempt = Some(attempt);
                     this.state.set(State::Ready {
                         svc,

@@ -718,6 +718,34 @@ mod tests {
         }
 
         #[test]
+        fn forwarded_lines_of_arbitrary_bytes_never_panic(
+            lines in proptest::collection::vec(
+                (0usize..2, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60)),
+                0..4,
+            ),
+            shaped in "((for|For|by|proto|host)=(\"?\\[?[0-9a-f:.]{0,20}\\]?(:[0-9_a-z]{0,6})?\"?|unknown|_[a-z]{0,3})[;, ]{0,2}){0,4}",
+            peer in proptest::prop_oneof!["10\\.0\\.0\\.[1-9]:1", "\\[::1\\]:1", "203\\.0\\.113\\.9:1"],
+        ) {
+            let mut req = http::Request::builder().uri("/").body(()).unwrap();
+            for (which, bytes) in lines {
+                if let Ok(v) = http::HeaderValue::from_bytes(&bytes) {
+                    let name = ["forwarded", "x-forwarded-for"][which];
+                    req.headers_mut().append(name, v);
+                }
+            }
+            for name in ["forwarded", "x-forwarded-for"] {
+                req.headers_mut().append(name, http::HeaderValue::from_str(&shaped).unwrap());
+            }
+            req.extensions_mut().insert(ClientAddr(peer.parse().unwrap()));
+            let p = req.into_parts().0;
+            let _ = client_ip(&p, &fwd());
+            let _ = client_ip(&p, &lan());
+            // Headers from an untrusted peer are never read.
+            let peer: SocketAddr = peer.parse().unwrap();
+            proptest::prop_assert_eq!(client_ip(&p, &TrustedProxies::none()), Some(peer.ip().to_canonical()));
+        }
+
+        #[test]
         fn a_trusted_chain_never_yields_a_trusted_hop_unless_all_are(
             hops in proptest::collection::vec((0u8..4, 0u8..=255), 1..6),
         ) {

@@ -77,6 +77,7 @@ mod probe;
 mod retry;
 mod service;
 mod strategy;
+mod upstream;
 
 pub use body::ResponseBody;
 pub use endpoint::{EndpointError, EndpointId, EndpointStats, Endpoints, EndpointsBuilder};
@@ -94,6 +95,7 @@ pub use service::{Balance, Connect, Direct, Rewrite};
 pub use strategy::{
     Candidates, LeastInFlight, Maglev, PowerOfTwo, Rendezvous, RoundRobin, Strategy,
 };
+pub use upstream::Upstream;
 #[cfg(feature = "proxy")]
 pub(crate) use {retry::is_idempotent, service::rewrite_uri, service::Config};
 

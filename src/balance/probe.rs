@@ -139,14 +139,14 @@ impl ActiveProbes {
                         if streak.0 >= self.healthy
                             && state.probe_down.swap(false, Ordering::AcqRel)
                         {
-                            crate::balance::trace!(endpoint = %state.name, "probe: endpoint up");
+                            crate::balance::upstream::probed(state, true);
                         }
                     } else {
                         *streak = (0, streak.1.saturating_add(1));
                         if streak.1 >= self.unhealthy
                             && !state.probe_down.swap(true, Ordering::AcqRel)
                         {
-                            crate::balance::trace!(endpoint = %state.name, "probe: endpoint down");
+                            crate::balance::upstream::probed(state, false);
                         }
                     }
                 }

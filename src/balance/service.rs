@@ -217,8 +217,12 @@ pub(crate) struct Attempt {
     // This attempt is the single trial of an ejected endpoint, not decided
     // yet.
     trial: bool,
-    // Set on the sampled attempts whose latency is measured.
+    // Set on the sampled attempts whose latency is measured (all of them
+    // with the `metrics` feature: the latency histogram needs each one).
     started: Option<std::time::Instant>,
+    // The attempt's `debug` span, closed with the attempt.
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 /// One attempt in this many has its latency measured: reading the clock
@@ -227,12 +231,30 @@ const LATENCY_SAMPLE: u64 = 8;
 
 impl Attempt {
     fn new(state: Arc<EndpointState>, trial: bool) -> Self {
+        #[cfg(feature = "tracing")]
+        let span = super::upstream::attempt_span(&state);
         let (in_flight, n) = InFlight::start(state);
+        let measured = n % LATENCY_SAMPLE == 0 || trial || cfg!(feature = "metrics");
         Attempt {
             in_flight: Some(in_flight),
             trial,
-            started: (n % LATENCY_SAMPLE == 0 || trial).then(std::time::Instant::now),
+            started: measured.then(std::time::Instant::now),
+            #[cfg(feature = "tracing")]
+            span,
         }
+    }
+
+    /// Reports the attempt's answer (`None`: no response) to metrics and
+    /// tracing; `number` counts attempts for the request from 1.
+    pub(crate) fn answered(&self, number: usize, status: Option<http::StatusCode>) {
+        super::upstream::answered(
+            self.state(),
+            #[cfg(feature = "tracing")]
+            &self.span,
+            number,
+            status,
+            self.started.map(|s| s.elapsed()),
+        );
     }
 
     pub(crate) fn state(&self) -> &Arc<EndpointState> {

@@ -162,9 +162,16 @@ impl<'a> Candidates<'a> {
 /// atomic counter, so a pick takes no lock. Weights are divided by their
 /// greatest common divisor; a cycle longer than 65 536 picks is scaled down
 /// proportionally (every endpoint keeps at least one slot).
+///
+/// When the endpoint whose turn it is cannot take the request (ejected,
+/// draining, already tried), the turn goes to the eligible endpoints in
+/// proportion to their weights, by a second rotation of their own; never
+/// all to the next endpoint of the cycle, which would double its load.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
+    // Turns given away by endpoints that could not take them.
+    spill: AtomicUsize,
 }
 
 impl RoundRobin {
@@ -219,10 +226,6 @@ pub(crate) fn smooth_cycle(weights: &[u32]) -> Vec<u32> {
     out
 }
 
-/// How far along the cycle a pick looks for an eligible endpoint before
-/// scanning the endpoints themselves.
-const CYCLE_PROBES: usize = 64;
-
 impl Strategy for RoundRobin {
     fn prepare(&self, weights: &[u32], _hashes: &[u64]) -> Arc<dyn Any + Send + Sync> {
         Arc::new(smooth_cycle(weights))
@@ -236,22 +239,47 @@ impl Strategy for RoundRobin {
         let Some(cycle) = c.prepared::<Vec<u32>>().filter(|v| !v.is_empty()) else {
             return c.first_eligible_from(turn % c.len());
         };
-        for k in 0..cycle.len().min(CYCLE_PROBES) {
-            let i = cycle[(turn + k) % cycle.len()] as usize;
-            if i < c.len() && c.is_eligible(i) {
+        let i = cycle[turn % cycle.len()] as usize;
+        if i < c.len() && c.is_eligible(i) {
+            return Some(i);
+        }
+        let spill = self.spill.fetch_add(1, Ordering::Relaxed);
+        weighted_turn(c, spill)
+    }
+}
+
+/// The `turn`-th pick of a weighted rotation over the eligible endpoints
+/// only: each gets `weight / eligible weight` of the turns. O(n), for turns
+/// an ineligible endpoint gave away.
+fn weighted_turn(c: &Candidates<'_>, turn: usize) -> Option<usize> {
+    let total: u64 = (0..c.len())
+        .filter(|&i| c.is_eligible(i))
+        .map(|i| u64::from(c.weights[i]))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut r = turn as u64 % total;
+    for i in 0..c.len() {
+        if c.is_eligible(i) {
+            let w = u64::from(c.weights[i]);
+            if r < w {
                 return Some(i);
             }
+            r -= w;
         }
-        c.first_eligible_from(turn % c.len())
     }
+    // Eligibility changed between the two passes.
+    c.first_eligible_from(0)
 }
 
 // ---------------------------------------------------------------------------
 // Least in-flight
 
 /// The endpoint with the fewest requests in flight per unit of weight (HAProxy
-/// `leastconn`, nginx `least_conn`). Ties are broken by rotating where the
-/// scan starts, so equal endpoints share the traffic evenly. A pick reads
+/// `leastconn`, nginx `least_conn`). Ties take turns among the tied
+/// endpoints only, so equal endpoints share the traffic evenly, and an
+/// ejected endpoint's share spreads over all the others. A pick reads
 /// every endpoint's counter: prefer [`PowerOfTwo`] for large sets.
 #[derive(Debug, Default)]
 pub struct LeastInFlight {
@@ -272,19 +300,39 @@ impl Strategy for LeastInFlight {
         if n == 0 {
             return None;
         }
-        let start = self.start.fetch_add(1, Ordering::Relaxed) % n;
+        let turn = self.start.fetch_add(1, Ordering::Relaxed);
+        // The least loaded, and how many share its load.
         let mut best: Option<usize> = None;
-        for k in 0..n {
-            let i = (start + k) % n;
+        let mut ties = 0usize;
+        for i in 0..n {
             if !c.is_eligible(i) {
                 continue;
             }
-            best = match best {
-                Some(b) if !c.less_loaded(i, b) => Some(b),
-                _ => Some(i),
-            };
+            match best {
+                Some(b) if c.less_loaded(b, i) => {}
+                Some(b) if c.same_load(i, b) => ties += 1,
+                _ => {
+                    best = Some(i);
+                    ties = 1;
+                }
+            }
         }
-        best
+        let b = best?;
+        if ties <= 1 {
+            return Some(b);
+        }
+        // Ties take turns among themselves only: an ineligible endpoint's
+        // turn must not fall to its neighbour.
+        let mut k = turn % ties;
+        for i in b..n {
+            if c.is_eligible(i) && c.same_load(i, b) {
+                if k == 0 {
+                    return Some(i);
+                }
+                k -= 1;
+            }
+        }
+        Some(b)
     }
 }
 
@@ -558,7 +606,8 @@ impl Strategy for Rendezvous {
 /// turn along its own permutation, weighted. A pick is one table read, at
 /// any size; when one of n endpoints leaves, about 1/n of the keys move
 /// (slightly more than rendezvous). When the chosen endpoint is out, the
-/// walk continues along the table. Requests without a key go to the
+/// key draws further slots (a function of the key alone), so its keys spread
+/// over the others by weight. Requests without a key go to the
 /// fallback strategy ([`PowerOfTwo`] unless set).
 #[derive(Debug)]
 pub struct Maglev {
@@ -679,9 +728,20 @@ impl Strategy for Maglev {
             _ => return None,
         };
         let limit = self.bound.map(|b| b.limit(c));
-        let start = below(mum(key, 0x9e37_79b9_7f4a_7c15), table.len());
         for k in 0..table.len().min(MAGLEV_WALK) {
-            let i = table[(start + k) % table.len()] as usize;
+            // The key's slot, then further slots drawn from the key alone:
+            // a neighbouring slot would hand an ejected endpoint's keys to
+            // whichever endpoint the fill put next to it (2.4x the share of
+            // the others with four endpoints), a fresh draw hands them out
+            // by table share, that is by weight.
+            let slot = below(
+                mum(
+                    key ^ (k as u64).wrapping_mul(0xa076_1d64_78bd_642f),
+                    0x9e37_79b9_7f4a_7c15,
+                ),
+                table.len(),
+            );
+            let i = table[slot] as usize;
             if i < c.len() && c.is_eligible(i) && limit.map_or(true, |l| c.in_flight(i) < l) {
                 return Some(i);
             }
@@ -970,5 +1030,99 @@ pub(crate) mod tests {
             c[i as usize] += 1;
         }
         assert!(c.iter().all(|&n| (200..=210).contains(&n)), "{c:?}");
+    }
+
+    /// Ejects endpoint `i` of the fixture for an hour.
+    fn eject(f: &Fixture, i: usize) {
+        let health = crate::balance::PassiveHealth::new()
+            .base_ejection(std::time::Duration::from_secs(3600));
+        f.states[i].eject_for(&health);
+    }
+
+    #[test]
+    fn round_robin_spreads_an_ejected_endpoints_share_evenly() {
+        // Issue 8 §9: 103 vs 197 of 300 when the neighbour took it all.
+        let s = RoundRobin::new();
+        let f = Fixture::new(&s, &[1, 1, 1]);
+        eject(&f, 1);
+        assert_eq!(counts(&s, &f, 300), vec![150, 0, 150]);
+        for ejected in [0, 2] {
+            let s = RoundRobin::new();
+            let f = Fixture::new(&s, &[1, 1, 1]);
+            eject(&f, ejected);
+            let c = counts(&s, &f, 300);
+            assert_eq!(c[ejected], 0);
+            assert!(c.iter().all(|&n| n == 0 || n == 150), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads_an_ejected_endpoints_share_by_weight() {
+        let s = RoundRobin::new();
+        let f = Fixture::new(&s, &[1, 1, 2, 4]);
+        eject(&f, 1);
+        // 8 turns per cycle; endpoint 1's one turn goes 1:2:4 to the rest.
+        let c = counts(&s, &f, 8 * 7 * 10);
+        assert_eq!(c, vec![80, 0, 160, 320]);
+    }
+
+    #[test]
+    fn least_in_flight_spreads_an_ejected_endpoints_share_evenly() {
+        let s = LeastInFlight::new();
+        let f = Fixture::new(&s, &[1, 1, 1, 1]);
+        eject(&f, 1);
+        assert_eq!(counts(&s, &f, 300), vec![100, 0, 100, 100]);
+    }
+
+    #[test]
+    fn p2c_spreads_an_ejected_endpoints_share_evenly() {
+        let s = PowerOfTwo::with_seed(7);
+        let f = Fixture::new(&s, &[1, 1, 1]);
+        eject(&f, 1);
+        let c = counts(&s, &f, 3000);
+        assert_eq!(c[1], 0);
+        assert!((1350..=1650).contains(&c[0]), "{c:?}");
+    }
+
+    #[test]
+    fn hashing_spreads_an_ejected_endpoints_keys_over_the_rest() {
+        let strategies: [(&str, Box<dyn Strategy>); 4] = [
+            ("rendezvous", Box::new(Rendezvous::new())),
+            ("maglev", Box::new(Maglev::new())),
+            (
+                "rendezvous bounded",
+                Box::new(Rendezvous::new().bounded_load(1.25)),
+            ),
+            ("maglev bounded", Box::new(Maglev::new().bounded_load(1.25))),
+        ];
+        for (name, s) in strategies {
+            let f = Fixture::new(&*s, &[1, 1, 1, 1]);
+            let keys: Vec<u64> = (0..4000u64)
+                .map(|k| mum(k, 0x9e37_79b9_7f4a_7c15))
+                .collect();
+            let before: Vec<usize> = keys
+                .iter()
+                .map(|&k| s.pick(&f.candidates(Some(k), &[])).unwrap())
+                .collect();
+            eject(&f, 1);
+            let mut moved_to = [0usize; 4];
+            for (&k, &b) in keys.iter().zip(&before) {
+                let after = s.pick(&f.candidates(Some(k), &[])).unwrap();
+                if b == 1 {
+                    moved_to[after] += 1;
+                } else {
+                    assert_eq!(after, b, "{name}: a key of a healthy endpoint moved");
+                }
+            }
+            let moved: usize = moved_to.iter().sum();
+            assert_eq!(moved_to[1], 0, "{name}");
+            for i in [0, 2, 3] {
+                // Each of the three takes about a third of them, never all.
+                assert!(
+                    moved_to[i] * 4 > moved && moved_to[i] * 5 < moved * 2,
+                    "{name}: {moved_to:?}"
+                );
+            }
+        }
     }
 }

@@ -25,8 +25,11 @@ pin_project! {
         Stored { data: Option<Bytes> },
         Stream { #[pin] body: B },
         Tee {
-            #[pin]
-            body: B,
+            // Chunks read before the headers went out (see `read_start`),
+            // sent first; already counted in `pending`.
+            buffered: VecDeque<Bytes>,
+            // Boxed: it was pinned while its start was read (miss path).
+            body: Pin<Box<B>>,
             // What storing needs once the body ends; `None` once stored or
             // given up. Boxed: the common variants stay small.
             pending: Option<Box<Pending>>,
@@ -78,9 +81,10 @@ impl<B: Body> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn tee(body: B, pending: Pending) -> Self {
+    pub(crate) fn tee(buffered: VecDeque<Bytes>, body: Pin<Box<B>>, pending: Pending) -> Self {
         ResponseBody {
             kind: Kind::Tee {
+                buffered,
                 body,
                 pending: Some(Box::new(pending)),
             },
@@ -116,7 +120,20 @@ where
         match self.project().kind.project() {
             KindProj::Stored { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             KindProj::Stream { body } => body.poll_frame(cx),
-            KindProj::Tee { mut body, pending } => {
+            KindProj::Tee {
+                buffered,
+                body,
+                pending,
+            } => {
+                if let Some(chunk) = buffered.pop_front() {
+                    let all = pending.as_ref().is_some_and(|p| p.has_all());
+                    if buffered.is_empty() && (all || body.is_end_stream()) {
+                        if let Some(p) = pending.take() {
+                            p.complete();
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
                 let frame = std::task::ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) => {
@@ -128,10 +145,11 @@ where
                             }
                         }
                         // A server stops polling once the body says it has
-                        // ended, so that is when the response is complete.
-                        if body.is_end_stream() {
+                        // ended, so that is when the response is complete;
+                        // or once it has all it announced.
+                        if body.is_end_stream() || pending.as_ref().is_some_and(|p| p.has_all()) {
                             if let Some(p) = pending.take() {
-                                p.store();
+                                p.complete();
                             }
                         }
                     }
@@ -143,7 +161,7 @@ where
                     }
                     None => {
                         if let Some(p) = pending.take() {
-                            p.store();
+                            p.complete();
                         }
                     }
                 }
@@ -171,7 +189,8 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Stored { data } => data.is_none(),
-            Kind::Stream { body } | Kind::Tee { body, .. } => body.is_end_stream(),
+            Kind::Stream { body } => body.is_end_stream(),
+            Kind::Tee { buffered, body, .. } => buffered.is_empty() && body.is_end_stream(),
             Kind::Replay {
                 buffered,
                 error,
@@ -189,7 +208,17 @@ where
             Kind::Stored { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Stream { body } | Kind::Tee { body, .. } => body.size_hint(),
+            Kind::Stream { body } => body.size_hint(),
+            Kind::Tee { buffered, body, .. } => {
+                let have: u64 = buffered.iter().map(|b| b.len() as u64).sum();
+                let h = body.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(h.lower().saturating_add(have));
+                if let Some(upper) = h.upper() {
+                    out.set_upper(upper.saturating_add(have));
+                }
+                out
+            }
             Kind::Replay {
                 buffered,
                 error,

@@ -172,13 +172,18 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     if r.at != bytes.len() {
         return None;
     }
-    // A slice of the value read from Redis: no copy of the body.
-    let body = bytes.slice(start..start + body_len);
+    // Copied out: a slice would keep the whole value read from Redis (and
+    // its spare room) alive with the entry.
+    let body = super::entry::owned_body(&[bytes.slice(start..start + body_len)]);
+    let headers = super::entry::owned_headers(&headers);
 
     // Time since the response was received, on this machine's clock; a
-    // clock behind the writer's counts as none.
-    let since = wall
-        .duration_since(UNIX_EPOCH + Duration::from_millis(stored_ms))
+    // clock behind the writer's counts as none. `checked_add`: a hostile
+    // value can name a time this platform's `SystemTime` cannot hold
+    // (Windows' range is narrower than u64 milliseconds), which `+` panics on.
+    let since = UNIX_EPOCH
+        .checked_add(Duration::from_millis(stored_ms))
+        .and_then(|stored| wall.duration_since(stored).ok())
         .unwrap_or(Duration::ZERO);
     // An `Instant` that far back may not exist (just after boot): count the
     // rest as age carried in.
@@ -415,6 +420,127 @@ mod tests {
         let v = encode(&e, now, wall);
         for n in 0..v.len() {
             assert!(decode(&Bytes::copy_from_slice(&v[..n]), now, wall).is_none());
+        }
+    }
+    // ---- properties: a value read from Redis is untrusted input ----
+
+    use proptest::prelude::*;
+
+    fn clocks(offset_ms: u64, back: bool) -> (Instant, SystemTime) {
+        let now = Instant::now();
+        let d = Duration::from_millis(offset_ms);
+        let wall = if back {
+            SystemTime::now().checked_sub(d).unwrap_or(UNIX_EPOCH)
+        } else {
+            SystemTime::now() + d
+        };
+        (now, wall)
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            with_magic in any::<bool>(),
+        ) {
+            let mut v = Vec::new();
+            if with_magic {
+                v.extend_from_slice(MAGIC);
+                v.push(VERSION);
+            }
+            v.extend_from_slice(&bytes);
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            let _ = decode(&Bytes::from(v), now, wall);
+        }
+
+        #[test]
+        fn decoding_a_corrupted_value_never_panics(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            wide in proptest::collection::vec((any::<prop::sample::Index>(), any::<u64>()), 0..3),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+            tail in proptest::collection::vec(any::<u8>(), 0..4),
+            offset_ms in 0u64..(1 << 45),
+            back in any::<bool>(),
+        ) {
+            let e = sample();
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            let mut v = encode(&e, now, wall);
+            for (at, b) in edits {
+                let at = at.index(v.len());
+                v[at] = b;
+            }
+            // Whole u64 fields overwritten (times, lifetimes, lengths).
+            for (at, n) in wide {
+                let at = at.index(v.len() - 8);
+                v[at..at + 8].copy_from_slice(&n.to_be_bytes());
+            }
+            if let Some(cut) = cut {
+                v.truncate(cut.index(v.len() + 1));
+            }
+            v.extend_from_slice(&tail);
+            let (now, wall) = clocks(offset_ms, back);
+            if let Some(back) = decode(&Bytes::from(v), now, wall) {
+                let cap = u64::from(DELTA_MAX);
+                prop_assert!(back.fresh.lifetime <= cap);
+                prop_assert!(back.fresh.keep_for <= KEEP_MAX);
+                let later = now + Duration::from_secs(offset_ms / 1000);
+                let _ = (back.fresh.age(later), back.fresh.ttl(later), back.fresh.swr_allows(later));
+                let _ = back.fresh.sie_allows(later, Some(cap));
+            }
+        }
+
+        #[test]
+        fn any_entry_survives_the_round_trip(
+            status in 200u16..600,
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+            tags in proptest::collection::vec("[!-+--~]{1,8}", 0..4),
+            extra in proptest::option::of("\\PC{0,12}"),
+            lang in proptest::option::of("[a-z-]{0,8}"),
+            cc in prop_oneof![
+                Just("public, max-age=60"),
+                Just("s-maxage=5, stale-while-revalidate=30, stale-if-error=9"),
+                Just("max-age=0, must-revalidate"),
+                Just("no-cache, max-age=99999999999"),
+            ],
+            delay in 0u64..100_000,
+        ) {
+            let now = Instant::now();
+            let wall = SystemTime::now();
+            let mut h = HeaderMap::new();
+            h.insert("cache-control", HeaderValue::from_static(cc));
+            h.insert("vary", HeaderValue::from_static("accept-language"));
+            h.insert("cache-tag", HeaderValue::from_str(&tags.join(",")).unwrap());
+            h.insert("etag", HeaderValue::from_static("\"v1\""));
+            let rules = StoreRules {
+                default_ttl: Some(1),
+                heuristic_max: None,
+                targeted: None,
+                keep_stale: Duration::from_secs(60),
+            };
+            let status = StatusCode::from_u16(status).unwrap();
+            let Ok(policy) = storable(status, &h, &RequestDirectives::default(), false, &rules, now, (now, wall)) else {
+                return Ok(());
+            };
+            let mut req = HeaderMap::new();
+            if let Some(lang) = &lang {
+                req.insert("accept-language", HeaderValue::from_str(lang).unwrap());
+            }
+            let e = build(status, Version::HTTP_11, &h, Bytes::from(body), policy, &req, extra.map(Into::into), None);
+            let later = now + Duration::from_secs(delay);
+            let back = decode(&Bytes::from(encode(&e, now, wall)), later, wall + Duration::from_secs(delay)).unwrap();
+            prop_assert_eq!(back.status, e.status);
+            prop_assert_eq!(&back.headers, &e.headers);
+            prop_assert_eq!(&back.body, &e.body);
+            prop_assert_eq!(&*back.vary, &*e.vary);
+            prop_assert_eq!(&back.extra, &e.extra);
+            prop_assert_eq!(&back.tags, &e.tags);
+            prop_assert_eq!(back.weight, e.weight);
+            prop_assert_eq!(back.fresh.lifetime, e.fresh.lifetime);
+            prop_assert_eq!(back.fresh.swr, e.fresh.swr);
+            prop_assert_eq!(back.fresh.sie, e.fresh.sie);
+            prop_assert_eq!(back.fresh.no_cache, e.fresh.no_cache);
+            prop_assert_eq!(back.fresh.must_revalidate, e.fresh.must_revalidate);
+            prop_assert_eq!(back.fresh.age(later), e.fresh.age(later));
         }
     }
 }

@@ -25,9 +25,11 @@ const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 /// Fixed bookkeeping counted for every stored response besides its bytes
 /// and header slots: the entry struct and its `Arc` (about 300 bytes),
-/// moka's node, the key, the variant list and allocator rounding, as
-/// measured by `tests/cache_memory.rs`.
-const ENTRY_OVERHEAD: usize = 1024;
+/// moka's nodes, the variant list, the shared-buffer headers of the body
+/// and header values, and the allocator's cost per block (about 25 blocks
+/// an entry), as measured by `tests/cache_alloc.rs` with a counting
+/// allocator (rounded up: counting more than is held only costs capacity).
+const ENTRY_OVERHEAD: usize = 1280;
 
 /// A stored response, ready to send: headers prepared once at store time,
 /// the body a `Bytes` that every hit clones without copying.
@@ -669,14 +671,14 @@ pub(crate) fn build(
     if status_placeholder {
         stored.insert(CACHE_STATUS, HeaderValue::from_static("-"));
     }
-    // A clone allocates exactly what is used: a map built by inserting
-    // keeps spare room for twice its fields, which every entry would pay.
-    let stored = stored.clone();
+    let stored = owned_headers(&stored);
     let vary: Box<[_]> = policy
         .vary_names
         .into_iter()
         .map(|n| {
-            let v = joined(request_headers, &n);
+            // Copied: the request's value is a slice of its connection's
+            // read buffer.
+            let v = joined(request_headers, &n).map(|v| owned_value(&v));
             (n, v)
         })
         .collect();
@@ -693,6 +695,57 @@ pub(crate) fn build(
         tags,
         auth_ok: policy.auth_ok,
         weight,
+    }
+}
+
+/// A copy of `headers` that holds nothing of anyone else's and no spare
+/// room: every value copied into one allocation of exactly their length.
+/// A value from hyper's parser is a slice of its connection's read buffer
+/// (8 KiB or more), which a stored slice would keep alive, uncounted, for
+/// as long as the entry lives.
+pub(crate) fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut all = Vec::with_capacity(headers.values().map(HeaderValue::len).sum());
+    for v in headers.values() {
+        all.extend_from_slice(v.as_bytes());
+    }
+    let all = Bytes::from(all);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (name, value) in headers {
+        let end = at + value.len();
+        // Valid already, so this cannot fail; a clone would only pin.
+        let mut v =
+            HeaderValue::from_maybe_shared(all.slice(at..end)).unwrap_or_else(|_| value.clone());
+        v.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), v);
+        at = end;
+    }
+    // A clone allocates exactly what is used: a map built by inserting
+    // keeps spare room for twice its fields, which every entry would pay.
+    out.clone()
+}
+
+/// A value in an allocation of its own, of exactly its length.
+fn owned_value(v: &HeaderValue) -> HeaderValue {
+    let mut out = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    out.set_sensitive(v.is_sensitive());
+    out
+}
+
+/// A body in an allocation of its own, of exactly its length: a chunk from
+/// hyper is a slice of its connection's read buffer, and one read from
+/// Redis a slice of the whole value.
+pub(crate) fn owned_body(chunks: &[Bytes]) -> Bytes {
+    match chunks {
+        [] => Bytes::new(),
+        [one] => Bytes::copy_from_slice(one),
+        _ => {
+            let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+            for c in chunks {
+                all.extend_from_slice(c);
+            }
+            Bytes::from(all)
+        }
     }
 }
 
@@ -1117,5 +1170,194 @@ mod tests {
     fn tags_come_from_surrogate_key_and_cache_tag() {
         let t = tags(&hm(&[("surrogate-key", "a b"), ("cache-tag", "b, c")]));
         assert_eq!(&*t, &["a".into(), "b".into(), "c".into()] as &[Box<str>]);
+    }
+
+    // ---- properties: every response- and request-side field read here ----
+
+    use proptest::prelude::*;
+
+    /// A field value: arbitrary bytes (kept when `HeaderValue` accepts them)
+    /// or text shaped like the fields read here.
+    fn value() -> impl Strategy<Value = HeaderValue> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_filter_map("not a field value", |b| HeaderValue::from_bytes(&b).ok()),
+            "[ -~]{0,40}".prop_filter_map("not a field value", |s| HeaderValue::from_str(&s).ok()),
+            "((no-store|no-cache|private|public|must-revalidate|proxy-revalidate|s-maxage=[0-9]{1,12}|max-age=\"?-?[0-9]{0,22}\"?|stale-while-revalidate=[0-9]{1,4}|stale-if-error=[0-9]{1,4}|immutable|x=\"[a,]{0,3}\"|[a-z*]{1,5}|\\?0|\\?1)[ ,;]{0,2}){0,5}"
+                .prop_filter_map("not a field value", |s| HeaderValue::from_str(&s).ok()),
+            "([A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9:]{8} [A-Z]{3}|-?[0-9]{1,25}|[0-9]{1,3}, [0-9]{1,3})"
+                .prop_filter_map("not a field value", |s| HeaderValue::from_str(&s).ok()),
+        ]
+    }
+
+    /// Lines of the fields a response or request carries into this module.
+    fn fields() -> impl Strategy<Value = HeaderMap> {
+        let name = prop_oneof![
+            Just("cache-control"),
+            Just("cdn-cache-control"),
+            Just("expires"),
+            Just("date"),
+            Just("age"),
+            Just("last-modified"),
+            Just("etag"),
+            Just("vary"),
+            Just("pragma"),
+            Just("surrogate-key"),
+            Just("cache-tag"),
+            Just("connection"),
+            Just("set-cookie"),
+            Just("content-length"),
+        ];
+        proptest::collection::vec((name, value()), 0..8).prop_map(|lines| {
+            let mut h = HeaderMap::new();
+            for (n, v) in lines {
+                h.append(n, v);
+            }
+            h
+        })
+    }
+
+    fn token() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}".prop_filter("`*` alone is Vary: *", |t| t != "*")
+    }
+
+    proptest! {
+        #[test]
+        fn storable_never_panics_and_caps_every_delta(
+            status in 100u16..1000,
+            headers in fields(),
+            request in fields(),
+            auth in any::<bool>(),
+            targeted in any::<bool>(),
+            later in 0u64..10_000_000_000,
+        ) {
+            let now = Instant::now();
+            let rules = StoreRules {
+                targeted: targeted.then(|| HeaderName::from_static("cdn-cache-control")),
+                heuristic_max: Some(86_400),
+                ..rules()
+            };
+            let req = RequestDirectives::from_headers(&request, false);
+            let _ = RequestDirectives::from_headers(&request, true);
+            let status = StatusCode::from_u16(status).unwrap();
+            if let Ok(p) = storable(status, &headers, &req, auth, &rules, now, (now, SystemTime::now())) {
+                let cap = u64::from(DELTA_MAX);
+                prop_assert!(p.fresh.lifetime <= cap);
+                prop_assert!(p.fresh.initial_age <= cap);
+                prop_assert!(!headers.contains_key(SET_COOKIE));
+                let at = now + Duration::from_secs(later);
+                prop_assert!(p.fresh.age(at) <= cap);
+                let _ = (p.fresh.ttl(at), p.fresh.swr_allows(at), p.fresh.sie_allows(at, req.stale_if_error));
+                let e = build(status, Version::HTTP_11, &headers, Bytes::new(), p, &request, None, None);
+                prop_assert_eq!(e.headers.get_all(AGE).iter().count(), 1);
+            }
+        }
+
+        #[test]
+        fn header_helpers_never_panic(a in fields(), b in fields(), len in 0usize..1_000_000) {
+            let _ = vary_names(&a);
+            let _ = age_value(&a);
+            let _ = tags(&a);
+            let _ = connection_named(&a);
+            let stored = headers_to_store(&a, len);
+            prop_assert_eq!(stored.get_all(CONTENT_LENGTH).iter().count(), 1);
+            prop_assert_eq!(stored.get_all(DATE).iter().count().min(1), 1);
+            let merged = merge_304(&stored, &b);
+            prop_assert_eq!(merged.get_all(CONTENT_LENGTH).iter().count(), 1);
+            for name in [VARY, PRAGMA, CACHE_CONTROL, HeaderName::from_static("x-a")] {
+                let _ = joined(&a, &name);
+            }
+        }
+
+        #[test]
+        fn vary_lists_parse_to_their_lowercased_names(
+            names in proptest::collection::vec(token(), 0..6),
+            split in proptest::collection::vec(any::<bool>(), 0..6),
+            ows in "[ \t]{0,2}",
+            star in proptest::option::of(0usize..6),
+        ) {
+            let mut members: Vec<String> = names.clone();
+            if let Some(at) = star {
+                members.insert(at.min(members.len()), "*".into());
+            }
+            // Members spread over lines, with empty elements and OWS.
+            let mut h = HeaderMap::new();
+            let mut line = String::new();
+            for (i, m) in members.iter().enumerate() {
+                line.push_str(&format!("{ows}{m}{ows},"));
+                if split.get(i).copied().unwrap_or(false) {
+                    h.append(VARY, HeaderValue::from_str(&line).unwrap());
+                    line.clear();
+                }
+            }
+            h.append(VARY, HeaderValue::from_str(&line).unwrap());
+            let got = vary_names(&h);
+            if star.is_some() {
+                prop_assert_eq!(got, None);
+            } else {
+                let mut want: Vec<HeaderName> = Vec::new();
+                for n in &names {
+                    let n = HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).unwrap();
+                    if !want.contains(&n) {
+                        want.push(n);
+                    }
+                }
+                prop_assert_eq!(got, Some(want));
+            }
+        }
+
+        #[test]
+        fn age_is_the_first_member_capped_or_zero_when_invalid(
+            first in prop_oneof!["[0-9]{1,30}", "[ -~]{0,12}"],
+            rest in "(, ?[ -~]{0,6}){0,2}",
+        ) {
+            let text = format!("{first}{rest}");
+            prop_assume!(!first.contains(','));
+            let Ok(v) = HeaderValue::from_str(&text) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.insert(AGE, v);
+            let trimmed = first.trim_matches(|c| c == ' ' || c == '\t');
+            let want = if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+                trimmed.parse::<u64>().map_or(u64::from(DELTA_MAX), |n| n.min(u64::from(DELTA_MAX)))
+            } else {
+                0
+            };
+            prop_assert_eq!(age_value(&h), want, "{}", text);
+        }
+
+        #[test]
+        fn purge_tags_round_trip(
+            keys in proptest::collection::vec("[!-~]{1,10}", 0..5),
+            cache_tags in proptest::collection::vec("[!-+--~]{1,10}", 0..5),
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert("surrogate-key", HeaderValue::from_str(&keys.join("  ")).unwrap());
+            h.insert("cache-tag", HeaderValue::from_str(&cache_tags.join(" , ")).unwrap());
+            let mut want: Vec<Box<str>> = Vec::new();
+            for t in keys.iter().chain(&cache_tags) {
+                if !want.iter().any(|w| **w == **t) {
+                    want.push(t.as_str().into());
+                }
+            }
+            prop_assert_eq!(&*tags(&h), &*want);
+        }
+
+        #[test]
+        fn pragma_no_cache_counts_only_without_cache_control(
+            members in proptest::collection::vec(prop_oneof![Just("no-cache".to_string()), Just("No-Cache".to_string()), "[a-z=-]{0,8}"], 0..4),
+            cc in proptest::option::of("[ -~]{0,20}"),
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert(PRAGMA, HeaderValue::from_str(&members.join(" ,")).unwrap());
+            if let Some(cc) = &cc {
+                h.insert(CACHE_CONTROL, HeaderValue::from_str(cc).unwrap());
+            }
+            let d = RequestDirectives::from_headers(&h, false);
+            if cc.is_none() {
+                let want = members.iter().any(|m| m.eq_ignore_ascii_case("no-cache"));
+                prop_assert_eq!(d.no_cache, want);
+            }
+            prop_assert!(!RequestDirectives::from_headers(&h, true).no_cache);
+        }
     }
 }

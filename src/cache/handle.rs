@@ -13,6 +13,7 @@ pub(crate) use super::l2::Purge;
 #[cfg(feature = "redis")]
 use super::l2::{RedisTier, Tier};
 use super::store::Store;
+use crate::metrics::{CacheMetrics, PurgeKind};
 
 /// Without the tier, purges stay local and this is never built.
 #[cfg(not(feature = "redis"))]
@@ -80,11 +81,24 @@ pub(crate) struct Counters {
     pub(crate) l2_timeouts: AtomicU64,
     pub(crate) l2_writes: AtomicU64,
     pub(crate) remote_purges: AtomicU64,
+    /// The store-level metrics (size, evictions, purges, Redis), named by
+    /// the last `CacheLayer::cache_name` over this cache. Off the hit
+    /// path: read on stores, evictions, purges and Redis calls.
+    metrics: std::sync::RwLock<Arc<CacheMetrics>>,
 }
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// The store-level metrics handles.
+    pub(crate) fn metrics(&self) -> Arc<CacheMetrics> {
+        Arc::clone(&self.metrics.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn name_metrics(&self, metrics: &Arc<CacheMetrics>) {
+        *self.metrics.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(metrics);
     }
 }
 
@@ -115,7 +129,12 @@ impl ResponseCacheBuilder {
     /// The most memory the stored responses may take, in bytes (default
     /// 64 MiB). Each entry weighs its body, its headers, its `Vary` values
     /// and a fixed overhead; past the bound, the least useful entries are
-    /// evicted (moka's TinyLFU).
+    /// evicted (moka's TinyLFU). Stored bodies and header values are
+    /// copies of their own, so the weight is what an entry holds; what the
+    /// process holds besides is the allocator's. With glibc and bodies of
+    /// tens of KiB, its heap fragments: `MALLOC_MMAP_THRESHOLD_=65536` in
+    /// the environment keeps the process within about 1.2 × `bytes` plus
+    /// its base (figures in `BENCHMARKS.md`).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self
@@ -142,6 +161,7 @@ impl ResponseCacheBuilder {
         let evictions = Arc::clone(&counters);
         let store = Store::new(self.max_bytes, move || {
             Counters::bump(&evictions.evictions);
+            evictions.metrics().evicted();
         });
         #[cfg(feature = "redis")]
         let l2 = self
@@ -235,7 +255,7 @@ impl ResponseCache {
     /// anything was stored.
     #[allow(clippy::must_use_candidate)] // purging is the point; the flag is extra
     pub fn purge(&self, key: &str) -> bool {
-        self.purged();
+        self.purged(PurgeKind::Key);
         self.shared.purge_cluster(|| Purge::Key(key.into()));
         self.shared.store.remove(key)
     }
@@ -243,7 +263,7 @@ impl ResponseCache {
     /// Drops every entry whose path and query are exactly `path_and_query`
     /// (for example `/` or `/search?q=a`), on every host.
     pub fn purge_path(&self, path_and_query: &str) {
-        self.purged();
+        self.purged(PurgeKind::Path);
         self.shared
             .purge_cluster(|| Purge::Path(path_and_query.into()));
         self.shared.store.purge_path(path_and_query);
@@ -252,7 +272,7 @@ impl ResponseCache {
     /// Drops every entry whose path and query start with `prefix` (for
     /// example `/posts/`), on every host.
     pub fn purge_prefix(&self, prefix: &str) {
-        self.purged();
+        self.purged(PurgeKind::Prefix);
         self.shared.purge_cluster(|| Purge::Prefix(prefix.into()));
         self.shared.store.purge_prefix(prefix);
     }
@@ -260,21 +280,22 @@ impl ResponseCache {
     /// Drops every entry tagged `tag` by a `Surrogate-Key` (space-separated)
     /// or `Cache-Tag` (comma-separated) response header.
     pub fn purge_tag(&self, tag: &str) {
-        self.purged();
+        self.purged(PurgeKind::Tag);
         self.shared.purge_cluster(|| Purge::Tag(tag.into()));
         self.shared.store.purge_tag(tag);
     }
 
     /// Drops everything.
     pub fn purge_all(&self) {
-        self.purged();
+        self.purged(PurgeKind::All);
         self.shared.purge_cluster(|| Purge::All);
         self.shared.store.clear();
     }
 
-    fn purged(&self) {
+    fn purged(&self, kind: PurgeKind) {
         Counters::bump(&self.shared.counters.purges);
-        tracing::debug!("cache purge");
+        self.shared.counters.metrics().purged(kind);
+        tracing::debug!(?kind, "cache purge");
     }
 
     /// The counters and size now. Runs the store's pending housekeeping
@@ -284,6 +305,7 @@ impl ResponseCache {
     pub fn stats(&self) -> CacheStats {
         let s = &self.shared;
         s.store.sync();
+        s.sample_size();
         let c = &s.counters;
         CacheStats {
             hits: c.hits.load(Relaxed),
@@ -331,6 +353,21 @@ impl ResponseCache {
 }
 
 impl Shared {
+    /// Samples the memory tier's size into the metrics' gauges.
+    pub(crate) fn sample_size(&self) {
+        self.counters
+            .metrics()
+            .size(self.store.entries(), self.store.bytes());
+    }
+
+    /// Counts a response stored in memory.
+    pub(crate) fn count_store(&self) {
+        Counters::bump(&self.counters.stores);
+        self.counters
+            .metrics()
+            .stored(self.store.entries(), self.store.bytes());
+    }
+
     /// After a response is stored in memory: writes it to the shared tier,
     /// handing over the leader's render lock so it is released once the
     /// entry is there to be found.

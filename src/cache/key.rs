@@ -50,10 +50,13 @@ pub(crate) fn write_uri_key(
         None => {
             let mut lines = headers.get_all(HOST).iter();
             match (lines.next(), lines.next()) {
-                (None, _) => "",
+                // No authority at all (HTTP/1.0 without Host; HTTP/1.1 is
+                // refused before this): no URI, no key. Keying it under an
+                // empty host would share one page among every site.
+                (None, _) => return false,
                 // RFC 9112 §3.2: a request with several Host lines is bad.
                 (Some(_), Some(_)) => return false,
-                (Some(h), None) if h.is_empty() => "",
+                (Some(h), None) if h.is_empty() => return false,
                 // RFC 9110 §7.2: Host is `uri-host [ ":" port ]`; anything
                 // that does not parse as an authority (a '/', '?', '#',
                 // spaces, non-ASCII) cannot be part of a key.
@@ -151,7 +154,8 @@ mod tests {
         assert!(!valid("http://user@h.test/a", &[]), "userinfo in the URI");
         assert!(valid("/a", &[b"h.test:8080"]));
         assert!(valid("/a", &[b"[::1]:8080"]));
-        assert!(valid("/a", &[]), "no Host: one shared authority-less key");
+        assert!(!valid("/a", &[]), "no Host: no key");
+        assert!(!valid("/a", &[b""]), "empty Host: no key");
         // The absolute-form authority wins over Host (RFC 9112 §3.2.2).
         assert_eq!(
             key("http://h.test/a", Some("other.test"), QueryKey::Keep),

@@ -42,6 +42,8 @@ use super::entry::{reuse, Entry, RequestDirectives, Reuse};
 use super::flight::Lead;
 use super::handle::{Counters, Shared};
 use super::key;
+use crate::metrics::{L2Outcome, PurgeKind};
+use tracing::Instrument;
 
 /// Values larger than this stay in memory only, by default.
 const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
@@ -452,6 +454,7 @@ impl Tier {
                 s.retry_at = Some(Instant::now() + self.cfg.retry_after);
                 drop(s);
                 Counters::bump(&self.counters.l2_errors);
+                self.counters.metrics().l2(L2Outcome::Error);
                 self.failed(&e.to_string());
                 None
             }
@@ -459,6 +462,7 @@ impl Tier {
                 s.retry_at = Some(Instant::now() + self.cfg.retry_after);
                 drop(s);
                 Counters::bump(&self.counters.l2_timeouts);
+                self.counters.metrics().l2(L2Outcome::Timeout);
                 self.failed("connecting timed out");
                 None
             }
@@ -494,13 +498,16 @@ impl Tier {
         Fut: Future<Output = RedisResult<T>> + 'a,
     {
         let conn = self.connection().await?;
-        match tokio::time::timeout(self.cfg.timeout, f(conn)).await {
+        // One `debug` span per Redis call; free when nothing listens.
+        let span = tracing::debug_span!(target: "tower_ssr::cache", "redis_call");
+        match tokio::time::timeout(self.cfg.timeout, f(conn).instrument(span)).await {
             Ok(Ok(v)) => {
                 self.up();
                 Some(v)
             }
             Ok(Err(e)) => {
                 Counters::bump(&self.counters.l2_errors);
+                self.counters.metrics().l2(L2Outcome::Error);
                 if is_connection_error(&e) {
                     self.reset();
                     self.failed(&e.to_string());
@@ -511,6 +518,7 @@ impl Tier {
             }
             Err(_) => {
                 Counters::bump(&self.counters.l2_timeouts);
+                self.counters.metrics().l2(L2Outcome::Timeout);
                 self.reset();
                 self.failed("a call timed out");
                 None
@@ -562,13 +570,16 @@ impl Tier {
             .max_by_key(|e| e.fresh.stored_at);
         let Some(entry) = best else {
             Counters::bump(&self.counters.l2_misses);
+            self.counters.metrics().l2(L2Outcome::Miss);
             return None;
         };
         let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
         if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
             Counters::bump(&self.counters.l2_hits);
+            self.counters.metrics().l2(L2Outcome::Hit);
         } else {
             Counters::bump(&self.counters.l2_misses);
+            self.counters.metrics().l2(L2Outcome::Miss);
         }
         Some((Arc::new(entry), how))
     }
@@ -730,7 +741,10 @@ impl Tier {
                 .call(|mut c| async move { inv.invoke_async(&mut c).await })
                 .await;
             match done {
-                Some(1) => Counters::bump(&tier.counters.l2_writes),
+                Some(1) => {
+                    Counters::bump(&tier.counters.l2_writes);
+                    tier.counters.metrics().l2(L2Outcome::Write);
+                }
                 Some(_) => tracing::debug!("redis write refused: a purge came after its render"),
                 None => {}
             }
@@ -920,6 +934,7 @@ async fn listen(shared: Weak<Shared>, tier: Weak<Tier>) {
                         Some((from, purge)) if from != id => {
                             purge.apply_local(&shared);
                             Counters::bump(&shared.counters.remote_purges);
+                            shared.counters.metrics().purged(PurgeKind::Remote);
                             tracing::debug!(?purge, "purge from another instance");
                         }
                         _ => {}

@@ -11,6 +11,7 @@ use super::handle::ResponseCache;
 use super::key::QueryKey;
 use super::service::Cache;
 use super::status::{fwd, hit, member_name, Fwd};
+use crate::metrics::CacheMetrics;
 
 /// Bodies up to this size are stored by default.
 const DEFAULT_MAX_BODY: usize = 8 * 1024 * 1024;
@@ -53,12 +54,19 @@ pub(crate) struct Config {
     pub(crate) executor: Option<Arc<dyn Executor>>,
     /// A user-named targeted field, removed before responses leave.
     pub(crate) strip_field: Option<HeaderName>,
+    /// Keep the forwarding-header family on requests (see
+    /// `CacheLayer::trust_forwarding_headers`).
+    pub(crate) trust_forwarding_headers: bool,
     /// `name; hit; ttl=N` for N up to ten minutes, formatted on first use:
     /// a hit then clones a value instead of formatting one.
     pub(crate) hit_members: Arc<[OnceLock<HeaderValue>]>,
     /// `name; fwd=X` and `name; fwd=X; stored` for every reason, formatted
     /// once: the common forward members.
     pub(crate) fwd_members: Arc<[HeaderValue]>,
+    /// The `cache` label's handles (see `crate::metrics`).
+    pub(crate) metrics: Arc<CacheMetrics>,
+    /// Adds `Server-Timing` entries to every answer.
+    pub(crate) server_timing: bool,
 }
 
 fn fwd_members(name: &str) -> Arc<[HeaderValue]> {
@@ -134,6 +142,9 @@ impl std::fmt::Debug for Config {
             .field("lock_timeout", &self.lock_timeout)
             .field("executor", &self.executor.as_ref().map(|_| "dyn Executor"))
             .field("strip_field", &self.strip_field)
+            .field("trust_forwarding_headers", &self.trust_forwarding_headers)
+            .field("metrics", &self.metrics)
+            .field("server_timing", &self.server_timing)
             .finish()
     }
 }
@@ -167,8 +178,11 @@ impl CacheLayer {
                 #[cfg(not(feature = "tokio"))]
                 executor: None,
                 strip_field: None,
+                trust_forwarding_headers: false,
                 hit_members: hit_members(),
                 fwd_members: fwd_members("tower-ssr"),
+                metrics: Arc::new(CacheMetrics::new("tower-ssr")),
+                server_timing: false,
             }),
             cache,
         }
@@ -245,12 +259,22 @@ impl CacheLayer {
 
     /// The identifier of this cache in `Cache-Status` (default
     /// `tower-ssr`). A name that is not an RFC 8941 token is sent quoted.
+    ///
+    /// It is also the `cache` label of the metrics (feature `metrics`,
+    /// unquoted). Layers sharing one [`ResponseCache`] should share one
+    /// name: the store's own metrics (size, evictions, purges, Redis)
+    /// take the last name given.
     #[must_use]
     pub fn cache_name(mut self, name: &str) -> Self {
+        let metrics = Arc::new(CacheMetrics::new(name));
+        // The store's own metrics (evictions, size, purges, Redis) carry
+        // the name too: the last one given to a layer over this cache.
+        self.cache.shared.counters.name_metrics(&metrics);
         let config = self.config();
         config.name = member_name(name);
         config.hit_members = hit_members();
         config.fwd_members = fwd_members(&config.name);
+        config.metrics = metrics;
         self
     }
 
@@ -325,6 +349,38 @@ impl CacheLayer {
     #[must_use]
     pub fn keep_stale(mut self, duration: Duration) -> Self {
         self.config().rules.keep_stale = duration;
+        self
+    }
+
+    /// Whether requests keep the forwarding headers of
+    /// [`authority::FORWARDING_HEADERS`](crate::authority::FORWARDING_HEADERS)
+    /// (`Forwarded`, `X-Forwarded-Host`, `X-Real-IP`, `X-Original-URL`, …)
+    /// on their way to the inner service. Default `false`: they are
+    /// removed, and so are the method-override headers on all but `POST`,
+    /// because the key cannot see them while an application may build the
+    /// page from them (axum's `Host` extractor reads `X-Forwarded-Host`
+    /// first): one client could store a page for everyone. Set `true` only
+    /// when every request reaches this layer through a proxy that
+    /// overwrites all of them. A [`ReverseProxy`](crate::proxy::ReverseProxy)
+    /// inside this layer writes its own from the connection.
+    #[must_use]
+    pub fn trust_forwarding_headers(mut self, trust: bool) -> Self {
+        self.config().trust_forwarding_headers = trust;
+        self
+    }
+
+    /// Adds a W3C `Server-Timing` entry to every answer (default off):
+    /// `cache;desc=hit` on a hit, `cache;desc=miss, upstream;dur=12.3` on
+    /// a forwarded request (milliseconds the inner service took to answer
+    /// the response head), `desc=stale`, `bypass`, `revalidated` or
+    /// `coalesced` likewise (see [`CacheOutcome`](super::CacheOutcome)).
+    /// Entries the application set are kept, ahead of these, in one field
+    /// line. Browsers' developer tools show them on every page; they also
+    /// tell anyone which pages are cached, so leave it off where that
+    /// matters.
+    #[must_use]
+    pub fn server_timing(mut self, enabled: bool) -> Self {
+        self.config().server_timing = enabled;
         self
     }
 

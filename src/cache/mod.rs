@@ -133,6 +133,8 @@ mod key;
 #[cfg(feature = "redis")]
 mod l2;
 mod layer;
+mod observe;
+mod outcome;
 mod representation;
 mod service;
 mod sf;
@@ -152,6 +154,7 @@ pub use key::QueryKey;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use l2::{InvalidRedisUrl, RedisTier};
 pub use layer::CacheLayer;
+pub use outcome::CacheOutcome;
 pub use representation::Coding;
 #[cfg(feature = "compression")]
 #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]

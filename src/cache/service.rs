@@ -5,15 +5,16 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{
     HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE, TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::body::ResponseBody;
 use super::entry::{
@@ -24,6 +25,8 @@ use super::future::ResponseFuture;
 use super::handle::{Counters, ResponseCache, Shared};
 use super::key::{origin_of, write_uri_key};
 use super::layer::Config;
+use super::observe::{self, forwarded, seen};
+use super::outcome::CacheOutcome::{Bypass, Coalesced, Hit, Miss, Revalidated, Stale};
 use super::status::Fwd;
 use super::store::Variants;
 use super::tee::Pending;
@@ -54,11 +57,25 @@ impl<S> Cache<S> {
     crate::macros::define_inner_service_accessors!();
 }
 
-/// The service that `poll_ready` made ready, leaving a clone in its place
-/// (tower's usual way to move a ready service into a future).
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
+/// Waits for the inner service's readiness. Only the miss path calls it,
+/// inside its future: `Cache` itself is always ready (as axum's router and
+/// tower's `Balance` are), so a concurrency limit or rate limiter inside the
+/// cache throttles misses and never holds back a hit.
+async fn ready<S, R>(inner: &mut S) -> Result<(), S::Error>
+where
+    S: Service<R>,
+{
+    poll_fn(|cx| inner.poll_ready(cx)).await
+}
+
+/// Whether an answer says something about the moment rather than the
+/// resource: a timeout (408), too early (425), a rate limit (429) or a
+/// server error. Such an answer never replaces, evicts or stores anything,
+/// never marks a key uncacheable, and counts as an error for
+/// `stale-if-error` and for the flight's waiters (RFC 9111 §4.3.3 lets a
+/// cache act as if the origin had not answered; RFC 5861 §4).
+fn transient(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error()
 }
 
 /// What a lookup found for a request.
@@ -110,6 +127,12 @@ struct Job<ReqBody> {
     req_cc: RequestDirectives,
     has_auth: bool,
     conditionals: Option<Conditionals>,
+    /// A background refresh: its answer goes to no client, so it is not
+    /// reported as one.
+    refresh: bool,
+    /// The client asked with HEAD: the inner service gets a GET, the
+    /// client the head of the answer.
+    is_head: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
@@ -125,30 +148,71 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<ResBody, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the inner service's readiness is awaited on the miss
+    /// path only, inside the response future, so hits never wait for it.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let config = &*self.config;
         let shared = &self.cache.shared;
+
+        // One authority for the key and for the inner service (RFC 9112
+        // §3.2, §3.2.2): `Host` now names it, or the request is refused.
+        // HTTP/1.0 without one has no key and bypasses below.
+        if let Err(e) = crate::authority::normalize_host(&mut parts) {
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = e.status();
+            return ResponseFuture::ready(res);
+        }
+        if !config.trust_forwarding_headers {
+            crate::authority::remove_forwarding_headers(&parts.method, &mut parts.headers);
+        }
 
         let is_head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !is_head {
             // RFC 9111 §4: never answered from the cache.
             Counters::bump(&shared.counters.misses);
-            let inner = take_ready(&mut self.inner);
+            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Method, None, false, None);
             let shared = Arc::clone(shared);
             let Some(key) = checked_key(config, &parts) else {
                 // A target that names no URI has nothing stored to
                 // invalidate (and must not reach another URI's entry).
                 let req = Request::from_parts(parts, body);
-                return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+                let pass = pass(inner, req, member);
+                return ResponseFuture::miss(Box::pin(forwarded(
+                    Arc::clone(&self.config),
+                    Bypass,
+                    pass,
+                )));
             };
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::miss(Box::pin(forward_method(inner, req, key, member, shared)));
+            let fwd = forward_method(inner, req, key, member, shared);
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                fwd,
+            )));
+        }
+
+        if has_content(&parts.headers) {
+            // A GET or HEAD with content: what the origin renders may depend
+            // on content that no key covers (a form body injected into the
+            // page), so it is neither answered from nor stored in the
+            // cache. RFC 9110 §9.3.1: such content has no defined meaning.
+            Counters::bump(&shared.counters.misses);
+            let inner = self.inner.clone();
+            let member = config.fwd_member(Fwd::Bypass, None, false, None);
+            let req = Request::from_parts(parts, body);
+            let pass = pass(inner, req, member);
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                pass,
+            )));
         }
 
         let extra = match &config.key_fn {
@@ -170,10 +234,15 @@ where
         });
         let (Some(found), Some(extra)) = (found, extra) else {
             Counters::bump(&shared.counters.misses);
-            let inner = take_ready(&mut self.inner);
+            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+            let pass = pass(inner, req, member);
+            return ResponseFuture::miss(Box::pin(forwarded(
+                Arc::clone(&self.config),
+                Bypass,
+                pass,
+            )));
         };
 
         let now = crate::date::monotonic_now();
@@ -182,20 +251,30 @@ where
         match found {
             Lookup::Found(variants, i) => {
                 let entry = &variants.list[i];
-                match reuse(&entry.fresh, &req_cc, now) {
+                let reuse = reuse(&entry.fresh, &req_cc, now);
+                if matches!(
+                    reuse,
+                    Reuse::Fresh | Reuse::StaleAccepted | Reuse::StaleWhileRevalidate
+                ) {
+                    // Recency for the variant eviction (no allocation).
+                    variants.touch(i);
+                }
+                match reuse {
                     Reuse::Fresh => {
                         Counters::bump(&shared.counters.hits);
-                        return ResponseFuture::ready(hit(config, entry, &parts, now));
+                        let response = hit(config, entry, &parts, now);
+                        return ResponseFuture::ready(seen(config, response, Hit, None));
                     }
                     Reuse::StaleAccepted => {
                         Counters::bump(&shared.counters.hits);
                         Counters::bump(&shared.counters.stale);
-                        return ResponseFuture::ready(hit(config, entry, &parts, now));
+                        let response = hit(config, entry, &parts, now);
+                        return ResponseFuture::ready(seen(config, response, Stale, None));
                     }
                     Reuse::StaleWhileRevalidate if config.executor.is_some() => {
                         Counters::bump(&shared.counters.hits);
                         Counters::bump(&shared.counters.stale);
-                        let response = hit(config, entry, &parts, now);
+                        let response = seen(config, hit(config, entry, &parts, now), Stale, None);
                         let key = owned_key(config, &parts);
                         let flight_key = flight_key(&key, extra.as_deref());
                         if let Some(lead) = shared.flights.try_lead(&flight_key) {
@@ -209,9 +288,11 @@ where
                                 flight_key,
                                 extra,
                                 stale: Some(Arc::clone(entry)),
+                                is_head: false,
                                 fwd: Fwd::Stale,
                                 req_cc,
                                 has_auth,
+                                refresh: true,
                             };
                             refresh_in_background(self.inner.clone(), job, lead);
                         }
@@ -240,19 +321,22 @@ where
         }
 
         Counters::bump(&shared.counters.misses);
-        let inner = take_ready(&mut self.inner);
-        // HEAD is never stored (its response has no body to store) and a
-        // HEAD miss goes inward as HEAD, so a HEAD can never leave an empty
-        // body where a GET will look. Ranges and origin-only preconditions
-        // (RFC 9111 §4.3.2) go inward untouched too.
-        if is_head
-            || parts.headers.contains_key(RANGE)
+        let inner = self.inner.clone();
+        // A HEAD miss goes inward as a GET (as nginx's
+        // `proxy_cache_convert_head`): what comes back is the GET response,
+        // stored for later GETs and HEADs, and the HEAD gets its head, so a
+        // HEAD carries the validators and length the GET would, cached or
+        // not (a content ETag made from an empty HEAD body would differ).
+        // Ranges and origin-only preconditions (RFC 9111 §4.3.2) go inward
+        // untouched.
+        if parts.headers.contains_key(RANGE)
             || parts.headers.contains_key(IF_MATCH)
             || parts.headers.contains_key(IF_UNMODIFIED_SINCE)
         {
             let member = config.fwd_member(fwd, None, false, None);
             let req = Request::from_parts(parts, body);
-            return ResponseFuture::miss(Box::pin(pass(inner, req, member)));
+            let pass = pass(inner, req, member);
+            return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Miss, pass)));
         }
         let key = owned_key(config, &parts);
         let flight_key = flight_key(&key, extra.as_deref());
@@ -263,14 +347,14 @@ where
             let req = Request::from_parts(parts, body);
             let shared = Arc::clone(shared);
             let config = Arc::clone(&self.config);
-            return ResponseFuture::miss(Box::pin(forward_uncacheable(
-                inner, req, member, config, shared, flight_key,
-            )));
+            let fwd = forward_uncacheable(inner, req, member, config, shared, flight_key);
+            return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Miss, fwd)));
         }
         let job = Job {
             config: Arc::clone(&self.config),
             shared: Arc::clone(shared),
             conditionals: Conditionals::from_request(&parts.method, &parts.headers),
+            is_head,
             flight_key,
             parts,
             body,
@@ -280,9 +364,22 @@ where
             fwd,
             req_cc,
             has_auth,
+            refresh: false,
         };
-        ResponseFuture::miss(Box::pin(miss(inner, job)))
+        let span = observe::miss_span(&job.flight_key);
+        ResponseFuture::miss(Box::pin(miss(inner, job).instrument(span)))
     }
+}
+
+/// Whether a request says it carries content (RFC 9112 §6.1, §6.2): any
+/// `Transfer-Encoding`, or a `Content-Length` other than 0 (an invalid one
+/// counts as content: it cannot be shown to be empty).
+fn has_content(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() != b"0")
 }
 
 thread_local! {
@@ -394,7 +491,8 @@ fn l2_hit<B: Body>(
 ) -> Response<ResponseBody<B>> {
     let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
     let member = super::status::hit_detail(&config.name, entry.fresh.ttl(now), "redis");
-    from_entry(entry, false, conditionals.as_ref(), member, now)
+    let is_head = parts.method == Method::HEAD;
+    from_entry(entry, is_head, conditionals.as_ref(), member, now)
 }
 
 /// Forwards a request untouched and streams the response back.
@@ -407,6 +505,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     B: Body<Data = Bytes>,
 {
+    ready(&mut inner).await?;
     let (mut parts, body) = inner.call(req).await?.into_parts();
     parts.headers.append(CACHE_STATUS, member);
     Ok(Response::from_parts(parts, ResponseBody::stream(body)))
@@ -428,7 +527,22 @@ where
     S: Service<Request<ReqBody>, Response = Response<B>>,
     B: Body<Data = Bytes>,
 {
-    let (mut parts, body) = inner.call(req).await?.into_parts();
+    // As on every other miss, the client's conditionals are answered here
+    // and a HEAD goes inward as a GET, so the answer does not depend on
+    // whether the key was just seen uncacheable.
+    let (mut req_parts, req_body) = req.into_parts();
+    let conditionals = Conditionals::from_request(&req_parts.method, &req_parts.headers);
+    req_parts.headers.remove(IF_NONE_MATCH);
+    req_parts.headers.remove(IF_MODIFIED_SINCE);
+    let is_head = req_parts.method == Method::HEAD;
+    if is_head {
+        req_parts.method = Method::GET;
+    }
+    ready(&mut inner).await?;
+    let (mut parts, body) = inner
+        .call(Request::from_parts(req_parts, req_body))
+        .await?
+        .into_parts();
     let now = crate::date::monotonic_now();
     let storable = entry::storable(
         parts.status,
@@ -442,8 +556,16 @@ where
     if storable.is_ok() {
         shared.forget_uncacheable(&flight_key);
     }
-    parts.headers.append(CACHE_STATUS, member);
-    Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+    if let Some(field) = &config.strip_field {
+        parts.headers.remove(field);
+    }
+    Ok(passthrough(
+        parts,
+        body,
+        is_head,
+        conditionals.as_ref(),
+        member,
+    ))
 }
 
 /// Forwards an unsafe (or uncacheable safe) method and, on success,
@@ -463,6 +585,7 @@ where
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
+    ready(&mut inner).await?;
     let (mut parts, body) = inner.call(req).await?.into_parts();
     if unsafe_method && (parts.status.is_success() || parts.status.is_redirection()) {
         invalidate(&shared, &key);
@@ -540,7 +663,8 @@ where
                         let now = crate::date::monotonic_now();
                         if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
                             lead.finish(Outcome::Stored);
-                            return Ok(hit(&job.config, entry, &job.parts, now));
+                            let response = hit(&job.config, entry, &job.parts, now);
+                            return Ok(seen(&job.config, response, Hit, None));
                         }
                     }
                 }
@@ -581,7 +705,8 @@ where
                                     lead.finish(Outcome::NotStorable);
                                 }
                                 let now = crate::date::monotonic_now();
-                                return Ok(l2_hit(&job.config, &entry, &job.parts, now));
+                                let response = l2_hit(&job.config, &entry, &job.parts, now);
+                                return Ok(seen(&job.config, response, Hit, None));
                             }
                             // Not usable as is: validate it like a stale
                             // entry of our own.
@@ -626,19 +751,21 @@ where
                         };
                         if let Lookup::Found(variants, i) = found {
                             let entry = &variants.list[i];
+                            variants.touch(i);
                             if !usable(entry) {
                                 return fetch(&mut inner, job, None, Some(false)).await;
                             }
                             // Just fetched or validated for the leader, so
                             // good for this request too, whatever it asked.
                             let member = job.config.fwd_member(job.fwd, None, true, Some(true));
-                            return Ok(from_entry(
+                            let response = from_entry(
                                 entry,
-                                false,
+                                job.is_head,
                                 job.conditionals.as_ref(),
                                 member,
                                 now,
-                            ));
+                            );
+                            return Ok(seen(&job.config, response, Coalesced, None));
                         }
                         return fetch(&mut inner, job, None, Some(false)).await;
                     }
@@ -652,13 +779,14 @@ where
                         {
                             Counters::bump(&job.shared.counters.stale);
                             let member = job.config.fwd_member(Fwd::Stale, None, false, Some(true));
-                            return Ok(from_entry(
+                            let response = from_entry(
                                 entry,
-                                false,
+                                job.is_head,
                                 job.conditionals.as_ref(),
                                 member,
                                 now,
-                            ));
+                            );
+                            return Ok(seen(&job.config, response, Stale, None));
                         }
                         // One waiter takes over and the others wait for it
                         // (collapsing, RFC 9111 §4), once: a transient
@@ -679,8 +807,9 @@ where
                     Outcome::TimedOut => {
                         tracing::debug!(key = %job.key, "lock timeout: forwarding alone");
                         let member = job.config.fwd_member(job.fwd, None, false, Some(false));
+                        let config = Arc::clone(&job.config);
                         let req = Request::from_parts(job.parts, job.body);
-                        return pass(inner, req, member).await;
+                        return forwarded(config, Miss, pass(inner, req, member)).await;
                     }
                 }
             }
@@ -714,6 +843,8 @@ where
         req_cc,
         has_auth,
         conditionals,
+        refresh,
+        is_head,
     } = job;
     let finish = |lead: Option<Lead>, outcome: Outcome| {
         if let Some(lead) = lead {
@@ -726,6 +857,9 @@ where
     // comes back can be stored.
     parts.headers.remove(IF_NONE_MATCH);
     parts.headers.remove(IF_MODIFIED_SINCE);
+    if is_head {
+        parts.method = Method::GET;
+    }
     let validating = stale
         .as_ref()
         .filter(|e| e.etag().is_some() || e.last_modified().is_some())
@@ -741,8 +875,18 @@ where
     }
     let request_headers = parts.headers.clone();
     let request_time = crate::date::monotonic_now();
-    let result = inner.call(Request::from_parts(parts, body)).await;
+    let mut upstream = None;
+    let result = match ready(inner).await {
+        Ok(()) => {
+            let started = Instant::now();
+            let result = inner.call(Request::from_parts(parts, body)).await;
+            upstream = Some(started.elapsed());
+            result
+        }
+        Err(e) => Err(e),
+    };
     let now = crate::date::monotonic_now();
+    let report = |res, outcome| observe::fetched(&config, res, outcome, upstream, refresh);
     let response_time = (now, SystemTime::now());
 
     let serve_stale = |status: Option<u16>| {
@@ -752,7 +896,10 @@ where
             .map(|entry| {
                 Counters::bump(&shared.counters.stale);
                 let member = config.fwd_member(Fwd::Stale, status, false, collapsed);
-                from_entry(entry, false, conditionals.as_ref(), member, now)
+                report(
+                    from_entry(entry, is_head, conditionals.as_ref(), member, now),
+                    Stale,
+                )
             })
     };
 
@@ -769,10 +916,10 @@ where
 
     if status == StatusCode::NOT_MODIFIED {
         if let Some(entry) = validating {
-            let response = revalidated(
+            let (response, stored) = revalidated(
                 &config,
                 &shared,
-                &key,
+                (&key, &flight_key),
                 &entry,
                 &head.headers,
                 &req_cc,
@@ -782,21 +929,40 @@ where
                 fwd,
                 collapsed,
                 conditionals.as_ref(),
+                is_head,
             );
-            finish(lead, Outcome::Stored);
-            return Ok(response);
-        }
-    }
-
-    // RFC 5861 §4: 500, 502, 503 and 504 count as errors.
-    if matches!(status.as_u16(), 500 | 502 | 503 | 504) {
-        if let Some(response) = serve_stale(Some(status.as_u16())) {
-            finish(lead, Outcome::Failed);
-            return Ok(response);
+            // Waiters look up a freshened entry; when the merged response
+            // may not be shared they go on alone, and never get this
+            // client's response (its Set-Cookie, say).
+            let outcome = if stored {
+                Outcome::Stored
+            } else {
+                Outcome::NotStorable
+            };
+            finish(lead, outcome);
+            return Ok(report(response, Revalidated));
         }
     }
 
     let fwd_status = validating.is_some().then_some(status.as_u16());
+    // RFC 5861 §4 names 500, 502, 503 and 504; a timeout, a rate limit or
+    // any server error is as much a failure to answer (see `transient`).
+    if transient(status) {
+        finish(lead, Outcome::Failed);
+        if let Some(response) = serve_stale(Some(status.as_u16())) {
+            return Ok(response);
+        }
+        tracing::debug!(key = %key, status = status.as_u16(), "transient answer: forwarded, nothing evicted");
+        if let Some(field) = &config.strip_field {
+            head.headers.remove(field);
+        }
+        let member = config.fwd_member(fwd, fwd_status, false, collapsed);
+        return Ok(report(
+            passthrough(head, body, is_head, conditionals.as_ref(), member),
+            Miss,
+        ));
+    }
+
     let policy = entry::storable(
         status,
         &head.headers,
@@ -829,7 +995,10 @@ where
                 head.headers.remove(field);
             }
             let member = config.fwd_member(fwd, fwd_status, false, collapsed);
-            return Ok(passthrough(head, body, conditionals.as_ref(), member));
+            return Ok(report(
+                passthrough(head, body, is_head, conditionals.as_ref(), member),
+                Miss,
+            ));
         }
     };
 
@@ -856,64 +1025,150 @@ where
         lead,
         chunks: Vec::new(),
         len: 0,
+        declared,
     };
-    // A body of unknown length (a streamed render) is stored as it passes
-    // to the client, so the first bytes are not held back; unless the
-    // client's own conditional may turn the answer into a 304, which needs
-    // the whole response first.
-    if fits && declared.is_none() && hint.exact().is_none() && conditionals.is_none() {
-        if let Some(field) = &config.strip_field {
-            head.headers.remove(field);
-        }
-        // Whether it ends up stored is not known yet: no `stored`.
-        head.headers.append(CACHE_STATUS, member(false));
-        return Ok(Response::from_parts(head, ResponseBody::tee(body, pending)));
+    if let Some(field) = &config.strip_field {
+        head.headers.remove(field);
     }
-    let collected = if fits {
-        collect(body, cap).await
+    // Boxed (the miss path) so the part read here and the rest can go to
+    // the client as one body.
+    let mut body = Box::pin(body);
+    // The client's own conditional may turn the answer into a 304, and a
+    // HEAD needs the whole GET body stored: both read it whole first.
+    // Otherwise the response goes to the client as soon as it has started
+    // (see `read_start`) and is stored as it passes.
+    let whole = conditionals.is_some() || is_head;
+    let read = if !fits {
+        Read::TooLong(VecDeque::new())
+    } else if !whole && declared.is_none() && hint.exact().is_none() {
+        // A body of unknown length (a streamed render) goes out with its
+        // headers at once, as it always has: a renderer may flush its head
+        // early and take its time over the rest. A break-off then aborts
+        // the client's connection; it is never stored either way.
+        Read::Started(VecDeque::new(), 0)
     } else {
-        Collected::TooLong(VecDeque::new(), Box::pin(body))
+        read_start(&mut body, cap, whole).await
     };
-    match collected {
-        // §3.3: a body shorter than announced is incomplete: not stored.
-        Collected::Complete(bytes) if declared.map_or(true, |n| n == bytes.len() as u64) => {
-            pending.len = bytes.len();
-            pending.chunks.push(bytes);
+    let response: Result<_, S::Error> = match read {
+        // §3.3: a body shorter than announced is incomplete: never stored,
+        // and never shown as complete.
+        Read::Complete(chunks, len) if declared.map_or(true, |n| n == len as u64) => {
+            pending.len = len;
+            pending.chunks.extend(chunks);
             let (entry, stored) = pending.store();
             Ok(from_entry(
                 &entry,
-                false,
+                is_head,
                 conditionals.as_ref(),
                 member(stored),
                 crate::date::monotonic_now(),
             ))
         }
-        Collected::Complete(bytes) => {
-            if let Some(lead) = pending.lead.take() {
-                lead.finish(Outcome::Failed);
+        Read::Complete(..) | Read::Failed(_) => {
+            // The upstream broke off before anything reached the client:
+            // nothing partial is stored, the flight failed (waiters never
+            // see the truncated body), and the client gets a stale copy
+            // where allowed, else a clean 502 (RFC 9110 §15.6.3) instead
+            // of a connection closed without a status.
+            pending.fail();
+            if let Some(response) = serve_stale(Some(502)) {
+                return Ok(response);
             }
-            head.headers.remove(CONTENT_LENGTH);
-            head.headers.append(CACHE_STATUS, member(false));
-            Ok(Response::from_parts(head, ResponseBody::stored(bytes)))
+            tracing::debug!(status = status.as_u16(), "upstream body broke off: 502");
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            res.headers_mut().append(CACHE_STATUS, member(false));
+            Ok(res)
         }
-        Collected::TooLong(buffered, rest) => {
+        Read::TooLong(buffered) => {
             pending.too_long();
             head.headers.append(CACHE_STATUS, member(false));
-            Ok(Response::from_parts(
-                head,
-                ResponseBody::replay(buffered, None, Some(rest)),
-            ))
+            let body = if is_head {
+                ResponseBody::empty()
+            } else {
+                ResponseBody::replay(buffered, None, Some(body))
+            };
+            Ok(Response::from_parts(head, body))
         }
-        Collected::Failed(buffered, error) => {
-            // Nothing partial is stored; the flight failed.
-            pending.fail();
+        Read::Started(buffered, len) => {
+            pending.len = len;
+            pending.chunks.extend(buffered.iter().cloned());
+            // Whether it ends up stored is not known yet: no `stored`.
             head.headers.append(CACHE_STATUS, member(false));
             Ok(Response::from_parts(
                 head,
-                ResponseBody::replay(buffered, Some(error), None),
+                ResponseBody::tee(buffered, body, pending),
             ))
         }
-    }
+    };
+    response.map(|response| report(response, Miss))
+}
+
+/// How a response body began.
+enum Read<E> {
+    /// It ended: its chunks and length.
+    Complete(VecDeque<Bytes>, usize),
+    /// Data came and the upstream has no more ready: the chunks so far
+    /// and their length; the rest streams.
+    Started(VecDeque<Bytes>, usize),
+    /// Longer than may be stored: the chunks read.
+    TooLong(VecDeque<Bytes>),
+    Failed(E),
+}
+
+/// Cooperative yields granted, after the first data, to an upstream that
+/// has nothing more ready, before the headers go out: enough for an
+/// upstream connection that already closed to report it (its task runs
+/// first), so a body cut short right after its first bytes still gets a
+/// 502. Not a timer: each yield only lets ready tasks run.
+const START_YIELDS: u8 = 3;
+
+/// Reads the start of a body of known length: the whole of it when
+/// `whole`, else until the first data has come and nothing more is ready, so the client gets its
+/// first byte as soon as the upstream sent it while a body that breaks off
+/// before then still gets a clean answer. The choice for a body that
+/// breaks off later: the headers have left, so the client's connection is
+/// aborted (a body error) and nothing is stored. Trailers are dropped
+/// (RFC 9111 §3.1 allows it).
+async fn read_start<B: Body<Data = Bytes>>(
+    body: &mut Pin<Box<B>>,
+    cap: usize,
+    whole: bool,
+) -> Read<B::Error> {
+    let mut chunks = VecDeque::new();
+    let mut len = 0usize;
+    let mut yields = 0u8;
+    poll_fn(|cx| loop {
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    len = len.saturating_add(data.len());
+                    if !data.is_empty() {
+                        chunks.push_back(data);
+                    }
+                    if len > cap {
+                        return Poll::Ready(Read::TooLong(std::mem::take(&mut chunks)));
+                    }
+                }
+                if body.is_end_stream() {
+                    return Poll::Ready(Read::Complete(std::mem::take(&mut chunks), len));
+                }
+                yields = 0;
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Read::Failed(e)),
+            Poll::Ready(None) => {
+                return Poll::Ready(Read::Complete(std::mem::take(&mut chunks), len))
+            }
+            Poll::Pending if whole || chunks.is_empty() => return Poll::Pending,
+            Poll::Pending if yields < START_YIELDS => {
+                yields += 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Pending => return Poll::Ready(Read::Started(std::mem::take(&mut chunks), len)),
+        }
+    })
+    .await
 }
 
 /// Whether a response that may not be stored says the resource is no longer
@@ -922,23 +1177,30 @@ where
 /// (a request's `no-store` concerns that request alone, RFC 9111 §5.2.1.5;
 /// `Authorization`, §3.5), nor for an answer to what this request asked
 /// rather than a new representation: a range (206, 416) or a precondition
-/// (304, 412; §3, §4.3.2). Nor a server error: the cache may forward it or
-/// act as if the origin did not answer (§4.3.3), and one failure must not
-/// drop a good entry or stop coalescing during an outage. RFC 9111 asks to
-/// purge only on §4.4.
+/// (304, 412; §3, §4.3.2). Nor a transient answer (408, 425, 429, 5xx; see
+/// `transient`): the cache may forward it or act as if the origin did not
+/// answer (§4.3.3), and one failure must not drop a good entry or stop
+/// coalescing during an outage. RFC 9111 asks to purge only on §4.4.
 fn supersedes(reason: NotStorable, status: StatusCode) -> bool {
     matches!(reason, NotStorable::Response(_))
         && !matches!(status.as_u16(), 206 | 304 | 412 | 416)
-        && !status.is_server_error()
+        && !transient(status)
 }
 
 /// A 304 answered our validators: freshen the stored entry (RFC 9111
-/// §4.3.4) and answer from it.
+/// §4.3.4) and answer from it. The client always gets the merged response:
+/// the stored one updated with every field of the 304 that §3.2 lets
+/// through (a new `Cache-Control`, a `Set-Cookie`). When the merged
+/// response may not be stored (`no-store`, `private`, `Set-Cookie`, ...)
+/// the entry is dropped and the key remembered as uncacheable, as for a
+/// full response saying so; a restriction of this request alone
+/// (`no-store`, `Authorization`) leaves the entry as it was. Returns the
+/// response and whether the entry was freshened.
 #[allow(clippy::too_many_arguments)]
 fn revalidated<B: Body>(
     config: &Config,
     shared: &Shared,
-    key: &str,
+    (key, flight_key): (&str, &str),
     entry: &Arc<Entry>,
     not_modified: &HeaderMap,
     req_cc: &RequestDirectives,
@@ -948,7 +1210,8 @@ fn revalidated<B: Body>(
     fwd: Fwd,
     collapsed: Option<bool>,
     conditionals: Option<&Conditionals>,
-) -> Response<ResponseBody<B>> {
+    is_head: bool,
+) -> (Response<ResponseBody<B>>, bool) {
     let now = response_time.0;
     // §4.3.4: a 304 naming another strong validator selects no stored
     // response: answer from what we have, and let the next request fetch.
@@ -962,6 +1225,11 @@ fn revalidated<B: Body>(
         }
         _ => true,
     };
+    if !same_tag {
+        shared.store.remove_variant(key, entry);
+        let member = config.fwd_member(fwd, Some(304), false, collapsed);
+        return (from_entry(entry, is_head, conditionals, member, now), false);
+    }
     let mut merged = entry::merge_304(&entry.headers, not_modified);
     if entry.status_placeholder {
         merged.remove(CACHE_STATUS);
@@ -976,37 +1244,86 @@ fn revalidated<B: Body>(
         response_time,
     );
     let member = |stored| config.fwd_member(fwd, Some(304), stored, collapsed);
-    match policy {
-        Ok(policy) if same_tag => {
-            let mut fresh = entry::build(
-                entry.status,
-                entry.version,
-                &merged,
-                entry.body.clone(),
-                policy,
-                &HeaderMap::new(),
-                entry.extra.clone(),
-                config.strip_field.as_ref(),
-            );
-            // The variant stays the one it was.
-            fresh.vary = entry.vary.clone();
-            let fresh = Arc::new(fresh);
-            if !shared.store.insert(key, Arc::clone(&fresh)) {
-                // The merged headers made it too heavy for the tier.
+    let policy = match policy {
+        Ok(policy) => policy,
+        Err(reason) => {
+            tracing::debug!(key, ?reason, "revalidated response not stored");
+            if matches!(reason, NotStorable::Response(_)) {
                 shared.store.remove_variant(key, entry);
-                return from_entry(&fresh, false, conditionals, member(false), now);
+                shared.remember_uncacheable(flight_key, config.uncacheable_for);
             }
-            shared.stored_l2(key, &fresh, None);
-            Counters::bump(&shared.counters.revalidations);
-            Counters::bump(&shared.counters.stores);
-            tracing::debug!(key, "stored response revalidated");
-            from_entry(&fresh, false, conditionals, member(true), now)
+            let response =
+                merged_response(config, entry, merged, is_head, conditionals, member(false));
+            return (response, false);
         }
-        _ => {
-            shared.store.remove_variant(key, entry);
-            from_entry(entry, false, conditionals, member(false), now)
-        }
+    };
+    let mut fresh = entry::build(
+        entry.status,
+        entry.version,
+        &merged,
+        entry.body.clone(),
+        policy,
+        &HeaderMap::new(),
+        entry.extra.clone(),
+        config.strip_field.as_ref(),
+    );
+    // The variant stays the one it was.
+    fresh.vary = entry.vary.clone();
+    let fresh = Arc::new(fresh);
+    if !shared.store.insert(key, Arc::clone(&fresh)) {
+        // The merged headers made it too heavy for the tier.
+        shared.store.remove_variant(key, entry);
+        return (
+            from_entry(&fresh, is_head, conditionals, member(false), now),
+            false,
+        );
     }
+    shared.stored_l2(key, &fresh, None);
+    Counters::bump(&shared.counters.revalidations);
+    shared.count_store();
+    tracing::debug!(key, "stored response revalidated");
+    (
+        from_entry(&fresh, is_head, conditionals, member(true), now),
+        true,
+    )
+}
+
+/// The stored response updated by a 304 that may not be stored, for the
+/// client that asked (RFC 9111 §4.3.4): its headers are the merged ones, so
+/// the 304's `Cache-Control` and `Set-Cookie` reach this client and no one
+/// else. `Age` is the 304's own (a just-validated response).
+fn merged_response<B: Body>(
+    config: &Config,
+    entry: &Entry,
+    mut merged: HeaderMap,
+    is_head: bool,
+    conditionals: Option<&Conditionals>,
+    member: HeaderValue,
+) -> Response<ResponseBody<B>> {
+    if let Some(field) = &config.strip_field {
+        merged.remove(field);
+    }
+    if !merged.contains_key(AGE) {
+        merged.insert(AGE, HeaderValue::from_static("0"));
+    }
+    let mut head = Response::new(()).into_parts().0;
+    head.status = entry.status;
+    head.version = entry.version;
+    head.headers = merged;
+    if conditionals
+        .is_some_and(|c| c.evaluate(head.status, &head.headers) == Condition::NotModified)
+    {
+        let mut parts = not_modified_parts(head);
+        parts.headers.append(CACHE_STATUS, member);
+        return Response::from_parts(parts, ResponseBody::empty());
+    }
+    head.headers.append(CACHE_STATUS, member);
+    let body = if is_head {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::stored(entry.body.clone())
+    };
+    Response::from_parts(head, body)
 }
 
 /// An unstored response streamed through, the client's conditionals
@@ -1014,6 +1331,7 @@ fn revalidated<B: Body>(
 fn passthrough<B: Body>(
     mut head: http::response::Parts,
     body: B,
+    is_head: bool,
     conditionals: Option<&Conditionals>,
     member: HeaderValue,
 ) -> Response<ResponseBody<B>> {
@@ -1025,49 +1343,11 @@ fn passthrough<B: Body>(
         return Response::from_parts(parts, ResponseBody::empty());
     }
     head.headers.append(CACHE_STATUS, member);
-    Response::from_parts(head, ResponseBody::stream(body))
-}
-
-enum Collected<B: Body> {
-    Complete(Bytes),
-    TooLong(VecDeque<Bytes>, Pin<Box<B>>),
-    Failed(VecDeque<Bytes>, B::Error),
-}
-
-/// Reads a body whole, up to `cap` bytes. Trailers are dropped (RFC 9111
-/// §3.1 allows it).
-async fn collect<B: Body<Data = Bytes>>(body: B, cap: usize) -> Collected<B> {
-    let mut body = Box::pin(body);
-    let mut chunks = VecDeque::new();
-    let mut len = 0usize;
-    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-        match frame {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    len = len.saturating_add(data.len());
-                    if !data.is_empty() {
-                        chunks.push_back(data);
-                    }
-                    if len > cap {
-                        return Collected::TooLong(chunks, body);
-                    }
-                }
-            }
-            Err(e) => return Collected::Failed(chunks, e),
-        }
+    if is_head {
+        // The GET's head, Content-Length included, without its body.
+        return Response::from_parts(head, ResponseBody::empty());
     }
-    let bytes = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop_front().unwrap_or_default(),
-        _ => {
-            let mut all = BytesMut::with_capacity(len);
-            for c in chunks {
-                all.extend_from_slice(&c);
-            }
-            all.freeze()
-        }
-    };
-    Collected::Complete(bytes)
+    Response::from_parts(head, ResponseBody::stream(body))
 }
 
 /// Starts a `stale-while-revalidate` refresh on the executor.
@@ -1110,6 +1390,7 @@ where
     job.req_cc = RequestDirectives::default();
     tracing::debug!(key = %job.key, "background refresh");
     let limit = job.config.lock_timeout;
+    let span = observe::refresh_span(&job.flight_key);
     let refresh = async move {
         if poll_fn(|cx| svc.poll_ready(cx)).await.is_err() {
             return; // the lead guard drops: a later request tries again
@@ -1121,6 +1402,7 @@ where
             while let Some(Ok(_)) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {}
         }
     };
+    let refresh = refresh.instrument(span);
     executor.execute(Box::pin(async move {
         // No client waits on a refresh to hang up: a fetch or a body that
         // never ends would hold the key's flight for good. Past the limit

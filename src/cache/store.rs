@@ -5,7 +5,8 @@
 //! One key holds every variant of one URI (`Vary`, user key), so purging a
 //! URI drops them all at once and a lookup is one map read.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -15,40 +16,164 @@ use moka::Expiry;
 use super::entry::Entry;
 use super::key;
 
-/// Variants of one URI kept side by side; more are rare, and the oldest goes
-/// first so a header with unbounded values (a user agent) cannot grow one
-/// key without limit.
+/// Variants of one URI kept side by side. When a new one finds the list
+/// full, the least recently used variant that no one has asked for again
+/// goes first, so a header with unbounded values (a user agent, a made-up
+/// `Accept-Encoding`) churns only among values seen once and cannot push out
+/// the variants real clients use (issue 8 §7).
 pub(crate) const MAX_VARIANTS: usize = 32;
 
-/// Every variant stored under one key.
+/// Fingerprints of the variants of one key stored most recently: a variant
+/// stored again while its fingerprint is still here (it was evicted, or
+/// refreshed) is one that clients ask for more than once.
+const SEEN: usize = 256;
+
+/// The fingerprints of the last [`SEEN`] variants stored under one key, a
+/// ring. Shared by every version of the key's [`Variants`] (they are
+/// replaced on each insert); only the miss path touches it.
+#[derive(Debug)]
+struct Seen {
+    ring: Box<[u64]>,
+    next: usize,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Seen {
+            ring: vec![0; SEEN].into_boxed_slice(),
+            next: 0,
+        }
+    }
+
+    /// Records `fp`; whether it was there already.
+    fn record(&mut self, fp: u64) -> bool {
+        let before = self.ring.contains(&fp);
+        if let Some(slot) = self.ring.get_mut(self.next) {
+            *slot = fp;
+        }
+        self.next = (self.next + 1) % SEEN;
+        before
+    }
+}
+
+/// A variant's identity (its `Vary` values and user key) as a fingerprint;
+/// never 0, the ring's empty slot.
+fn fingerprint(e: &Entry) -> u64 {
+    let mut buf = Vec::with_capacity(64);
+    if let Some(extra) = &e.extra {
+        buf.extend_from_slice(extra.as_bytes());
+    }
+    for (name, value) in e.vary.iter() {
+        buf.push(0);
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.push(1);
+        if let Some(v) = value {
+            buf.extend_from_slice(v.as_bytes());
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(&buf).max(1)
+}
+
+/// Every variant stored under one key, with what eviction needs to know of
+/// each: when it was last used (a per-key logical clock, so ties cannot
+/// happen) and whether it is *hot* (answered a hit, or was stored before
+/// while still remembered in [`Seen`]).
 #[derive(Debug)]
 pub(crate) struct Variants {
     pub(crate) list: Box<[Arc<Entry>]>,
+    last: Box<[AtomicU64]>,
+    hot: Box<[AtomicBool]>,
+    clock: AtomicU64,
+    /// Only for keys that can have more than one variant.
+    seen: Option<Arc<Mutex<Seen>>>,
     weight: u32,
     keep_for: Duration,
 }
 
+/// One variant while the list is rebuilt.
+struct Slot {
+    entry: Arc<Entry>,
+    last: u64,
+    hot: bool,
+}
+
 impl Variants {
-    fn new(list: Vec<Arc<Entry>>, key_len: usize) -> Self {
-        let weight = list
+    fn new(slots: Vec<Slot>, clock: u64, seen: Option<Arc<Mutex<Seen>>>, key_len: usize) -> Self {
+        let ring = if seen.is_some() {
+            SEEN * std::mem::size_of::<u64>()
+        } else {
+            0
+        };
+        let weight = slots
             .iter()
-            .map(|e| e.weight)
-            .fold(key_len + 64, usize::saturating_add);
+            .map(|s| s.entry.weight.saturating_add(16))
+            .fold(key_len + 64 + ring, usize::saturating_add);
         let now = crate::date::monotonic_now();
-        let keep_for = list
+        let keep_for = slots
             .iter()
-            .map(|e| {
-                let resident = now.saturating_duration_since(e.fresh.stored_at);
-                e.fresh.keep_for.saturating_sub(resident)
+            .map(|s| {
+                let resident = now.saturating_duration_since(s.entry.fresh.stored_at);
+                s.entry.fresh.keep_for.saturating_sub(resident)
             })
             .max()
             .unwrap_or(Duration::ZERO);
         Variants {
-            list: list.into_boxed_slice(),
+            last: slots.iter().map(|s| AtomicU64::new(s.last)).collect(),
+            hot: slots.iter().map(|s| AtomicBool::new(s.hot)).collect(),
+            list: slots.into_iter().map(|s| s.entry).collect(),
+            clock: AtomicU64::new(clock),
+            seen,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
             keep_for,
         }
     }
+
+    /// The variants and their state, for a rebuild.
+    fn slots(&self) -> Vec<Slot> {
+        self.list
+            .iter()
+            .zip(self.last.iter().zip(self.hot.iter()))
+            .map(|(e, (last, hot))| Slot {
+                entry: Arc::clone(e),
+                last: last.load(Relaxed),
+                hot: hot.load(Relaxed),
+            })
+            .collect()
+    }
+
+    /// Notes that variant `i` answered a request. Cheap enough for the hit
+    /// path: no allocation, and once a variant is hot and the last one used
+    /// (the steady state of a hot page), only two relaxed loads; a key with
+    /// one variant has nothing to rank and skips the clock.
+    pub(crate) fn touch(&self, i: usize) {
+        if let Some(hot) = self.hot.get(i) {
+            if !hot.load(Relaxed) {
+                hot.store(true, Relaxed);
+            }
+        }
+        if self.list.len() < 2 {
+            return;
+        }
+        if let Some(last) = self.last.get(i) {
+            if last.load(Relaxed) != self.clock.load(Relaxed) {
+                last.store(self.clock.fetch_add(1, Relaxed) + 1, Relaxed);
+            }
+        }
+    }
+}
+
+/// The variant to drop from a full list: the least recently used of those
+/// not hot, or the least recently used of all when every one is hot.
+fn victim(slots: &[Slot]) -> Option<usize> {
+    let lru = |hot_too: bool| {
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| hot_too || !s.hot)
+            .min_by_key(|(_, s)| s.last)
+            .map(|(i, _)| i)
+    };
+    lru(false).or_else(|| lru(true))
 }
 
 struct KeepFor;
@@ -117,22 +242,38 @@ impl Store {
     pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) -> bool {
         let mut stored = false;
         self.map.entry_by_ref(key).and_compute_with(|current| {
-            let mut list: Vec<Arc<Entry>> = Vec::new();
-            if let Some(current) = current {
-                list.extend(
-                    current
-                        .value()
-                        .list
-                        .iter()
-                        .filter(|e| !same_variant(e, &entry))
-                        .cloned(),
-                );
+            let current = current.map(|c| c.into_value());
+            let mut slots = current.as_ref().map_or_else(Vec::new, |c| c.slots());
+            let mut clock = current.as_ref().map_or(0, |c| c.clock.load(Relaxed));
+            // Keys whose responses vary keep a memory of the variants
+            // stored, so a value asked for again is recognised.
+            let seen = current.as_ref().and_then(|c| c.seen.clone()).or_else(|| {
+                (!entry.vary.is_empty() || entry.extra.is_some())
+                    .then(|| Arc::new(Mutex::new(Seen::new())))
+            });
+            let mut hot = false;
+            slots.retain(|s| {
+                let same = same_variant(&s.entry, &entry);
+                // A refreshed variant keeps its standing.
+                hot |= same && s.hot;
+                !same
+            });
+            if let Some(seen) = &seen {
+                let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                hot |= seen.record(fingerprint(&entry));
             }
-            if list.len() >= MAX_VARIANTS {
-                list.remove(0);
+            if slots.len() >= MAX_VARIANTS {
+                if let Some(i) = victim(&slots) {
+                    slots.remove(i);
+                }
             }
-            list.push(entry);
-            let variants = Variants::new(list, key.len());
+            clock += 1;
+            slots.push(Slot {
+                entry,
+                last: clock,
+                hot,
+            });
+            let variants = Variants::new(slots, clock, seen, key.len());
             if u64::from(variants.weight) > self.max_bytes {
                 // Could never be kept: moka would only evict it later,
                 // after lookups had seen it.
@@ -150,19 +291,17 @@ impl Store {
             let Some(current) = current else {
                 return moka::ops::compute::Op::Nop;
             };
-            let list: Vec<Arc<Entry>> = current
-                .value()
-                .list
-                .iter()
-                .filter(|e| !Arc::ptr_eq(e, entry))
-                .cloned()
-                .collect();
-            if list.len() == current.value().list.len() {
+            let current = current.value();
+            let mut slots = current.slots();
+            slots.retain(|s| !Arc::ptr_eq(&s.entry, entry));
+            if slots.len() == current.list.len() {
                 moka::ops::compute::Op::Nop
-            } else if list.is_empty() {
+            } else if slots.is_empty() {
                 moka::ops::compute::Op::Remove
             } else {
-                moka::ops::compute::Op::Put(Arc::new(Variants::new(list, key.len())))
+                let clock = current.clock.load(Relaxed);
+                let seen = current.seen.clone();
+                moka::ops::compute::Op::Put(Arc::new(Variants::new(slots, clock, seen, key.len())))
             }
         });
     }

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode, Version};
 
 use super::entry::{self, Entry, Policy};
 use super::flight::{Lead, Outcome};
-use super::handle::{Counters, Shared};
+use super::handle::Shared;
 use super::layer::Config;
 
 /// A storable response on its way: what is needed to store it once its
@@ -27,6 +27,9 @@ pub(crate) struct Pending {
     pub(crate) lead: Option<Lead>,
     pub(crate) chunks: Vec<Bytes>,
     pub(crate) len: usize,
+    /// The `Content-Length` the response announced: a body that ends
+    /// shorter or longer is incomplete (RFC 9111 §3.3) and never stored.
+    pub(crate) declared: Option<u64>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -68,20 +71,13 @@ impl Pending {
             request_headers,
             extra,
             mut lead,
-            mut chunks,
-            len,
+            chunks,
+            len: _,
+            declared: _,
         } = self;
-        let body = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop().unwrap_or_default(),
-            _ => {
-                let mut all = BytesMut::with_capacity(len);
-                for c in &chunks {
-                    all.extend_from_slice(c);
-                }
-                all.freeze()
-            }
-        };
+        // Copied, never kept as received: see `entry::owned_body`.
+        let body = entry::owned_body(&chunks);
+        drop(chunks);
         let entry = Arc::new(entry::build(
             status,
             version,
@@ -104,12 +100,29 @@ impl Pending {
         }
         shared.stored_l2(&key, &entry, lead.as_mut());
         shared.forget_uncacheable(&flight_key);
-        Counters::bump(&shared.counters.stores);
+        shared.count_store();
         tracing::debug!(key = %key, bytes = entry.body.len(), "response stored");
         if let Some(lead) = lead {
             lead.finish(Outcome::Stored);
         }
         (entry, true)
+    }
+
+    /// Whether the body has all the bytes it announced: stored then, before
+    /// the last chunk is handed on, so the next request finds it.
+    pub(crate) fn has_all(&self) -> bool {
+        self.declared == Some(self.len as u64)
+    }
+
+    /// The body ended: stores it when it is complete (as long as it
+    /// announced), else ends the flight as failed.
+    pub(crate) fn complete(self) {
+        if self.declared.is_some_and(|n| n != self.len as u64) {
+            tracing::debug!(key = %self.key, "body ended short of its Content-Length");
+            self.fail();
+        } else {
+            self.store();
+        }
     }
 
     /// The inner body failed: nothing partial is stored, and the flight

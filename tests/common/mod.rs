@@ -1,6 +1,8 @@
 //! Shared helpers: a real server on 127.0.0.1:0 and a client for it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

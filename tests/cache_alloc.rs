@@ -1,0 +1,191 @@
+//! What a stored response really holds in memory, counted by the global
+//! allocator, against what the cache's weigher says it holds: the byte
+//! bound (`max_bytes`) bounds the process only if the two agree.
+//!
+//! The responses come from a real HTTP origin over a socket through
+//! hyper's client, as in `examples/proxy`: hyper hands out bodies and
+//! header values as slices of each connection's read buffer, so a stored
+//! slice would keep a whole buffer alive, uncounted (issue 8, §6).
+//!
+//! Alone in its binary so that no other test allocates meanwhile; the
+//! measurements also take a lock, so they never overlap each other. The
+//! allocator counts every thread; the figures are differences between two
+//! points that both hold a warm runtime, connection pool and cache, so only
+//! the stored entries remain. Nothing here depends on timing.
+#![cfg(feature = "cache")]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_ssr::cache::{CacheLayer, ResponseCache};
+
+/// Counts every allocation of this test binary. `stats_alloc` rather than a
+/// counting allocator of our own: the crate forbids `unsafe`, which a
+/// `GlobalAlloc` impl needs.
+#[global_allocator]
+static ALLOC: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// One measurement at a time: the allocator's counts are process-wide.
+static MEASURING: Mutex<()> = Mutex::new(());
+
+/// What the allocator spends on each block besides the bytes asked for:
+/// glibc's 8-byte header and rounding up to 16 bytes, about 16 on average.
+const PER_BLOCK: usize = 16;
+
+/// Serves pages of `body` bytes (their own allocation each, as a renderer
+/// makes them) with the headers a renderer behind the proxy sends.
+async fn origin(body: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let page = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let mut html = format!("<!doctype html><title>{}</title>", req.uri()).into_bytes();
+                html.resize(body, b'x');
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "text/html; charset=utf-8")
+                            .header("cache-control", "public, s-maxage=600")
+                            .header("etag", "W/\"0123456789abcdef\"")
+                            .header("x-upstream", "r1")
+                            .header("surrogate-key", "pages posts")
+                            .body(Full::new(Bytes::from(html)))
+                            .unwrap(),
+                    )
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), page)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Live bytes and live blocks now. (`bytes_allocated` and
+/// `bytes_deallocated` already count what reallocations grew or shrank;
+/// `bytes_reallocated` is the same again.)
+fn live() -> (isize, isize) {
+    let s = INSTRUMENTED_SYSTEM.stats();
+    let bytes = s.bytes_allocated as isize - s.bytes_deallocated as isize;
+    let blocks = s.allocations as isize - s.deallocations as isize;
+    (bytes, blocks)
+}
+
+/// Per stored entry: the memory really held (bytes plus the allocator's
+/// cost per block) and the weight the cache counted for it.
+struct PerEntry {
+    held: usize,
+    weighed: usize,
+}
+
+/// Stores `n` pages of `body` bytes fetched over a socket, after a warm-up,
+/// and returns what each costs.
+async fn measure(body: usize, n: usize) -> PerEntry {
+    let addr = origin(body).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let upstream = service_fn(move |req: Request<Empty<Bytes>>| {
+        let client = client.clone();
+        async move {
+            let (mut parts, body) = req.into_parts();
+            parts.uri = format!("http://{addr}{}", parts.uri.path())
+                .parse()
+                .unwrap();
+            client.request(Request::from_parts(parts, body)).await
+        }
+    });
+    let cache = ResponseCache::builder().max_bytes(1 << 40).build();
+    let mut svc = CacheLayer::new(cache.clone()).layer(upstream);
+    // Warm: the connection, its buffers, moka's structures.
+    let warm = n / 4 + 16;
+    store(&mut svc, 0..warm, body).await;
+    store(&mut svc, 0..warm, body).await;
+    let before_stats = cache.stats();
+    let before = live();
+    store(&mut svc, warm..warm + n, body).await;
+    // And once more each, from the cache: a hit's clones may allocate too
+    // (a `Bytes` made shared on its first clone).
+    store(&mut svc, warm..warm + n, body).await;
+    let after_stats = cache.stats();
+    let after = live();
+    assert_eq!(after_stats.entries - before_stats.entries, n as u64);
+    assert_eq!(after_stats.hits - before_stats.hits, n as u64);
+    let bytes = usize::try_from(after.0 - before.0).unwrap_or(0);
+    let blocks = usize::try_from(after.1 - before.1).unwrap_or(0);
+    PerEntry {
+        held: (bytes + blocks * PER_BLOCK) / n,
+        weighed: usize::try_from(after_stats.bytes - before_stats.bytes).unwrap() / n,
+    }
+}
+
+/// Asks for pages `ids` once each, reading each body to its end (which
+/// stores it).
+async fn store<S, B>(svc: &mut S, ids: std::ops::Range<usize>, body: usize)
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    for i in ids {
+        let req = Request::get(format!("http://site.test/posts/{i}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = svc.ready().await.unwrap().call(req).await.unwrap();
+        let got = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), body);
+    }
+}
+
+/// The weigher counts what an entry holds, within 20 %: more held than
+/// counted would let the process outgrow `max_bytes` (a body pinning its
+/// connection's read buffer held about 8 KiB more per entry than counted);
+/// far less held than counted would waste the capacity.
+fn check(body: usize, n: usize) {
+    let _one = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let PerEntry { held, weighed } = rt.block_on(measure(body, n));
+    println!("{body} B pages: {held} bytes held per entry, {weighed} weighed");
+    assert!(
+        held >= body,
+        "{held} bytes held per entry for {body} B pages: not measuring"
+    );
+    assert!(
+        held * 10 <= weighed * 12,
+        "{body} B pages: {held} bytes held per entry, only {weighed} weighed"
+    );
+    assert!(
+        weighed * 10 <= held * 15,
+        "{body} B pages: {weighed} weighed per entry, only {held} held"
+    );
+}
+
+#[test]
+fn the_weigher_counts_what_a_1_kib_page_holds() {
+    check(1024, 2000);
+}
+
+#[test]
+fn the_weigher_counts_what_a_10_kib_page_holds() {
+    check(10 * 1024, 500);
+}
+
+#[test]
+fn the_weigher_counts_what_a_100_kib_page_holds() {
+    check(100 * 1024, 60);
+}
