@@ -306,6 +306,34 @@ impl Store {
         });
     }
 
+    /// Puts `new` in the place of `old` (same slot, same standing), only if
+    /// `old` is still the one stored: a purge, eviction or newer response
+    /// in between wins. Whether it was replaced (not when the variants
+    /// would then outweigh the whole tier).
+    #[cfg(feature = "compression")]
+    pub(crate) fn replace_variant(&self, key: &str, old: &Arc<Entry>, new: Arc<Entry>) -> bool {
+        let mut replaced = false;
+        self.map.entry_by_ref(key).and_compute_with(|current| {
+            let Some(current) = current else {
+                return moka::ops::compute::Op::Nop;
+            };
+            let current = current.value();
+            let mut slots = current.slots();
+            let Some(slot) = slots.iter_mut().find(|s| Arc::ptr_eq(&s.entry, old)) else {
+                return moka::ops::compute::Op::Nop;
+            };
+            slot.entry = new;
+            let clock = current.clock.load(Relaxed);
+            let variants = Variants::new(slots, clock, current.seen.clone(), key.len());
+            if u64::from(variants.weight) > self.max_bytes {
+                return moka::ops::compute::Op::Nop;
+            }
+            replaced = true;
+            moka::ops::compute::Op::Put(Arc::new(variants))
+        });
+        replaced
+    }
+
     /// Drops every variant of `key`; whether anything was stored.
     pub(crate) fn remove(&self, key: &str) -> bool {
         self.map.remove(key).is_some()

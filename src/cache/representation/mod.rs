@@ -33,6 +33,8 @@ pub(crate) mod compressible;
 #[cfg(feature = "compression")]
 pub(crate) mod config;
 #[cfg(feature = "compression")]
+pub(crate) mod job;
+#[cfg(feature = "compression")]
 pub(crate) mod pool;
 
 pub use coding::Coding;

@@ -54,6 +54,24 @@ impl Representations {
             .sum()
     }
 
+    /// The same bodies with their header maps made again from `stored`
+    /// (the entry's headers after a 304 updated them, RFC 9111 §4.3.4), so
+    /// no representation keeps fields the origin has since replaced.
+    pub(crate) fn rebase(&self, stored: &HeaderMap) -> Representations {
+        Representations {
+            origin: self.origin,
+            made: self
+                .made
+                .iter()
+                .map(|m| Made {
+                    coding: m.coding,
+                    body: m.body.clone(),
+                    headers: headers_for(stored, self.origin, m.coding, m.body.len()),
+                })
+                .collect(),
+        }
+    }
+
     /// The codings available, the entry's own first.
     pub(crate) fn available(&self) -> impl Iterator<Item = Coding> + '_ {
         std::iter::once(self.origin).chain(self.made.iter().map(|m| m.coding))
@@ -208,6 +226,61 @@ pub(crate) fn pick<'a>(
     match accept.negotiate(available, preference) {
         Negotiation::Use(c) => own_or(reprs, c),
         Negotiation::NotAcceptable => Pick::NotAcceptable,
+    }
+}
+
+/// What a client's request says about the representation it may get:
+/// its `Accept-Encoding` and whether it asked for `no-transform` (RFC 9111
+/// §5.2.1.6). Read without allocating.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wants {
+    pub(crate) accept: AcceptEncoding,
+    pub(crate) no_transform: bool,
+}
+
+impl Wants {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        Wants {
+            accept: AcceptEncoding::from_headers(headers),
+            no_transform: headers
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .any(|v| {
+                    v.as_bytes().split(|b| *b == b',').any(|d| {
+                        let d = d.trim_ascii();
+                        let name = d.split(|b| *b == b'=').next().unwrap_or(d).trim_ascii();
+                        name.eq_ignore_ascii_case(b"no-transform")
+                    })
+                }),
+        }
+    }
+}
+
+/// The representation the cache made that answers a request, `None` for
+/// the entry's own headers and body. The server's preference among codings
+/// of equal weight is the order they were made in (the configured order).
+/// When nothing made is acceptable and identity is refused too, the
+/// entry's own (identity) body is sent: RFC 9110 §12.5.3 lets a server
+/// disregard the field rather than answer 406.
+pub(crate) fn choose<'a>(reprs: Option<&'a Representations>, wants: &Wants) -> Option<&'a Made> {
+    let reprs = reprs?;
+    if reprs.made.is_empty() {
+        return None;
+    }
+    let mut preference = [Coding::Identity; 5];
+    for (slot, m) in preference.iter_mut().zip(reprs.made.iter()) {
+        *slot = m.coding;
+    }
+    let preference = &preference[..reprs.made.len().min(5)];
+    match pick(
+        Some(reprs),
+        &wants.accept,
+        wants.no_transform,
+        false,
+        preference,
+    ) {
+        Pick::Made(m) => Some(m),
+        Pick::Own | Pick::NotAcceptable => None,
     }
 }
 
