@@ -146,7 +146,7 @@ pub(crate) fn make(
     let identity = if origin == Coding::Identity {
         body.clone()
     } else {
-        Bytes::from(decode(origin, body, cap).ok()?)
+        Bytes::copy_from_slice(&decode(origin, body, cap).ok()?)
     };
     let mut made = Vec::with_capacity(config.codings.len() + 1);
     if origin != Coding::Identity {
@@ -169,7 +169,9 @@ pub(crate) fn make(
         made.push(Made {
             coding,
             headers: headers_for(stored, origin, coding, encoded.len()),
-            body: Bytes::from(encoded),
+            // Exact size: an encoder's output keeps spare capacity (up to
+            // the input's size), which `Bytes::from` would hold, uncounted.
+            body: Bytes::copy_from_slice(&encoded),
         });
     }
     Some(Representations {
