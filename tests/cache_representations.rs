@@ -64,6 +64,22 @@ async fn render(State(origin): State<Origin>, req: Request) -> Response {
             .get("accept-encoding")
             .map(|v| v.to_str().unwrap().to_owned()),
     );
+    if req.uri().path() == "/revalidated" {
+        let n = origin.calls();
+        let builder = Response::builder()
+            .header("content-type", "text/html")
+            .header("cache-control", "public, no-cache, max-age=600")
+            .header("etag", "\"v1\"")
+            .header("x-generation", n.to_string());
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            return builder.status(304).body(Body::empty()).unwrap();
+        }
+        return builder.body(Body::from(page())).unwrap();
+    }
     let (ty, cc, body) = match req.uri().path() {
         "/png" => ("image/png", "public, max-age=600", noise()),
         "/no-transform" => ("text/html", "public, max-age=600, no-transform", page()),
@@ -353,3 +369,29 @@ async fn without_compression_the_renderer_sees_the_client_value_and_the_key_vari
     let sent = site.origin.accept_encoding.lock().unwrap().clone();
     assert_eq!(sent, [Some("br".to_owned()), Some("gzip".to_owned())]);
 }
+
+#[tokio::test]
+async fn a_304_from_the_origin_keeps_the_codings_with_the_new_headers() {
+    let site = compressing().await;
+    // `no-cache`: every request is validated with the origin, which
+    // answers 304; the codings made survive, their headers updated.
+    let first = site.get("/revalidated", "br").await;
+    assert!(!first.has("content-encoding"));
+    let br = site.ready("/revalidated", "br").await;
+    assert_eq!(decode("br", &br.body), page());
+    let again = site.get("/revalidated", "br").await;
+    assert_eq!(again.one("content-encoding"), "br");
+    assert_eq!(again.one("etag"), "\"v1-br\"");
+    assert_eq!(again.body, br.body);
+    // The field the last 304 carried, not the one of the first response.
+    let generation: usize = again.one("x-generation").parse().unwrap();
+    assert_eq!(generation, site.origin.calls());
+    assert!(generation > 1);
+    // The renderer got identity requests and our validator only.
+    let sent = site.origin.accept_encoding.lock().unwrap().clone();
+    assert!(
+        sent.iter().all(|v| v.as_deref() == Some("identity")),
+        "{sent:?}"
+    );
+}
+

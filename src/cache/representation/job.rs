@@ -67,8 +67,17 @@ impl Compressor {
             if reprs.made.is_empty() {
                 return;
             }
-            let new = Arc::new(entry.with_representations(Arc::new(reprs)));
-            if shared.store.replace_variant(&key, &entry, new) {
+            // The entry itself, or the one a 304 freshened it into since
+            // (same body, newer headers: the codings take those).
+            let with = |current: &Entry| {
+                let reprs = if std::ptr::eq(current, &*entry) {
+                    reprs
+                } else {
+                    reprs.rebase(&current.headers)
+                };
+                current.with_representations(Arc::new(reprs))
+            };
+            if shared.store.replace_variant(&key, &entry, with) {
                 tracing::debug!(key = %key, "representations stored");
             }
         });
