@@ -395,3 +395,74 @@ async fn a_304_from_the_origin_keeps_the_codings_with_the_new_headers() {
     );
 }
 
+#[tokio::test]
+async fn ranges_are_cut_from_the_stored_identity() {
+    let site = compressing().await;
+    site.get("/", "br").await;
+    site.ready("/", "br").await;
+    let page = page();
+    let len = page.len();
+    let range = |value: &'static str, extra: &'static [(&'static str, &'static str)]| {
+        let site = &site;
+        async move {
+            let mut headers = vec![("accept-encoding", "gzip, br, zstd"), ("range", value)];
+            headers.extend_from_slice(extra);
+            site.send(Method::GET, "/", &headers).await
+        }
+    };
+    let cases: [(&str, std::ops::Range<usize>); 4] = [
+        ("bytes=0-99", 0..100),
+        ("bytes=100-", 100..len),
+        ("bytes=-50", len - 50..len),
+        ("bytes=5-5", 5..6),
+    ];
+    for (value, want) in cases {
+        let seen = range(value, &[]).await;
+        assert_eq!(seen.status, StatusCode::PARTIAL_CONTENT, "{value}");
+        assert!(!seen.has("content-encoding"), "ranges come from identity");
+        assert_eq!(seen.body, page.slice(want.clone()), "{value}");
+        assert_eq!(
+            seen.one("content-range"),
+            format!("bytes {}-{}/{len}", want.start, want.end - 1)
+        );
+        assert_eq!(seen.one("content-length"), want.len().to_string());
+        assert_eq!(seen.one("etag"), "\"v1\"");
+    }
+    let unsatisfiable = range("bytes=999999-", &[]).await;
+    assert_eq!(unsatisfiable.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(unsatisfiable.one("content-range"), format!("bytes */{len}"));
+    assert!(unsatisfiable.body.is_empty());
+    // If-Range with the identity tag: the range; with another: the whole.
+    let held = range("bytes=0-9", &[("if-range", "\"v1\"")]).await;
+    assert_eq!(held.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(held.body, page.slice(0..10));
+    let changed = range("bytes=0-9", &[("if-range", "\"v0\"")]).await;
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(changed.body, page, "the whole identity it would have cut");
+    // Identity refused: a range of the coding chosen, its own tag.
+    let br = site.get("/", "br").await.body;
+    let coded = site
+        .send(
+            Method::GET,
+            "/",
+            &[
+                ("accept-encoding", "br, identity;q=0"),
+                ("range", "bytes=0-9"),
+            ],
+        )
+        .await;
+    assert_eq!(coded.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(coded.one("content-encoding"), "br");
+    assert_eq!(coded.one("etag"), "\"v1-br\"");
+    assert_eq!(coded.body, br.slice(0..10));
+    // A HEAD is never cut; nor are several ranges (sent whole).
+    let head = site
+        .send(Method::HEAD, "/", &[("range", "bytes=0-9")])
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.one("content-length"), len.to_string());
+    let several = range("bytes=0-9, 20-29", &[]).await;
+    assert_eq!(several.status, StatusCode::OK);
+    assert_eq!(several.body, page);
+    assert_eq!(site.origin.calls(), 1);
+}

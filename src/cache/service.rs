@@ -7,8 +7,9 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE, TRANSFER_ENCODING,
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
+    TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -438,6 +439,23 @@ fn from_entry<B: Body>(
     member: HeaderValue,
     now: Instant,
 ) -> Response<ResponseBody<B>> {
+    from_entry_ranged(entry, is_head, conditionals, wants, None, member, now)
+}
+
+/// [`from_entry`], and then, for a GET with `Range` (`ranged`: the
+/// request's headers), the range of the chosen representation (RFC 9110
+/// §14): `206` with one range, `416` when none is satisfiable, the whole
+/// when `If-Range` does not match or the ranges are several or malformed.
+/// Conditionals come first (§13.2.2): a 304 is never cut.
+fn from_entry_ranged<B: Body>(
+    entry: &Entry,
+    is_head: bool,
+    conditionals: Option<&Conditionals>,
+    wants: &Wants,
+    ranged: Option<&HeaderMap>,
+    member: HeaderValue,
+    now: Instant,
+) -> Response<ResponseBody<B>> {
     let (headers, body) = match choose(entry.reprs.as_deref(), wants) {
         Some(made) => (&made.headers, &made.body),
         None => (&entry.headers, &entry.body),
@@ -457,6 +475,29 @@ fn from_entry<B: Body>(
         let (parts, _) = res.into_parts();
         placeholder = false;
         res = Response::from_parts(not_modified_parts(parts), ResponseBody::empty());
+    } else if let Some(request) = ranged.filter(|_| !is_head) {
+        use super::representation::range::{content_range, plan, unsatisfied_range, RangePlan};
+        let len = body.len() as u64;
+        match plan(&Method::GET, request, entry.status, headers, len) {
+            RangePlan::Full => {}
+            RangePlan::Partial { start, end } => {
+                // `end < len` (see `plan`), so both fit in usize.
+                let (s, e) = (start as usize, end as usize);
+                let part = body.slice(s..=e);
+                *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let h = res.headers_mut();
+                h.insert(CONTENT_LENGTH, HeaderValue::from(part.len()));
+                h.insert(CONTENT_RANGE, content_range(start, end, len));
+                *res.body_mut() = ResponseBody::stored(part);
+            }
+            RangePlan::Unsatisfiable => {
+                *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let h = res.headers_mut();
+                h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+                h.insert(CONTENT_RANGE, unsatisfied_range(len));
+                *res.body_mut() = ResponseBody::empty();
+            }
+        }
     }
     let headers = res.headers_mut();
     headers.insert(AGE, age);
@@ -487,12 +528,16 @@ fn hit<B: Body>(
 ) -> Response<ResponseBody<B>> {
     let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
     let member = config.hit_member(entry.fresh.ttl(now));
-    let wants = wants_for(entry, &parts.headers);
-    from_entry(
+    let ranged = (parts.method == Method::GET && parts.headers.contains_key(RANGE))
+        .then_some(&parts.headers);
+    let mut wants = wants_for(entry, &parts.headers);
+    wants.range = ranged.is_some();
+    from_entry_ranged(
         entry,
         parts.method == Method::HEAD,
         conditionals.as_ref(),
         &wants,
+        ranged,
         member,
         now,
     )

@@ -238,6 +238,9 @@ pub(crate) fn pick<'a>(
 pub(crate) struct Wants {
     pub(crate) accept: AcceptEncoding,
     pub(crate) no_transform: bool,
+    /// A GET with `Range`: identity is chosen when acceptable, since
+    /// ranges are cut from it.
+    pub(crate) range: bool,
 }
 
 impl Wants {
@@ -254,6 +257,7 @@ impl Wants {
                         name.eq_ignore_ascii_case(b"no-transform")
                     })
                 }),
+            range: false,
         }
     }
 }
@@ -278,7 +282,7 @@ pub(crate) fn choose<'a>(reprs: Option<&'a Representations>, wants: &Wants) -> O
         Some(reprs),
         &wants.accept,
         wants.no_transform,
-        false,
+        wants.range,
         preference,
     ) {
         Pick::Made(m) => Some(m),
