@@ -91,6 +91,7 @@ impl AcceptEncoding {
     }
 
     /// Whether the request carried the field.
+    #[cfg(test)]
     pub(crate) fn is_present(&self) -> bool {
         self.present
     }
@@ -119,6 +120,7 @@ impl AcceptEncoding {
 
     /// Whether identity was refused explicitly (`identity;q=0`, or `*;q=0`
     /// without an `identity` member).
+    #[cfg(test)]
     pub(crate) fn refuses_identity(&self) -> bool {
         self.quality(Coding::Identity) == Some(0)
     }

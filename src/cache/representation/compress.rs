@@ -18,6 +18,15 @@ pub(crate) enum DecodeError {
     Corrupt(io::Error),
 }
 
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::TooLarge => f.write_str("larger than the cap once decoded"),
+            DecodeError::Corrupt(e) => write!(f, "corrupt: {e}"),
+        }
+    }
+}
+
 /// zstd windows up to 2^24 bytes (16 MiB) are accepted: enough for every
 /// level up to 19, and a frame cannot make the decoder reserve more.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;

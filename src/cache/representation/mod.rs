@@ -16,9 +16,6 @@
 //! `compress` (encoders, bounded decoders), `pool` (the job pool),
 //! `validator` (per-coding `ETag`), `range` (`Range`, `If-Range`).
 
-// The pieces are wired into the cache's store and hit paths separately;
-// until then parts are used by tests only.
-#![allow(dead_code)]
 
 pub(crate) mod accept;
 pub(crate) mod coding;

@@ -51,6 +51,7 @@ impl Pool {
     }
 
     /// Jobs accepted and not yet finished.
+    #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Acquire)
     }

@@ -146,7 +146,13 @@ pub(crate) fn make(
     let identity = if origin == Coding::Identity {
         body.clone()
     } else {
-        Bytes::copy_from_slice(&decode(origin, body, cap).ok()?)
+        match decode(origin, body, cap) {
+            Ok(decoded) => Bytes::copy_from_slice(&decoded),
+            Err(e) => {
+                tracing::debug!(error = %e, coding = %origin, "stored body not decoded");
+                return None;
+            }
+        }
     };
     let mut made = Vec::with_capacity(config.codings.len() + 1);
     if origin != Coding::Identity {
