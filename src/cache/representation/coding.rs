@@ -92,6 +92,7 @@ impl std::fmt::Display for Coding {
 /// the field is absent, empty or says `identity`; `Some(c)` for exactly one
 /// known coding; `None` for several codings (`gzip, br`), an unknown one
 /// or a malformed field: the body is then left as it is.
+#[cfg(feature = "compression")]
 pub(crate) fn response_coding(headers: &http::HeaderMap) -> Option<Coding> {
     let mut found = Coding::Identity;
     for line in headers.get_all(http::header::CONTENT_ENCODING) {
@@ -151,6 +152,7 @@ mod tests {
         h
     }
 
+    #[cfg(feature = "compression")]
     #[test]
     fn response_coding_reads_one_known_coding_only() {
         assert_eq!(response_coding(&ce(&[])), Some(Coding::Identity));
