@@ -115,7 +115,9 @@ pub(crate) fn response_coding(headers: &http::HeaderMap) -> Option<Coding> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "compression")]
     use http::header::CONTENT_ENCODING;
+    #[cfg(feature = "compression")]
     use http::HeaderMap;
 
     #[test]
@@ -144,6 +146,7 @@ mod tests {
         assert_eq!(Coding::Br.content_encoding().unwrap(), "br");
     }
 
+    #[cfg(feature = "compression")]
     fn ce(values: &[&'static str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {

@@ -16,7 +16,6 @@
 //! `compress` (encoders, bounded decoders), `pool` (the job pool),
 //! `validator` (per-coding `ETag`), `range` (`Range`, `If-Range`).
 
-
 pub(crate) mod accept;
 pub(crate) mod coding;
 pub(crate) mod range;
