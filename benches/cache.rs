@@ -176,6 +176,70 @@ fn hit(c: &mut Criterion) {
     assert!(cache.stats().hits > 0);
 }
 
+/// A hit on an entry whose br, zstd and gzip copies are made (issue 9):
+/// a browser's `Accept-Encoding` gets br, a client without it identity,
+/// from the same entry, against a hit on an entry never compressed.
+#[cfg(feature = "compression")]
+fn hit_compressed(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The compression job runs on this runtime's blocking pool.
+    let _entered = rt.enter();
+    let body = page();
+    let renderer = service_fn(move |_req: Request<()>| {
+        let res = typical_response(body.clone(), "public, s-maxage=600");
+        async move { Ok::<_, Infallible>(res) }
+    });
+    let mut layered = CacheLayer::new(ResponseCache::new()).layer(renderer);
+    let browser = |uri: &str| {
+        let mut req = request(uri);
+        req.headers_mut().insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate, br, zstd"),
+        );
+        req
+    };
+    drain(
+        block_on(layered.call(browser("/posts/1")))
+            .unwrap()
+            .into_body(),
+    );
+    let made = (0..60_000).any(|_| {
+        let res = block_on(layered.call(browser("/posts/1"))).unwrap();
+        let br = res
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| v == "br");
+        drain(res.into_body());
+        if !br {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        br
+    });
+    assert!(made, "the br copy was never made");
+    let mut group = c.benchmark_group("hit_compressed");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("br_for_a_browser", |b| {
+        b.iter(|| {
+            let res = block_on(layered.call(browser("/posts/1"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    group.bench_function("identity_without_accept_encoding", |b| {
+        b.iter(|| {
+            let res = block_on(layered.call(request("/posts/1"))).unwrap();
+            black_box(drain(res.into_body()))
+        })
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "compression"))]
+fn hit_compressed(_: &mut Criterion) {}
+
 fn passthrough(c: &mut Criterion) {
     let body = page();
     let mut group = c.benchmark_group("passthrough");
@@ -358,6 +422,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = hit, passthrough, miss, passthrough_socket
+    targets = hit, hit_compressed, passthrough, miss, passthrough_socket
 }
 criterion_main!(benches);

@@ -9,8 +9,14 @@
 //!     [--weights 1,2,1,1] [--cache-mb 256 | --no-cache] \
 //!     [--trust CIDR]... [--probe /healthz] [--threads N] \
 //!     [--connect-timeout MS] [--timeout MS] [--idle-timeout MS] \
-//!     [--metrics ADDR] [--redis redis://127.0.0.1:6379]
+//!     [--metrics ADDR] [--redis redis://127.0.0.1:6379] \
+//!     [--no-compress] [--no-targeted-field]
 //! ```
+//!
+//! The cache compresses each stored page once (br, zstd, gzip) and answers
+//! every client with the coding it accepts; `--no-compress` turns that off.
+//! It honours `CDN-Cache-Control` (RFC 9213) ahead of `Cache-Control`;
+//! `--no-targeted-field` turns that off.
 //!
 //! With `--metrics 127.0.0.1:9100` it serves Prometheus text at
 //! `http://127.0.0.1:9100/metrics` (see `tower_ssr::metrics` for the
@@ -72,6 +78,12 @@ struct Args {
     /// Idle tunnels, idle pooled upstream connections and idle client
     /// keep-alive connections close after this.
     idle_timeout: Duration,
+    /// `--no-compress`: the cache stores and serves what the upstream sent,
+    /// and forwards the client's `Accept-Encoding`.
+    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
+    no_compress: bool,
+    /// `--no-targeted-field`: `CDN-Cache-Control` is not read (RFC 9213).
+    no_targeted_field: bool,
 }
 
 fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -82,6 +94,8 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut weights = None;
     let mut cache_mb = None;
     let mut no_cache = false;
+    let mut no_compress = false;
+    let mut no_targeted_field = false;
     let mut trust = Vec::new();
     let mut probe = None;
     let mut metrics = None;
@@ -127,6 +141,8 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 cache_mb = Some(mb);
             }
             "--no-cache" => no_cache = true,
+            "--no-compress" => no_compress = true,
+            "--no-targeted-field" => no_targeted_field = true,
             "--trust" => trust.push(value()?),
             "--probe" => probe = Some(value()?),
             "--metrics" => {
@@ -201,6 +217,8 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         metrics,
         redis,
         idle_timeout,
+        no_compress,
+        no_targeted_field,
     })
 }
 
@@ -230,7 +248,7 @@ const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL].
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
 [--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] \
 [--connect-timeout MS] [--timeout MS] [--idle-timeout MS] [--ca-file PEM]... \
-[--metrics ADDR] [--redis URL] \
+[--metrics ADDR] [--redis URL] [--no-compress] [--no-targeted-field] \
 (URL: http://HOST:PORT, https://HOST:PORT, h2c://HOST:PORT or unix:/PATH)";
 
 fn main() {
@@ -316,6 +334,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let layer = CacheLayer::new(cache)
                 .trust_forwarding_headers(!args.trust.is_empty())
                 .server_timing(true);
+            // RFC 9213: the CDN's own field, ahead of Cache-Control.
+            let layer = if args.no_targeted_field {
+                layer
+            } else {
+                layer.targeted_field(HeaderName::from_static("cdn-cache-control"))
+            };
+            // The cache makes br, zstd and gzip once per stored page.
+            #[cfg(feature = "compression")]
+            let layer = if args.no_compress {
+                layer.no_compression()
+            } else {
+                layer
+            };
             proxy::serve(listener, layer.layer(proxy))
                 .idle_timeout(idle)
                 .with_graceful_shutdown(shutdown_signal())
@@ -353,6 +384,16 @@ mod tests {
 
     fn args(s: &str) -> Result<Args, String> {
         parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn compression_and_the_targeted_field_are_on_unless_turned_off() {
+        let a = args("--listen 127.0.0.1:1 --upstream http://h:1").unwrap();
+        assert!(!a.no_compress && !a.no_targeted_field);
+        let a =
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --no-compress --no-targeted-field")
+                .unwrap();
+        assert!(a.no_compress && a.no_targeted_field);
     }
 
     #[test]

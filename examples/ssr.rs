@@ -71,7 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
     // The response cache goes outside the router: a hit costs one lookup
-    // and no routing. It stores what CacheControlLayer (inside) decided.
+    // and no routing. It stores what CacheControlLayer (inside) decided,
+    // asks the router for identity and makes br, zstd and gzip of each
+    // stored page once (on by default). A tower-http CompressionLayer, if
+    // added, goes outside the cache: it skips responses that carry
+    // Content-Encoding, so hits are never compressed twice.
     let cache = shared_tier(ResponseCache::builder().max_bytes(128 << 20))?.build();
     let app = ServiceBuilder::new()
         // Names the request body type for the router below.
@@ -90,6 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("try:");
     println!("  curl -i {base}/                 # page: public, max-age=0, s-maxage=60, stale-while-revalidate=300, ETag");
     println!("  curl -i {base}/posts/42         # another page, from one of 3 balanced renderer workers (X-Worker)");
+    println!("  curl -i --compressed {base}/    # br (or zstd, gzip) from the cache, once made; ETag \"...-br\"");
     println!(
         "  curl -i -H 'If-None-Match: <etag from above>' {base}/posts/42   # 304 Not Modified"
     );

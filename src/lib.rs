@@ -66,6 +66,7 @@
 //! | `tracing` | no | spans and events from `balance` and `proxy` (the cache's are always on: `cache` uses `tracing`) |
 //! | `redis` | no | a shared second cache tier on Redis for many instances |
 //! | `redis-tls` | no | `rediss://` (Redis over TLS, rustls) for that tier |
+//! | `compression` | yes | the cache's gzip / br / zstd representations ([`cache::Compression`]); implies `cache`, `tokio` |
 //!
 //! # Example
 //!

@@ -215,6 +215,7 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
         },
         tags,
         auth_ok: flags & F_AUTH_OK != 0,
+        reprs: None,
         weight,
     })
 }

@@ -56,6 +56,10 @@ pub(crate) struct Entry {
     pub(crate) tags: Box<[Box<str>]>,
     /// Whether a request with `Authorization` may reuse it (RFC 9111 §3.5).
     pub(crate) auth_ok: bool,
+    /// The content codings the cache made of `body` (issue 9), `None` until
+    /// the compression job is done, or for a body never compressed. Counted
+    /// in `weight`. Shared: a revalidated entry keeps the bodies.
+    pub(crate) reprs: Option<std::sync::Arc<super::representation::stored::Representations>>,
     pub(crate) weight: usize,
 }
 
@@ -695,7 +699,37 @@ pub(crate) fn build(
         fresh: policy.fresh,
         tags,
         auth_ok: policy.auth_ok,
+        reprs: None,
         weight,
+    }
+}
+
+#[cfg(feature = "compression")]
+impl Entry {
+    /// The same stored response with `reprs` beside it, its weight counting
+    /// them: what the compression job stores in place of `self`.
+    pub(crate) fn with_representations(
+        &self,
+        reprs: std::sync::Arc<super::representation::stored::Representations>,
+    ) -> Entry {
+        let weight = self
+            .weight
+            .saturating_sub(self.reprs.as_ref().map_or(0, |r| r.weight()))
+            .saturating_add(reprs.weight());
+        Entry {
+            status: self.status,
+            version: self.version,
+            headers: self.headers.clone(),
+            status_placeholder: self.status_placeholder,
+            body: self.body.clone(),
+            vary: self.vary.clone(),
+            extra: self.extra.clone(),
+            fresh: self.fresh.clone(),
+            tags: self.tags.clone(),
+            auth_ok: self.auth_ok,
+            reprs: Some(reprs),
+            weight,
+        }
     }
 }
 

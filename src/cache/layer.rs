@@ -9,6 +9,8 @@ use super::entry::StoreRules;
 use super::executor::Executor;
 use super::handle::ResponseCache;
 use super::key::QueryKey;
+#[cfg(feature = "compression")]
+use super::representation::{job::Compressor, Compression};
 use super::service::Cache;
 use super::status::{fwd, hit, member_name, Fwd};
 use crate::metrics::CacheMetrics;
@@ -67,6 +69,17 @@ pub(crate) struct Config {
     pub(crate) metrics: Arc<CacheMetrics>,
     /// Adds `Server-Timing` entries to every answer.
     pub(crate) server_timing: bool,
+    /// The cache's own content coding (issue 9); `None` when off.
+    #[cfg(feature = "compression")]
+    pub(crate) compression: Option<Arc<Compressor>>,
+}
+
+impl Config {
+    /// The compression settings when the cache makes codings itself.
+    #[cfg(feature = "compression")]
+    pub(crate) fn compressor(&self) -> Option<&Arc<Compressor>> {
+        self.compression.as_ref().filter(|c| c.active())
+    }
 }
 
 fn fwd_members(name: &str) -> Arc<[HeaderValue]> {
@@ -183,6 +196,8 @@ impl CacheLayer {
                 fwd_members: fwd_members("tower-ssr"),
                 metrics: Arc::new(CacheMetrics::new("tower-ssr")),
                 server_timing: false,
+                #[cfg(feature = "compression")]
+                compression: Some(Arc::new(Compressor::new(Compression::default()))),
             }),
             cache,
         }
@@ -395,6 +410,49 @@ impl CacheLayer {
     #[must_use]
     pub fn server_timing(mut self, enabled: bool) -> Self {
         self.config().server_timing = enabled;
+        self
+    }
+
+    /// How the cache compresses what it stores (RFC 9110 §8.4, §12.5.3).
+    /// Default: on, with [`Compression::default`] (br, zstd, gzip at their
+    /// highest levels, for compressible types of at least 1 KiB).
+    ///
+    /// With compression on, the cache asks the inner service for identity
+    /// (`Accept-Encoding: identity` on every request it forwards to fill
+    /// the cache), makes the codings once per stored response, off the
+    /// request path on a bounded blocking pool, and answers each client
+    /// with the best coding its `Accept-Encoding` accepts: a coding is its
+    /// own representation, with `Content-Encoding`, `Content-Length` and a
+    /// strong `ETag` of its own (`"abc"` → `"abc-br"`; a weak one is kept),
+    /// and every answer from such an entry says `Vary: Accept-Encoding`.
+    /// The key no longer varies on the raw `Accept-Encoding` value, so a
+    /// flood of made-up values is one stored response. Until a response's
+    /// codings are made (or when the pool's queue is full), it is served
+    /// in identity. A response with `Cache-Control: no-transform`, with a
+    /// `Content-Encoding` of its own, of another type or smaller than the
+    /// minimum is stored and served as it came; a request with
+    /// `no-transform` gets identity.
+    ///
+    /// Layer order: tower-http's `CompressionLayer`, if any, goes *outside*
+    /// the cache. It skips responses that carry `Content-Encoding`, so
+    /// hits are never compressed twice, and it still compresses what the
+    /// cache passes through unstored. `CacheControlLayer` stays inside:
+    /// its content `ETag` is the identity one, from which the cache
+    /// derives the others.
+    #[cfg(feature = "compression")]
+    #[must_use]
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.config().compression = Some(Arc::new(Compressor::new(compression)));
+        self
+    }
+
+    /// Turns the cache's compression off: the inner service's
+    /// `Accept-Encoding` handling is used as is, and the key varies on
+    /// `Accept-Encoding` whenever the response's `Vary` says so.
+    #[cfg(feature = "compression")]
+    #[must_use]
+    pub fn no_compression(mut self) -> Self {
+        self.config().compression = None;
         self
     }
 

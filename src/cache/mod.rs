@@ -137,6 +137,7 @@ mod layer;
 mod observe;
 mod outcome;
 mod purged;
+mod representation;
 mod revalidate;
 mod service;
 mod sf;
@@ -160,5 +161,9 @@ pub use l2::{InvalidRedisUrl, RedisTier};
 pub use layer::CacheLayer;
 pub use outcome::CacheOutcome;
 pub use purged::{PurgeError, Purged};
+pub use representation::Coding;
+#[cfg(feature = "compression")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+pub use representation::Compression;
 pub use service::Cache;
 pub use warm::Warmed;

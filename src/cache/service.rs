@@ -7,8 +7,9 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE, TRANSFER_ENCODING,
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
+    TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -27,6 +28,7 @@ use super::key::{origin_of, write_uri_key};
 use super::layer::Config;
 use super::observe::{self, forwarded, seen};
 use super::outcome::CacheOutcome::{Bypass, Coalesced, Hit, Miss, Revalidated, Stale};
+use super::representation::stored::{choose, Wants};
 use super::status::Fwd;
 use super::store::Variants;
 use super::tee::Pending;
@@ -133,6 +135,9 @@ struct Job<ReqBody> {
     /// The client asked with HEAD: the inner service gets a GET, the
     /// client the head of the answer.
     is_head: bool,
+    /// The client's `Accept-Encoding` and `no-transform`, read before the
+    /// request is rewritten for the inner service.
+    wants: Wants,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
@@ -308,6 +313,7 @@ where
                                 req_cc,
                                 has_auth,
                                 refresh: true,
+                                wants: Wants::default(),
                             };
                             refresh_in_background(self.inner.clone(), job, lead);
                         }
@@ -369,6 +375,7 @@ where
             config: Arc::clone(&self.config),
             shared: Arc::clone(shared),
             conditionals: Conditionals::from_request(&parts.method, &parts.headers),
+            wants: Wants::from_headers(&parts.headers),
             is_head,
             flight_key,
             parts,
@@ -433,30 +440,79 @@ fn flight_key(key: &str, extra: Option<&str>) -> String {
 
 /// A response from a stored entry (RFC 9111 §4): `Age` set, the client's
 /// own conditionals answered (§4.3.2), no body for HEAD.
+///
+/// The representation is chosen first (`wants`: the client's
+/// `Accept-Encoding` and `no-transform`), and the conditionals are
+/// evaluated against its headers: a 304 and a HEAD are per representation,
+/// with its own `ETag` and `Content-Length`. An entry without codings made
+/// costs nothing more than before.
 fn from_entry<B: Body>(
     entry: &Entry,
     is_head: bool,
     conditionals: Option<&Conditionals>,
+    wants: &Wants,
     member: HeaderValue,
     now: Instant,
 ) -> Response<ResponseBody<B>> {
+    from_entry_ranged(entry, is_head, conditionals, wants, None, member, now)
+}
+
+/// [`from_entry`], and then, for a GET with `Range` (`ranged`: the
+/// request's headers), the range of the chosen representation (RFC 9110
+/// §14): `206` with one range, `416` when none is satisfiable, the whole
+/// when `If-Range` does not match or the ranges are several or malformed.
+/// Conditionals come first (§13.2.2): a 304 is never cut.
+fn from_entry_ranged<B: Body>(
+    entry: &Entry,
+    is_head: bool,
+    conditionals: Option<&Conditionals>,
+    wants: &Wants,
+    ranged: Option<&HeaderMap>,
+    member: HeaderValue,
+    now: Instant,
+) -> Response<ResponseBody<B>> {
+    let (headers, body) = match choose(entry.reprs.as_deref(), wants) {
+        Some(made) => (&made.headers, &made.body),
+        None => (&entry.headers, &entry.body),
+    };
     let mut res = Response::new(if is_head {
         ResponseBody::empty()
     } else {
-        ResponseBody::stored(entry.body.clone())
+        ResponseBody::stored(body.clone())
     });
     *res.status_mut() = entry.status;
-    *res.headers_mut() = entry.headers.clone();
+    *res.headers_mut() = headers.clone();
     let age = age_value(entry.fresh.age(now));
     let mut placeholder = entry.status_placeholder;
-    if conditionals
-        .is_some_and(|c| c.evaluate(entry.status, &entry.headers) == Condition::NotModified)
-    {
+    if conditionals.is_some_and(|c| c.evaluate(entry.status, headers) == Condition::NotModified) {
         // The 304 keeps only validators and caching fields (RFC 9110
         // §15.4.5); no Cache-Status line survives, so ours is appended.
         let (parts, _) = res.into_parts();
         placeholder = false;
         res = Response::from_parts(not_modified_parts(parts), ResponseBody::empty());
+    } else if let Some(request) = ranged.filter(|_| !is_head) {
+        use super::representation::range::{content_range, plan, unsatisfied_range, RangePlan};
+        let len = body.len() as u64;
+        match plan(&Method::GET, request, entry.status, headers, len) {
+            RangePlan::Full => {}
+            RangePlan::Partial { start, end } => {
+                // `end < len` (see `plan`), so both fit in usize.
+                let (s, e) = (start as usize, end as usize);
+                let part = body.slice(s..=e);
+                *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let h = res.headers_mut();
+                h.insert(CONTENT_LENGTH, HeaderValue::from(part.len()));
+                h.insert(CONTENT_RANGE, content_range(start, end, len));
+                *res.body_mut() = ResponseBody::stored(part);
+            }
+            RangePlan::Unsatisfiable => {
+                *res.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let h = res.headers_mut();
+                h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+                h.insert(CONTENT_RANGE, unsatisfied_range(len));
+                *res.body_mut() = ResponseBody::empty();
+            }
+        }
     }
     let headers = res.headers_mut();
     headers.insert(AGE, age);
@@ -487,13 +543,29 @@ fn hit<B: Body>(
 ) -> Response<ResponseBody<B>> {
     let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
     let member = config.hit_member(entry.fresh.ttl(now));
-    from_entry(
+    let ranged = (parts.method == Method::GET && parts.headers.contains_key(RANGE))
+        .then_some(&parts.headers);
+    let mut wants = wants_for(entry, &parts.headers);
+    wants.range = ranged.is_some();
+    from_entry_ranged(
         entry,
         parts.method == Method::HEAD,
         conditionals.as_ref(),
+        &wants,
+        ranged,
         member,
         now,
     )
+}
+
+/// The request's wishes about representations, read only when the entry
+/// has codings to choose among.
+fn wants_for(entry: &Entry, headers: &HeaderMap) -> Wants {
+    if entry.reprs.is_some() {
+        Wants::from_headers(headers)
+    } else {
+        Wants::default()
+    }
 }
 
 /// A response from an entry the shared tier had (`detail=redis`).
@@ -507,7 +579,8 @@ fn l2_hit<B: Body>(
     let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
     let member = super::status::hit_detail(&config.name, entry.fresh.ttl(now), "redis");
     let is_head = parts.method == Method::HEAD;
-    from_entry(entry, is_head, conditionals.as_ref(), member, now)
+    let wants = wants_for(entry, &parts.headers);
+    from_entry(entry, is_head, conditionals.as_ref(), &wants, member, now)
 }
 
 /// Forwards a request untouched and streams the response back.
@@ -710,6 +783,10 @@ where
                         match found {
                             Some((entry, Reuse::Fresh | Reuse::StaleAccepted)) => {
                                 if job.shared.store.insert(&job.key, Arc::clone(&entry)) {
+                                    #[cfg(feature = "compression")]
+                                    if let Some(c) = job.config.compressor() {
+                                        c.queue(&job.shared, &job.key, &entry);
+                                    }
                                     lead.finish(Outcome::Stored);
                                 } else {
                                     // Too heavy for memory: waiters would
@@ -779,6 +856,7 @@ where
                                 entry,
                                 job.is_head,
                                 job.conditionals.as_ref(),
+                                &job.wants,
                                 member,
                                 now,
                             );
@@ -800,6 +878,7 @@ where
                                 entry,
                                 job.is_head,
                                 job.conditionals.as_ref(),
+                                &job.wants,
                                 member,
                                 now,
                             );
@@ -862,6 +941,7 @@ where
         conditionals,
         refresh,
         is_head,
+        wants,
     } = job;
     let finish = |lead: Option<Lead>, outcome: Outcome| {
         if let Some(lead) = lead {
@@ -891,6 +971,17 @@ where
         }
     }
     let request_headers = parts.headers.clone();
+    // The cache makes the codings itself: it asks for identity, the one
+    // representation every other is made from (and ranges cut from).
+    #[cfg(feature = "compression")]
+    let compressor = config.compressor();
+    #[cfg(feature = "compression")]
+    if compressor.is_some() {
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     let request_time = crate::date::monotonic_now();
     let mut upstream = None;
     let result = match ready(inner).await {
@@ -914,7 +1005,7 @@ where
                 Counters::bump(&shared.counters.stale);
                 let member = config.fwd_member(Fwd::Stale, status, false, collapsed);
                 report(
-                    from_entry(entry, is_head, conditionals.as_ref(), member, now),
+                    from_entry(entry, is_head, conditionals.as_ref(), &wants, member, now),
                     Stale,
                 )
             })
@@ -947,6 +1038,7 @@ where
                 collapsed,
                 conditionals.as_ref(),
                 is_head,
+                &wants,
             );
             // Waiters look up a freshened entry; when the merged response
             // may not be shared they go on alone, and never get this
@@ -989,7 +1081,8 @@ where
         request_time,
         response_time,
     );
-    let policy = match policy {
+    #[cfg_attr(not(feature = "compression"), allow(unused_mut))]
+    let mut policy = match policy {
         Ok(p) => p,
         Err(reason) => {
             tracing::debug!(key = %key, ?reason, "response not stored");
@@ -1024,6 +1117,30 @@ where
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // An identity response, when the cache negotiates codings itself, is
+    // one stored response for every `Accept-Encoding`: the key does not vary
+    // on the raw value (the origin's `Vary: Accept-Encoding` is satisfied
+    // by the negotiation), and a response the cache may compress says it
+    // varies, so caches further out keep the codings apart. A response in
+    // a coding of its own keeps varying as the origin said.
+    #[cfg(feature = "compression")]
+    if let Some(c) = compressor {
+        use super::representation::compressible::{decide, Decision};
+        if super::representation::coding::response_coding(&head.headers)
+            == Some(super::representation::coding::Coding::Identity)
+        {
+            policy
+                .vary_names
+                .retain(|n| n != http::header::ACCEPT_ENCODING);
+            let len = declared.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+            if matches!(
+                decide(status, &head.headers, len, &c.config),
+                Decision::Compress { .. }
+            ) {
+                super::representation::stored::add_vary_accept_encoding(&mut head.headers);
+            }
+        }
+    }
     let cap = config.max_body;
     let hint = body.size_hint();
     let fits = declared.map_or(true, |n| n <= cap as u64) && hint.lower() <= cap as u64;
@@ -1077,6 +1194,7 @@ where
                 &entry,
                 is_head,
                 conditionals.as_ref(),
+                &wants,
                 member(stored),
                 crate::date::monotonic_now(),
             ))
@@ -1228,6 +1346,7 @@ fn revalidated<B: Body>(
     collapsed: Option<bool>,
     conditionals: Option<&Conditionals>,
     is_head: bool,
+    wants: &Wants,
 ) -> (Response<ResponseBody<B>>, bool) {
     let now = response_time.0;
     // §4.3.4: a 304 naming another strong validator selects no stored
@@ -1245,7 +1364,10 @@ fn revalidated<B: Body>(
     if !same_tag {
         shared.store.remove_variant(key, entry);
         let member = config.fwd_member(fwd, Some(304), false, collapsed);
-        return (from_entry(entry, is_head, conditionals, member, now), false);
+        return (
+            from_entry(entry, is_head, conditionals, wants, member, now),
+            false,
+        );
     }
     let mut merged = entry::merge_304(&entry.headers, not_modified);
     if entry.status_placeholder {
@@ -1286,12 +1408,19 @@ fn revalidated<B: Body>(
     );
     // The variant stays the one it was.
     fresh.vary = entry.vary.clone();
+    // The codings made of the body stay too, their headers updated as the
+    // entry's were.
+    if let Some(reprs) = &entry.reprs {
+        let reprs = reprs.rebase(&fresh.headers);
+        fresh.weight = fresh.weight.saturating_add(reprs.weight());
+        fresh.reprs = Some(Arc::new(reprs));
+    }
     let fresh = Arc::new(fresh);
     if !shared.store.insert(key, Arc::clone(&fresh)) {
         // The merged headers made it too heavy for the tier.
         shared.store.remove_variant(key, entry);
         return (
-            from_entry(&fresh, is_head, conditionals, member(false), now),
+            from_entry(&fresh, is_head, conditionals, wants, member(false), now),
             false,
         );
     }
@@ -1300,7 +1429,7 @@ fn revalidated<B: Body>(
     shared.count_store();
     tracing::debug!(key, "stored response revalidated");
     (
-        from_entry(&fresh, is_head, conditionals, member(true), now),
+        from_entry(&fresh, is_head, conditionals, wants, member(true), now),
         true,
     )
 }

@@ -306,6 +306,50 @@ impl Store {
         });
     }
 
+    /// Puts `with(current)` in the place of `old`, or of the entry that
+    /// replaced it with the same body (a 304 freshened it, RFC 9111
+    /// §4.3.4, sharing the body's bytes) and nothing made yet: same slot,
+    /// same standing. Nothing when neither is stored any more: a purge,
+    /// an eviction or a new response in between wins. Whether it was
+    /// replaced (not when the variants would then outweigh the whole tier).
+    #[cfg(feature = "compression")]
+    pub(crate) fn replace_variant(
+        &self,
+        key: &str,
+        old: &Arc<Entry>,
+        with: impl FnOnce(&Entry) -> Entry,
+    ) -> bool {
+        let mut replaced = false;
+        self.map.entry_by_ref(key).and_compute_with(|current| {
+            let Some(current) = current else {
+                return moka::ops::compute::Op::Nop;
+            };
+            let current = current.value();
+            let mut slots = current.slots();
+            let same_body = |e: &Entry| {
+                e.reprs.is_none()
+                    && e.body.len() == old.body.len()
+                    && e.body.as_ptr() == old.body.as_ptr()
+                    && same_variant(e, old)
+            };
+            let Some(slot) = slots
+                .iter_mut()
+                .find(|s| Arc::ptr_eq(&s.entry, old) || same_body(&s.entry))
+            else {
+                return moka::ops::compute::Op::Nop;
+            };
+            slot.entry = Arc::new(with(&slot.entry));
+            let clock = current.clock.load(Relaxed);
+            let variants = Variants::new(slots, clock, current.seen.clone(), key.len());
+            if u64::from(variants.weight) > self.max_bytes {
+                return moka::ops::compute::Op::Nop;
+            }
+            replaced = true;
+            moka::ops::compute::Op::Put(Arc::new(variants))
+        });
+        replaced
+    }
+
     /// Drops every variant of `key`; whether anything was stored.
     pub(crate) fn remove(&self, key: &str) -> bool {
         self.map.remove(key).is_some()
@@ -401,4 +445,114 @@ fn same_variant(a: &Entry, b: &Entry) -> bool {
     a.extra == b.extra
         && a.vary.len() == b.vary.len()
         && a.vary.iter().zip(b.vary.iter()).all(|(x, y)| x == y)
+}
+
+#[cfg(all(test, feature = "compression"))]
+mod tests {
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, StatusCode, Version};
+
+    use super::*;
+    use crate::cache::entry::{build, storable, RequestDirectives, StoreRules};
+    use crate::cache::representation::coding::Coding;
+    use crate::cache::representation::stored::{headers_for, Made, Representations};
+
+    fn entry(body: &'static [u8]) -> Arc<Entry> {
+        let now = crate::date::monotonic_now();
+        let mut h = HeaderMap::new();
+        h.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        h.insert("etag", HeaderValue::from_static("\"v1\""));
+        let rules = StoreRules {
+            default_ttl: None,
+            heuristic_max: None,
+            targeted: None,
+            keep_stale: Duration::from_secs(60),
+        };
+        let policy = storable(
+            StatusCode::OK,
+            &h,
+            &RequestDirectives::default(),
+            false,
+            &rules,
+            now,
+            (now, SystemTime::now()),
+        )
+        .unwrap();
+        Arc::new(build(
+            StatusCode::OK,
+            Version::HTTP_11,
+            &h,
+            Bytes::from_static(body),
+            policy,
+            &HeaderMap::new(),
+            None,
+            None,
+        ))
+    }
+
+    fn with_gzip(e: &Entry) -> Entry {
+        let body = Bytes::from(vec![7u8; 5000]);
+        let made = Made {
+            coding: Coding::Gzip,
+            headers: headers_for(&e.headers, Coding::Identity, Coding::Gzip, body.len()),
+            body,
+        };
+        e.with_representations(Arc::new(Representations {
+            origin: Coding::Identity,
+            made: vec![made].into_boxed_slice(),
+        }))
+    }
+
+    #[test]
+    fn replace_variant_swaps_only_the_entry_still_stored_and_counts_it() {
+        let store = Store::new(1 << 30, || {});
+        let old = entry(b"page");
+        assert!(store.insert("k", Arc::clone(&old)));
+        store.sync();
+        let before = store.bytes();
+        assert!(with_gzip(&old).weight > old.weight + 5000);
+        assert!(store.replace_variant("k", &old, with_gzip));
+        store.sync();
+        assert!(store.bytes() >= before + 5000, "the codings are weighed");
+        let got = store.get("k").unwrap();
+        assert!(got.list[0].reprs.is_some());
+        // Done once: the old one is gone and the new one has its codings.
+        assert!(!store.replace_variant("k", &old, with_gzip));
+
+        // Freshened by a 304 meanwhile (same body bytes): that one gets them.
+        let old = entry(b"page");
+        assert!(store.insert("r", Arc::clone(&old)));
+        let mut freshened = with_gzip(&old);
+        freshened.reprs = None;
+        let freshened = Arc::new(freshened);
+        assert!(store.insert("r", Arc::clone(&freshened)));
+        assert!(store.replace_variant("r", &old, with_gzip));
+        assert!(store.get("r").unwrap().list[0].reprs.is_some());
+
+        // Purged in between: the job's entry is not stored back.
+        let old = entry(b"page");
+        assert!(store.insert("p", Arc::clone(&old)));
+        assert!(store.remove("p"));
+        assert!(!store.replace_variant("p", &old, with_gzip));
+        assert!(store.get("p").is_none());
+
+        // A newer response in between wins.
+        let old = entry(b"page");
+        assert!(store.insert("n", Arc::clone(&old)));
+        let newer = entry(b"newer");
+        assert!(store.insert("n", Arc::clone(&newer)));
+        assert!(!store.replace_variant("n", &old, with_gzip));
+        assert!(Arc::ptr_eq(&store.get("n").unwrap().list[0], &newer));
+    }
+
+    #[test]
+    fn replace_variant_refuses_what_the_tier_cannot_hold() {
+        let old = entry(b"page");
+        let store = Store::new((old.weight + 1000) as u64, || {});
+        assert!(store.insert("k", Arc::clone(&old)));
+        assert!(!store.replace_variant("k", &old, with_gzip));
+        assert!(Arc::ptr_eq(&store.get("k").unwrap().list[0], &old));
+    }
 }

@@ -99,6 +99,12 @@ impl Pending {
             return (entry, false);
         }
         shared.stored_l2(&key, &entry, lead.as_mut());
+        // Its codings are made off the request path; meanwhile requests
+        // get the identity body.
+        #[cfg(feature = "compression")]
+        if let Some(c) = config.compressor() {
+            c.queue(&shared, &key, &entry);
+        }
         shared.forget_uncacheable(&flight_key);
         shared.count_store();
         tracing::debug!(key = %key, bytes = entry.body.len(), "response stored");

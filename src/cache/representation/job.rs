@@ -1,0 +1,88 @@
+//! The compression job: after a response is stored, its codings are made on
+//! the blocking pool and the entry is stored again with them beside it, so
+//! the store's weight counts them. Until then, and if the pool is full or
+//! the entry was purged or replaced meanwhile, requests get what exists
+//! (the identity body): nothing waits for a job.
+
+use std::sync::Arc;
+
+use super::coding::Coding;
+use super::compressible::{decide, Decision};
+use super::config::Compression;
+use super::pool::Pool;
+use super::stored::make;
+use crate::cache::entry::Entry;
+use crate::cache::handle::Shared;
+
+/// A layer's compression settings and the pool its jobs run on.
+#[derive(Debug)]
+pub(crate) struct Compressor {
+    pub(crate) config: Compression,
+    pool: Pool,
+}
+
+impl Compressor {
+    pub(crate) fn new(config: Compression) -> Self {
+        let pool = Pool::new(config.pool_size(), config.max_queue);
+        Compressor { config, pool }
+    }
+
+    /// Whether the cache makes a stored response's codings itself: the
+    /// renderer is then asked for identity, and the key does not vary on
+    /// the raw `Accept-Encoding`.
+    pub(crate) fn active(&self) -> bool {
+        !self.config.codings.is_empty()
+    }
+
+    /// Queues the job that makes `entry`'s codings, when its body is worth
+    /// compressing (see `compressible::decide`) and in identity. A full
+    /// queue, or no runtime, leaves the entry as it is.
+    pub(crate) fn queue(self: &Arc<Self>, shared: &Arc<Shared>, key: &str, entry: &Arc<Entry>) {
+        if entry.reprs.is_some() {
+            return;
+        }
+        match decide(entry.status, &entry.headers, entry.body.len(), &self.config) {
+            Decision::Compress {
+                source: Coding::Identity,
+            } => {}
+            Decision::Compress { .. } | Decision::Keep(_) => return,
+        }
+        let (this, shared, key, entry) = (
+            Arc::clone(self),
+            Arc::clone(shared),
+            key.to_owned(),
+            Arc::clone(entry),
+        );
+        let queued = self.pool.spawn(move || {
+            let cap = entry.body.len();
+            let Some(reprs) = make(
+                &entry.headers,
+                &entry.body,
+                Coding::Identity,
+                &this.config,
+                cap,
+            ) else {
+                return;
+            };
+            if reprs.made.is_empty() {
+                return;
+            }
+            // The entry itself, or the one a 304 freshened it into since
+            // (same body, newer headers: the codings take those).
+            let with = |current: &Entry| {
+                let reprs = if std::ptr::eq(current, &*entry) {
+                    reprs
+                } else {
+                    reprs.rebase(&current.headers)
+                };
+                current.with_representations(Arc::new(reprs))
+            };
+            if shared.store.replace_variant(&key, &entry, with) {
+                tracing::debug!(key = %key, "representations stored");
+            }
+        });
+        if let Err(why) = queued {
+            tracing::debug!(?why, "compression job not queued");
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Issue 9: the cache compresses what it stores, once, and answers each
+//! client with the coding it accepts. Over real sockets: a cache served on
+//! 127.0.0.1:0 in front of a renderer that counts its calls and records the
+//! `Accept-Encoding` it was sent. Nothing here depends on timing: waits
+//! poll for a state with a generous hang guard.
+#![cfg(feature = "compression")]
+
+mod common;
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use axum::Router;
+use bytes::Bytes;
+use common::{serve, Seen, GUARD};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tower_ssr::cache::{CacheLayer, Compression, ResponseCache};
+
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    accept_encoding: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+impl Origin {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// A page that compresses well: 20 KB of markup.
+fn page() -> Bytes {
+    "<li class=\"item\">render hydrate island</li>\n"
+        .repeat(460)
+        .into()
+}
+
+/// Bytes that do not compress.
+fn noise() -> Bytes {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..20_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn render(State(origin): State<Origin>, req: Request) -> Response {
+    origin.calls.fetch_add(1, Ordering::SeqCst);
+    origin.accept_encoding.lock().unwrap().push(
+        req.headers()
+            .get("accept-encoding")
+            .map(|v| v.to_str().unwrap().to_owned()),
+    );
+    if req.uri().path() == "/revalidated" {
+        let n = origin.calls();
+        let builder = Response::builder()
+            .header("content-type", "text/html")
+            .header("cache-control", "public, no-cache, max-age=600")
+            .header("etag", "\"v1\"")
+            .header("x-generation", n.to_string());
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            return builder.status(304).body(Body::empty()).unwrap();
+        }
+        return builder.body(Body::from(page())).unwrap();
+    }
+    let (ty, cc, body) = match req.uri().path() {
+        "/png" => ("image/png", "public, max-age=600", noise()),
+        "/no-transform" => ("text/html", "public, max-age=600, no-transform", page()),
+        _ => ("text/html; charset=utf-8", "public, max-age=600", page()),
+    };
+    Response::builder()
+        .header("content-type", ty)
+        .header("cache-control", cc)
+        .header("etag", "\"v1\"")
+        .header("vary", "Accept-Encoding")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+struct Site {
+    addr: SocketAddr,
+    origin: Origin,
+    cache: ResponseCache,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+async fn start(layer: impl Fn(ResponseCache) -> CacheLayer) -> Site {
+    let origin = Origin::default();
+    let cache = ResponseCache::builder().max_bytes(64 << 20).build();
+    let app = Router::new()
+        .fallback(render)
+        .with_state(origin.clone())
+        .layer(layer(cache.clone()));
+    Site {
+        addr: serve(app).await,
+        origin,
+        cache,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+/// One job at a time: jobs then finish in the order they were queued.
+async fn compressing() -> Site {
+    start(|c| CacheLayer::new(c).compression(Compression::new().jobs(1))).await
+}
+
+impl Site {
+    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Seen {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = self
+            .client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        Seen {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    async fn get(&self, path: &str, ae: &str) -> Seen {
+        self.send(Method::GET, path, &[("accept-encoding", ae)])
+            .await
+    }
+
+    /// Polls until `path` is served in `coding` to a client accepting it.
+    async fn ready(&self, path: &str, coding: &str) -> Seen {
+        tokio::time::timeout(GUARD, async {
+            loop {
+                let seen = self.get(path, coding).await;
+                if seen
+                    .headers
+                    .get("content-encoding")
+                    .is_some_and(|v| v == coding)
+                {
+                    return seen;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{path} never served in {coding}"))
+    }
+}
+
+fn decode(coding: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => {
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        "br" => {
+            brotli::Decompressor::new(body, 4096)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        "zstd" => out = zstd::decode_all(body).unwrap(),
+        other => panic!("{other}"),
+    }
+    out
+}
+
+fn varies_on_accept_encoding(seen: &Seen) -> bool {
+    seen.headers.get_all("vary").iter().any(|v| {
+        v.to_str()
+            .unwrap()
+            .split(',')
+            .any(|n| n.trim().eq_ignore_ascii_case("accept-encoding"))
+    })
+}
+
+#[tokio::test]
+async fn the_renderer_is_asked_for_identity_and_each_coding_decodes_to_it() {
+    let site = compressing().await;
+    let first = site.get("/", "gzip, deflate, br, zstd").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(!first.has("content-encoding"), "{:?}", first.headers);
+    assert_eq!(first.body, page());
+    assert!(varies_on_accept_encoding(&first));
+    site.ready("/", "br").await;
+    for coding in ["gzip", "br", "zstd"] {
+        let seen = site.get("/", coding).await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(seen.one("content-encoding"), coding);
+        assert_eq!(seen.one("etag"), format!("\"v1-{coding}\""));
+        assert_eq!(seen.one("content-length"), seen.body.len().to_string());
+        assert!(seen.body.len() < page().len() / 4, "{coding} is smaller");
+        assert!(varies_on_accept_encoding(&seen));
+        assert_eq!(decode(coding, &seen.body), page(), "{coding}");
+    }
+    // The best coding the client accepts, by weight then the server's
+    // order (br, zstd, gzip); identity for a client without the field.
+    let best = site.get("/", "gzip, deflate, br, zstd").await;
+    assert_eq!(best.one("content-encoding"), "br");
+    let weighted = site.get("/", "br;q=0.5, gzip").await;
+    assert_eq!(weighted.one("content-encoding"), "gzip");
+    let none = site.send(Method::GET, "/", &[]).await;
+    assert!(!none.has("content-encoding"));
+    assert_eq!(none.one("etag"), "\"v1\"");
+    assert_eq!(none.body, page());
+    let unknown = site.get("/", "compress, x-gzip-ish").await;
+    assert!(!unknown.has("content-encoding"));
+    assert_eq!(unknown.body, page());
+    // A client asking for no-transform (RFC 9111 §5.2.1.6) gets what the
+    // origin sent.
+    let nt = site
+        .send(
+            Method::GET,
+            "/",
+            &[("accept-encoding", "br"), ("cache-control", "no-transform")],
+        )
+        .await;
+    assert!(!nt.has("content-encoding"));
+    assert_eq!(nt.body, page());
+
+    assert_eq!(site.origin.calls(), 1);
+    let sent = site.origin.accept_encoding.lock().unwrap().clone();
+    assert_eq!(sent, [Some("identity".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_flood_of_accept_encoding_values_is_one_origin_call_and_one_entry() {
+    let site = compressing().await;
+    let before = site.cache.stats().bytes;
+    site.get("/", "gzip").await;
+    let identity_only = site.cache.stats().bytes;
+    site.ready("/", "gzip").await;
+    let stored = site.cache.stats();
+    assert_eq!(stored.entries, 1);
+    // The codings are counted in the store's weight.
+    assert!(
+        stored.bytes > identity_only,
+        "{stored:?} vs {identity_only}"
+    );
+    assert!(identity_only > before);
+    for i in 0..2_000 {
+        let ae = format!(
+            "gzip;q=0.{:03}, x-made-up-{i}, br;q=0.{:03}",
+            i % 1000,
+            (i + 7) % 1000
+        );
+        let seen = site.get("/", &ae).await;
+        assert_eq!(seen.status, StatusCode::OK, "{ae}");
+        let coding = seen
+            .headers
+            .get("content-encoding")
+            .map_or("identity", |v| v.to_str().unwrap());
+        if coding == "identity" {
+            assert_eq!(seen.body, page(), "{ae}");
+        } else {
+            assert_eq!(decode(coding, &seen.body), page(), "{ae}");
+        }
+    }
+    assert_eq!(site.origin.calls(), 1);
+    let after = site.cache.stats();
+    assert_eq!(after.entries, 1);
+    assert_eq!(after.bytes, stored.bytes, "one set of representations");
+}
+
+#[tokio::test]
+async fn head_and_304_are_per_representation() {
+    let site = compressing().await;
+    site.get("/", "br").await;
+    let br = site.ready("/", "br").await;
+    let gzip = site.get("/", "gzip").await;
+    assert_eq!(gzip.one("content-encoding"), "gzip");
+
+    for (ae, full) in [("br", &br), ("gzip", &gzip)] {
+        let head = site
+            .send(Method::HEAD, "/", &[("accept-encoding", ae)])
+            .await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(head.body.is_empty());
+        assert_eq!(head.one("content-encoding"), ae);
+        assert_eq!(head.one("content-length"), full.body.len().to_string());
+        assert_eq!(head.one("etag"), full.one("etag"));
+    }
+    let head = site.send(Method::HEAD, "/", &[]).await;
+    assert!(!head.has("content-encoding"));
+    assert_eq!(head.one("content-length"), page().len().to_string());
+
+    // The brotli tag validates the brotli copy only.
+    let inm = |ae: &'static str, tag: &'static str| {
+        let site = &site;
+        async move {
+            site.send(
+                Method::GET,
+                "/",
+                &[("accept-encoding", ae), ("if-none-match", tag)],
+            )
+            .await
+        }
+    };
+    let nm = inm("br", "\"v1-br\"").await;
+    assert_eq!(nm.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(nm.one("etag"), "\"v1-br\"");
+    assert!(nm.body.is_empty());
+    let other = inm("gzip", "\"v1-br\"").await;
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.one("etag"), "\"v1-gzip\"");
+    assert_eq!(decode("gzip", &other.body), page());
+    let identity = inm("identity", "\"v1\"").await;
+    assert_eq!(identity.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(identity.one("etag"), "\"v1\"");
+    let stale_tag = inm("identity", "\"v1-br\"").await;
+    assert_eq!(stale_tag.status, StatusCode::OK);
+    assert_eq!(stale_tag.body, page());
+    assert_eq!(site.origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn no_transform_and_incompressible_types_are_never_compressed() {
+    let site = compressing().await;
+    for path in ["/no-transform", "/png"] {
+        let first = site.get(path, "br, gzip, zstd").await;
+        assert!(!first.has("content-encoding"), "{path}");
+    }
+    // One job at a time, in order: once this page is compressed, any job
+    // queued before it has run.
+    site.get("/", "br").await;
+    site.ready("/", "br").await;
+    for path in ["/no-transform", "/png"] {
+        let seen = site.get(path, "br, gzip, zstd").await;
+        assert_eq!(seen.status, StatusCode::OK);
+        assert!(!seen.has("content-encoding"), "{path}: {:?}", seen.headers);
+    }
+    assert_eq!(site.get("/no-transform", "br").await.body, page());
+    assert_eq!(site.get("/png", "br").await.body, noise());
+    assert_eq!(site.origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn without_compression_the_renderer_sees_the_client_value_and_the_key_varies() {
+    let site = start(|c| CacheLayer::new(c).no_compression()).await;
+    let a = site.get("/", "br").await;
+    let b = site.get("/", "gzip").await;
+    let c = site.get("/", "br").await;
+    for seen in [&a, &b, &c] {
+        assert!(!seen.has("content-encoding"));
+        assert_eq!(seen.body, page());
+    }
+    assert_eq!(site.origin.calls(), 2, "one per Accept-Encoding value");
+    let sent = site.origin.accept_encoding.lock().unwrap().clone();
+    assert_eq!(sent, [Some("br".to_owned()), Some("gzip".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_304_from_the_origin_keeps_the_codings_with_the_new_headers() {
+    let site = compressing().await;
+    // `no-cache`: every request is validated with the origin, which
+    // answers 304; the codings made survive, their headers updated.
+    let first = site.get("/revalidated", "br").await;
+    assert!(!first.has("content-encoding"));
+    let br = site.ready("/revalidated", "br").await;
+    assert_eq!(decode("br", &br.body), page());
+    let again = site.get("/revalidated", "br").await;
+    assert_eq!(again.one("content-encoding"), "br");
+    assert_eq!(again.one("etag"), "\"v1-br\"");
+    assert_eq!(again.body, br.body);
+    // The field the last 304 carried, not the one of the first response.
+    let generation: usize = again.one("x-generation").parse().unwrap();
+    assert_eq!(generation, site.origin.calls());
+    assert!(generation > 1);
+    // The renderer got identity requests and our validator only.
+    let sent = site.origin.accept_encoding.lock().unwrap().clone();
+    assert!(
+        sent.iter().all(|v| v.as_deref() == Some("identity")),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn ranges_are_cut_from_the_stored_identity() {
+    let site = compressing().await;
+    site.get("/", "br").await;
+    site.ready("/", "br").await;
+    let page = page();
+    let len = page.len();
+    let range = |value: &'static str, extra: &'static [(&'static str, &'static str)]| {
+        let site = &site;
+        async move {
+            let mut headers = vec![("accept-encoding", "gzip, br, zstd"), ("range", value)];
+            headers.extend_from_slice(extra);
+            site.send(Method::GET, "/", &headers).await
+        }
+    };
+    let cases: [(&str, std::ops::Range<usize>); 4] = [
+        ("bytes=0-99", 0..100),
+        ("bytes=100-", 100..len),
+        ("bytes=-50", len - 50..len),
+        ("bytes=5-5", 5..6),
+    ];
+    for (value, want) in cases {
+        let seen = range(value, &[]).await;
+        assert_eq!(seen.status, StatusCode::PARTIAL_CONTENT, "{value}");
+        assert!(!seen.has("content-encoding"), "ranges come from identity");
+        assert_eq!(seen.body, page.slice(want.clone()), "{value}");
+        assert_eq!(
+            seen.one("content-range"),
+            format!("bytes {}-{}/{len}", want.start, want.end - 1)
+        );
+        assert_eq!(seen.one("content-length"), want.len().to_string());
+        assert_eq!(seen.one("etag"), "\"v1\"");
+    }
+    let unsatisfiable = range("bytes=999999-", &[]).await;
+    assert_eq!(unsatisfiable.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(unsatisfiable.one("content-range"), format!("bytes */{len}"));
+    assert!(unsatisfiable.body.is_empty());
+    // If-Range with the identity tag: the range; with another: the whole.
+    let held = range("bytes=0-9", &[("if-range", "\"v1\"")]).await;
+    assert_eq!(held.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(held.body, page.slice(0..10));
+    let changed = range("bytes=0-9", &[("if-range", "\"v0\"")]).await;
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_eq!(changed.body, page, "the whole identity it would have cut");
+    // Identity refused: a range of the coding chosen, its own tag.
+    let br = site.get("/", "br").await.body;
+    let coded = site
+        .send(
+            Method::GET,
+            "/",
+            &[
+                ("accept-encoding", "br, identity;q=0"),
+                ("range", "bytes=0-9"),
+            ],
+        )
+        .await;
+    assert_eq!(coded.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(coded.one("content-encoding"), "br");
+    assert_eq!(coded.one("etag"), "\"v1-br\"");
+    assert_eq!(coded.body, br.slice(0..10));
+    // A HEAD is never cut; nor are several ranges (sent whole).
+    let head = site
+        .send(Method::HEAD, "/", &[("range", "bytes=0-9")])
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.one("content-length"), len.to_string());
+    let several = range("bytes=0-9, 20-29", &[]).await;
+    assert_eq!(several.status, StatusCode::OK);
+    assert_eq!(several.body, page);
+    assert_eq!(site.origin.calls(), 1);
+}
