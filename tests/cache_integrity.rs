@@ -959,3 +959,128 @@ async fn a_body_cut_short_after_bytes_left_aborts_and_is_not_stored() {
     assert!(rest.is_err(), "the client sees the failure");
     assert_eq!(cache.stats().entries, 0, "never stored");
 }
+
+// ---------------------------------------------------------------------------
+// §8(c): the coalescing leader's client goes away; the render goes on
+// ---------------------------------------------------------------------------
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Serves `app` behind the cache, behind a layer that sets `gone` once the
+/// response (future, then body) of the request marked `x-leader` is
+/// dropped: the test knows the leader's client is gone without a timer.
+async fn serve_watched(app: Router, gone: Arc<AtomicBool>) -> (SocketAddr, ResponseCache) {
+    let cache = new_cache();
+    let watch =
+        axum::middleware::from_fn(move |req: Request<Body>, next: axum::middleware::Next| {
+            let gone = gone.clone();
+            async move {
+                let guard = req
+                    .headers()
+                    .contains_key("x-leader")
+                    .then(|| SetOnDrop(gone));
+                let (parts, body) = next.run(req).await.into_parts();
+                let body = body.map_frame(move |f| {
+                    let _ = &guard;
+                    f
+                });
+                Response::from_parts(parts, Body::new(body))
+            }
+        });
+    let app = app.layer(CacheLayer::new(cache.clone())).layer(watch);
+    (serve(app).await, cache)
+}
+
+/// Sends the leader's request over a raw socket, which the test drops to
+/// hang up.
+async fn leader(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nx-leader: 1\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The named input: the leader's client disconnects while the origin
+/// renders; the waiters still get the page, from one origin call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_render_goes_on_for_the_waiters_when_the_leader_hangs_up() {
+    let (calls, gate, gone) = (Calls::default(), Gate::default(), Arc::default());
+    let app = scripted(calls.clone(), gate.clone(), |_, _, _| Answer {
+        gated: true,
+        ..answer(200, &[("cache-control", "public, max-age=600")], "page")
+    });
+    let (addr, cache) = serve_watched(app, Arc::clone(&gone)).await;
+    let stream = leader(addr, "/page").await;
+    until("the origin is called", || calls.count() == 1).await;
+    let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(get(addr, "/page"))).collect();
+    until("three waiters", || cache.stats().coalesced == 3).await;
+    drop(stream);
+    until("the leader's response dropped", || {
+        gone.load(Ordering::SeqCst)
+    })
+    .await;
+    gate.open();
+    for w in waiters {
+        let seen = tokio::time::timeout(GUARD, w).await.unwrap().unwrap();
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(text(&seen), "page");
+    }
+    assert_eq!(calls.count(), 1, "one origin call, not two");
+    let after = get(addr, "/page").await;
+    assert!(status_of(&after).contains("hit"), "{}", status_of(&after));
+    assert_eq!(calls.count(), 1);
+}
+
+/// The leader's client leaves mid-body (a streamed, known-length body): the
+/// rest is read in the background and stored, and the waiters get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_hangs_up_mid_body_still_stores_the_page_for_the_waiters() {
+    use tokio::io::AsyncReadExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // A second origin call (the old behaviour) would get a whole body.
+    let (tx2, rx2) = tokio::sync::mpsc::channel(4);
+    tx2.send(Ok(Bytes::from_static(b"0123456789")))
+        .await
+        .unwrap();
+    drop(tx2);
+    let (calls, gone) = (Calls::default(), Arc::new(AtomicBool::new(false)));
+    let app = fed(10, vec![rx, rx2], calls.clone());
+    let (addr, cache) = serve_watched(app, Arc::clone(&gone)).await;
+    tx.send(Ok(Bytes::from_static(b"first"))).await.unwrap();
+    let mut stream = leader(addr, "/mid").await;
+    let mut seen = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        while !seen.ends_with(b"first") {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the leader's head and first bytes");
+    let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(get(addr, "/mid"))).collect();
+    until("three waiters", || cache.stats().coalesced == 3).await;
+    drop(stream);
+    until("the leader's body dropped", || gone.load(Ordering::SeqCst)).await;
+    // Fails (the receiver is gone) when the leader's body was dropped unread.
+    let _ = tx.send(Ok(Bytes::from_static(b"secnd"))).await;
+    drop(tx);
+    for w in waiters {
+        let seen = tokio::time::timeout(GUARD, w).await.unwrap().unwrap();
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(text(&seen), "firstsecnd");
+    }
+    assert_eq!(calls.count(), 1, "one origin call, not two");
+    let after = get(addr, "/mid").await;
+    assert!(status_of(&after).contains("hit"), "{}", status_of(&after));
+    assert_eq!(text(&after), "firstsecnd");
+}
