@@ -1250,6 +1250,18 @@ fn revalidated<B: Body>(
     );
     let member = |stored| config.fwd_member(fwd, Some(304), stored, collapsed);
     let policy = match policy {
+        // The stored response may have been one to another user's
+        // `Authorization` request, shared only because it said `public`,
+        // `s-maxage` or `must-revalidate` (RFC 9111 §3.5); the entry does not
+        // record whose request it was, so a 304 that takes that away drops
+        // it (the next request fetches anew) rather than share it on.
+        Ok(policy) if entry.auth_ok && !policy.auth_ok => {
+            tracing::debug!(key, "revalidated response no longer shareable under §3.5");
+            shared.store.remove_variant(key, entry);
+            let response =
+                merged_response(config, entry, merged, is_head, conditionals, member(false));
+            return (response, false);
+        }
         Ok(policy) => policy,
         Err(reason) => {
             tracing::debug!(key, ?reason, "revalidated response not stored");
