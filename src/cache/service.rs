@@ -1042,17 +1042,27 @@ where
     // HEAD needs the whole GET body stored: both read it whole first.
     // Otherwise the response goes to the client as soon as it has started
     // (see `read_start`) and is stored as it passes.
-    let whole = conditionals.is_some() || is_head;
+    // So is a small body of known length (as nginx buffers small
+    // responses): an origin that sets `Content-Length` has the body at hand,
+    // and one that then breaks off gets a 502 however the close races its
+    // first bytes (issue 8 §8). Bigger ones stream.
+    let whole = conditionals.is_some()
+        || is_head
+        || declared.is_some_and(|n| n <= WHOLE_BELOW)
+        || hint.exact().is_some_and(|n| n <= WHOLE_BELOW);
     let read = if !fits {
         Read::TooLong(VecDeque::new())
     } else if !whole && declared.is_none() && hint.exact().is_none() {
         // A body of unknown length (a streamed render) goes out with its
         // headers at once, as it always has: a renderer may flush its head
-        // early and take its time over the rest. A break-off then aborts
-        // the client's connection; it is never stored either way.
-        Read::Started(VecDeque::new(), 0)
+        // early and take its time over the rest. Only what is ready now is
+        // looked at first (a few cooperative yields, no timer), so that a
+        // body cut before its first byte gets a 502 rather than a 200 and
+        // an aborted connection (issue 8 §8). A later break-off aborts the
+        // client's connection; it is never stored either way.
+        read_start(&mut body, cap, false, true).await
     } else {
-        read_start(&mut body, cap, whole).await
+        read_start(&mut body, cap, whole, false).await
     };
     let response: Result<_, S::Error> = match read {
         // §3.3: a body shorter than announced is incomplete: never stored,
@@ -1109,6 +1119,10 @@ where
     response.map(|response| report(response, Miss))
 }
 
+/// A body of known length up to this size is read whole before the
+/// response's head goes out (see `fetch`).
+const WHOLE_BELOW: u64 = 64 * 1024;
+
 /// How a response body began.
 enum Read<E> {
     /// It ended: its chunks and length.
@@ -1135,10 +1149,14 @@ const START_YIELDS: u8 = 3;
 /// breaks off later: the headers have left, so the client's connection is
 /// aborted (a body error) and nothing is stored. Trailers are dropped
 /// (RFC 9111 §3.1 allows it).
+///
+/// `eager`: the headers need not wait for the first data; only for what is
+/// ready within the same cooperative yields.
 async fn read_start<B: Body<Data = Bytes>>(
     body: &mut Pin<Box<B>>,
     cap: usize,
     whole: bool,
+    eager: bool,
 ) -> Read<B::Error> {
     let mut chunks = VecDeque::new();
     let mut len = 0usize;
@@ -1164,7 +1182,7 @@ async fn read_start<B: Body<Data = Bytes>>(
             Poll::Ready(None) => {
                 return Poll::Ready(Read::Complete(std::mem::take(&mut chunks), len))
             }
-            Poll::Pending if whole || chunks.is_empty() => return Poll::Pending,
+            Poll::Pending if whole || (chunks.is_empty() && !eager) => return Poll::Pending,
             Poll::Pending if yields < START_YIELDS => {
                 yields += 1;
                 cx.waker().wake_by_ref();
