@@ -923,7 +923,11 @@ fn check(
                         s.call.render == c.render
                             && s.call.path == f.path
                             && (s.call.etag.is_some() && s.call.etag == f.etag
-                                || etags_weak_eq(&s.call.etag, &f.etag) && !model.known.select_304
+                                // §4.3.4, second bullet: a 304 with a
+                                // weak tag selects by weak comparison,
+                                // so stored "x" matches W/"x".
+                                || etags_weak_eq(&s.call.etag, &f.etag)
+                                    && (tag_is_weak(&f.etag) || !model.known.select_304)
                                 || s.call.etag.is_none()
                                     && (f.etag.is_none() || !model.known.select_304))
                     })
@@ -1106,7 +1110,13 @@ fn check(
                 }
                 if same_key(&s.call, s.call.answer.vary, sent)
                     && (s.call.etag.is_some() && s.call.etag == call.etag
-                        || etags_weak_eq(&s.call.etag, &call.etag) && !model.known.select_304
+                        // §4.3.4, second bullet: a weak 304 tag
+                        // selects by weak comparison (stored "x" matches
+                        // W/"x"); only a strong one needs the same
+                        // strong tag. The model used to demand that
+                        // for weak ones too.
+                        || etags_weak_eq(&s.call.etag, &call.etag)
+                            && (tag_is_weak(&call.etag) || !model.known.select_304)
                         || s.call.etag.is_none()
                             && s.call.answer.last_modified
                             && (call.etag.is_none() || !model.known.select_304))
@@ -1185,6 +1195,11 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// Whether an entity tag is weak (`W/"…"`).
+fn tag_is_weak(tag: &Option<String>) -> bool {
+    tag.as_deref().is_some_and(|t| t.starts_with("W/"))
 }
 
 fn transient(status: u16) -> bool {
