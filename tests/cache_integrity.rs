@@ -894,28 +894,34 @@ async fn open(addr: SocketAddr, path: &str) -> hyper::Response<hyper::body::Inco
 /// the origin is allowed to send the second; then it is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_with_a_known_length_streams_while_it_is_stored() {
+    // Over 64 KiB: smaller known-length bodies are read whole first.
+    const HALF: usize = 50_000;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let calls = Calls::default();
-    let (addr, _cache) = serve_cached(fed(10, vec![rx], calls.clone())).await;
-    tx.send(Ok(Bytes::from_static(b"first"))).await.unwrap();
+    let (addr, _cache) = serve_cached(fed(2 * HALF, vec![rx], calls.clone())).await;
+    tx.send(Ok(Bytes::from(vec![b'a'; HALF]))).await.unwrap();
     let res = open(addr, "/known").await;
     assert_eq!(res.status(), StatusCode::OK);
     let mut body = res.into_body();
-    let first = tokio::time::timeout(GUARD, body.frame())
-        .await
-        .expect("the first half before the second was sent")
-        .unwrap()
-        .unwrap()
-        .into_data()
-        .unwrap();
-    assert_eq!(&first[..], b"first");
-    tx.send(Ok(Bytes::from_static(b"-last"))).await.unwrap();
+    let mut first = Vec::new();
+    while first.len() < HALF {
+        let frame = tokio::time::timeout(GUARD, body.frame())
+            .await
+            .expect("the first half before the second was sent")
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        first.extend_from_slice(&frame);
+    }
+    assert_eq!(first, vec![b'a'; HALF]);
+    tx.send(Ok(Bytes::from(vec![b'b'; HALF]))).await.unwrap();
     drop(tx);
     let rest = body.collect().await.unwrap().to_bytes();
-    assert_eq!(&rest[..], b"-last");
+    assert_eq!(&rest[..], &vec![b'b'; HALF][..]);
     let hit = get(addr, "/known").await;
-    assert!(status_of(&hit).contains("hit"), "{hit:?}");
-    assert_eq!(&hit.body[..], b"first-last");
+    assert!(status_of(&hit).contains("hit"), "{:?}", hit.headers);
+    assert_eq!(hit.body.len(), 2 * HALF);
     assert_eq!(calls.count(), 1);
 }
 
@@ -951,7 +957,8 @@ async fn a_body_cut_short_before_anything_was_sent_gets_a_502() {
 async fn a_body_cut_short_after_bytes_left_aborts_and_is_not_stored() {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let calls = Calls::default();
-    let (addr, cache) = serve_cached(fed(1000, vec![rx], calls.clone())).await;
+    // Over 64 KiB, so it streams (smaller ones are read whole first).
+    let (addr, cache) = serve_cached(fed(100_000, vec![rx], calls.clone())).await;
     tx.send(Ok(Bytes::from(vec![b'x'; 100]))).await.unwrap();
     let res = open(addr, "/late").await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -964,4 +971,233 @@ async fn a_body_cut_short_after_bytes_left_aborts_and_is_not_stored() {
     let rest = tokio::time::timeout(GUARD, body.collect()).await.unwrap();
     assert!(rest.is_err(), "the client sees the failure");
     assert_eq!(cache.stats().entries, 0, "never stored");
+}
+
+// ---------------------------------------------------------------------------
+// §8(c): the coalescing leader's client goes away; the render goes on
+// ---------------------------------------------------------------------------
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Serves `app` behind the cache, behind a layer that sets `gone` once the
+/// response (future, then body) of the request marked `x-leader` is
+/// dropped: the test knows the leader's client is gone without a timer.
+async fn serve_watched(app: Router, gone: Arc<AtomicBool>) -> (SocketAddr, ResponseCache) {
+    let cache = new_cache();
+    let watch =
+        axum::middleware::from_fn(move |req: Request<Body>, next: axum::middleware::Next| {
+            let gone = gone.clone();
+            async move {
+                let guard = req
+                    .headers()
+                    .contains_key("x-leader")
+                    .then(|| SetOnDrop(gone));
+                let (parts, body) = next.run(req).await.into_parts();
+                let body = body.map_frame(move |f| {
+                    let _ = &guard;
+                    f
+                });
+                Response::from_parts(parts, Body::new(body))
+            }
+        });
+    let app = app.layer(CacheLayer::new(cache.clone())).layer(watch);
+    (serve(app).await, cache)
+}
+
+/// Sends the leader's request over a raw socket, which the test drops to
+/// hang up.
+async fn leader(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nx-leader: 1\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The named input: the leader's client disconnects while the origin
+/// renders; the waiters still get the page, from one origin call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_render_goes_on_for_the_waiters_when_the_leader_hangs_up() {
+    let (calls, gate, gone) = (Calls::default(), Gate::default(), Arc::default());
+    let app = scripted(calls.clone(), gate.clone(), |_, _, _| Answer {
+        gated: true,
+        ..answer(200, &[("cache-control", "public, max-age=600")], "page")
+    });
+    let (addr, cache) = serve_watched(app, Arc::clone(&gone)).await;
+    let stream = leader(addr, "/page").await;
+    until("the origin is called", || calls.count() == 1).await;
+    let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(get(addr, "/page"))).collect();
+    until("three waiters", || cache.stats().coalesced == 3).await;
+    drop(stream);
+    until("the leader's response dropped", || {
+        gone.load(Ordering::SeqCst)
+    })
+    .await;
+    gate.open();
+    for w in waiters {
+        let seen = tokio::time::timeout(GUARD, w).await.unwrap().unwrap();
+        assert_eq!(seen.status, StatusCode::OK);
+        assert_eq!(text(&seen), "page");
+    }
+    assert_eq!(calls.count(), 1, "one origin call, not two");
+    let after = get(addr, "/page").await;
+    assert!(status_of(&after).contains("hit"), "{}", status_of(&after));
+    assert_eq!(calls.count(), 1);
+}
+
+/// The leader's client leaves mid-body (a streamed, known-length body): the
+/// rest is read in the background and stored, and the waiters get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_hangs_up_mid_body_still_stores_the_page_for_the_waiters() {
+    use tokio::io::AsyncReadExt as _;
+    // Over 64 KiB, so it streams (smaller ones are read whole first).
+    const LEN: usize = 100_000;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // A second origin call (the old behaviour) would get a whole body.
+    let (tx2, rx2) = tokio::sync::mpsc::channel(4);
+    tx2.send(Ok(Bytes::from(vec![b'z'; LEN]))).await.unwrap();
+    drop(tx2);
+    let (calls, gone) = (Calls::default(), Arc::new(AtomicBool::new(false)));
+    let app = fed(LEN, vec![rx, rx2], calls.clone());
+    let (addr, cache) = serve_watched(app, Arc::clone(&gone)).await;
+    tx.send(Ok(Bytes::from_static(b"first"))).await.unwrap();
+    let mut stream = leader(addr, "/mid").await;
+    let rest = vec![b'r'; LEN - 5];
+    let mut whole = b"first".to_vec();
+    whole.extend_from_slice(&rest);
+    let mut seen = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        while !seen.ends_with(b"first") {
+            let mut buf = [0u8; 1024];
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the leader's head and first bytes");
+    let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(get(addr, "/mid"))).collect();
+    until("three waiters", || cache.stats().coalesced == 3).await;
+    drop(stream);
+    until("the leader's body dropped", || gone.load(Ordering::SeqCst)).await;
+    // Fails (the receiver is gone) when the leader's body was dropped unread.
+    let _ = tx.send(Ok(Bytes::from(rest))).await;
+    drop(tx);
+    for w in waiters {
+        let seen = tokio::time::timeout(GUARD, w).await.unwrap().unwrap();
+        assert_eq!(seen.status, StatusCode::OK);
+        assert!(seen.body[..] == whole[..], "the whole page");
+    }
+    assert_eq!(calls.count(), 1, "one origin call, not two");
+    let after = get(addr, "/mid").await;
+    assert!(status_of(&after).contains("hit"), "{}", status_of(&after));
+    assert!(after.body[..] == whole[..]);
+}
+
+// ---------------------------------------------------------------------------
+// §8(b) through the proxy: `CacheLayer` over `ReverseProxy`, as
+// examples/proxy stacks them, over an upstream that breaks off
+// ---------------------------------------------------------------------------
+
+/// A raw upstream: reads each request head, writes `head` and `body`, then
+/// closes the connection.
+#[cfg(feature = "proxy")]
+async fn cutting_upstream(head: &'static str, body: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Serves `CacheLayer` over a `ReverseProxy` to `upstream`.
+#[cfg(feature = "proxy")]
+async fn serve_cached_proxy(upstream: SocketAddr) -> (SocketAddr, ResponseCache) {
+    use tower_ssr::balance::{Endpoints, RoundRobin};
+    use tower_ssr::proxy::ReverseProxy;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("up", format!("http://{upstream}").parse().unwrap())
+        .unwrap();
+    let cache = new_cache();
+    let svc = tower::Layer::layer(
+        &CacheLayer::new(cache.clone()),
+        ReverseProxy::builder(set).build(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let svc = svc.clone();
+            let handler = hyper::service::service_fn(move |req| {
+                let mut svc = svc.clone();
+                async move { svc.call(req).await }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                    .await;
+            });
+        }
+    });
+    (addr, cache)
+}
+
+/// A GET over a raw socket; what came back before the close.
+#[cfg(feature = "proxy")]
+async fn raw_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut out))
+        .await
+        .expect("the reply ends");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The named input, through the real proxy: `Content-Length: 1000`, 100
+/// bytes, close. Nothing had reached the client: 502, nothing stored. Run
+/// many times, as the close races the first bytes.
+#[cfg(feature = "proxy")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_body_through_the_proxy_gets_a_502_every_time() {
+    const HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\
+                        Cache-Control: public, max-age=600\r\n\r\n";
+    let upstream = cutting_upstream(HEAD, &[b'x'; 100]).await;
+    let (addr, cache) = serve_cached_proxy(upstream).await;
+    for i in 0..50 {
+        let reply = raw_get(addr, &format!("/short?{i}")).await;
+        assert!(reply.starts_with("HTTP/1.1 502"), "try {i}: {reply:?}");
+    }
+    assert_eq!(cache.stats().stores, 0);
 }

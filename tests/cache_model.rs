@@ -495,14 +495,11 @@ fn origin(
 
 // ---------------------------------------------------------------- model
 
-/// Assertions for faults known and being fixed on other branches (issue 8
-/// §2, §3, §4, §5). Off by default; `TOWER_SSR_MODEL_KNOWN_FAULTS=1` (or
-/// `all`, or a comma list of `merge304,condsame,body,transient,select304`) turns them on.
+/// Assertions for faults known and being fixed on other branches. Off by
+/// default; `TOWER_SSR_MODEL_KNOWN_FAULTS=1` (or `all`, or a comma list of
+/// `select304`) turns them on. The issue 8 §2-§5 gates (`merge304`,
+/// `condsame`, `body`, `transient`) are always on now.
 struct Known {
-    merge_304: bool,
-    cond_same: bool,
-    get_body: bool,
-    transient: bool,
     /// §4.3.4: a 304 with a strong validator that no stored response has
     /// (the stored one has none, or only a weak one) must not update it,
     /// nor be answered from it.
@@ -515,10 +512,6 @@ impl Known {
         let all = v == "1" || v == "all";
         let on = |n: &str| all || v.split(',').any(|p| p.trim() == n);
         Known {
-            merge_304: on("merge304"),
-            cond_same: on("condsame"),
-            get_body: on("body"),
-            transient: on("transient"),
             select_304: on("select304"),
         }
     }
@@ -544,6 +537,10 @@ struct Stored {
     uncertain: bool,
     /// Validators an uncertain 304 merge may have given it.
     maybe: Vec<(Option<String>, bool)>,
+    /// An uncertain 304 merge may have made it reusable for a request with
+    /// `Authorization` (its `public`, `s-maxage` or `must-revalidate`,
+    /// RFC 9111 §3.5).
+    maybe_auth: bool,
 }
 
 impl Stored {
@@ -638,7 +635,11 @@ impl Model {
                     && !p.must_revalidate
                     && p.swr.is_some_and(|w| age <= life + w);
                 same_key(&s.call, s.call.answer.vary, sent)
-                    && (!sent.auth || s.policy.public || p.s_maxage.is_some() || p.must_revalidate)
+                    && (!sent.auth
+                        || s.policy.public
+                        || p.s_maxage.is_some()
+                        || p.must_revalidate
+                        || s.uncertain && s.maybe_auth)
                     && (fresh || swr || s.uncertain)
             })
             .collect()
@@ -856,12 +857,13 @@ fn check(
     if is_unsafe && fwd.is_none() {
         return Err("an unsafe method was answered from the cache".into());
     }
-    if r.with_body && model.known.get_body {
+    // Issue 8 §4.
+    if r.with_body {
         if fwd.is_none() {
-            return Err("KNOWN(body): a GET with content was answered from the cache".into());
+            return Err("a GET with content was answered from the cache".into());
         }
         if cs.contains("stored") {
-            return Err("KNOWN(body): a GET with content was stored".into());
+            return Err("a GET with content was stored".into());
         }
     }
 
@@ -921,7 +923,11 @@ fn check(
                         s.call.render == c.render
                             && s.call.path == f.path
                             && (s.call.etag.is_some() && s.call.etag == f.etag
-                                || etags_weak_eq(&s.call.etag, &f.etag) && !model.known.select_304
+                                // §4.3.4, second bullet: a 304 with a
+                                // weak tag selects by weak comparison,
+                                // so stored "x" matches W/"x".
+                                || etags_weak_eq(&s.call.etag, &f.etag)
+                                    && (tag_is_weak(&f.etag) || !model.known.select_304)
                                 || s.call.etag.is_none()
                                     && (f.etag.is_none() || !model.known.select_304))
                     })
@@ -990,13 +996,14 @@ fn check(
     }
 
     // Same answer cold and warm (issue 8 §3): a full 200 whose ETag matches
-    // the client's If-None-Match should have been a 304.
-    if model.known.cond_same && status == 200 && *method != Method::POST {
+    // the client's If-None-Match should have been a 304. Not for a GET with
+    // content: the cache bypasses it as if it were not there (issue 8 §4),
+    // so the origin alone answers its conditionals, cold or warm alike; no
+    // stored state can make its answer differ.
+    if status == 200 && *method != Method::POST && !r.with_body {
         if let (Some(inm), Some(e)) = (&sent.inm, res.headers().get("etag")) {
             if weak_eq(e.to_str().unwrap(), inm) {
-                return Err(
-                    "KNOWN(condsame): 200 to an If-None-Match that matches its ETag".into(),
-                );
+                return Err("200 to an If-None-Match that matches its ETag".into());
             }
         }
     }
@@ -1034,24 +1041,27 @@ fn check(
     }
 
     // 304 from the origin to a request the cache forwarded: the 304's
-    // fields reach the client (§4.3.4 merge, issue 8 §2).
+    // fields reach the client (§4.3.4 merge, issue 8 §2). Only the fields
+    // the 304 carries: RFC 9111 §3.2 replaces the stored fields with those
+    // of the 304 and keeps the others, so a 304 without `Cache-Control`
+    // leaves the stored one in place (the model used to expect an empty
+    // one then).
     if let Some(f) = fwd {
-        if f.status == 304 && status != 304 && model.known.merge_304 {
+        if f.status == 304 && status != 304 {
             let cc = res
                 .headers()
                 .get("cache-control")
                 .map(|v| v.to_str().unwrap().to_owned())
                 .unwrap_or_default();
-            if cc != f.answer.cache_control() {
+            let sent_cc = f.answer.cache_control();
+            if !sent_cc.is_empty() && cc != sent_cc {
                 return Err(format!(
-                    "KNOWN(merge304): client got Cache-Control {cc:?}, the 304 said {:?}",
-                    f.answer.cache_control()
+                    "client got Cache-Control {cc:?}, the 304 said {sent_cc:?}"
                 ));
             }
+            // A stored response never has one (never stored with it).
             if f.answer.set_cookie != res.headers().contains_key("set-cookie") {
-                return Err(
-                    "KNOWN(merge304): the 304's Set-Cookie did not reach the client".into(),
-                );
+                return Err("the 304's Set-Cookie did not reach the client".into());
             }
         }
     }
@@ -1094,11 +1104,19 @@ fn check(
                     s.uncertain = true;
                     s.confirmed = false;
                     s.maybe.push((call.etag.clone(), call.answer.last_modified));
+                    let a = &call.answer;
+                    s.maybe_auth |= a.public || a.s_maxage.is_some() || a.must_revalidate;
                     continue;
                 }
                 if same_key(&s.call, s.call.answer.vary, sent)
                     && (s.call.etag.is_some() && s.call.etag == call.etag
-                        || etags_weak_eq(&s.call.etag, &call.etag) && !model.known.select_304
+                        // §4.3.4, second bullet: a weak 304 tag
+                        // selects by weak comparison (stored "x" matches
+                        // W/"x"); only a strong one needs the same
+                        // strong tag. The model used to demand that
+                        // for weak ones too.
+                        || etags_weak_eq(&s.call.etag, &call.etag)
+                            && (tag_is_weak(&call.etag) || !model.known.select_304)
                         || s.call.etag.is_none()
                             && s.call.answer.last_modified
                             && (call.etag.is_none() || !model.known.select_304))
@@ -1143,12 +1161,10 @@ fn check(
                 .partition(|s| refreshed.contains(&s.call.render));
             model.stored = kept;
             model.stored.append(&mut moved);
-            if model.known.merge_304 {
-                model.stored.retain(|s| {
-                    !refreshed.contains(&s.call.render)
-                        || storable(&s.call, &s.policy) && shareable(&s.call, &s.policy)
-                });
-            }
+            model.stored.retain(|s| {
+                !refreshed.contains(&s.call.render)
+                    || storable(&s.call, &s.policy) && shareable(&s.call, &s.policy)
+            });
             continue;
         }
         if storable(call, &call.answer) {
@@ -1164,12 +1180,13 @@ fn check(
                 confirmed,
                 uncertain: false,
                 maybe: Vec::new(),
+                maybe_auth: false,
             });
-        } else if !transient(call.status) || !model.known.transient {
+        } else if !transient(call.status) {
             // A non-storable answer may replace the variant; the model
             // keeps the old renders allowed (the cache MAY keep them) but no
             // longer requires their reuse. Transient answers (408, 425, 429,
-            // 5xx) must not even do that (issue 8 §5; gated).
+            // 5xx) must not even do that (issue 8 §5).
             for s in model.stored.iter_mut() {
                 if s.call.path == call.path {
                     s.confirmed = false;
@@ -1178,6 +1195,11 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// Whether an entity tag is weak (`W/"…"`).
+fn tag_is_weak(tag: &Option<String>) -> bool {
+    tag.as_deref().is_some_and(|t| t.starts_with("W/"))
 }
 
 fn transient(status: u16) -> bool {

@@ -17,7 +17,30 @@ pin_project! {
         #[pin]
         kind: Kind<B>,
     }
+    impl<B: Body> PinnedDrop for ResponseBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // A leader's body dropped before its end (its client hung
+            // up) while others wait for it: the rest is read in the
+            // background, so the waiters get the page without a second
+            // origin call. With no one waiting, it is dropped unread.
+            if let KindProj::Tee { body, pending, detach, .. } = this.project().kind.project() {
+                let lead = pending
+                    .as_ref()
+                    .and_then(|p| p.lead.as_ref())
+                    .is_some_and(super::flight::Lead::has_waiters);
+                if let (true, Some(detach)) = (lead, detach.take()) {
+                    if let (Some(body), Some(pending)) = (body.take(), pending.take()) {
+                        detach(body, pending);
+                    }
+                }
+            }
+        }
+    }
 }
+
+/// Reads the rest of a leader's body in the background, storing it (set by
+/// the miss path, which knows the body may move to another task).
+pub(crate) type Detach<B> = fn(Pin<Box<B>>, Box<Pending>);
 
 pin_project! {
     #[project = KindProj]
@@ -29,10 +52,13 @@ pin_project! {
             // sent first; already counted in `pending`.
             buffered: VecDeque<Bytes>,
             // Boxed: it was pinned while its start was read (miss path).
-            body: Pin<Box<B>>,
+            // `None` only once handed to `detach`.
+            body: Option<Pin<Box<B>>>,
             // What storing needs once the body ends; `None` once stored or
             // given up. Boxed: the common variants stay small.
             pending: Option<Box<Pending>>,
+            // Where the rest goes if this body is dropped unfinished.
+            detach: Option<Detach<B>>,
         },
         Replay {
             // Chunks read while trying to store the response, sent first.
@@ -82,12 +108,30 @@ impl<B: Body> ResponseBody<B> {
     }
 
     pub(crate) fn tee(buffered: VecDeque<Bytes>, body: Pin<Box<B>>, pending: Pending) -> Self {
+        Self::tee_boxed(buffered, body, Box::new(pending))
+    }
+
+    pub(crate) fn tee_boxed(
+        buffered: VecDeque<Bytes>,
+        body: Pin<Box<B>>,
+        pending: Box<Pending>,
+    ) -> Self {
         ResponseBody {
             kind: Kind::Tee {
                 buffered,
-                body,
-                pending: Some(Box::new(pending)),
+                body: Some(body),
+                pending: Some(pending),
+                detach: None,
             },
+        }
+    }
+
+    /// Should this body (a leader's tee) be dropped before its end while
+    /// its flight has waiters, its unread rest goes to `detach`. Other
+    /// bodies are left as they are.
+    pub(crate) fn detach_on_drop(&mut self, f: Detach<B>) {
+        if let Kind::Tee { detach, .. } = &mut self.kind {
+            *detach = Some(f);
         }
     }
 
@@ -124,7 +168,11 @@ where
                 buffered,
                 body,
                 pending,
+                ..
             } => {
+                let Some(body) = body.as_mut() else {
+                    return Poll::Ready(None);
+                };
                 if let Some(chunk) = buffered.pop_front() {
                     let all = pending.as_ref().is_some_and(|p| p.has_all());
                     if buffered.is_empty() && (all || body.is_end_stream()) {
@@ -190,7 +238,9 @@ where
         match &self.kind {
             Kind::Stored { data } => data.is_none(),
             Kind::Stream { body } => body.is_end_stream(),
-            Kind::Tee { buffered, body, .. } => buffered.is_empty() && body.is_end_stream(),
+            Kind::Tee { buffered, body, .. } => {
+                buffered.is_empty() && body.as_ref().map_or(true, |b| b.is_end_stream())
+            }
             Kind::Replay {
                 buffered,
                 error,
@@ -211,7 +261,9 @@ where
             Kind::Stream { body } => body.size_hint(),
             Kind::Tee { buffered, body, .. } => {
                 let have: u64 = buffered.iter().map(|b| b.len() as u64).sum();
-                let h = body.size_hint();
+                let h = body
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
                 let mut out = SizeHint::new();
                 out.set_lower(h.lower().saturating_add(have));
                 if let Some(upper) = h.upper() {

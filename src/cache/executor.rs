@@ -6,7 +6,9 @@ use std::pin::Pin;
 /// A background task of the cache (a `stale-while-revalidate` refresh).
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// Runs the cache's background refreshes.
+/// Runs the cache's background work: `stale-while-revalidate` refreshes,
+/// and the fetch of a request that others wait for, so that it goes on
+/// when its client hangs up.
 ///
 /// With the `tokio` feature (on by default) the cache uses
 /// [`TokioSpawner`]. Any `Fn(Task)` closure is an executor too, for other

@@ -121,6 +121,12 @@ pub(crate) struct Lead {
 }
 
 impl Lead {
+    /// Whether requests wait on this flight: each `Wait` holds the flight,
+    /// besides the map and this guard.
+    pub(crate) fn has_waiters(&self) -> bool {
+        Arc::strong_count(&self.flight) > 2
+    }
+
     /// Ends the flight with `outcome` and wakes every waiter.
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.end(outcome);
@@ -245,6 +251,19 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_counts_while_it_waits() {
+        let flights = Arc::new(Flights::default());
+        let Join::Lead(lead) = flights.join("k") else {
+            panic!("first join leads")
+        };
+        assert!(!lead.has_waiters());
+        let wait = flights.join("k");
+        assert!(lead.has_waiters());
+        drop(wait);
+        assert!(!lead.has_waiters());
+    }
+
+    #[test]
     fn second_join_waits_and_sees_the_outcome() {
         let flights = Arc::new(Flights::default());
         let Join::Lead(lead) = flights.join("k") else {
@@ -255,6 +274,7 @@ mod tests {
         };
         let mut wait = wait.limit(None);
         assert!(poll_once(&mut wait).is_pending());
+        assert!(lead.has_waiters());
         lead.finish(Outcome::Stored);
         assert_eq!(poll_once(&mut wait), Poll::Ready(Outcome::Stored));
         assert_eq!(flights.len(), 0);

@@ -456,9 +456,14 @@ impl CacheLayer {
         self
     }
 
-    /// Where `stale-while-revalidate` refreshes run. Default: tokio, with
-    /// the `tokio` feature; without an executor, a stale entry is
-    /// revalidated in the foreground (the request waits).
+    /// Where `stale-while-revalidate` refreshes and coalescing leaders'
+    /// fetches run. Default: tokio, with the `tokio` feature; without an
+    /// executor, a stale entry is revalidated in the foreground (the
+    /// request waits), and when a leader's client hangs up, one of the
+    /// requests waiting for it calls the inner service again. With one, the
+    /// leader's fetch goes on for the waiters (within
+    /// [`lock_timeout`](Self::lock_timeout)): one call to the inner
+    /// service, not two.
     #[must_use]
     pub fn executor<E: Executor>(mut self, executor: E) -> Self {
         self.config().executor = Some(Arc::new(executor));

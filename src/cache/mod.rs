@@ -130,6 +130,7 @@ mod executor;
 mod flight;
 mod future;
 mod handle;
+mod handoff;
 mod key;
 #[cfg(feature = "redis")]
 mod l2;

@@ -1,5 +1,5 @@
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -24,6 +24,7 @@ use super::entry::{
 use super::flight::{Join, Lead, Outcome};
 use super::future::ResponseFuture;
 use super::handle::{Counters, ResponseCache, Shared};
+use super::handoff;
 use super::key::{origin_of, write_uri_key};
 use super::layer::Config;
 use super::observe::{self, forwarded, seen};
@@ -722,8 +723,12 @@ async fn miss<S, ReqBody, B>(
     #[cfg_attr(not(feature = "redis"), allow(unused_mut))] mut job: Job<ReqBody>,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<B>>,
-    B: Body<Data = Bytes>,
+    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
 {
     // Requests that cannot share a response go alone: another user's
     // credentials, or no-store.
@@ -816,7 +821,7 @@ where
                         }
                     }
                 }
-                return fetch(&mut inner, job, Some(lead), collapsed).await;
+                return lead_fetch(inner, job, lead, collapsed).await;
             }
             Join::Wait(wait) => {
                 Counters::bump(&job.shared.counters.coalesced);
@@ -1171,17 +1176,27 @@ where
     // HEAD needs the whole GET body stored: both read it whole first.
     // Otherwise the response goes to the client as soon as it has started
     // (see `read_start`) and is stored as it passes.
-    let whole = conditionals.is_some() || is_head;
+    // So is a small body of known length (as nginx buffers small
+    // responses): an origin that sets `Content-Length` has the body at hand,
+    // and one that then breaks off gets a 502 however the close races its
+    // first bytes (issue 8 §8). Bigger ones stream.
+    let whole = conditionals.is_some()
+        || is_head
+        || declared.is_some_and(|n| n <= WHOLE_BELOW)
+        || hint.exact().is_some_and(|n| n <= WHOLE_BELOW);
     let read = if !fits {
         Read::TooLong(VecDeque::new())
     } else if !whole && declared.is_none() && hint.exact().is_none() {
         // A body of unknown length (a streamed render) goes out with its
         // headers at once, as it always has: a renderer may flush its head
-        // early and take its time over the rest. A break-off then aborts
-        // the client's connection; it is never stored either way.
-        Read::Started(VecDeque::new(), 0)
+        // early and take its time over the rest. Only what is ready now is
+        // looked at first (a few cooperative yields, no timer), so that a
+        // body cut before its first byte gets a 502 rather than a 200 and
+        // an aborted connection (issue 8 §8). A later break-off aborts the
+        // client's connection; it is never stored either way.
+        read_start(&mut body, cap, false, true).await
     } else {
-        read_start(&mut body, cap, whole).await
+        read_start(&mut body, cap, whole, false).await
     };
     let response: Result<_, S::Error> = match read {
         // §3.3: a body shorter than announced is incomplete: never stored,
@@ -1239,6 +1254,10 @@ where
     response.map(|response| report(response, Miss))
 }
 
+/// A body of known length up to this size is read whole before the
+/// response's head goes out (see `fetch`).
+const WHOLE_BELOW: u64 = 64 * 1024;
+
 /// How a response body began.
 enum Read<E> {
     /// It ended: its chunks and length.
@@ -1265,10 +1284,14 @@ const START_YIELDS: u8 = 3;
 /// breaks off later: the headers have left, so the client's connection is
 /// aborted (a body error) and nothing is stored. Trailers are dropped
 /// (RFC 9111 §3.1 allows it).
+///
+/// `eager`: the headers need not wait for the first data; only for what is
+/// ready within the same cooperative yields.
 async fn read_start<B: Body<Data = Bytes>>(
     body: &mut Pin<Box<B>>,
     cap: usize,
     whole: bool,
+    eager: bool,
 ) -> Read<B::Error> {
     let mut chunks = VecDeque::new();
     let mut len = 0usize;
@@ -1294,7 +1317,7 @@ async fn read_start<B: Body<Data = Bytes>>(
             Poll::Ready(None) => {
                 return Poll::Ready(Read::Complete(std::mem::take(&mut chunks), len))
             }
-            Poll::Pending if whole || chunks.is_empty() => return Poll::Pending,
+            Poll::Pending if whole || (chunks.is_empty() && !eager) => return Poll::Pending,
             Poll::Pending if yields < START_YIELDS => {
                 yields += 1;
                 cx.waker().wake_by_ref();
@@ -1384,6 +1407,18 @@ fn revalidated<B: Body>(
     );
     let member = |stored| config.fwd_member(fwd, Some(304), stored, collapsed);
     let policy = match policy {
+        // The stored response may have been one to another user's
+        // `Authorization` request, shared only because it said `public`,
+        // `s-maxage` or `must-revalidate` (RFC 9111 §3.5); the entry does not
+        // record whose request it was, so a 304 that takes that away drops
+        // it (the next request fetches anew) rather than share it on.
+        Ok(policy) if entry.auth_ok && !policy.auth_ok => {
+            tracing::debug!(key, "revalidated response no longer shareable under §3.5");
+            shared.store.remove_variant(key, entry);
+            let response =
+                merged_response(config, entry, merged, is_head, conditionals, member(false));
+            return (response, false);
+        }
         Ok(policy) => policy,
         Err(reason) => {
             tracing::debug!(key, ?reason, "revalidated response not stored");
@@ -1597,4 +1632,184 @@ where
         let _ = limit;
         refresh.await;
     }));
+}
+
+/// What the leader's detached fetch hands back to the leader's future.
+enum Handed<S, ReqBody, T> {
+    /// The fetch ran: its result (a response's body still to stream).
+    Done(T),
+    /// The executor dropped the task unrun: the leader fetches itself.
+    /// Boxed: the rare case.
+    Unrun(Box<(S, Job<ReqBody>, Lead)>),
+}
+
+/// Gives the leader's job back if the task carrying it is dropped unrun
+/// (`TokioExecutor` outside a runtime, a user executor shutting down).
+struct Unrun<S, ReqBody, T> {
+    job: Option<(S, Job<ReqBody>, Lead)>,
+    tx: Option<handoff::Sender<Handed<S, ReqBody, T>>>,
+}
+
+impl<S, ReqBody, T> Drop for Unrun<S, ReqBody, T> {
+    fn drop(&mut self) {
+        if let (Some((inner, job, lead)), Some(tx)) = (self.job.take(), self.tx.take()) {
+            let _ = tx.send(Handed::Unrun(Box::new((inner, job, lead))));
+        }
+    }
+}
+
+/// The coalescing leader's fetch (§8(c) of issue 8: when the leader's
+/// client goes away, the render goes on for the waiters; one origin call,
+/// not two).
+///
+/// With an executor (the `tokio` feature, or [`CacheLayer::executor`]) the
+/// fetch runs as a task of its own and hands the response to this future.
+/// If the client hangs up first, the task goes on: it stores the response
+/// (reading its body to the end, as it does when the client leaves mid-body,
+/// see `detach`) and releases the waiters, within the lock timeout and the
+/// storing cap. Without an executor the fetch runs here, as before: if this
+/// client hangs up, the flight is abandoned and one waiter takes over.
+///
+/// [`CacheLayer::executor`]: super::CacheLayer::executor
+async fn lead_fetch<S, ReqBody, B>(
+    mut inner: S,
+    job: Job<ReqBody>,
+    lead: Lead,
+    collapsed: Option<bool>,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    let Some(executor) = job.config.executor.clone() else {
+        return fetch(&mut inner, job, Some(lead), collapsed).await;
+    };
+    let (tx, rx) = handoff::channel();
+    let limit = job.config.lock_timeout;
+    let mut unrun = Unrun {
+        job: Some((inner, job, lead)),
+        tx: Some(tx),
+    };
+    let task = async move {
+        let (Some((mut inner, job, lead)), Some(tx)) = (unrun.job.take(), unrun.tx.take()) else {
+            return;
+        };
+        let fetched = fetch(&mut inner, job, Some(lead), collapsed);
+        let mut fetched = std::pin::pin!(fetched);
+        let mut deadline = Deadline::default();
+        // The fetch runs to its end while the client waits; once the
+        // client has gone, for at most the lock timeout.
+        let result = poll_fn(|cx| {
+            if let Poll::Ready(r) = fetched.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if tx.poll_closed(cx) && deadline.expired(cx, limit) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        let Some(result) = result else {
+            tracing::debug!("leader's fetch given up after the lock timeout");
+            return;
+        };
+        if let Err(Handed::Done(Ok(res))) = tx.send(Handed::Done(result)) {
+            // The client hung up: a body being stored is read on for the
+            // waiters (see `detach`); any other is dropped unread.
+            let mut body = res.into_body();
+            body.detach_on_drop(detach::<B>);
+        }
+    };
+    let span = tracing::Span::current();
+    executor.execute(Box::pin(task.instrument(span)));
+    match rx.await {
+        // Should this client leave mid-body, the rest is read for the
+        // waiters all the same.
+        Some(Handed::Done(result)) => result.map(|mut res| {
+            res.body_mut().detach_on_drop(detach::<B>);
+            res
+        }),
+        Some(Handed::Unrun(unrun)) => {
+            let (mut inner, job, lead) = *unrun;
+            fetch(&mut inner, job, Some(lead), collapsed).await
+        }
+        // The task was dropped while running (the runtime shuts down):
+        // its lead went with it, so the waiters take over; this client
+        // gets a clean answer rather than a hang.
+        None => {
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Ok(res)
+        }
+    }
+}
+
+/// The rest of a leader's body whose client hung up mid-body: read in the
+/// background so that it is stored and the waiters get it. Without an
+/// executor the body is dropped, and one waiter takes over.
+fn detach<B>(body: Pin<Box<B>>, pending: Box<Pending>)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    let Some(executor) = pending.config.executor.clone() else {
+        return;
+    };
+    let (cap, limit) = (pending.config.max_body, pending.config.lock_timeout);
+    tracing::debug!(key = %pending.key, "client left mid-body: reading the rest to store it");
+    let rest = ResponseBody::tee_boxed(VecDeque::new(), body, pending);
+    executor.execute(Box::pin(drain(rest, cap, limit)));
+}
+
+/// Reads a body to its end for what it stores, giving up past `cap` bytes
+/// (it can no longer be stored) or, with tokio's timer, after `limit`.
+/// Dropping it unfinished ends its flight as abandoned.
+async fn drain<B: Body<Data = Bytes>>(body: B, cap: usize, limit: std::time::Duration) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0usize;
+    let mut deadline = Deadline::default();
+    poll_fn(|cx| loop {
+        if deadline.expired(cx, limit) {
+            tracing::debug!("background body read given up after the lock timeout");
+            return Poll::Ready(());
+        }
+        match std::task::ready!(body.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                read = read.saturating_add(frame.data_ref().map_or(0, Bytes::len));
+                if read > cap {
+                    return Poll::Ready(());
+                }
+            }
+            Some(Err(_)) | None => return Poll::Ready(()),
+        }
+    })
+    .await;
+}
+
+/// A timer started on first use: tokio's, when the `tokio` feature is on
+/// and a runtime is running; otherwise it never expires.
+#[derive(Default)]
+struct Deadline {
+    #[cfg(feature = "tokio")]
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    #[cfg_attr(not(feature = "tokio"), allow(unused_variables))]
+    fn expired(&mut self, cx: &mut Context<'_>, limit: std::time::Duration) -> bool {
+        #[cfg(feature = "tokio")]
+        {
+            if self.sleep.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+                self.sleep = Some(Box::pin(tokio::time::sleep(limit)));
+            }
+            if let Some(sleep) = self.sleep.as_mut() {
+                return sleep.as_mut().poll(cx).is_ready();
+            }
+        }
+        false
+    }
 }
