@@ -8,8 +8,11 @@
 //! ```
 //!
 //! Order, outside in (README "The production stack" says why):
-//! body mapping → `TraceLayer` → `CacheLayer` → `CacheControlLayer` →
-//! `CompressionLayer` → router.
+//! body mapping → `TraceLayer` → `CompressionLayer` → `CacheLayer` →
+//! `CacheControlLayer` → router. The cache makes br, zstd and gzip of each
+//! stored page once; tower-http's `CompressionLayer` outside it skips those
+//! (they carry `Content-Encoding`) and compresses only what the cache
+//! passes through unstored.
 
 use std::time::Duration;
 
@@ -62,10 +65,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_request(|req: axum::extract::Request| req)
         .map_response(|res: http::Response<_>| res.map(axum::body::Body::new))
         .layer(TraceLayer::new_for_http())
+        // Outside the cache: it skips responses that already carry
+        // `Content-Encoding` (the cache's own br / zstd / gzip), so hits are
+        // never compressed again; it compresses what the cache passes on.
+        .layer(CompressionLayer::new())
         .cache(CacheLayer::new(cache.clone()))
         .cache_control(policy)
-        // Inside the cache: hits are stored compressed, never re-compressed.
-        .layer(CompressionLayer::new())
         .service(router);
 
     let port = std::env::var("PORT").map_or(Ok(3000), |p| p.parse())?;

@@ -73,14 +73,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The response cache goes outside the router: a hit costs one lookup
     // and no routing. It stores what CacheControlLayer (inside) decided,
     // asks the router for identity and makes br, zstd and gzip of each
-    // stored page once (on by default). A tower-http CompressionLayer, if
-    // added, goes outside the cache: it skips responses that carry
-    // Content-Encoding, so hits are never compressed twice.
+    // stored page once (on by default). tower-http's CompressionLayer goes
+    // outside the cache: it skips responses that carry Content-Encoding, so
+    // hits are never compressed twice, and compresses what passes unstored.
+    // TraceLayer outermost logs every request (RUST_LOG=tower_http=debug).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "tower_http=info,tower_ssr=info".into()),
+        )
+        .init();
     let cache = shared_tier(ResponseCache::builder().max_bytes(128 << 20))?.build();
     let app = ServiceBuilder::new()
-        // Names the request body type for the router below.
+        // Names the request body type for the router below, and turns every
+        // body back into axum's, above every other layer.
         .map_request(|req: axum::extract::Request| req)
         .map_response(|res: http::Response<_>| res.map(axum::body::Body::new))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(
             CacheLayer::new(cache.clone())
                 .ignore_client_no_cache(true)

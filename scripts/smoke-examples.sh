@@ -130,10 +130,10 @@ for want in \
   'tower_ssr_cache_requests_total\{cache="tower-ssr",outcome="miss"\} 2' \
   'tower_ssr_cache_stores_total\{cache="tower-ssr"\} 2' \
   'tower_ssr_cache_bytes\{cache="tower-ssr"\} [0-9]' \
-  'tower_ssr_upstream_requests_total\{endpoint="http://[0-9.:]+/",status_class="2xx"\} [12]' \
-  'tower_ssr_upstream_request_duration_seconds_bucket\{endpoint="http://[0-9.:]+/",le="0.1"\} [12]' \
-  'tower_ssr_upstream_in_flight\{endpoint="http://[0-9.:]+/"\} 0' \
-  'tower_ssr_upstream_healthy\{endpoint="http://[0-9.:]+/"\} 1'; do
+  'tower_ssr_upstream_requests_total\{endpoint="http://[0-9.:]+/?",status_class="2xx"\} [12]' \
+  'tower_ssr_upstream_request_duration_seconds_bucket\{endpoint="http://[0-9.:]+/?",le="0.1"\} [12]' \
+  'tower_ssr_upstream_in_flight\{endpoint="http://[0-9.:]+/?"\} 0' \
+  'tower_ssr_upstream_healthy\{endpoint="http://[0-9.:]+/?"\} 1'; do
   [[ "$scrape" =~ $want ]] || { echo "$scrape" >&2; fail "scrape lacks /$want/"; }
 done
 ok "proxy --metrics scrape has the cache and upstream series"
