@@ -15,7 +15,6 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::Empty;
 use std::any::Any;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tower::Service;
 
 use tower_ssr::balance::{
@@ -26,39 +25,10 @@ use tower_ssr::proxy::{BoxError, ReverseProxy};
 /// What a raw upstream received, one string per connection.
 type Heads = Arc<Mutex<Vec<String>>>;
 
-/// An upstream that reads each request head (up to the blank line),
-/// records it, and answers `200` with an empty body, then closes.
+/// An upstream that records each request head and answers `200` with an
+/// empty body, then closes.
 async fn recording_upstream() -> (SocketAddr, Heads) {
-    let heads: Heads = Arc::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::clone(&heads);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut tmp).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    }
-                }
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf).into_owned());
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    (addr, heads)
+    common::raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await
 }
 
 fn uri(addr: SocketAddr, path: &str) -> Uri {
