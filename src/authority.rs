@@ -97,7 +97,7 @@ enum Found<'a> {
     /// HTTP/1.0 with neither `Host` nor an absolute-form target.
     Absent,
     /// `Host` is one line and already exactly the authority.
-    Exact,
+    Exact(&'a HeaderValue),
     /// `Host` must be set to these bytes, lowercased.
     Rewrite(&'a [u8]),
 }
@@ -105,10 +105,11 @@ enum Found<'a> {
 /// The rules of the module docs, without allocating.
 fn check(parts: &Parts) -> Result<Found<'_>, AuthorityError> {
     let mut lines = parts.headers.get_all(HOST).iter();
-    let host = match (lines.next(), lines.next()) {
+    let line = match (lines.next(), lines.next()) {
         (Some(_), Some(_)) => return Err(AuthorityError::SeveralHosts),
-        (h, _) => h.map(HeaderValue::as_bytes),
+        (h, _) => h,
     };
+    let host = line.map(HeaderValue::as_bytes);
     // A Host line must be valid even where the target's authority wins
     // (RFC 9112 §3.2: "a Host header field with an invalid field value").
     if host.is_some_and(|h| !is_valid(h)) {
@@ -126,17 +127,16 @@ fn check(parts: &Parts) -> Result<Found<'_>, AuthorityError> {
             {
                 return Err(AuthorityError::Conflict);
             }
-            Ok(if host == Some(target) && lower(target) {
-                Found::Exact
-            } else {
-                Found::Rewrite(target)
+            Ok(match line {
+                Some(line) if host == Some(target) && lower(target) => Found::Exact(line),
+                _ => Found::Rewrite(target),
             })
         }
-        None => match host {
-            Some(h) if lower(h) => Ok(Found::Exact),
-            Some(h) => Ok(Found::Rewrite(h)),
-            None if parts.version <= Version::HTTP_10 => Ok(Found::Absent),
-            None => Err(AuthorityError::MissingHost),
+        None => match (line, host) {
+            (Some(line), Some(h)) if lower(h) => Ok(Found::Exact(line)),
+            (_, Some(h)) => Ok(Found::Rewrite(h)),
+            (_, None) if parts.version <= Version::HTTP_10 => Ok(Found::Absent),
+            (_, None) => Err(AuthorityError::MissingHost),
         },
     }
 }
@@ -154,10 +154,7 @@ pub fn resolve(parts: &Parts) -> Result<Option<Authority>, AuthorityError> {
     let raw = match check(parts)? {
         Found::Absent => return Ok(None),
         Found::Rewrite(raw) => raw,
-        Found::Exact => parts
-            .headers
-            .get(HOST)
-            .map_or(&b""[..], HeaderValue::as_bytes),
+        Found::Exact(line) => line.as_bytes(),
     };
     let bytes = Bytes::from(raw.to_ascii_lowercase());
     Authority::from_maybe_shared(bytes)
@@ -182,15 +179,21 @@ pub fn resolve(parts: &Parts) -> Result<Option<Authority>, AuthorityError> {
 ///
 /// As [`resolve`]; the request is then left unchanged.
 pub fn normalize_host(parts: &mut Parts) -> Result<bool, AuthorityError> {
+    normalized_host(parts).map(|host| host.is_some())
+}
+
+/// [`normalize_host`], returning the `Host` value it left (a cheap clone):
+/// the cache keys on it without looking it up and validating it again.
+pub(crate) fn normalized_host(parts: &mut Parts) -> Result<Option<HeaderValue>, AuthorityError> {
     let value = match check(parts)? {
-        Found::Absent => return Ok(false),
-        Found::Exact => return Ok(true),
+        Found::Absent => return Ok(None),
+        Found::Exact(line) => return Ok(Some(line.clone())),
         Found::Rewrite(raw) => HeaderValue::from_bytes(&raw.to_ascii_lowercase()),
     };
     // Valid authorities are visible ASCII, so this cannot fail.
     let value = value.map_err(|_| AuthorityError::Invalid)?;
-    parts.headers.insert(HOST, value);
-    Ok(true)
+    parts.headers.insert(HOST, value.clone());
+    Ok(Some(value))
 }
 
 /// [`normalize_host`], returning the authority itself (one allocation
@@ -208,8 +211,9 @@ pub fn normalize(parts: &mut Parts) -> Result<Option<Authority>, AuthorityError>
 }
 
 /// RFC 3986 §3.2.2 / §3.2.3 without userinfo; empty hosts refused (RFC 9110
-/// §4.2.1).
-fn is_valid(raw: &[u8]) -> bool {
+/// §4.2.1). The cache key writer uses it too: one rule for what an
+/// authority is, checked without allocating.
+pub(crate) fn is_valid(raw: &[u8]) -> bool {
     let (host, port) = if raw.first() == Some(&b'[') {
         let Some(end) = raw.iter().position(|&c| c == b']') else {
             return false;

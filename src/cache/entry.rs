@@ -6,9 +6,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderName, HeaderValue, AGE, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, DATE,
-    ETAG, EXPIRES, LAST_MODIFIED, PRAGMA, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-    VARY,
+    HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, DATE, ETAG, EXPIRES,
+    LAST_MODIFIED, PRAGMA, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE, VARY,
 };
 use http::{HeaderMap, StatusCode, Version};
 
@@ -803,11 +802,6 @@ pub(crate) fn weigh(
     weight += tags.iter().map(|t| t.len() + 16).sum::<usize>();
     weight += extra.map_or(0, str::len);
     weight
-}
-
-/// Whether the request carries credentials that restrict reuse (§3.5).
-pub(crate) fn has_authorization(headers: &HeaderMap) -> bool {
-    headers.contains_key(AUTHORIZATION)
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! variants stored under one key (see `store.rs`).
 
 use http::header::HOST;
-use http::uri::Authority;
 use http::{HeaderMap, Uri};
 
 /// How the query string takes part in the cache key.
@@ -40,9 +39,6 @@ pub(crate) fn write_uri_key(
     headers: &HeaderMap,
     query: QueryKey,
 ) -> bool {
-    out.clear();
-    out.push_str(uri.scheme_str().unwrap_or("http"));
-    out.push_str("://");
     // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host
     // (and `http` has parsed it already).
     let host = match uri.authority() {
@@ -60,8 +56,8 @@ pub(crate) fn write_uri_key(
                 // RFC 9110 §7.2: Host is `uri-host [ ":" port ]`; anything
                 // that does not parse as an authority (a '/', '?', '#',
                 // spaces, non-ASCII) cannot be part of a key.
-                (Some(h), None) => match (Authority::try_from(h.as_bytes()), h.to_str()) {
-                    (Ok(_), Ok(text)) => text,
+                (Some(h), None) => match h.to_str() {
+                    Ok(text) if crate::authority::is_valid(h.as_bytes()) => text,
                     _ => return false,
                 },
             }
@@ -72,6 +68,16 @@ pub(crate) fn write_uri_key(
     if host.contains('@') {
         return false;
     }
+    write_key(out, uri, host, query);
+    true
+}
+
+/// Writes the key of `uri` with `host`, an authority already validated
+/// (by [`crate::authority::normalized_host`], or as in [`write_uri_key`]).
+pub(crate) fn write_key(out: &mut String, uri: &Uri, host: &str, query: QueryKey) {
+    out.clear();
+    out.push_str(uri.scheme_str().unwrap_or("http"));
+    out.push_str("://");
     let start = out.len();
     out.push_str(host);
     out[start..].make_ascii_lowercase();
@@ -95,7 +101,6 @@ pub(crate) fn write_uri_key(
         }
         (_, _) => {}
     }
-    true
 }
 
 /// The path-and-query part of a key written by [`write_uri_key`].

@@ -127,6 +127,7 @@ mod body;
 mod codec;
 mod entry;
 mod executor;
+mod fields;
 mod flight;
 mod future;
 mod handle;

@@ -18,14 +18,13 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::body::ResponseBody;
-use super::entry::{
-    self, has_authorization, reuse, Entry, NotStorable, RequestDirectives, Reuse, CACHE_STATUS,
-};
+use super::entry::{self, reuse, Entry, NotStorable, RequestDirectives, Reuse, CACHE_STATUS};
+use super::fields::Present;
 use super::flight::{Join, Lead, Outcome};
 use super::future::ResponseFuture;
 use super::handle::{Counters, ResponseCache, Shared};
 use super::handoff;
-use super::key::{origin_of, write_uri_key};
+use super::key::{origin_of, write_key, write_uri_key};
 use super::layer::Config;
 use super::observe::{self, forwarded, seen};
 use super::outcome::CacheOutcome::{Bypass, Coalesced, Hit, Miss, Revalidated, Stale};
@@ -168,14 +167,18 @@ where
         // One authority for the key and for the inner service (RFC 9112
         // §3.2, §3.2.2): `Host` now names it, or the request is refused.
         // HTTP/1.0 without one has no key and bypasses below.
-        if let Err(e) = crate::authority::normalize_host(&mut parts) {
-            let mut res = Response::new(ResponseBody::empty());
-            *res.status_mut() = e.status();
-            return ResponseFuture::ready(res);
-        }
+        let host = match crate::authority::normalized_host(&mut parts) {
+            Ok(host) => host,
+            Err(e) => {
+                let mut res = Response::new(ResponseBody::empty());
+                *res.status_mut() = e.status();
+                return ResponseFuture::ready(res);
+            }
+        };
         if !config.trust_forwarding_headers {
             crate::authority::remove_forwarding_headers(&parts.method, &mut parts.headers);
         }
+        let present = Present::scan(&parts.headers);
 
         let is_head = parts.method == Method::HEAD;
         if parts.method != Method::GET && !is_head {
@@ -204,7 +207,7 @@ where
             )));
         }
 
-        if has_content(&parts.headers) {
+        if present.any(Present::CONTENT) && has_content(&parts.headers) {
             // A GET or HEAD with content: what the origin renders may depend
             // on content that no key covers (a form body injected into the
             // page), so it is neither answered from nor stored in the
@@ -224,7 +227,7 @@ where
         // A protocol upgrade (WebSocket, RFC 9110 §7.8) opens a tunnel: it
         // is never answered from the cache, stored or coalesced, and passes
         // untouched (hyper's upgrade handle rides in the extensions).
-        if parts.headers.contains_key(http::header::UPGRADE) {
+        if present.any(Present::UPGRADE) {
             let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
             let req = Request::from_parts(parts, body);
@@ -240,15 +243,18 @@ where
             None => Some(None),
             Some(f) => f(&parts).map(|s| Some(s.into_boxed_str())),
         };
-        let req_cc = RequestDirectives::from_headers(&parts.headers, config.ignore_client_no_cache);
-        let has_auth = has_authorization(&parts.headers);
+        let req_cc = RequestDirectives::from_headers(
+            present.view(Present::DIRECTIVES, &parts.headers),
+            config.ignore_client_no_cache,
+        );
+        let has_auth = present.any(Present::AUTHORIZATION);
         // The hit path builds its key in a per-thread buffer: no allocation.
         let found = KEY.with(|buf| {
             let mut buf = buf.borrow_mut();
-            // No key, no cache: a bad Host bypasses (see write_uri_key).
-            if !write_uri_key(&mut buf, &parts.uri, &parts.headers, config.query) {
-                return None;
-            }
+            // No authority (HTTP/1.0 without Host), no key, no cache; a
+            // Host that is there was validated by `normalized_host`.
+            let host = host.as_ref()?.to_str().ok()?;
+            write_key(&mut buf, &parts.uri, host, config.query);
             let extra = extra.as_ref()?;
             (buf.len() <= config.max_key)
                 .then(|| lookup(shared, &buf, &parts.headers, extra.as_deref(), has_auth))
@@ -283,19 +289,20 @@ where
                 match reuse {
                     Reuse::Fresh => {
                         Counters::bump(&shared.counters.hits);
-                        let response = hit(config, entry, &parts, now);
+                        let response = hit(config, entry, &parts, present, now);
                         return ResponseFuture::ready(seen(config, response, Hit, None));
                     }
                     Reuse::StaleAccepted => {
                         Counters::bump(&shared.counters.hits);
                         Counters::bump(&shared.counters.stale);
-                        let response = hit(config, entry, &parts, now);
+                        let response = hit(config, entry, &parts, present, now);
                         return ResponseFuture::ready(seen(config, response, Stale, None));
                     }
                     Reuse::StaleWhileRevalidate if config.executor.is_some() => {
                         Counters::bump(&shared.counters.hits);
                         Counters::bump(&shared.counters.stale);
-                        let response = seen(config, hit(config, entry, &parts, now), Stale, None);
+                        let response = hit(config, entry, &parts, present, now);
+                        let response = seen(config, response, Stale, None);
                         let key = owned_key(config, &parts);
                         let flight_key = flight_key(&key, extra.as_deref());
                         if let Some(lead) = shared.flights.try_lead(&flight_key) {
@@ -351,10 +358,7 @@ where
         // not (a content ETag made from an empty HEAD body would differ).
         // Ranges and origin-only preconditions (RFC 9111 §4.3.2) go inward
         // untouched.
-        if parts.headers.contains_key(RANGE)
-            || parts.headers.contains_key(IF_MATCH)
-            || parts.headers.contains_key(IF_UNMODIFIED_SINCE)
-        {
+        if present.any(Present::RANGE | Present::ORIGIN_CONDITIONAL) {
             let member = config.fwd_member(fwd, None, false, None);
             let req = Request::from_parts(parts, body);
             let pass = pass(inner, req, member);
@@ -397,7 +401,7 @@ where
 /// Whether a request says it carries content (RFC 9112 §6.1, §6.2): any
 /// `Transfer-Encoding`, or a `Content-Length` other than 0 (an invalid one
 /// counts as content: it cannot be shown to be empty).
-fn has_content(headers: &HeaderMap) -> bool {
+pub(crate) fn has_content(headers: &HeaderMap) -> bool {
     headers.contains_key(TRANSFER_ENCODING)
         || headers
             .get_all(CONTENT_LENGTH)
@@ -540,13 +544,18 @@ fn hit<B: Body>(
     config: &Config,
     entry: &Entry,
     parts: &Parts,
+    present: Present,
     now: Instant,
 ) -> Response<ResponseBody<B>> {
-    let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
+    let headers = &parts.headers;
+    let conditionals =
+        Conditionals::from_request(&parts.method, present.view(Present::CONDITIONAL, headers));
     let member = config.hit_member(entry.fresh.ttl(now));
-    let ranged = (parts.method == Method::GET && parts.headers.contains_key(RANGE))
-        .then_some(&parts.headers);
-    let mut wants = wants_for(entry, &parts.headers);
+    let ranged = (parts.method == Method::GET && present.any(Present::RANGE)).then_some(headers);
+    let mut wants = wants_for(
+        entry,
+        present.view(Present::ENCODING | Present::DIRECTIVES, headers),
+    );
     wants.range = ranged.is_some();
     from_entry_ranged(
         entry,
@@ -756,7 +765,8 @@ where
                         let now = crate::date::monotonic_now();
                         if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
                             lead.finish(Outcome::Stored);
-                            let response = hit(&job.config, entry, &job.parts, now);
+                            let present = Present::scan(&job.parts.headers);
+                            let response = hit(&job.config, entry, &job.parts, present, now);
                             return Ok(seen(&job.config, response, Hit, None));
                         }
                     }
