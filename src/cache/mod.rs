@@ -134,6 +134,10 @@ mod handoff;
 mod key;
 #[cfg(feature = "redis")]
 mod l2;
+#[cfg(feature = "redis")]
+mod l2_conn;
+#[cfg(feature = "redis")]
+mod l2_keys;
 mod layer;
 mod observe;
 mod outcome;
@@ -158,7 +162,7 @@ pub use handle::{CacheStats, ResponseCache, ResponseCacheBuilder};
 pub use key::QueryKey;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use l2::{InvalidRedisUrl, RedisTier};
+pub use l2::{InvalidRedisUrl, RedisKeys, RedisTier};
 pub use layer::CacheLayer;
 pub use outcome::CacheOutcome;
 pub use purged::{PurgeError, Purged};
