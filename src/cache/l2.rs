@@ -1,6 +1,7 @@
 //! The shared second tier on Redis (feature `redis`). Only [`RedisTier`],
 //! a configuration of our own, is public: no type of the Redis client
-//! leaves this file.
+//! leaves this file and its neighbours `l2_conn` (connections to a node or
+//! a cluster) and `l2_keys` (key names).
 //!
 //! Layout in Redis, under a namespace (`tower-ssr` by default), on one
 //! node (on Redis Cluster, `{ns}` below stands for a hash tag per bucket of
@@ -262,7 +263,9 @@ impl RedisTier {
     /// `redis-cli`, and for tests. On one node every name starts with the
     /// namespace; on a cluster with the hash tag of the key's bucket, so
     /// that the entry, its render lock, its bucket's purge generation and
-    /// tag indexes share one slot.
+    /// tag indexes share one slot. Works the names out afresh (about a
+    /// millisecond for a cluster tier): not for a request path.
+    #[must_use]
     pub fn keys_for(&self, cache_key: &str) -> RedisKeys {
         let layout = self.layout();
         let bucket = layout.bucket(cache_key);
@@ -283,8 +286,10 @@ impl RedisTier {
         }
     }
 
-    /// The prefix of every Redis key and of the purge channel (default
-    /// `tower-ssr`): instances share entries only within one namespace.
+    /// The prefix of every Redis key and of the purge log (default
+    /// `tower-ssr`): instances share entries only within one namespace. On
+    /// a cluster it opens every key's hash tag (`{tower-ssr:…}`), with `{`
+    /// and `}` read as `_`.
     pub fn namespace(mut self, namespace: &str) -> Self {
         self.namespace = namespace.into();
         self

@@ -118,7 +118,9 @@
 //! away), and an optional render lock lets one
 //! instance render a page while the others wait for it. Redis being slow
 //! or down never fails a request: every call has a timeout and the cache
-//! goes on with memory alone until it reconnects by itself. Hits are
+//! goes on with memory alone until it reconnects by itself. When one Redis
+//! node is not enough, `RedisTier::cluster` runs the same tier on Redis
+//! Cluster (hash-tagged keys, one slot per script). Hits are
 //! cheapest when the layer wraps the router rather than a handler, since
 //! nothing else runs.
 

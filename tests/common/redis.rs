@@ -310,8 +310,7 @@ pub fn raw_command(addr: impl std::net::ToSocketAddrs, args: &[&[u8]]) -> String
     }
     let mut got = Vec::new();
     let mut buf = [0; 4096];
-    loop {
-        let Ok(n) = s.read(&mut buf) else { break };
+    while let Ok(n) = s.read(&mut buf) {
         if n == 0 {
             break;
         }
