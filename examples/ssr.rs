@@ -24,6 +24,14 @@
 //! curl -si -X POST 'http://127.0.0.1:3000/admin/revalidate?tag=pages'  # soft purge: stale at once, one re-render per page
 //! ```
 //!
+//! On Redis Cluster, `REDIS_CLUSTER` takes the seed nodes instead of
+//! `REDIS_URL` (comma-separated; one is enough, the others are learnt from
+//! it; setting both is an error):
+//!
+//! ```text
+//! REDIS_CLUSTER=redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002 PORT=3000 cargo run --example ssr --features redis
+//! ```
+//!
 //! With `ADMIN_TOKEN` set, the `/admin/*` routes want it as a bearer
 //! token (`curl -H "Authorization: Bearer $ADMIN_TOKEN" …`) and answer
 //! `401` without it.
@@ -121,6 +129,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  REDIS_URL=redis://127.0.0.1:6379 PORT=3001 cargo run --example ssr --features redis"
     );
     println!("  then the same URL with the same Host on both ports: the second instance answers from Redis");
+    println!("  (on Redis Cluster: REDIS_CLUSTER=redis://HOST:PORT,redis://HOST:PORT,... instead of REDIS_URL)");
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -129,25 +138,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The shared Redis tier when `REDIS_URL` is set; off otherwise.
+/// The shared Redis tier on the node in `REDIS_URL`, or on the cluster
+/// whose seed nodes `REDIS_CLUSTER` lists (comma-separated); off when
+/// neither is set.
 fn shared_tier(
     builder: tower_ssr::cache::ResponseCacheBuilder,
 ) -> Result<tower_ssr::cache::ResponseCacheBuilder, Box<dyn std::error::Error>> {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        return Ok(builder);
+    let set = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (url, cluster) = (set("REDIS_URL"), set("REDIS_CLUSTER"));
+    let var = match (&url, &cluster) {
+        (None, None) => return Ok(builder),
+        (Some(_), Some(_)) => {
+            return Err("set REDIS_URL (one node) or REDIS_CLUSTER (seed nodes), not both".into())
+        }
+        (Some(_), None) => "REDIS_URL",
+        (None, Some(_)) => "REDIS_CLUSTER",
     };
     #[cfg(feature = "redis")]
     {
-        println!("shared cache tier on Redis from REDIS_URL (render lock on)");
-        let tier = tower_ssr::cache::RedisTier::new(&url)?.render_lock(Duration::from_secs(2));
-        Ok(builder.redis(tier))
+        use tower_ssr::cache::RedisTier;
+        let tier = match (url, cluster) {
+            (Some(url), _) => RedisTier::new(&url)?,
+            (_, Some(seeds)) => {
+                RedisTier::cluster(seeds.split(',').filter(|s| !s.trim().is_empty()))?
+            }
+            (None, None) => unreachable!("returned above"),
+        };
+        println!("shared cache tier on Redis from {var} (render lock on)");
+        Ok(builder.redis(tier.render_lock(Duration::from_secs(2))))
     }
     #[cfg(not(feature = "redis"))]
     {
-        Err(format!(
-            "REDIS_URL={url} needs the redis feature: cargo run --example ssr --features redis"
+        Err(
+            format!("{var} needs the redis feature: cargo run --example ssr --features redis")
+                .into(),
         )
-        .into())
     }
 }
 

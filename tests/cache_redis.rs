@@ -7,6 +7,13 @@
 //! in a key namespace of its own; the outage and write-refusal tests start
 //! a private `redis-server` so they can kill it or starve it. Without a
 //! Redis they are reported as ignored (`build.rs` sets the cfg).
+//!
+//! The tests over the shared server run twice (`on_both!`): on one node
+//! and on a Redis Cluster of three masters (`TOWER_SSR_REDIS_CLUSTER_URLS`,
+//! or one this binary makes from `PATH`), where keys of one page must
+//! share a slot and purges must reach every master; a few more look at the
+//! cluster alone. The outage tests (a private server paused, killed or
+//! starved) run on one node only.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -22,10 +29,12 @@ use axum::extract::{Query, State};
 use axum::http::Uri;
 use axum::response::Response;
 use axum::Router;
-use common::redis::{answers_ping, free_port, redis_url, spawn_watched};
+use common::redis::{
+    answers_ping, cluster_urls, command, free_port, raw_command, redis_url, spawn_watched,
+};
 use common::{get_with, serve, Seen};
 use std::io::{Read, Write};
-use tower_ssr::cache::{CacheLayer, PurgeError, RedisTier, ResponseCache};
+use tower_ssr::cache::{CacheLayer, PurgeError, RedisKeys, RedisTier, ResponseCache};
 
 /// A hang guard only: nothing here is expected to take more than moments.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -133,14 +142,105 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Where the shared tier runs: every test over the shared server runs on
+/// both (`on_both!`), one `redis-server` and a Redis Cluster of three
+/// masters (`common::redis::cluster_urls`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    Single,
+    Cluster,
+}
+
+impl Setup {
+    /// A tier on it, in namespace `ns`.
+    fn tier(self, ns: &str) -> RedisTier {
+        match self {
+            Setup::Single => RedisTier::new(&redis_url()).unwrap(),
+            Setup::Cluster => RedisTier::cluster(cluster_urls()).unwrap(),
+        }
+        .namespace(ns)
+    }
+
+    /// Where `cache_key` lives in namespace `ns`.
+    fn keys(self, ns: &str, cache_key: &str) -> RedisKeys {
+        self.tier(ns).keys_for(cache_key)
+    }
+
+    /// Sends one RESP command whose first argument is a key over a raw
+    /// (blocking, loopback) socket, to the node that holds the key (a
+    /// cluster's `-MOVED` is followed), and returns the reply: enough to
+    /// plant values no instance wrote.
+    fn resp(self, args: &[&[u8]]) -> String {
+        let url = match self {
+            Setup::Single => redis_url(),
+            Setup::Cluster => cluster_urls()[0].clone(),
+        };
+        let reply = raw_command(host_port(&url), args);
+        match reply.strip_prefix("-MOVED ") {
+            Some(moved) => raw_command(moved.split_whitespace().nth(1).unwrap(), args),
+            None => reply,
+        }
+    }
+}
+
+/// `host:port` of a `redis://` URL.
+fn host_port(url: &str) -> &str {
+    let rest = url.trim_start_matches("redis://").trim_end_matches('/');
+    rest.rsplit('@').next().unwrap()
+}
+
+/// Runs each `async fn name(setup: Setup)` as two tests, `name::single_node`
+/// and `name::cluster`, each ignored (with the reason) where its Redis is
+/// not at hand.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(tower_ssr_redis),
+                ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+            )]
+            async fn single_node() {
+                super::$name(super::Setup::Single).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(tower_ssr_redis_cluster),
+                ignore = "needs redis-server and redis-cli on PATH or TOWER_SSR_REDIS_CLUSTER_URLS"
+            )]
+            async fn cluster() {
+                super::$name(super::Setup::Cluster).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    a_page_rendered_by_one_instance_is_a_hit_on_the_other,
+    a_purge_on_one_instance_empties_both,
+    a_burst_over_both_instances_renders_once_with_the_render_lock,
+    a_value_of_another_format_version_or_garbage_is_a_miss,
+    hostile_freshness_values_from_redis_are_capped_not_a_panic,
+    values_over_the_size_cap_stay_in_memory,
+    a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry,
+    an_unsafe_method_on_one_instance_invalidates_the_uri_on_both,
+    a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten,
+    values_over_the_size_cap_are_not_read_and_the_tier_stays_on,
+    the_tag_index_forgets_entries_that_expired,
+    a_write_rendered_before_a_purge_does_not_land_after_it,
+    a_revalidation_on_one_instance_renders_once_across_both,
+    a_revalidation_serves_stale_on_both_and_renders_each_key_once,
+);
+
 async fn two_instances(
     test: &str,
-    url: &str,
+    setup: Setup,
     lock: bool,
 ) -> (Origin, [(SocketAddr, ResponseCache); 2]) {
     let ns = namespace(test);
     let tier = || {
-        let t = RedisTier::new(url).unwrap().namespace(&ns);
+        let t = setup.tier(&ns);
         if lock {
             t.render_lock(PATIENCE)
         } else {
@@ -153,20 +253,14 @@ async fn two_instances(
     for (_, cache) in [&a, &b] {
         assert!(
             cache.redis_ready(PATIENCE).await,
-            "redis at {url} is not reachable"
+            "redis ({setup:?}) is not reachable"
         );
     }
     (origin, [a, b])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_page_rendered_by_one_instance_is_a_hit_on_the_other() {
-    let url = redis_url();
-    let (origin, [(a, ca), (b, cb)]) = two_instances("share", &url, false).await;
+async fn a_page_rendered_by_one_instance_is_a_hit_on_the_other(setup: Setup) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("share", setup, false).await;
 
     let first = get(a, "/posts/1?kb=30").await;
     assert_eq!(first.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
@@ -199,14 +293,8 @@ async fn a_page_rendered_by_one_instance_is_a_hit_on_the_other() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_purge_on_one_instance_empties_both() {
-    let url = redis_url();
-    let (origin, [(a, ca), (b, cb)]) = two_instances("purge", &url, false).await;
+async fn a_purge_on_one_instance_empties_both(setup: Setup) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("purge", setup, false).await;
 
     for path in ["/p/1?tag=pages", "/p/2", "/q/1"] {
         get(a, path).await;
@@ -265,14 +353,8 @@ async fn a_purge_on_one_instance_empties_both() {
         .contains("fwd=uri-miss"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_burst_over_both_instances_renders_once_with_the_render_lock() {
-    let url = redis_url();
-    let (origin, [(a, _), (b, _)]) = two_instances("lock", &url, true).await;
+async fn a_burst_over_both_instances_renders_once_with_the_render_lock(setup: Setup) {
+    let (origin, [(a, _), (b, _)]) = two_instances("lock", setup, true).await;
 
     let mut burst = Vec::new();
     for i in 0..12 {
@@ -289,40 +371,16 @@ async fn a_burst_over_both_instances_renders_once_with_the_render_lock() {
     assert_eq!(origin.renders("/hot?sleep=200&kb=30"), 1);
 }
 
-/// Sends one RESP command over a raw (blocking, loopback) socket and
-/// returns the reply: enough to plant values no instance wrote.
-fn resp(url: &str, args: &[&[u8]]) -> String {
-    let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
-    let mut s = std::net::TcpStream::connect(hostport).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        cmd.extend_from_slice(a);
-        cmd.extend_from_slice(b"\r\n");
-    }
-    s.write_all(&cmd).unwrap();
-    let mut buf = vec![0; 512];
-    let n = s.read(&mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_value_of_another_format_version_or_garbage_is_a_miss() {
-    let url = redis_url();
+async fn a_value_of_another_format_version_or_garbage_is_a_miss(setup: Setup) {
     let ns = namespace("version");
     let origin = Origin::default();
-    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    let (a, ca) = instance(&origin, setup.tier(&ns)).await;
     assert!(ca.redis_ready(PATIENCE).await);
 
-    let key = format!("{ns}:e:http://shop.example/v");
+    let key = setup.keys(&ns, "http://shop.example/v").entry;
     // Version 99 of our magic, then plain garbage.
-    resp(&url, &[b"HSET", key.as_bytes(), b"f1", b"TSR\x63rest"]);
-    resp(&url, &[b"HSET", key.as_bytes(), b"f2", b"<html>"]);
+    setup.resp(&[b"HSET", key.as_bytes(), b"f1", b"TSR\x63rest"]);
+    setup.resp(&[b"HSET", key.as_bytes(), b"f2", b"<html>"]);
     let seen = get(a, "/v").await;
     assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
     assert_eq!(origin.renders("/v"), 1);
@@ -358,16 +416,10 @@ fn crafted(lifetime: u64, initial_age: u64, keep_for_ms: u64, body: &[u8]) -> Ve
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn hostile_freshness_values_from_redis_are_capped_not_a_panic() {
-    let url = redis_url();
+async fn hostile_freshness_values_from_redis_are_capped_not_a_panic(setup: Setup) {
     let ns = namespace("hostile");
     let origin = Origin::default();
-    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    let (a, ca) = instance(&origin, setup.tier(&ns)).await;
     assert!(ca.redis_ready(PATIENCE).await);
 
     // Lifetimes past 2^63 overflowed `ttl` (a panic in debug builds, fresh
@@ -378,9 +430,9 @@ async fn hostile_freshness_values_from_redis_are_capped_not_a_panic() {
         ("/h3", 60, u64::MAX, 60_000),
         ("/h4", 60, 0, u64::MAX),
     ] {
-        let key = format!("{ns}:e:http://shop.example{path}");
+        let key = setup.keys(&ns, &format!("http://shop.example{path}")).entry;
         let value = crafted(lifetime, age, keep, b"from-redis");
-        resp(&url, &[b"HSET", key.as_bytes(), b"f", &value]);
+        setup.resp(&[b"HSET", key.as_bytes(), b"f", &value]);
         for _ in 0..2 {
             let seen = get(a, path).await;
             assert_eq!(seen.status, 200, "{path}");
@@ -391,20 +443,9 @@ async fn hostile_freshness_values_from_redis_are_capped_not_a_panic() {
     assert_eq!(&seen.body[..], b"from-redis");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn values_over_the_size_cap_stay_in_memory() {
-    let url = redis_url();
+async fn values_over_the_size_cap_stay_in_memory(setup: Setup) {
     let ns = namespace("cap");
-    let tier = || {
-        RedisTier::new(&url)
-            .unwrap()
-            .namespace(&ns)
-            .max_value_bytes(8 * 1024)
-    };
+    let tier = || setup.tier(&ns).max_value_bytes(8 * 1024);
     let origin = Origin::default();
     let (a, ca) = instance(&origin, tier()).await;
     let (b, cb) = instance(&origin, tier()).await;
@@ -431,13 +472,24 @@ async fn values_over_the_size_cap_stay_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_redis_listening_requests_go_on_with_memory_alone() {
+    with_no_redis_listening(RedisTier::new).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_cluster_node_listening_requests_go_on_with_memory_alone() {
+    with_no_redis_listening(|url| RedisTier::cluster([url])).await;
+}
+
+async fn with_no_redis_listening(
+    tier: impl Fn(&str) -> Result<RedisTier, tower_ssr::cache::InvalidRedisUrl>,
+) {
     // Needs no server: a port nothing listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let origin = Origin::default();
-    let tier = RedisTier::new(&format!("redis://127.0.0.1:{port}"))
+    let tier = tier(&format!("redis://127.0.0.1:{port}"))
         .unwrap()
         .retry_after(Duration::from_millis(1));
     let (a, ca) = instance(&origin, tier).await;
@@ -561,29 +613,17 @@ async fn killing_redis_fails_no_request_and_a_restart_restores_sharing() {
         .contains("fwd=uri-miss"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry() {
-    let url = redis_url();
+async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry(setup: Setup) {
     let ns = namespace("crashed");
     let origin = Origin::default();
     // Waits far longer than the planted lock lives: only its expiry can
     // let the request through.
-    let tier = RedisTier::new(&url)
-        .unwrap()
-        .namespace(&ns)
-        .render_lock(PATIENCE);
+    let tier = setup.tier(&ns).render_lock(PATIENCE);
     let (a, ca) = instance(&origin, tier).await;
     assert!(ca.redis_ready(PATIENCE).await);
 
-    let lock = format!("{ns}:l:http://shop.example/locked");
-    let set = resp(
-        &url,
-        &[b"SET", lock.as_bytes(), b"crashed-holder", b"PX", b"300"],
-    );
+    let lock = setup.keys(&ns, "http://shop.example/locked").lock;
+    let set = setup.resp(&[b"SET", lock.as_bytes(), b"crashed-holder", b"PX", b"300"]);
     assert!(set.starts_with("+OK"), "{set}");
     let seen = get(a, "/locked").await;
     assert_eq!(seen.status, 200);
@@ -591,14 +631,8 @@ async fn a_lock_left_by_a_crashed_instance_blocks_no_one_past_its_expiry() {
     assert_eq!(origin.renders("/locked"), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both() {
-    let url = redis_url();
-    let (origin, [(a, ca), (b, cb)]) = two_instances("unsafe", &url, false).await;
+async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both(setup: Setup) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("unsafe", setup, false).await;
 
     get(a, "/cart").await;
     eventually("the write", || ca.stats().l2_writes == 1).await;
@@ -666,25 +700,16 @@ async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait()
     drop(server);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten() {
-    let url = redis_url();
+async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten(setup: Setup) {
     let ns = namespace("wrongtype");
     let origin = Origin::default();
-    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
-    let (b, cb) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    let (a, ca) = instance(&origin, setup.tier(&ns)).await;
+    let (b, cb) = instance(&origin, setup.tier(&ns)).await;
     assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
 
     // An old format, or another program: a string where a hash belongs.
-    let key = format!("{ns}:e:http://shop.example/w");
-    let set = resp(
-        &url,
-        &[b"SET", key.as_bytes(), b"old-format", b"EX", b"600"],
-    );
+    let key = setup.keys(&ns, "http://shop.example/w").entry;
+    let set = setup.resp(&[b"SET", key.as_bytes(), b"old-format", b"EX", b"600"]);
     assert!(set.starts_with("+OK"), "{set}");
 
     let seen = get(a, "/w").await;
@@ -704,35 +729,26 @@ async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten() {
     assert_eq!((sa.l2_errors, sb.l2_errors), (0, 0), "{sa:?} {sb:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on() {
-    let url = redis_url();
+async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on(setup: Setup) {
     let ns = namespace("bigread");
     let origin = Origin::default();
-    let tier = RedisTier::new(&url)
-        .unwrap()
-        .namespace(&ns)
-        .max_value_bytes(8 * 1024);
+    let tier = setup.tier(&ns).max_value_bytes(8 * 1024);
     let (a, ca) = instance(&origin, tier).await;
     assert!(ca.redis_ready(PATIENCE).await);
 
     // Left by a writer with a larger cap: a valid, fresh entry of 64 KiB
     // next to raw values of 1 MiB. Fetching them all on every miss of the
     // key is what stalled the tier for every other key.
-    let big = format!("{ns}:e:http://shop.example/big");
+    let big = setup.keys(&ns, "http://shop.example/big").entry;
     let value = crafted(600, 0, 600_000, &vec![b'b'; 64 * 1024]);
-    resp(&url, &[b"HSET", big.as_bytes(), b"f", &value]);
+    setup.resp(&[b"HSET", big.as_bytes(), b"f", &value]);
     let raw = vec![b'g'; 1024 * 1024];
     for field in [&b"g1"[..], b"g2", b"g3", b"g4"] {
-        resp(&url, &[b"HSET", big.as_bytes(), field, &raw]);
+        setup.resp(&[b"HSET", big.as_bytes(), field, &raw]);
     }
-    let small = format!("{ns}:e:http://shop.example/small");
+    let small = setup.keys(&ns, "http://shop.example/small").entry;
     let value = crafted(600, 0, 600_000, b"shared");
-    resp(&url, &[b"HSET", small.as_bytes(), b"f", &value]);
+    setup.resp(&[b"HSET", small.as_bytes(), b"f", &value]);
 
     let seen = get(a, "/big").await;
     assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
@@ -748,66 +764,69 @@ async fn values_over_the_size_cap_are_not_read_and_the_tier_stays_on() {
     assert_eq!((s.l2_errors, s.l2_timeouts), (0, 0), "{s:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn the_tag_index_forgets_entries_that_expired() {
-    let url = redis_url();
+async fn the_tag_index_forgets_entries_that_expired(setup: Setup) {
     let ns = namespace("tagindex");
     let origin = Origin::default();
-    let (a, ca) = instance(&origin, RedisTier::new(&url).unwrap().namespace(&ns)).await;
+    let (a, ca) = instance(&origin, setup.tier(&ns)).await;
     assert!(ca.redis_ready(PATIENCE).await);
 
     // A long-lived entry keeps the index itself alive throughout.
     get(a, "/t/long?tag=hot").await;
     get(a, "/t/1?tag=hot&ttl=1").await;
     eventually("the writes", || ca.stats().l2_writes == 2).await;
-    let short = format!("{ns}:e:http://shop.example/t/1?tag=hot&ttl=1");
-    assert_eq!(resp(&url, &[b"EXISTS", short.as_bytes()]), ":1\r\n");
+    let keys = |path: &str| setup.keys(&ns, &format!("http://shop.example{path}"));
+    let short = keys("/t/1?tag=hot&ttl=1").entry;
+    assert_eq!(setup.resp(&[b"EXISTS", short.as_bytes()]), ":1\r\n");
     // Redis drops the entry after its second; the index must follow.
     let start = tokio::time::Instant::now();
-    while resp(&url, &[b"EXISTS", short.as_bytes()]) != ":0\r\n" {
+    while setup.resp(&[b"EXISTS", short.as_bytes()]) != ":0\r\n" {
         assert!(start.elapsed() < PATIENCE, "the entry never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     get(a, "/t/2?tag=hot").await;
     eventually("the third write", || ca.stats().l2_writes == 3).await;
-    let index = format!("{ns}:t:hot");
-    // Counted whatever the index's type (a plain set before this fix).
-    let card: &[u8] = if resp(&url, &[b"TYPE", index.as_bytes()]) == "+set\r\n" {
-        b"SCARD"
-    } else {
-        b"ZCARD"
-    };
-    assert_eq!(
-        resp(&url, &[card, index.as_bytes()]),
-        ":2\r\n",
-        "only the live entries stay in the index"
-    );
+    // One index on one node; on a cluster, one per bucket of the three.
+    let mut indexes: Vec<String> = ["/t/long?tag=hot", "/t/1?tag=hot&ttl=1", "/t/2?tag=hot"]
+        .iter()
+        .map(|p| keys(p).tag_index("hot"))
+        .collect();
+    indexes.sort();
+    indexes.dedup();
+    let members: usize = indexes
+        .iter()
+        .map(|index| {
+            // Counted whatever the index's type (a plain set before this fix).
+            let card: &[u8] = if setup.resp(&[b"TYPE", index.as_bytes()]) == "+set\r\n" {
+                b"SCARD"
+            } else {
+                b"ZCARD"
+            };
+            let n = setup.resp(&[card, index.as_bytes()]);
+            n.trim_start_matches(':')
+                .trim_end()
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(members, 2, "only the live entries stay in the index");
 
     // A purge by tag still reaches the live ones.
     ca.purge_tag("hot");
-    let live = format!("{ns}:e:http://shop.example/t/long?tag=hot");
+    let live = keys("/t/long?tag=hot").entry;
     let start = tokio::time::Instant::now();
-    while resp(&url, &[b"EXISTS", live.as_bytes()]) != ":0\r\n" {
+    while setup.resp(&[b"EXISTS", live.as_bytes()]) != ":0\r\n" {
         assert!(start.elapsed() < PATIENCE, "the purge never reached Redis");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let other = format!("{ns}:e:http://shop.example/t/2?tag=hot");
-    assert_eq!(resp(&url, &[b"EXISTS", other.as_bytes()]), ":0\r\n");
-    assert_eq!(resp(&url, &[b"EXISTS", index.as_bytes()]), ":0\r\n");
+    let other = keys("/t/2?tag=hot").entry;
+    assert_eq!(setup.resp(&[b"EXISTS", other.as_bytes()]), ":0\r\n");
+    for index in &indexes {
+        assert_eq!(setup.resp(&[b"EXISTS", index.as_bytes()]), ":0\r\n");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_write_rendered_before_a_purge_does_not_land_after_it() {
-    let url = redis_url();
-    let (origin, [(a, ca), (b, cb)]) = two_instances("purgerace", &url, false).await;
+async fn a_write_rendered_before_a_purge_does_not_land_after_it(setup: Setup) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("purgerace", setup, false).await;
 
     // The first instance misses and renders; the page changes meanwhile
     // and the second instance purges everything.
@@ -985,14 +1004,8 @@ async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_res
     assert!(cb.redis_ready(PATIENCE).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_revalidation_on_one_instance_renders_once_across_both() {
-    let url = redis_url();
-    let (origin, [(a, ca), (b, cb)]) = two_instances("reval", &url, true).await;
+async fn a_revalidation_on_one_instance_renders_once_across_both(setup: Setup) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("reval", setup, true).await;
     let page = "/rv?tag=news&sleep=100";
     get(a, page).await;
     eventually("the write", || ca.stats().l2_writes == 1).await;
@@ -1025,21 +1038,14 @@ async fn a_revalidation_on_one_instance_renders_once_across_both() {
     assert_eq!(origin.renders(page), 2, "one render for both instances");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis),
-    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
-)]
-async fn a_revalidation_serves_stale_on_both_and_renders_each_key_once() {
-    let url = redis_url();
+async fn a_revalidation_serves_stale_on_both_and_renders_each_key_once(setup: Setup) {
     // Generous call timeouts: this is about coordination, and one call
     // timing out on a busy machine switches the tier off for a moment
     // (each instance then renders alone, by design).
     let ns = namespace("revalswr");
     let tier = || {
-        RedisTier::new(&url)
-            .unwrap()
-            .namespace(&ns)
+        setup
+            .tier(&ns)
             .timeout(Duration::from_secs(5))
             .render_lock(PATIENCE)
     };
@@ -1114,13 +1120,23 @@ async fn a_revalidation_serves_stale_on_both_and_renders_each_key_once() {
     not(tower_ssr_redis),
     ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
 )]
-fn a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request() {
-    let url = redis_url();
+fn a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request_single_node() {
+    a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request(Setup::Single);
+}
+
+#[test]
+#[cfg_attr(
+    not(tower_ssr_redis_cluster),
+    ignore = "needs redis-server and redis-cli on PATH or TOWER_SSR_REDIS_CLUSTER_URLS"
+)]
+fn a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request_cluster() {
+    a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request(Setup::Cluster);
+}
+
+fn a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request(setup: Setup) {
     let ns = namespace("cold");
     // No runtime here: nothing can start yet.
-    let cache = ResponseCache::builder()
-        .redis(RedisTier::new(&url).unwrap().namespace(&ns))
-        .build();
+    let cache = ResponseCache::builder().redis(setup.tier(&ns)).build();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1129,4 +1145,171 @@ fn a_cache_built_outside_a_runtime_confirms_a_purge_made_before_any_request() {
     rt.block_on(async {
         cache.purge_tag("pages").confirmed(PATIENCE).await.unwrap();
     });
+}
+
+/// The ports of the cluster's masters (`TOWER_SSR_REDIS_CLUSTER_URLS`
+/// names them, or the tests' own cluster).
+fn cluster_ports() -> Vec<u16> {
+    cluster_urls()
+        .iter()
+        .map(|u| host_port(u).rsplit_once(':').unwrap().1.parse().unwrap())
+        .collect()
+}
+
+/// How many keys match `pattern` on the node at `port`.
+fn count_keys(port: u16, pattern: &str) -> usize {
+    let n = command(
+        port,
+        &["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", pattern],
+    );
+    n.trim_start_matches(':')
+        .trim_end()
+        .parse()
+        .unwrap_or_else(|_| panic!("KEYS {pattern} on {port}: {n}"))
+}
+
+/// Two instances on the cluster in namespace `ns`.
+async fn two_on_cluster(ns: &str, lock: bool) -> (Origin, [(SocketAddr, ResponseCache); 2]) {
+    let tier = || {
+        let t = Setup::Cluster.tier(ns);
+        if lock {
+            t.render_lock(PATIENCE)
+        } else {
+            t
+        }
+    };
+    let origin = Origin::default();
+    let a = instance(&origin, tier()).await;
+    let b = instance(&origin, tier()).await;
+    assert!(a.1.redis_ready(PATIENCE).await && b.1.redis_ready(PATIENCE).await);
+    (origin, [a, b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis_cluster),
+    ignore = "needs redis-server and redis-cli on PATH or TOWER_SSR_REDIS_CLUSTER_URLS"
+)]
+async fn on_a_cluster_the_keys_of_one_url_share_a_slot_and_scripts_run() {
+    let ns = namespace("slot");
+    let (origin, [(a, ca), (b, cb)]) = two_on_cluster(&ns, true).await;
+    let page = "/s/1?tag=news&gate";
+    let keys = Setup::Cluster.keys(&ns, &format!("http://shop.example{page}"));
+
+    // The first instance holds the render lock while its render waits;
+    // the second waits for the entry rather than rendering.
+    let first = tokio::spawn(async move { get(a, page).await });
+    eventually("the render began", || origin.renders(page) == 1).await;
+    assert_eq!(
+        Setup::Cluster.resp(&[b"EXISTS", keys.lock.as_bytes()]),
+        ":1\r\n"
+    );
+    let second = tokio::spawn(async move { get(b, page).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    origin.gate.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    let seen = second.await.unwrap();
+    assert!(
+        seen.one("cache-status").ends_with("detail=redis"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(origin.renders(page), 1);
+    for k in [&keys.entry, &keys.tag_index("news"), &keys.generation] {
+        let exists = Setup::Cluster.resp(&[b"EXISTS", k.as_bytes()]);
+        // The generation exists once something was purged; not yet.
+        let want = if k == &keys.generation {
+            ":0\r\n"
+        } else {
+            ":1\r\n"
+        };
+        assert_eq!(exists, want, "{k}");
+    }
+
+    // Redis's own slots: entry, lock, generation and tag index in one.
+    let port = cluster_ports()[0];
+    let slot = |k: &str| command(port, &["CLUSTER", "KEYSLOT", k]);
+    let entry_slot = slot(&keys.entry);
+    for k in [&keys.lock, &keys.generation, &keys.tag_index("news")] {
+        assert_eq!(slot(k), entry_slot, "{k} beside {}", keys.entry);
+    }
+
+    // Read, write and purge-by-tag scripts ran without CROSSSLOT errors.
+    cb.purge_tag("news").confirmed(PATIENCE).await.unwrap();
+    assert_eq!(
+        Setup::Cluster.resp(&[b"EXISTS", keys.entry.as_bytes()]),
+        ":0\r\n"
+    );
+    assert_eq!(
+        Setup::Cluster.resp(&[b"EXISTS", keys.generation.as_bytes()]),
+        ":1\r\n",
+        "the purge raised the bucket's generation"
+    );
+    let (sa, sb) = (ca.stats(), cb.stats());
+    assert_eq!(
+        (sa.l2_errors, sb.l2_errors, sa.l2_timeouts, sb.l2_timeouts),
+        (0, 0, 0, 0),
+        "{sa:?} {sb:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis_cluster),
+    ignore = "needs redis-server and redis-cli on PATH or TOWER_SSR_REDIS_CLUSTER_URLS"
+)]
+async fn on_a_cluster_purges_reach_pages_on_every_master_and_the_other_instance() {
+    let ns = namespace("spread");
+    let (origin, [(a, ca), (b, cb)]) = two_on_cluster(&ns, false).await;
+    let pages: Vec<String> = (0..24).map(|i| format!("/m/{i}?tag=spread")).collect();
+    for p in &pages {
+        get(a, p).await;
+    }
+    eventually("the writes", || ca.stats().l2_writes == 24).await;
+    for p in &pages {
+        assert!(get(b, p).await.one("cache-status").contains("redis"));
+    }
+    let (entries, indexes) = (format!("{{{ns}:*}}:e:*"), format!("{{{ns}:*}}:t:*"));
+    let on_each = |pattern: &str| -> Vec<usize> {
+        cluster_ports()
+            .iter()
+            .map(|&p| count_keys(p, pattern))
+            .collect()
+    };
+    let spread = on_each(&entries);
+    assert!(
+        spread.len() >= 3 && spread.iter().all(|&n| n > 0),
+        "entries per master: {spread:?}"
+    );
+    assert_eq!(spread.iter().sum::<usize>(), 24);
+
+    // By tag, on the second instance: every master's share goes, and the
+    // first instance's memory too.
+    cb.purge_tag("spread").confirmed(PATIENCE).await.unwrap();
+    assert_eq!(on_each(&entries).iter().sum::<usize>(), 0);
+    assert_eq!(on_each(&indexes).iter().sum::<usize>(), 0);
+    eventually("the purge reaches the first instance", || {
+        ca.stats().remote_purges == 1
+    })
+    .await;
+    for p in [&pages[0], &pages[23]] {
+        let seen = get(a, p).await;
+        assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    }
+
+    // By prefix (a SCAN of every master), on the first instance.
+    for p in &pages {
+        get(a, p).await;
+    }
+    eventually("the writes again", || ca.stats().l2_writes == 48).await;
+    assert_eq!(on_each(&entries).iter().sum::<usize>(), 24);
+    ca.purge_prefix("/m/").confirmed(PATIENCE).await.unwrap();
+    assert_eq!(on_each(&entries).iter().sum::<usize>(), 0);
+    eventually("the prefix purge reaches the second instance", || {
+        cb.stats().remote_purges == 1
+    })
+    .await;
+    let seen = get(b, &pages[5]).await;
+    assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
+    assert_eq!(origin.renders(&pages[5]), 3);
 }

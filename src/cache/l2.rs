@@ -1,8 +1,12 @@
 //! The shared second tier on Redis (feature `redis`). Only [`RedisTier`],
 //! a configuration of our own, is public: no type of the Redis client
-//! leaves this file.
+//! leaves this file and its neighbours `l2_conn` (connections to a node or
+//! a cluster) and `l2_keys` (key names).
 //!
-//! Layout in Redis, under a namespace (`tower-ssr` by default):
+//! Layout in Redis, under a namespace (`tower-ssr` by default), on one
+//! node (on Redis Cluster, `{ns}` below stands for a hash tag per bucket of
+//! keys, and the log and epoch share a tag of their own: see
+//! [`l2_keys`](super::l2_keys)):
 //!
 //! - `{ns}:e:{key}`: a hash per cache key, one field per variant (`Vary`
 //!   values and user key, hashed), each value a [`codec`](super::codec)
@@ -14,9 +18,11 @@
 //!   instance finds them; every write trims the members that expired, so
 //!   the index holds about as many members as live entries.
 //! - `{ns}:l:{key}`: the cross-instance render lock.
-//! - `{ns}:g`: the purge generation, a counter every purge raises first; a
-//!   write carries the generation read before its render and is refused if
-//!   a purge came since, so a slow write never puts a purged page back.
+//! - `{ns}:g`: the purge generation, a counter every purge raises first (on
+//!   a cluster, one per bucket, raised in every bucket the purge may
+//!   cover); a write carries the generation read before its render and is
+//!   refused if a purge came since, so a slow write never puts a purged
+//!   page back.
 //! - `{ns}:s`: the purge log, a Redis Stream (`XADD … MAXLEN ~ 10000`)
 //!   that every instance follows (`XREAD BLOCK`) from the last id it read,
 //!   so a purge issued while an instance was disconnected reaches it when
@@ -24,6 +30,11 @@
 //! - `{ns}:epoch`: a random value the first instance to connect sets; when
 //!   Redis restarts empty (or is flushed), it changes, and every instance
 //!   knows its log lost what it had not read yet.
+//!
+//! On a cluster, every script touches the keys of one bucket, hence one
+//! slot; a purge by tag runs in each bucket (each has its own index), a
+//! purge by path, prefix or of everything SCANs every master, and the log,
+//! in one slot, is read by every instance as on one node.
 //!
 //! Purges are never lost. One accepted here is applied to this instance's
 //! memory at once and queued; a background task (the pump) applies it in
@@ -49,9 +60,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, Client, RedisError, RedisResult, Script};
+use redis::{Client, RedisError, RedisResult, Script};
 use tokio::sync::{oneshot, Notify};
 
 use super::codec;
@@ -59,6 +69,8 @@ use super::entry::{reuse, Entry, RequestDirectives, Reuse};
 use super::flight::Lead;
 use super::handle::{Counters, Shared};
 use super::key;
+use super::l2_conn::{Backend, Conn};
+use super::l2_keys::Layout;
 use super::revalidate::{mark_stale, Scope};
 use crate::metrics::{L2Outcome, PurgeKind};
 use tracing::Instrument;
@@ -80,6 +92,8 @@ const MAX_PENDING: usize = 10_000;
 const FOLLOW_BLOCK: Duration = Duration::from_secs(1);
 /// Log entries read per call.
 const FOLLOW_BATCH: usize = 256;
+/// Buckets a purge works on at once (a cluster has 256).
+const BUCKET_FANOUT: usize = 32;
 /// Background refreshes that consult Redis at once, per instance; more
 /// wait their turn (no client waits on them).
 const MAX_REFRESHING: usize = 32;
@@ -106,7 +120,7 @@ const MAX_REFRESHING: usize = 32;
 #[derive(Clone)]
 #[must_use]
 pub struct RedisTier {
-    client: Client,
+    backend: Backend,
     namespace: String,
     timeout: Duration,
     connect_timeout: Duration,
@@ -120,6 +134,7 @@ impl std::fmt::Debug for RedisTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Not the URL: it may carry a password.
         f.debug_struct("RedisTier")
+            .field("cluster", &self.backend.is_cluster())
             .field("namespace", &self.namespace)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -128,6 +143,35 @@ impl std::fmt::Debug for RedisTier {
             .field("render_lock", &self.lock_wait)
             .field("lock_ttl", &self.lock_ttl)
             .finish()
+    }
+}
+
+/// The Redis keys of one cache key, from [`RedisTier::keys_for`].
+///
+/// Read-only information: writing to these keys by hand is possible (the
+/// tier treats what it cannot decode as a miss) but not a supported API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisKeys {
+    /// The hash of the key's stored variants, one field per variant.
+    pub entry: String,
+    /// The render lock of a request without a user key
+    /// ([`CacheLayer::key_with`](super::CacheLayer::key_with) adds one to the name).
+    pub lock: String,
+    /// The purge generation a write of this key is checked against.
+    pub generation: String,
+    /// What the index of a tag starts with: the tag follows (a sorted set
+    /// of entry names, in this key's bucket on a cluster).
+    pub tag_index_prefix: String,
+    /// The purge log, a stream every instance follows.
+    pub log: String,
+}
+
+impl RedisKeys {
+    /// The index of entries tagged `tag` that holds this key's entry.
+    #[must_use]
+    pub fn tag_index(&self, tag: &str) -> String {
+        format!("{}{tag}", self.tag_index_prefix)
     }
 }
 
@@ -159,8 +203,50 @@ impl RedisTier {
         let client = Client::open(url).map_err(|e| InvalidRedisUrl {
             reason: e.to_string(),
         })?;
-        Ok(RedisTier {
-            client,
+        Ok(Self::on(Backend::Single(client)))
+    }
+
+    /// A tier on the Redis Cluster that `seeds` belong to: URLs of some of
+    /// its nodes (`redis://[:password@]host:port`, `rediss://` with the
+    /// `redis-tls` feature), one is enough; the others are learnt from it,
+    /// and so are the nodes added later. As with [`new`](Self::new), only
+    /// the URLs are checked here and nothing connects yet.
+    ///
+    /// Keys carry hash tags so that each Redis call touches one slot; a
+    /// purge fans out over 256 buckets spread evenly over the slots (see
+    /// [`keys_for`](Self::keys_for)). Everything else behaves as on one
+    /// node: the purge log lives in one slot and every instance follows
+    /// it. A cluster and a single node never share entries or purges, even
+    /// under one namespace: their layouts differ.
+    ///
+    /// ```
+    /// use tower_ssr::cache::RedisTier;
+    ///
+    /// let tier = RedisTier::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?
+    ///     .namespace("shop");
+    /// # let _ = tier;
+    /// # Ok::<(), tower_ssr::cache::InvalidRedisUrl>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When `seeds` is empty, a seed is not a Redis URL (or is `rediss://`
+    /// without the `redis-tls` feature), or the seeds carry different
+    /// credentials.
+    pub fn cluster<I, S>(seeds: I) -> Result<Self, InvalidRedisUrl>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let backend = Backend::cluster(seeds).map_err(|e| InvalidRedisUrl {
+            reason: e.to_string(),
+        })?;
+        Ok(Self::on(backend))
+    }
+
+    fn on(backend: Backend) -> Self {
+        RedisTier {
+            backend,
             namespace: "tower-ssr".into(),
             timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(500),
@@ -168,11 +254,42 @@ impl RedisTier {
             max_value: DEFAULT_MAX_VALUE,
             lock_wait: None,
             lock_ttl: Duration::from_secs(10),
-        })
+        }
     }
 
-    /// The prefix of every Redis key and of the purge channel (default
-    /// `tower-ssr`): instances share entries only within one namespace.
+    /// Where this tier keeps what it stores under `cache_key` (the key a
+    /// [`CacheLayer`](super::CacheLayer) computed, e.g.
+    /// `http://shop.example/posts/1`): for operators looking with
+    /// `redis-cli`, and for tests. On one node every name starts with the
+    /// namespace; on a cluster with the hash tag of the key's bucket, so
+    /// that the entry, its render lock, its bucket's purge generation and
+    /// tag indexes share one slot. Works the names out afresh (about a
+    /// millisecond for a cluster tier): not for a request path.
+    #[must_use]
+    pub fn keys_for(&self, cache_key: &str) -> RedisKeys {
+        let layout = self.layout();
+        let bucket = layout.bucket(cache_key);
+        RedisKeys {
+            entry: layout.entry(cache_key),
+            lock: layout.lock(cache_key, cache_key),
+            generation: layout.generation(bucket),
+            tag_index_prefix: layout.tag_index(bucket, ""),
+            log: layout.log(),
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        if self.backend.is_cluster() {
+            Layout::cluster(&self.namespace)
+        } else {
+            Layout::single(&self.namespace)
+        }
+    }
+
+    /// The prefix of every Redis key and of the purge log (default
+    /// `tower-ssr`): instances share entries only within one namespace. On
+    /// a cluster it opens every key's hash tag (`{tower-ssr:…}`), with `{`
+    /// and `}` read as `_`.
     pub fn namespace(mut self, namespace: &str) -> Self {
         self.namespace = namespace.into();
         self
@@ -291,7 +408,7 @@ impl Purge {
 
 #[derive(Default)]
 struct ConnState {
-    manager: Option<ConnectionManager>,
+    manager: Option<Conn>,
     /// Off until then, after a failure.
     retry_at: Option<Instant>,
     /// A connection attempt began then (one at a time).
@@ -300,10 +417,12 @@ struct ConnState {
 
 /// A value of another type under the entry key (another program's, or an
 /// older layout) is replaced rather than failing every write for the key.
-/// `ARGV[6]`, when not empty, is the purge generation (`KEYS[2]`) read
+/// `ARGV[5]`, when not empty, is the purge generation (`KEYS[2]`) read
 /// before the render: a purge since then refuses the write (0).
+/// `KEYS[3..]` are the entry's tag indexes; every key is named in `KEYS`,
+/// all in one slot on a cluster.
 const WRITE: &str = r"
-if ARGV[6] ~= '' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[6] then return 0 end
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[2]) or '0') ~= ARGV[5] then return 0 end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'hash' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
@@ -314,11 +433,11 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 local left = redis.call('PTTL', KEYS[1])
-if #ARGV >= 7 then
+if #KEYS >= 3 then
   local now = redis.call('TIME')
   now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-  for i = 7, #ARGV do
-    local t = ARGV[5] .. ARGV[i]
+  for i = 3, #KEYS do
+    local t = KEYS[i]
     local kind = redis.call('TYPE', t)['ok']
     if kind == 'set' then
       -- The index of an older version: its members live at most as long
@@ -356,11 +475,15 @@ end
 return out
 ";
 
-/// One batch of a purge by tag: drops the members that expired, then
-/// deletes up to `ARGV[1]` live entry keys and takes them out of the index;
-/// 1 while members remain. In batches, so a tag on many entries never
-/// holds Redis (and every instance) for longer than one batch.
+/// One batch of a purge by tag in one bucket: with `ARGV[2]` = `1` (the
+/// first batch) raises the bucket's purge generation (`KEYS[2]`) first,
+/// then drops the members of the index (`KEYS[1]`) that expired, deletes
+/// up to `ARGV[1]` live entry keys and takes them out of the index; 1 while
+/// members remain. In batches, so a tag on many entries never holds Redis
+/// (and every instance) for longer than one batch. The entries an index
+/// names are in its bucket, hence its slot.
 const PURGE_TAG: &str = r"
+if ARGV[2] == '1' then redis.call('INCR', KEYS[2]) end
 local kind = redis.call('TYPE', KEYS[1])['ok']
 local n = tonumber(ARGV[1])
 local keys
@@ -410,6 +533,8 @@ return 0
 /// The running tier of one [`ResponseCache`](super::ResponseCache).
 pub(crate) struct Tier {
     cfg: RedisTier,
+    /// Key names, from the namespace and whether Redis is a cluster.
+    layout: Layout,
     /// Tells this instance's own purge messages apart.
     id: u64,
     conn: Mutex<ConnState>,
@@ -473,6 +598,7 @@ fn random_id() -> u64 {
 impl Tier {
     pub(crate) fn new(cfg: RedisTier, counters: Arc<Counters>) -> Self {
         Tier {
+            layout: cfg.layout(),
             cfg,
             id: random_id(),
             conn: Mutex::new(ConnState::default()),
@@ -492,28 +618,8 @@ impl Tier {
         }
     }
 
-    fn entry_key(&self, key: &str) -> String {
-        format!("{}:e:{key}", self.cfg.namespace)
-    }
-
-    fn generation_key(&self) -> String {
-        format!("{}:g", self.cfg.namespace)
-    }
-
-    fn tag_prefix(&self) -> String {
-        format!("{}:t:", self.cfg.namespace)
-    }
-
-    fn log_key(&self) -> String {
-        format!("{}:s", self.cfg.namespace)
-    }
-
-    fn epoch_key(&self) -> String {
-        format!("{}:epoch", self.cfg.namespace)
-    }
-
     /// A connection, or `None` while the tier is off.
-    async fn connection(&self) -> Option<ConnectionManager> {
+    async fn connection(&self) -> Option<Conn> {
         let now = Instant::now();
         {
             let mut s = lock(&self.conn);
@@ -528,13 +634,11 @@ impl Tier {
             }
             s.connecting_since = Some(now);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.cfg.connect_timeout)
-            .set_response_timeout(self.cfg.timeout)
-            .set_number_of_retries(0);
         let made = tokio::time::timeout(
             self.cfg.connect_timeout,
-            ConnectionManager::new_with_config(self.cfg.client.clone(), config),
+            self.cfg
+                .backend
+                .connect(self.cfg.connect_timeout, self.cfg.timeout),
         )
         .await;
         let mut s = lock(&self.conn);
@@ -591,7 +695,7 @@ impl Tier {
     /// Runs one call with the timeout; `None` on any failure, counted.
     async fn call<'a, T, F, Fut>(&'a self, f: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>> + 'a,
     {
         let conn = self.connection().await?;
@@ -635,8 +739,9 @@ impl Tier {
             // applied there.
             return None;
         }
-        let mut inv = self.read.key(self.entry_key(key));
-        inv.key(self.generation_key()).arg(self.cfg.max_value);
+        let mut inv = self.read.key(self.layout.entry(key));
+        inv.key(self.layout.generation(self.layout.bucket(key)))
+            .arg(self.cfg.max_value);
         let inv = &inv;
         let values: Vec<Vec<u8>> = self
             .call(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -695,12 +800,13 @@ impl Tier {
         best(found, headers, extra, req_cc)
     }
 
-    /// Tries to take the render lock for `flight_key`: `Taken`, `Held` by
+    /// Tries to take the render lock for `flight_key` (of cache key `key`,
+    /// whose slot it shares): `Taken`, `Held` by
     /// another instance, or `Failed` when Redis refused or did not answer
     /// (out of memory, read-only replica, ...): then no one can publish an
     /// entry through Redis either, so waiting would only delay the render.
-    async fn try_lock(self: &Arc<Self>, flight_key: &str) -> LockAttempt {
-        let lkey = format!("{}:l:{flight_key}", self.cfg.namespace);
+    async fn try_lock(self: &Arc<Self>, key: &str, flight_key: &str) -> LockAttempt {
+        let lkey = self.layout.lock(key, flight_key);
         let token = format!("{:016x}", random_id());
         let ttl = u64::try_from(self.cfg.lock_ttl.as_millis()).unwrap_or(u64::MAX);
         let (k, t) = (lkey.clone(), token.clone());
@@ -794,7 +900,7 @@ impl Tier {
         }
         let mut held = None;
         if self.cfg.lock_wait.is_some() {
-            match self.try_lock(flight_key).await {
+            match self.try_lock(key, flight_key).await {
                 LockAttempt::Taken(lkey, token) => {
                     // As in `find_or_lock`: it may have landed meanwhile.
                     if let Some((entry, Reuse::Fresh)) = self
@@ -839,7 +945,7 @@ impl Tier {
         // Short polls: the entry usually lands within a render's time.
         let poll = (wait / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
         loop {
-            match self.try_lock(flight_key).await {
+            match self.try_lock(key, flight_key).await {
                 LockAttempt::Taken(lkey, token) => {
                     // The instance that rendered may have stored the entry
                     // and let go of the lock between our look and now:
@@ -901,8 +1007,13 @@ impl Tier {
             return;
         }
         let field = format!("{:016x}", variant_id(entry));
-        let rkey = self.entry_key(key);
-        let tags: Vec<String> = entry.tags.iter().map(|t| t.to_string()).collect();
+        let rkey = self.layout.entry(key);
+        let bucket = self.layout.bucket(key);
+        let tags: Vec<String> = entry
+            .tags
+            .iter()
+            .map(|t| self.layout.tag_index(bucket, t))
+            .collect();
         let generation = lock
             .as_ref()
             .and_then(|l| l.generation)
@@ -910,15 +1021,14 @@ impl Tier {
         let tier = Arc::clone(self);
         rt.spawn(async move {
             let mut inv = tier.write.key(&rkey);
-            inv.key(tier.generation_key())
+            inv.key(tier.layout.generation(bucket))
                 .arg(&field)
                 .arg(value)
                 .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
                 .arg(MAX_VARIANTS)
-                .arg(tier.tag_prefix())
                 .arg(generation);
             for t in &tags {
-                inv.arg(t);
+                inv.key(t);
             }
             let inv = &inv;
             let done: Option<i64> = tier
@@ -972,7 +1082,7 @@ impl Tier {
         if !self.purge_remote(purge).await {
             return false;
         }
-        let (log, msg) = (self.log_key(), purge.message(self.id));
+        let (log, msg) = (self.layout.log(), purge.message(self.id));
         let id: Option<String> = self
             .call(|mut c| async move {
                 redis::cmd("XADD")
@@ -993,11 +1103,75 @@ impl Tier {
     /// Applies `purge` in Redis; whether every step was done (a purge
     /// half done is done again: each step is idempotent).
     async fn purge_remote(&self, purge: &Purge) -> bool {
-        // First: from here on, a write whose render began before this purge
-        // is refused, even if it reaches Redis after the deletions below.
-        // One counter for every purge: a write is rarely in flight, and
-        // refusing one costs one render, never a stale page.
-        let generation = self.generation_key();
+        // First, in every bucket the purge may cover: from here on, a write
+        // whose render began before this purge is refused, even if it
+        // reaches Redis after the deletions below. One counter per bucket
+        // (one on a single node): a write is rarely in flight, and refusing
+        // one costs one render, never a stale page.
+        match purge {
+            Purge::Key(k) => {
+                if !self.raise(self.layout.bucket(k)).await {
+                    return false;
+                }
+                let rkey = self.layout.entry(k);
+                let done: Option<i64> =
+                    self.call(|mut c| async move {
+                        redis::cmd("DEL").arg(&rkey).query_async(&mut c).await
+                    })
+                    .await;
+                done.is_some()
+            }
+            // The script raises each bucket's generation itself, in the
+            // same step as that bucket's first deletions.
+            Purge::Tag(t) | Purge::RevalidateTag(t) => {
+                self.every_bucket(|b| self.purge_tag_in(b, t)).await
+            }
+            Purge::Path(p) | Purge::RevalidatePath(p) => {
+                self.every_bucket(|b| self.raise(b)).await
+                    && self.scan_delete('e', |k| key::path_of(k) == p).await
+            }
+            Purge::Prefix(p) | Purge::RevalidatePrefix(p) => {
+                self.every_bucket(|b| self.raise(b)).await
+                    && self
+                        .scan_delete('e', |k| key::path_of(k).starts_with(p.as_str()))
+                        .await
+            }
+            Purge::All => {
+                self.every_bucket(|b| self.raise(b)).await
+                    && self.scan_delete('e', |_| true).await
+                    && self.scan_delete('t', |_| true).await
+            }
+        }
+    }
+
+    /// Runs `step` for every bucket (one on a single node), up to
+    /// [`BUCKET_FANOUT`] at a time; whether every one was done.
+    async fn every_bucket<'a, F, Fut>(&'a self, step: F) -> bool
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = bool> + 'a,
+    {
+        use futures_util::StreamExt;
+        // Connected first: the steps' first calls would otherwise race to
+        // connect, all but one would fail at once (one attempt at a time),
+        // and the purge would wait a back-off for nothing.
+        if self.connection().await.is_none() {
+            return false;
+        }
+        // Every step runs to its end, never cut short at the first
+        // failure: a step dropped while it reconnects would leave the
+        // next attempt waiting for a connection that never comes. After
+        // a failure the others fail fast anyway (the tier is off).
+        futures_util::stream::iter(0..self.layout.buckets())
+            .map(step)
+            .buffer_unordered(BUCKET_FANOUT)
+            .fold(true, |all, done| async move { all && done })
+            .await
+    }
+
+    /// Raises a bucket's purge generation; whether Redis did.
+    async fn raise(&self, bucket: usize) -> bool {
+        let generation = self.layout.generation(bucket);
         let raised: Option<i64> = self
             .call(|mut c| async move {
                 redis::cmd("INCR")
@@ -1006,100 +1180,90 @@ impl Tier {
                     .await
             })
             .await;
-        if raised.is_none() {
-            return false;
-        }
-        let prefix = format!("{}:e:", self.cfg.namespace);
-        match purge {
-            Purge::Key(k) => {
-                let rkey = self.entry_key(k);
-                let done: Option<i64> =
-                    self.call(|mut c| async move {
-                        redis::cmd("DEL").arg(&rkey).query_async(&mut c).await
-                    })
-                    .await;
-                done.is_some()
-            }
-            Purge::Tag(t) | Purge::RevalidateTag(t) => {
-                let tkey = format!("{}{t}", self.tag_prefix());
-                let mut inv = self.purge_tag.key(&tkey);
-                inv.arg(PURGE_BATCH);
-                let inv = &inv;
-                // Bounded: writes may tag new entries meanwhile.
-                for _ in 0..10_000 {
-                    let more: Option<i64> = self
-                        .call(|mut c| async move { inv.invoke_async(&mut c).await })
-                        .await;
-                    match more {
-                        Some(1) => {}
-                        Some(_) => return true,
-                        None => return false,
-                    }
-                }
-                true
-            }
-            Purge::Path(p) | Purge::RevalidatePath(p) => {
-                self.scan_delete(&prefix, |k| key::path_of(k) == p).await
-            }
-            Purge::Prefix(p) | Purge::RevalidatePrefix(p) => {
-                self.scan_delete(&prefix, |k| key::path_of(k).starts_with(p.as_str()))
-                    .await
-            }
-            Purge::All => {
-                self.scan_delete(&prefix, |_| true).await
-                    && self.scan_delete(&self.tag_prefix(), |_| true).await
-            }
-        }
+        raised.is_some()
     }
 
-    /// Deletes the keys under `prefix` whose rest `doomed` picks: a SCAN,
-    /// never KEYS, so Redis keeps serving other instances meanwhile.
-    /// Whether it went through to the end.
-    async fn scan_delete(&self, prefix: &str, doomed: impl Fn(&str) -> bool) -> bool {
-        let pattern = format!("{}*", glob_escape(prefix));
-        let mut cursor: u64 = 0;
-        loop {
-            let pattern = &pattern;
-            let page: Option<(u64, Vec<Vec<u8>>)> = self
-                .call(|mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut c)
-                        .await
-                })
+    /// A purge by tag in one bucket, in batches; whether it went through.
+    async fn purge_tag_in(&self, bucket: usize, tag: &str) -> bool {
+        let (index, generation) = (
+            self.layout.tag_index(bucket, tag),
+            self.layout.generation(bucket),
+        );
+        // Bounded: writes may tag new entries meanwhile.
+        for batch in 0..10_000 {
+            let mut inv = self.purge_tag.key(&index);
+            inv.key(&generation)
+                .arg(PURGE_BATCH)
+                .arg(if batch == 0 { "1" } else { "0" });
+            let inv = &inv;
+            let more: Option<i64> = self
+                .call(|mut c| async move { inv.invoke_async(&mut c).await })
                 .await;
-            let Some((next, keys)) = page else {
-                return false;
-            };
-            let keys: Vec<Vec<u8>> = keys
-                .into_iter()
-                .filter(|k| {
-                    std::str::from_utf8(k)
-                        .ok()
-                        .and_then(|k| k.strip_prefix(prefix))
-                        .is_some_and(&doomed)
-                })
-                .collect();
-            if !keys.is_empty() {
-                let keys = &keys;
-                let done: Option<i64> =
-                    self.call(|mut c| async move {
-                        redis::cmd("DEL").arg(keys).query_async(&mut c).await
-                    })
-                    .await;
-                if done.is_none() {
-                    return false;
-                }
+            match more {
+                Some(1) => {}
+                Some(_) => return true,
+                None => return false,
             }
-            if next == 0 {
-                return true;
-            }
-            cursor = next;
         }
+        true
+    }
+
+    /// Deletes the keys of `kind` (`e` entries, `t` tag indexes) whose rest
+    /// (cache key, tag) `doomed` picks, on every master: a SCAN, never
+    /// KEYS, so Redis keeps serving other instances meanwhile. Whether it
+    /// went through to the end.
+    async fn scan_delete(&self, kind: char, doomed: impl Fn(&str) -> bool) -> bool {
+        let pattern = self.layout.pattern(kind);
+        let masters: Option<Vec<Option<(String, u16)>>> =
+            self.call(|mut c| async move { c.masters().await }).await;
+        let Some(masters) = masters.filter(|m| !m.is_empty()) else {
+            return false;
+        };
+        for node in &masters {
+            let node = node.as_ref();
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500);
+                let scan = &scan;
+                let page: Option<(u64, Vec<Vec<u8>>)> = self
+                    .call(|mut c| async move { c.on_node(node, scan).await })
+                    .await;
+                let Some((next, keys)) = page else {
+                    return false;
+                };
+                let keys: Vec<Vec<u8>> = keys
+                    .into_iter()
+                    .filter(|k| {
+                        std::str::from_utf8(k)
+                            .ok()
+                            .and_then(|k| self.layout.parse(k, kind))
+                            .is_some_and(&doomed)
+                    })
+                    .collect();
+                if !keys.is_empty() {
+                    let keys = &keys;
+                    // On a cluster, redis-rs splits a DEL by slot.
+                    let done: Option<i64> = self
+                        .call(|mut c| async move {
+                            redis::cmd("DEL").arg(keys).query_async(&mut c).await
+                        })
+                        .await;
+                    if done.is_none() {
+                        return false;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        true
     }
 
     /// Starts the purge log's follower and the pump, once, if a tokio
@@ -1239,16 +1403,13 @@ async fn follow(shared: Weak<Shared>, tier: Weak<Tier>) {
     let mut known: Option<(String, String)> = None;
     loop {
         let Some(t) = tier.upgrade() else { return };
-        let client = t.cfg.client.clone();
+        let backend = t.cfg.backend.clone();
         let (connect, retry, timeout) = (t.cfg.connect_timeout, t.cfg.retry_after, t.cfg.timeout);
         drop(t);
         // A connection of its own: reads block for up to `FOLLOW_BLOCK`.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(connect)
-            .set_response_timeout(FOLLOW_BLOCK + timeout);
         let conn = tokio::time::timeout(
             connect,
-            client.get_multiplexed_async_connection_with_config(&config),
+            backend.connect_blocking(connect, FOLLOW_BLOCK + timeout),
         )
         .await;
         if let Ok(Ok(mut conn)) = conn {
@@ -1269,13 +1430,13 @@ async fn follow(shared: Weak<Shared>, tier: Weak<Tier>) {
 async fn follow_on(
     shared: &Weak<Shared>,
     tier: &Weak<Tier>,
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Conn,
     known: &mut Option<(String, String)>,
     timeout: Duration,
 ) -> Option<()> {
     loop {
         let t = tier.upgrade()?;
-        let (epoch_key, log_key, id) = (t.epoch_key(), t.log_key(), t.id);
+        let (epoch_key, log_key, id) = (t.layout.epoch(), t.layout.log(), t.id);
         let mut inv = t.log_state.key(&epoch_key);
         inv.key(&log_key).arg(format!("{:016x}", random_id()));
         let state: (String, String, String, String) =
@@ -1435,18 +1596,6 @@ fn variant_id(entry: &Entry) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&buf)
 }
 
-/// Escapes Redis glob characters, so a namespace matches only itself.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1480,6 +1629,45 @@ mod tests {
         assert!(err.to_string().starts_with("invalid Redis URL"), "{err}");
         let tier = RedisTier::new("redis://:secret@127.0.0.1:6379").unwrap();
         assert!(!format!("{tier:?}").contains("secret"));
+    }
+
+    #[test]
+    fn cluster_seeds_are_checked_and_debug_hides_them() {
+        let none: [&str; 0] = [];
+        assert!(RedisTier::cluster(none).is_err());
+        let err = RedisTier::cluster(["redis://127.0.0.1:7000", "http://nope"]).unwrap_err();
+        assert!(err.to_string().starts_with("invalid Redis URL"), "{err}");
+        let err = RedisTier::cluster(["redis://:a@127.0.0.1:7000", "redis://:b@127.0.0.1:7001"]);
+        assert!(err.is_err(), "two passwords");
+        let tier = RedisTier::cluster(["redis://:secret@127.0.0.1:7000"]).unwrap();
+        let debug = format!("{tier:?}");
+        assert!(
+            !debug.contains("secret") && debug.contains("cluster: true"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn keys_for_names_the_single_node_layout_and_one_slot_on_a_cluster() {
+        let one = RedisTier::new("redis://127.0.0.1:6379")
+            .unwrap()
+            .namespace("shop")
+            .keys_for("http://a/x");
+        assert_eq!(one.entry, "shop:e:http://a/x");
+        assert_eq!(one.lock, "shop:l:http://a/x");
+        assert_eq!(one.generation, "shop:g");
+        assert_eq!(one.tag_index("news"), "shop:t:news");
+        assert_eq!(one.log, "shop:s");
+        let many = RedisTier::cluster(["redis://127.0.0.1:7000"])
+            .unwrap()
+            .namespace("shop")
+            .keys_for("http://a/x");
+        let slot = |k: &str| super::super::l2_keys::slot(k.as_bytes());
+        assert!(many.entry.starts_with("{shop:"), "{}", many.entry);
+        for k in [&many.lock, &many.generation, &many.tag_index("news")] {
+            assert_eq!(slot(k), slot(&many.entry), "{k}");
+        }
+        assert_eq!(many.log, "{shop}:s");
     }
 
     #[test]
@@ -1539,10 +1727,5 @@ mod tests {
         assert!(stream_id("10-0") > stream_id("9-5"));
         assert!(stream_id("9-10") > stream_id("9-9"));
         assert_eq!(stream_id("junk"), (0, 0));
-    }
-
-    #[test]
-    fn glob_characters_in_the_namespace_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }

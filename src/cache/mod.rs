@@ -118,7 +118,9 @@
 //! away), and an optional render lock lets one
 //! instance render a page while the others wait for it. Redis being slow
 //! or down never fails a request: every call has a timeout and the cache
-//! goes on with memory alone until it reconnects by itself. Hits are
+//! goes on with memory alone until it reconnects by itself. When one Redis
+//! node is not enough, `RedisTier::cluster` runs the same tier on Redis
+//! Cluster (hash-tagged keys, one slot per script). Hits are
 //! cheapest when the layer wraps the router rather than a handler, since
 //! nothing else runs.
 
@@ -135,6 +137,10 @@ mod handoff;
 mod key;
 #[cfg(feature = "redis")]
 mod l2;
+#[cfg(feature = "redis")]
+mod l2_conn;
+#[cfg(feature = "redis")]
+mod l2_keys;
 mod layer;
 mod observe;
 mod outcome;
@@ -159,7 +165,7 @@ pub use handle::{CacheStats, ResponseCache, ResponseCacheBuilder};
 pub use key::QueryKey;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use l2::{InvalidRedisUrl, RedisTier};
+pub use l2::{InvalidRedisUrl, RedisKeys, RedisTier};
 pub use layer::CacheLayer;
 pub use outcome::CacheOutcome;
 pub use purged::{PurgeError, Purged};

@@ -8,6 +8,12 @@
 //! `tower_ssr_redis` when the variable is set or `redis-server` is on
 //! `PATH`, so without either they are reported as ignored, never passed.
 //! Tests sharing the server keep apart by key namespace.
+//!
+//! Likewise a Redis Cluster ([`cluster_urls`]): the masters named by
+//! `TOWER_SSR_REDIS_CLUSTER_URLS`, or else three of this process's own
+//! ([`Cluster::start`]); tests that need it carry
+//! `#[cfg_attr(not(tower_ssr_redis_cluster), ignore = "...")]`, set when
+//! the variable is set or `redis-server` and `redis-cli` are on `PATH`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
@@ -73,6 +79,12 @@ pub fn free_port() -> u16 {
 /// closes it and the server goes too. Killing the returned child (the
 /// shell) also stops the server. `None` when `redis-server` cannot run.
 pub fn spawn_watched(port: u16, extra: &[&str]) -> Option<Child> {
+    spawn_watched_in(port, extra, None)
+}
+
+/// [`spawn_watched`], and once the server is stopped, `dir` (its working
+/// directory) is removed, even when this process was killed.
+fn spawn_watched_in(port: u16, extra: &[&str], dir: Option<&str>) -> Option<Child> {
     Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -82,7 +94,8 @@ pub fn spawn_watched(port: u16, extra: &[&str]) -> Option<Child> {
         .arg("-c")
         // `cat` returns at end of input; then the server is stopped. A
         // TERM to the shell stops it too.
-        .arg(r#"redis-server "$@" </dev/null & r=$!; trap 'kill $r; exit' TERM INT; cat >/dev/null; kill $r; wait $r"#)
+        .arg(r#"redis-server "$@" </dev/null & r=$!; trap 'kill $r; wait $r; [ -n "$TSR_DIR" ] && rm -rf "$TSR_DIR"; exit' TERM INT; cat >/dev/null; kill $r; wait $r; [ -n "$TSR_DIR" ] && rm -rf "$TSR_DIR""#)
+        .env("TSR_DIR", dir.unwrap_or(""))
         .arg("sh")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -96,7 +109,7 @@ pub fn spawn_watched(port: u16, extra: &[&str]) -> Option<Child> {
 
 /// Whether the server on `port` answers `PING` before it exits or the
 /// patience runs out.
-fn wait_up(port: u16, child: &mut Child) -> bool {
+pub fn wait_up(port: u16, child: &mut Child) -> bool {
     let start = Instant::now();
     while start.elapsed() < START_PATIENCE {
         if answers_ping(port) {
@@ -121,4 +134,206 @@ pub fn answers_ping(port: u16) -> bool {
     }
     let mut buf = [0; 16];
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// The seed URLs of the Redis Cluster the tests share:
+/// `TOWER_SSR_REDIS_CLUSTER_URLS` (comma-separated) when set, else a
+/// cluster of three masters of this process's own, made once (see
+/// [`Cluster::start`]) and stopped when the process ends.
+///
+/// # Panics
+///
+/// When neither is available: a test that needs a cluster must be ignored
+/// (`tower_ssr_redis_cluster` unset), never pass without it.
+pub fn cluster_urls() -> Vec<String> {
+    static URLS: OnceLock<Vec<String>> = OnceLock::new();
+    static OWN: OnceLock<Cluster> = OnceLock::new();
+    URLS.get_or_init(|| match std::env::var("TOWER_SSR_REDIS_CLUSTER_URLS") {
+        Ok(urls) if !urls.trim().is_empty() => urls
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect(),
+        _ => {
+            let cluster = Cluster::start(3);
+            let urls = cluster.urls();
+            let _ = OWN.set(cluster);
+            urls
+        }
+    })
+    .clone()
+}
+
+/// A Redis Cluster of this process's own: masters on free loopback ports,
+/// each in a temporary directory (its `nodes.conf`), no replicas, no
+/// persistence; stopped (and the directories removed) when this is
+/// dropped or the process ends, however it ends.
+pub struct Cluster {
+    /// The masters' ports.
+    pub ports: Vec<u16>,
+    /// The watching shells (see [`spawn_watched`]); dropping one stops
+    /// its node.
+    nodes: Vec<Child>,
+}
+
+impl Cluster {
+    /// Starts `masters` `redis-server --cluster-enabled yes` and joins them
+    /// with `redis-cli --cluster create … --cluster-replicas 0`, then
+    /// waits until every node says `cluster_state:ok`.
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` or `redis-cli` cannot run, or the cluster does
+    /// not form in a few tries.
+    pub fn start(masters: usize) -> Cluster {
+        for _ in 0..3 {
+            if let Some(cluster) = Self::try_start(masters) {
+                return cluster;
+            }
+        }
+        panic!("a redis cluster of {masters} masters did not form in 3 tries");
+    }
+
+    fn try_start(masters: usize) -> Option<Cluster> {
+        let mut cluster = Cluster {
+            ports: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for _ in 0..masters {
+            let port = cluster_port();
+            let dir = std::env::temp_dir()
+                .join(format!("tower-ssr-cluster-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).ok()?;
+            let dir_arg = dir.to_str()?.to_owned();
+            let mut node = spawn_watched_in(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--dir",
+                    &dir_arg,
+                ],
+                Some(&dir_arg),
+            )
+            .expect("redis-server is not on PATH");
+            if !wait_up(port, &mut node) {
+                return None;
+            }
+            cluster.ports.push(port);
+            cluster.nodes.push(node);
+        }
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is not on PATH");
+        if !status.success() {
+            return None;
+        }
+        let start = Instant::now();
+        while start.elapsed() < START_PATIENCE {
+            if cluster
+                .ports
+                .iter()
+                .all(|&p| command(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return Some(cluster);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The seed URLs, one per master.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            // End of input: the watching shell stops the node and removes
+            // its directory.
+            drop(node.stdin.take());
+            let _ = node.wait();
+        }
+    }
+}
+
+/// A free loopback port whose cluster bus port (the port + 10000) is free
+/// and in range too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Sends one command (plain arguments) to the node on `port` and returns
+/// the reply as text (bulk strings whole; enough for `CLUSTER INFO`,
+/// `CLUSTER KEYSLOT`, `DBSIZE`, `EXISTS`). Empty when the node does not
+/// answer.
+pub fn command(port: u16, args: &[&str]) -> String {
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    raw_command(("127.0.0.1", port), &args)
+}
+
+/// Sends one RESP command to `addr` and reads one reply (a bulk string
+/// is read to its end).
+pub fn raw_command(addr: impl std::net::ToSocketAddrs, args: &[&[u8]]) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(START_PATIENCE));
+    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        cmd.extend_from_slice(a);
+        cmd.extend_from_slice(b"\r\n");
+    }
+    if s.write_all(&cmd).is_err() {
+        return String::new();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if reply_complete(&got) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether `got` holds one whole RESP reply of the simple kinds (status,
+/// error, integer, bulk string); other kinds are read as one line.
+fn reply_complete(got: &[u8]) -> bool {
+    let Some(eol) = got.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    if got[0] != b'$' {
+        return true;
+    }
+    let len: i64 = std::str::from_utf8(&got[1..eol])
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(-1);
+    len < 0 || got.len() >= eol + 2 + len as usize + 2
 }
