@@ -24,8 +24,7 @@
 //! is 0 whatever the sub-second phase).
 //!
 //! Cases: `TOWER_SSR_MODEL_CASES` (default 3000), seed `TOWER_SSR_MODEL_SEED`; a failure prints the
-//! shrunk op sequence. `TOWER_SSR_MODEL_KNOWN_FAULTS=1` turns on the
-//! assertions for faults being fixed elsewhere (see `Known`).
+//! shrunk op sequence.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -495,28 +494,6 @@ fn origin(
 
 // ---------------------------------------------------------------- model
 
-/// Assertions for faults known and being fixed on other branches. Off by
-/// default; `TOWER_SSR_MODEL_KNOWN_FAULTS=1` (or `all`, or a comma list of
-/// `select304`) turns them on. The issue 8 §2-§5 gates (`merge304`,
-/// `condsame`, `body`, `transient`) are always on now.
-struct Known {
-    /// §4.3.4: a 304 with a strong validator that no stored response has
-    /// (the stored one has none, or only a weak one) must not update it,
-    /// nor be answered from it.
-    select_304: bool,
-}
-
-impl Known {
-    fn from_env() -> Known {
-        let v = std::env::var("TOWER_SSR_MODEL_KNOWN_FAULTS").unwrap_or_default();
-        let all = v == "1" || v == "all";
-        let on = |n: &str| all || v.split(',').any(|p| p.trim() == n);
-        Known {
-            select_304: on("select304"),
-        }
-    }
-}
-
 /// A render the cache may hold.
 #[derive(Clone, Debug)]
 struct Stored {
@@ -583,7 +560,6 @@ fn vary_names(v: VarySpec) -> &'static [&'static str] {
 
 struct Model {
     stored: Vec<Stored>,
-    known: Known,
 }
 
 /// The request as sent, for the model.
@@ -708,10 +684,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let st = Arc::clone(&state);
     let svc = CacheLayer::new(cache.clone())
         .layer(service_fn(move |req| std::future::ready(origin(&st, &req))));
-    let mut model = Model {
-        stored: Vec::new(),
-        known: Known::from_env(),
-    };
+    let mut model = Model { stored: Vec::new() };
     let start = tokio::time::Instant::now();
     let now = || (tokio::time::Instant::now() - start).as_secs();
 
@@ -849,10 +822,29 @@ fn check(
 ) -> Result<(), String> {
     let status = res.status().as_u16();
     let cs = cache_status(res);
-    if fg.len() > 1 {
+    // §4.3.4: a 304 that selects no stored response updates none, and the
+    // cache sends the request again without validators (RFC 2616
+    // §10.3.5); that second call is the one the client's answer comes from.
+    let sent_again = fg.len() == 2
+        && fg[0].status == 304
+        && fg[1].status != 304
+        // The model does not know which of the key's renders the cache
+        // validated: any the 304 does not select may have been it.
+        && model
+            .stored
+            .iter()
+            .filter(|s| same_key(&s.call, s.call.answer.vary, sent))
+            .any(|s| {
+                // An uncertain merge may have given it another tag.
+                let maybe = s.maybe.iter().filter(|(e, _)| e.is_some());
+                std::iter::once(&s.etag)
+                    .chain(maybe.map(|(e, _)| e))
+                    .any(|etag| !selects(etag, s.call.answer.last_modified, &fg[0]))
+            });
+    if fg.len() > 1 && !sent_again {
         return Err(format!("{} origin calls for one request", fg.len()));
     }
-    let fwd = fg.first();
+    let fwd = fg.last();
     let is_unsafe = *method == Method::POST;
     if is_unsafe && fwd.is_none() {
         return Err("an unsafe method was answered from the cache".into());
@@ -927,9 +919,9 @@ fn check(
                                 // weak tag selects by weak comparison,
                                 // so stored "x" matches W/"x".
                                 || etags_weak_eq(&s.call.etag, &f.etag)
-                                    && (tag_is_weak(&f.etag) || !model.known.select_304)
+                                    && tag_is_weak(&f.etag)
                                 || s.call.etag.is_none()
-                                    && (f.etag.is_none() || !model.known.select_304))
+                                    && f.etag.is_none())
                     })
             });
             if !validated && !allowed.iter().any(|s| s.call.render == c.render) {
@@ -1081,26 +1073,15 @@ fn check(
             continue;
         }
         if call.status == 304 {
-            // §4.3.4: freshen the renders the 304's validator selects.
-            // The cache freshens the render it selected (the most recent of
-            // the key); §4.3.4 also names every other one with the same
-            // strong validator: strictly (select304) they are freshened
-            // too, otherwise they may be either way.
-            let selected = model
-                .stored
-                .iter()
-                .rev()
-                .find(|s| same_key(&s.call, s.call.answer.vary, sent))
-                .map(|s| s.call.render);
+            // §4.3.4: freshen the renders the 304's validator selects (a
+            // strong tag only the same strong tag, a weak one by weak
+            // comparison, none only a render validated by Last-Modified).
             let mut refreshed = Vec::new();
             for s in model.stored.iter_mut() {
                 // A 304 that only answered the client's own conditional, or
                 // an authenticated request, may or may not freshen it.
                 let passthrough = status == 304 || sent.auth;
-                if !model.known.select_304
-                    && (Some(s.call.render) != selected || passthrough)
-                    && s.call.path == call.path
-                {
+                if passthrough && s.call.path == call.path {
                     s.uncertain = true;
                     s.confirmed = false;
                     s.maybe.push((call.etag.clone(), call.answer.last_modified));
@@ -1116,10 +1097,10 @@ fn check(
                         // strong tag. The model used to demand that
                         // for weak ones too.
                         || etags_weak_eq(&s.call.etag, &call.etag)
-                            && (tag_is_weak(&call.etag) || !model.known.select_304)
+                            && tag_is_weak(&call.etag)
                         || s.call.etag.is_none()
                             && s.call.answer.last_modified
-                            && (call.etag.is_none() || !model.known.select_304))
+                            && call.etag.is_none())
                 {
                     refreshed.push(s.call.render);
                     // §3.2: the 304's fields replace the stored ones; the
@@ -1195,6 +1176,16 @@ fn check(
         }
     }
     Ok(())
+}
+
+/// Whether a 304 (`not_modified`) selects the stored render `stored`
+/// under the strict §4.3.4 rules (the same as the update below).
+/// `etag` is the stored render's tag now: a 304 merge may have replaced
+/// its own (§3.2).
+fn selects(etag: &Option<String>, last_modified: bool, not_modified: &Call) -> bool {
+    etag.is_some() && *etag == not_modified.etag
+        || etags_weak_eq(etag, &not_modified.etag) && tag_is_weak(&not_modified.etag)
+        || etag.is_none() && last_modified && not_modified.etag.is_none()
 }
 
 /// Whether an entity tag is weak (`W/"…"`).

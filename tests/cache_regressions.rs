@@ -337,3 +337,120 @@ async fn after_a_failed_leader_one_waiter_takes_over() {
     }
     assert_eq!(origin.calls(), 2, "one take-over, not one call per waiter");
 }
+
+/// An origin whose first answer (stale on arrival) carries `validators`,
+/// whose answers to a conditional request are `304` with `not_modified`,
+/// and whose unconditional answers after the first are a new page `v2`
+/// with `ETag: "n"`.
+fn revalidating_origin(
+    validators: &'static [(&'static str, &'static str)],
+    not_modified: &'static [(&'static str, &'static str)],
+    origin: Seen2,
+) -> Router {
+    Router::new().route(
+        "/p",
+        route(move |headers: HeaderMap| {
+            let origin = origin.clone();
+            async move {
+                let n = origin.record(&headers);
+                let conditional = headers.contains_key("if-none-match")
+                    || headers.contains_key("if-modified-since");
+                let mut res = Response::builder();
+                if n == 1 {
+                    res = res.header("cache-control", "max-age=1").header("age", "5");
+                    for (k, v) in validators {
+                        res = res.header(*k, *v);
+                    }
+                    return res.body(Body::from("v1")).unwrap();
+                }
+                if conditional {
+                    res = res.status(304).header("cache-control", "max-age=60");
+                    for (k, v) in not_modified {
+                        res = res.header(*k, *v);
+                    }
+                    return res.body(Body::empty()).unwrap();
+                }
+                res.header("cache-control", "max-age=60")
+                    .header("etag", "\"n\"")
+                    .body(Body::from("v2"))
+                    .unwrap()
+            }
+        }),
+    )
+}
+
+const LM: (&str, &str) = ("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT");
+
+/// Model finding (issue 8 §11). RFC 9111 §4.3.4: a `304` whose validators
+/// select no stored response updates none, and is no answer for the stored
+/// one: the cache sends the request again without its validators (RFC
+/// 2616 §10.3.5) and serves and stores that answer.
+#[tokio::test]
+async fn a_304_that_selects_no_stored_response_is_followed_by_an_unconditional_request() {
+    let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
+        // Validated by Last-Modified alone; the 304 names a strong tag.
+        (&[LM], &[("etag", "\"n\"")]),
+        // A strong tag selects only the same strong tag.
+        (&[("etag", "W/\"x\"")], &[("etag", "\"x\"")]),
+        (&[("etag", "\"x\"")], &[("etag", "\"y\"")]),
+        // A 304 without a tag selects only a response without one.
+        (&[("etag", "\"x\""), LM], &[]),
+    ];
+    for (validators, not_modified) in cases {
+        let origin = Seen2::default();
+        let (addr, _) = serve_cached(revalidating_origin(
+            validators,
+            not_modified,
+            origin.clone(),
+        ))
+        .await;
+        assert_eq!(text(&get(addr, "/p").await), "v1");
+        let again = get(addr, "/p").await;
+        let case = format!("stored {validators:?}, 304 {not_modified:?}");
+        assert_eq!(text(&again), "v2", "{case}: {again:?}");
+        assert_eq!(origin.calls(), 3, "{case}");
+        let sent = origin.nth(3);
+        assert!(
+            !sent.contains_key("if-none-match") && !sent.contains_key("if-modified-since"),
+            "{case}: sent again with validators {sent:?}"
+        );
+        let hit = get(addr, "/p").await;
+        assert_eq!(text(&hit), "v2", "{case}");
+        assert!(hit.one("cache-status").contains("hit"), "{case}: {hit:?}");
+        assert_eq!(origin.calls(), 3, "{case}");
+    }
+}
+
+/// The other side of §4.3.4: a `304` that selects the stored response
+/// freshens it, and nothing is sent again.
+#[tokio::test]
+async fn a_304_that_selects_the_stored_response_freshens_it() {
+    let cases: &[(&[(&str, &str)], &[(&str, &str)])] = &[
+        (&[("etag", "\"x\"")], &[("etag", "\"x\"")]),
+        // A weak tag selects by weak comparison.
+        (&[("etag", "\"x\"")], &[("etag", "W/\"x\"")]),
+        (&[("etag", "W/\"x\"")], &[("etag", "W/\"x\"")]),
+        (&[LM], &[]),
+    ];
+    for (validators, not_modified) in cases {
+        let origin = Seen2::default();
+        let (addr, _) = serve_cached(revalidating_origin(
+            validators,
+            not_modified,
+            origin.clone(),
+        ))
+        .await;
+        get(addr, "/p").await;
+        let again = get(addr, "/p").await;
+        let case = format!("stored {validators:?}, 304 {not_modified:?}");
+        assert_eq!(text(&again), "v1", "{case}: {again:?}");
+        assert!(
+            again.one("cache-status").contains("fwd-status=304"),
+            "{case}: {again:?}"
+        );
+        assert_eq!(origin.calls(), 2, "{case}");
+        let hit = get(addr, "/p").await;
+        assert!(hit.one("cache-status").contains("hit"), "{case}: {hit:?}");
+        assert_eq!(origin.calls(), 2, "{case}");
+    }
+}

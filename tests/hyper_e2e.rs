@@ -71,3 +71,77 @@ async fn raw_hyper_gone_keeps_no_policy() {
     assert_eq!(res.status, StatusCode::GONE);
     assert!(!res.has("cache-control"));
 }
+
+/// RFC 9111 §4.3.4 with hyper's `Incoming` request body, which the cache
+/// cannot make an empty copy of to send the request again: a `304` that
+/// selects no stored response updates nothing, the client gets what the
+/// 304 vouched for, and the entry is dropped so the next request fetches
+/// the page anew.
+#[tokio::test]
+async fn raw_hyper_a_304_that_selects_nothing_updates_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower_ssr::cache::{CacheLayer, ResponseCache};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let calls = calls.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let conditional = req.headers().contains_key(header::IF_MODIFIED_SINCE);
+            async move {
+                let res = Response::builder();
+                Ok::<_, Infallible>(
+                    match (n, conditional) {
+                        // Stale on arrival, validated by Last-Modified alone.
+                        (1, _) => res
+                            .header("cache-control", "max-age=1")
+                            .header("age", "5")
+                            .header("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT")
+                            .body(Full::new(Bytes::from_static(b"v1"))),
+                        // A strong tag the stored response never had.
+                        (_, true) => res
+                            .status(StatusCode::NOT_MODIFIED)
+                            .header("cache-control", "max-age=60")
+                            .header("etag", "\"n\"")
+                            .body(Full::new(Bytes::new())),
+                        (_, false) => res
+                            .header("cache-control", "max-age=60")
+                            .header("etag", "\"n\"")
+                            .body(Full::new(Bytes::from_static(b"v2"))),
+                    }
+                    .unwrap(),
+                )
+            }
+        })
+    };
+    let cache = ResponseCache::new();
+    let layer = CacheLayer::new(cache);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(layer.layer(origin.clone()));
+            tokio::spawn(async move {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    assert_eq!(&common::get(addr, "/p").await.body[..], b"v1");
+    let vouched = common::get(addr, "/p").await;
+    assert_eq!(&vouched.body[..], b"v1");
+    let status = vouched.one("cache-status");
+    assert!(
+        status.contains("fwd-status=304") && !status.contains("stored"),
+        "{status}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let anew = common::get(addr, "/p").await;
+    assert_eq!(&anew.body[..], b"v2");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let hit = common::get(addr, "/p").await;
+    assert!(hit.one("cache-status").contains("hit"), "{hit:?}");
+}

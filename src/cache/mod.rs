@@ -152,6 +152,7 @@ mod sf;
 mod status;
 mod store;
 mod tee;
+mod validation;
 mod warm;
 
 pub use body::ResponseBody;

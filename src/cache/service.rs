@@ -32,6 +32,7 @@ use super::representation::stored::{choose, Wants};
 use super::status::Fwd;
 use super::store::Variants;
 use super::tee::Pending;
+use super::validation;
 use crate::etag::{not_modified_parts, Condition, Conditionals};
 
 /// Middleware that answers requests from a [`ResponseCache`]; built by
@@ -76,6 +77,23 @@ where
 /// never marks a key uncacheable, and counts as an error for
 /// `stale-if-error` and for the flight's waiters (RFC 9111 §4.3.3 lets a
 /// cache act as if the origin had not answered; RFC 5861 §4).
+/// Awaits the inner service's readiness and calls it, adding the time the
+/// call took to `upstream`.
+async fn send<S, ReqBody, B>(
+    inner: &mut S,
+    req: Request<ReqBody>,
+    upstream: &mut Option<std::time::Duration>,
+) -> Result<Response<B>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>>,
+{
+    ready(inner).await?;
+    let started = Instant::now();
+    let result = inner.call(req).await;
+    *upstream = Some(upstream.unwrap_or_default() + started.elapsed());
+    result
+}
+
 fn transient(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error()
 }
@@ -939,6 +957,7 @@ async fn fetch<S, ReqBody, B>(
 ) -> Result<Response<ResponseBody<B>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<B>>,
+    ReqBody: 'static,
     B: Body<Data = Bytes>,
 {
     let Job {
@@ -972,7 +991,7 @@ where
     if is_head {
         parts.method = Method::GET;
     }
-    let validating = stale
+    let mut validating = stale
         .as_ref()
         .filter(|e| e.etag().is_some() || e.last_modified().is_some())
         .cloned();
@@ -997,17 +1016,32 @@ where
             HeaderValue::from_static("identity"),
         );
     }
-    let request_time = crate::date::monotonic_now();
+    // §4.3.4: the request again without our validators, for a 304 that
+    // selects no stored response (see `validation`).
+    let mut again = validating
+        .as_ref()
+        .and_then(|_| validation::empty_like(&body))
+        .map(|empty| {
+            let mut again = parts.clone();
+            again.headers.remove(IF_NONE_MATCH);
+            again.headers.remove(IF_MODIFIED_SINCE);
+            (again, empty)
+        });
+    let mut request_time = crate::date::monotonic_now();
     let mut upstream = None;
-    let result = match ready(inner).await {
-        Ok(()) => {
-            let started = Instant::now();
-            let result = inner.call(Request::from_parts(parts, body)).await;
-            upstream = Some(started.elapsed());
-            result
+    let mut result = send(inner, Request::from_parts(parts, body), &mut upstream).await;
+    if let (Ok(res), Some(entry)) = (&result, &validating) {
+        if res.status() == StatusCode::NOT_MODIFIED
+            && !validation::selects(entry.etag(), res.headers())
+        {
+            if let Some((again, empty)) = again.take() {
+                tracing::debug!(key = %key, "304 selects no stored response: sent again unconditionally");
+                validating = None;
+                request_time = crate::date::monotonic_now();
+                result = send(inner, Request::from_parts(again, empty), &mut upstream).await;
+            }
         }
-        Err(e) => Err(e),
-    };
+    }
     let now = crate::date::monotonic_now();
     let report = |res, outcome| observe::fetched(&config, res, outcome, upstream, refresh);
     let response_time = (now, SystemTime::now());
@@ -1382,19 +1416,11 @@ fn revalidated<B: Body>(
     wants: &Wants,
 ) -> (Response<ResponseBody<B>>, bool) {
     let now = response_time.0;
-    // §4.3.4: a 304 naming another strong validator selects no stored
-    // response: answer from what we have, and let the next request fetch.
-    let same_tag = match (not_modified.get(http::header::ETAG), entry.etag()) {
-        (Some(a), Some(b)) => {
-            let (a, b) = (
-                crate::etag::ETag::parse(a.as_bytes()),
-                crate::etag::ETag::parse(b.as_bytes()),
-            );
-            matches!((a, b), (Some(a), Some(b)) if a.weak_eq(&b))
-        }
-        _ => true,
-    };
-    if !same_tag {
+    // §4.3.4: a 304 that selects no stored response updates none. `fetch`
+    // sent the request again where it could; where it could not (a body
+    // type it cannot make empty), the client gets what the 304 vouched for
+    // and the next request fetches anew.
+    if !validation::selects(entry.etag(), not_modified) {
         shared.store.remove_variant(key, entry);
         let member = config.fwd_member(fwd, Some(304), false, collapsed);
         return (
