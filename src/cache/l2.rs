@@ -343,6 +343,7 @@ return 1
 /// Replaces field `ARGV[1]` of the entry hash with `ARGV[2]` only if the
 /// value there begins with the same `ARGV[3]` bytes (format and body hash):
 /// the representations made of a body go only where that body still is.
+#[cfg(feature = "compression")]
 const REPLACE_SAME_BODY: &str = r"
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
