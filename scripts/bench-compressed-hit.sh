@@ -10,6 +10,7 @@
 #
 #   bash scripts/bench-compressed-hit.sh            # 5 rounds of 10 s each
 #   ROUNDS=7 DURATION=5s bash scripts/bench-compressed-hit.sh
+#   IDENTITY=1 bash scripts/bench-compressed-hit.sh  # also an identity hit of ours per round
 #
 # Needs nginx and wrk. Pinning: both servers on CPU 0 (one nginx worker,
 # one tower-ssr runtime thread), renderer and wrk on CPU 1. Besides req/s
@@ -161,9 +162,11 @@ nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")"; cat "$work/nginx.pid"; }
 
 run() { # run ROUND NAME URL PIDS...: prints "ROUND NAME req/s cpu_us_per_req"
   local round=$1 name=$2 url=$3; shift 3
-  local before after out rps reqs
+  local before after out rps reqs ae=$AE
+  # The identity row: the same entry, asked without Accept-Encoding.
+  [ "$name" = tower-ssr-id ] && ae=identity
   before=$(cpu_ticks "$@")
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" -H "Accept-Encoding: $AE" "$url")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" -H "Accept-Encoding: $ae" "$url")
   after=$(cpu_ticks "$@")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -188,6 +191,7 @@ for r in $(seq 1 "$ROUNDS"); do
     # shellcheck disable=SC2046
     run "$r" nginx-gz1 "http://$NGINX1/page" $(nginx_pids)
   fi
+  [ -n "${IDENTITY:-}" ] && run "$r" tower-ssr-id "http://$OURS/page" "$ours_pid"
 done
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -203,6 +207,11 @@ awk '{ rps[$1, $2] = $3; cpu[$1, $2] = $5; if ($1 > n) n = $1 }
     sort(t, n); sort(c, n)
     printf "throughput ratio: median %.2fx, range %.2f-%.2fx\n", median(t, n), t[1], t[n]
     printf "CPU-per-hit ratio: median %.2fx, range %.2f-%.2fx\n", median(c, n), c[1], c[n]
+    if ((1, "tower-ssr-id") in cpu) {
+      for (r = 1; r <= n; r++) i[r] = cpu[r, "tower-ssr"] / cpu[r, "tower-ssr-id"]
+      sort(i, n)
+      printf "CPU per br hit / identity hit (tower-ssr): median %.2fx, range %.2f-%.2fx\n", median(i, n), i[1], i[n]
+    }
   }' "$work/results"
 
 size() { # size URL CODING [curl args...]: bytes of the body as sent
