@@ -95,12 +95,25 @@ async fn render(
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
     }
     let kb: usize = q.get("kb").map_or(1, |k| k.parse().unwrap());
-    let body = format!("<p>{pq}</p>")
-        .into_bytes()
-        .into_iter()
-        .cycle()
-        .take(kb * 1024)
-        .collect::<Vec<u8>>();
+    let body = if q.contains_key("noise") {
+        // Random lowercase letters: text that compresses to about 0.6.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..kb * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b'a' + (x % 26) as u8
+            })
+            .collect::<Vec<u8>>()
+    } else {
+        format!("<p>{pq}</p>")
+            .into_bytes()
+            .into_iter()
+            .cycle()
+            .take(kb * 1024)
+            .collect::<Vec<u8>>()
+    };
     let ttl = q.get("ttl").map_or("60", String::as_str);
     let swr = q
         .get("swr")
@@ -378,9 +391,12 @@ async fn a_value_of_another_format_version_or_garbage_is_a_miss(setup: Setup) {
     assert!(ca.redis_ready(PATIENCE).await);
 
     let key = setup.keys(&ns, "http://shop.example/v").entry;
-    // Version 99 of our magic, then plain garbage.
+    // Version 99 of our magic, plain garbage, and a value of version 1
+    // (an older release, during a rolling deploy).
     setup.resp(&[b"HSET", key.as_bytes(), b"f1", b"TSR\x63rest"]);
     setup.resp(&[b"HSET", key.as_bytes(), b"f2", b"<html>"]);
+    let old = crafted_v1(60, 0, 60_000, b"from an older release");
+    setup.resp(&[b"HSET", key.as_bytes(), b"f3", &old]);
     let seen = get(a, "/v").await;
     assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
     assert_eq!(origin.renders("/v"), 1);
@@ -388,9 +404,20 @@ async fn a_value_of_another_format_version_or_garbage_is_a_miss(setup: Setup) {
     assert_eq!((s.l2_misses, s.l2_errors), (1, 0));
 }
 
-/// A value in this crate's format (version 1) with the given freshness
+/// A value in this crate's format (version 2) with the given freshness
 /// fields, as another writer could leave it in Redis.
 fn crafted(lifetime: u64, initial_age: u64, keep_for_ms: u64, body: &[u8]) -> Vec<u8> {
+    let v1 = crafted_v1(lifetime, initial_age, keep_for_ms, body);
+    let mut v = b"TSR\x02".to_vec();
+    v.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_be_bytes());
+    v.extend_from_slice(&v1[4..]);
+    v.push(0); // no representations
+    v
+}
+
+/// The same in the format of version 1 (before representations), as an
+/// instance of an older release leaves it.
+fn crafted_v1(lifetime: u64, initial_age: u64, keep_for_ms: u64, body: &[u8]) -> Vec<u8> {
     let mut v = b"TSR\x01".to_vec();
     v.extend_from_slice(&200u16.to_be_bytes());
     v.push(2); // HTTP/1.1
@@ -1313,3 +1340,131 @@ async fn on_a_cluster_purges_reach_pages_on_every_master_and_the_other_instance(
     assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
     assert_eq!(origin.renders(&pages[5]), 3);
 }
+
+/// `Accept-Encoding` as a browser sends it, and the public host.
+async fn get_coded(addr: SocketAddr, path: &str, ae: &str) -> Seen {
+    tokio::time::timeout(
+        PATIENCE,
+        get_with(
+            addr,
+            path,
+            &[("host", "shop.example"), ("accept-encoding", ae)],
+        ),
+    )
+    .await
+    .expect("a request hung")
+}
+
+#[cfg(feature = "compression")]
+fn decoded(seen: &Seen) -> Vec<u8> {
+    let body = &seen.body[..];
+    let mut out = Vec::new();
+    match seen
+        .headers
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap())
+    {
+        None => out.extend_from_slice(body),
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        Some("br") => {
+            brotli::Decompressor::new(body, 4096)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        Some("zstd") => out = zstd::decode_all(body).unwrap(),
+        Some(other) => panic!("{other}"),
+    }
+    out
+}
+
+#[cfg(feature = "compression")]
+async fn representations_made_on_one_instance_are_served_by_the_other_uncompressed_again(
+    setup: Setup,
+) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("reprs", setup, false).await;
+    let path = "/posts/9?kb=30";
+    let first = get_coded(a, path, "gzip, deflate, br, zstd").await;
+    let page = first.body.clone();
+    assert!(
+        !first.has("content-encoding"),
+        "identity until the codings are made"
+    );
+    // The codings are made on A and go to Redis in a second write.
+    tokio::time::timeout(PATIENCE, async {
+        while !get_coded(a, path, "br").await.has("content-encoding") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A never made br");
+    eventually("the codings reach redis", || {
+        ca.stats().l2_representation_writes == 1
+    })
+    .await;
+    assert_eq!(ca.stats().l2_writes, 1);
+
+    // B never stored the page: its first answer comes from Redis, already
+    // in br (B made nothing: its own job would leave the first answer in
+    // identity), and the other codings are at hand too.
+    let from_redis = get_coded(b, path, "gzip, deflate, br, zstd").await;
+    assert!(from_redis.one("cache-status").ends_with("; detail=redis"));
+    assert_eq!(from_redis.one("content-encoding"), "br");
+    assert_eq!(
+        from_redis.one("content-length"),
+        from_redis.body.len().to_string()
+    );
+    assert!(from_redis.body.len() * 3 < page.len());
+    assert_eq!(decoded(&from_redis), page);
+    for coding in ["zstd", "gzip"] {
+        let seen = get_coded(b, path, coding).await;
+        assert_eq!(seen.one("content-encoding"), coding);
+        assert_eq!(decoded(&seen), page, "{coding}");
+    }
+    let plain = get_coded(b, path, "").await;
+    assert!(!plain.has("content-encoding"));
+    assert_eq!(plain.body, page);
+    assert_eq!(origin.renders(path), 1);
+    assert_eq!(cb.stats().l2_writes, 0, "B wrote nothing back");
+}
+
+#[cfg(feature = "compression")]
+async fn representations_over_the_size_cap_leave_the_identity_value(setup: Setup) {
+    let ns = namespace("reprs-cap");
+    let origin = Origin::default();
+    // 30 KB of identity fits; with br, zstd and gzip beside it (each about
+    // 0.6 of random letters), it does not.
+    let tier = || setup.tier(&ns).max_value_bytes(40 * 1024);
+    let (a, ca) = instance(&origin, tier()).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+    let path = "/capped?kb=30&noise";
+    let page = get_coded(a, path, "br").await.body;
+    tokio::time::timeout(PATIENCE, async {
+        while !get_coded(a, path, "br").await.has("content-encoding") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A never made br");
+    let s = ca.stats();
+    assert_eq!(
+        (s.l2_writes, s.l2_representation_writes),
+        (1, 0),
+        "only the identity value"
+    );
+    let from_redis = get_coded(b, path, "br").await;
+    assert!(from_redis.one("cache-status").ends_with("; detail=redis"));
+    assert!(!from_redis.has("content-encoding"), "B makes its own");
+    assert_eq!(from_redis.body, page);
+    assert_eq!(origin.renders(path), 1);
+}
+
+#[cfg(feature = "compression")]
+on_both!(
+    representations_made_on_one_instance_are_served_by_the_other_uncompressed_again,
+    representations_over_the_size_cap_leave_the_identity_value,
+);

@@ -28,6 +28,10 @@ use tower_ssr::cache::{CacheLayer, Compression, ResponseCache};
 struct Origin {
     calls: Arc<AtomicUsize>,
     accept_encoding: Arc<Mutex<Vec<Option<String>>>>,
+    /// Each request's `Range` and `If-Range`, as received.
+    ranges: Arc<Mutex<Vec<(Option<String>, Option<String>)>>>,
+    /// `/slow` answers once notified here.
+    gate: Arc<tokio::sync::Notify>,
 }
 
 impl Origin {
@@ -64,6 +68,72 @@ async fn render(State(origin): State<Origin>, req: Request) -> Response {
             .get("accept-encoding")
             .map(|v| v.to_str().unwrap().to_owned()),
     );
+    // Read now: the request is not `Sync`, so no borrow of it may live
+    // across an await.
+    let (range, if_range) = {
+        let text = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        (text("range"), text("if-range"))
+    };
+    origin
+        .ranges
+        .lock()
+        .unwrap()
+        .push((range.clone(), if_range));
+    match req.uri().path() {
+        // Never storable; answers a `Range` itself (one `first-last`).
+        "/private" => {
+            let page = page();
+            let builder = Response::builder()
+                .header("content-type", "text/html")
+                .header("cache-control", "private, max-age=600")
+                .header("etag", "\"p1\"");
+            if let Some(range) = range {
+                let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+                let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                return builder
+                    .status(206)
+                    .header("content-range", format!("bytes {a}-{b}/{}", page.len()))
+                    .body(Body::from(page.slice(a..=b)))
+                    .unwrap();
+            }
+            return builder.body(Body::from(page)).unwrap();
+        }
+        // A broken origin: a 206 to every request, `Range` or not.
+        "/always-206" => {
+            let page = page();
+            return Response::builder()
+                .status(206)
+                .header("content-type", "text/html")
+                .header("cache-control", "public, max-age=600")
+                .header("content-range", format!("bytes 0-9/{}", page.len()))
+                .body(Body::from(page.slice(0..10)))
+                .unwrap();
+        }
+        // Streamed, of unknown length, in three chunks.
+        "/stream" => {
+            let page = page();
+            let chunks = [
+                page.slice(..7000),
+                page.slice(7000..15000),
+                page.slice(15000..),
+            ];
+            let stream = tokio_stream::iter(chunks.map(Ok::<_, std::io::Error>));
+            return Response::builder()
+                .header("content-type", "text/html")
+                .header("cache-control", "public, max-age=600")
+                .header("etag", "\"v1\"")
+                .body(Body::from_stream(stream))
+                .unwrap();
+        }
+        "/slow" => {
+            origin.gate.notified().await;
+        }
+        _ => {}
+    }
     if req.uri().path() == "/revalidated" {
         let n = origin.calls();
         let builder = Response::builder()
@@ -465,4 +535,239 @@ async fn ranges_are_cut_from_the_stored_identity() {
     assert_eq!(several.status, StatusCode::OK);
     assert_eq!(several.body, page);
     assert_eq!(site.origin.calls(), 1);
+}
+
+/// What the origin received as `Range` on each call.
+fn ranges_seen(origin: &Origin) -> Vec<Option<String>> {
+    origin
+        .ranges
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(r, _)| r.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_range_miss_fetches_the_whole_stores_it_and_cuts_the_range() {
+    let site = compressing().await;
+    let page = page();
+    let len = page.len();
+    let cases: [(&str, &str, Option<std::ops::Range<usize>>); 5] = [
+        ("/first", "bytes=0-99", Some(0..100)),
+        ("/last", "bytes=100-", Some(100..len)),
+        ("/suffix", "bytes=-50", Some(len - 50..len)),
+        ("/unsatisfiable", "bytes=999999-", None),
+        // Streamed with no length: read whole, stored, then cut.
+        ("/stream", "bytes=7990-8009", Some(7990..8010)),
+    ];
+    for (round, (path, value, want)) in cases.iter().enumerate() {
+        for visit in ["miss", "hit"] {
+            let seen = site
+                .send(
+                    Method::GET,
+                    path,
+                    &[
+                        ("accept-encoding", "gzip, deflate, br, zstd"),
+                        ("range", value),
+                    ],
+                )
+                .await;
+            let status = seen.one("cache-status");
+            if visit == "miss" {
+                assert!(
+                    status.contains("fwd=uri-miss") && status.contains("stored"),
+                    "{path}: {status}"
+                );
+            } else {
+                assert!(status.contains("hit"), "{path}: {status}");
+            }
+            match want {
+                Some(want) => {
+                    assert_eq!(seen.status, StatusCode::PARTIAL_CONTENT, "{path} {visit}");
+                    assert_eq!(seen.body, page.slice(want.clone()), "{path} {visit}");
+                    assert_eq!(
+                        seen.one("content-range"),
+                        format!("bytes {}-{}/{len}", want.start, want.end - 1)
+                    );
+                    assert_eq!(seen.one("content-length"), want.len().to_string());
+                }
+                None => {
+                    assert_eq!(
+                        seen.status,
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "{path} {visit}"
+                    );
+                    assert_eq!(seen.one("content-range"), format!("bytes */{len}"));
+                    assert!(seen.body.is_empty());
+                }
+            }
+            assert!(!seen.has("content-encoding"), "ranges come from identity");
+        }
+        assert_eq!(site.origin.calls(), round + 1, "{path}: one origin call");
+        // What was stored is the whole page, for every client.
+        let whole = site.get(path, "").await;
+        assert_eq!(whole.status, StatusCode::OK);
+        assert_eq!(whole.body, page, "{path}");
+        assert_eq!(site.origin.calls(), round + 1);
+    }
+    assert!(
+        ranges_seen(&site.origin).iter().all(Option::is_none),
+        "the origin was asked for the whole every time"
+    );
+}
+
+#[tokio::test]
+async fn if_range_on_a_miss_is_checked_against_the_whole_response() {
+    let site = compressing().await;
+    let page = page();
+    let held = site
+        .send(
+            Method::GET,
+            "/held",
+            &[("range", "bytes=0-9"), ("if-range", "\"v1\"")],
+        )
+        .await;
+    assert_eq!(held.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(held.body, page.slice(0..10));
+    let changed = site
+        .send(
+            Method::GET,
+            "/changed",
+            &[("range", "bytes=0-9"), ("if-range", "\"v0\"")],
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "If-Range fails: the whole");
+    assert_eq!(changed.body, page);
+    assert!(changed.one("cache-status").contains("stored"));
+    assert_eq!(site.origin.calls(), 2);
+    // Neither field reached the origin, and both pages are stored.
+    let seen = site.origin.ranges.lock().unwrap().clone();
+    assert_eq!(seen, vec![(None, None), (None, None)]);
+    for path in ["/held", "/changed"] {
+        assert!(site.get(path, "").await.one("cache-status").contains("hit"));
+    }
+    assert_eq!(site.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_unstorable_response_lets_the_origin_answer_the_range() {
+    let site = compressing().await;
+    let page = page();
+    // First seen: asked whole (it might have been storable), not stored,
+    // and the range cut from the stream on its way through.
+    let first = site
+        .send(Method::GET, "/private", &[("range", "bytes=10-19")])
+        .await;
+    assert_eq!(first.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(first.body, page.slice(10..20));
+    assert_eq!(
+        first.one("content-range"),
+        format!("bytes 10-19/{}", page.len())
+    );
+    assert!(!first.one("cache-status").contains("stored"));
+    // Now known to be uncacheable: the client's `Range` goes through, and
+    // the origin's own 206 comes back.
+    let second = site
+        .send(Method::GET, "/private", &[("range", "bytes=20-29")])
+        .await;
+    assert_eq!(second.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(second.body, page.slice(20..30));
+    assert_eq!(
+        ranges_seen(&site.origin),
+        vec![None, Some("bytes=20-29".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_206_is_never_stored() {
+    let site = compressing().await;
+    let page = page();
+    for (n, range) in [Some("bytes=0-9"), None, Some("bytes=0-9")]
+        .into_iter()
+        .enumerate()
+    {
+        let headers: &[(&str, &str)] = match range {
+            Some(r) => &[("range", r)],
+            None => &[],
+        };
+        let seen = site.send(Method::GET, "/always-206", headers).await;
+        assert_eq!(seen.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(seen.body, page.slice(0..10));
+        assert!(!seen.one("cache-status").contains("stored"));
+        assert!(!seen.one("cache-status").contains("hit"));
+        assert_eq!(
+            site.origin.calls(),
+            n + 1,
+            "every request goes to the origin"
+        );
+    }
+    assert_eq!(site.cache.stats().stores, 0);
+}
+
+/// Sends `first`, waits until it reached the origin, sends `second`, waits
+/// until it joined the flight, then lets the origin answer.
+async fn coalesced(
+    site: &Site,
+    first: &[(&'static str, &'static str)],
+    second: &[(&'static str, &'static str)],
+) -> (Seen, Seen) {
+    let send = |headers: Vec<(&'static str, &'static str)>| {
+        let (client, addr) = (site.client.clone(), site.addr);
+        tokio::spawn(async move {
+            let mut req = http::Request::get(format!("http://{addr}/slow"));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let res = client
+                .request(req.body(Empty::new()).unwrap())
+                .await
+                .unwrap();
+            let (parts, body) = res.into_parts();
+            Seen {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.collect().await.unwrap().to_bytes(),
+            }
+        })
+    };
+    let leader = send(first.to_vec());
+    common::until("the leader reaches the origin", || site.origin.calls() == 1).await;
+    let waiter = send(second.to_vec());
+    common::until("the second request waits for the first", || {
+        site.cache.stats().coalesced == 1
+    })
+    .await;
+    site.origin.gate.notify_one();
+    (leader.await.unwrap(), waiter.await.unwrap())
+}
+
+#[tokio::test]
+async fn a_range_and_a_full_get_share_one_origin_call_either_way() {
+    let page = page();
+    for range_leads in [false, true] {
+        let site = compressing().await;
+        let ranged: &[(&str, &str)] = &[("range", "bytes=5-14")];
+        let full: &[(&str, &str)] = &[("accept-encoding", "br")];
+        let (a, b) = if range_leads {
+            coalesced(&site, ranged, full).await
+        } else {
+            coalesced(&site, full, ranged).await
+        };
+        let (part, whole) = if range_leads { (a, b) } else { (b, a) };
+        assert_eq!(
+            part.status,
+            StatusCode::PARTIAL_CONTENT,
+            "range leads: {range_leads}"
+        );
+        assert_eq!(part.body, page.slice(5..15));
+        assert_eq!(
+            part.one("content-range"),
+            format!("bytes 5-14/{}", page.len())
+        );
+        assert_eq!(whole.status, StatusCode::OK);
+        assert_eq!(whole.body, page, "the whole, identity until br is made");
+        assert_eq!(site.origin.calls(), 1);
+        assert_eq!(ranges_seen(&site.origin), vec![None]);
+    }
 }

@@ -60,6 +60,17 @@ pin_project! {
             // Where the rest goes if this body is dropped unfinished.
             detach: Option<Detach<B>>,
         },
+        Slice {
+            // A whole response that is not being stored, of which only
+            // bytes `skip..skip + left` go to the client: a range cut from
+            // what the miss path fetched without `Range` (RFC 9110 §14).
+            // Boxed: the rare case, and the type is recursive.
+            body: Pin<Box<ResponseBody<B>>>,
+            // Bytes still to drop before the range starts.
+            skip: u64,
+            // Bytes of the range still to send.
+            left: u64,
+        },
         Replay {
             // Chunks read while trying to store the response, sent first.
             buffered: VecDeque<Bytes>,
@@ -81,6 +92,7 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
             Kind::Stream { .. } => "Stream",
             Kind::Tee { .. } => "Tee",
             Kind::Replay { .. } => "Replay",
+            Kind::Slice { .. } => "Slice",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
@@ -132,6 +144,37 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn detach_on_drop(&mut self, f: Detach<B>) {
         if let Kind::Tee { detach, .. } = &mut self.kind {
             *detach = Some(f);
+        }
+    }
+
+    /// Whether this body stores the response as it streams: it must then
+    /// be read to its end, so it is never cut short for a range.
+    pub(crate) fn is_tee(&self) -> bool {
+        matches!(self.kind, Kind::Tee { .. })
+    }
+
+    /// Bytes `start..start + len` of this body (a range, RFC 9110 §14): a
+    /// stored body is sliced in place (`start + len` within it, as `range::
+    /// plan` ensures); a streamed one drops what comes before `start` and
+    /// ends after `len` bytes, dropping the rest unread. Never called on a
+    /// [tee](Self::is_tee).
+    pub(crate) fn slice(self, start: u64, len: u64) -> Self {
+        if let Kind::Stored { data } = &self.kind {
+            let data = data.as_ref().map_or_else(Bytes::new, |d| {
+                let from = usize::try_from(start).unwrap_or(usize::MAX).min(d.len());
+                let to = from
+                    .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
+                    .min(d.len());
+                d.slice(from..to)
+            });
+            return Self::stored(data);
+        }
+        ResponseBody {
+            kind: Kind::Slice {
+                body: Box::pin(self),
+                skip: start,
+                left: len,
+            },
         }
     }
 
@@ -215,6 +258,31 @@ where
                 }
                 Poll::Ready(frame)
             }
+            KindProj::Slice { body, skip, left } => loop {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                match std::task::ready!(body.as_mut().poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        // Trailers belong to the whole; a range has none.
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        let n = data.len() as u64;
+                        if *skip >= n {
+                            *skip -= n;
+                            continue;
+                        }
+                        // Both below `n`, a usize.
+                        let from = *skip as usize;
+                        let take = (n - *skip).min(*left) as usize;
+                        *skip = 0;
+                        *left -= take as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(data.slice(from..from + take)))));
+                    }
+                    other => return Poll::Ready(other),
+                }
+            },
             KindProj::Replay {
                 buffered,
                 error,
@@ -238,6 +306,7 @@ where
         match &self.kind {
             Kind::Stored { data } => data.is_none(),
             Kind::Stream { body } => body.is_end_stream(),
+            Kind::Slice { left, .. } => *left == 0,
             Kind::Tee { buffered, body, .. } => {
                 buffered.is_empty() && body.as_ref().map_or(true, |b| b.is_end_stream())
             }
@@ -259,6 +328,7 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Stream { body } => body.size_hint(),
+            Kind::Slice { left, .. } => SizeHint::with_exact(*left),
             Kind::Tee { buffered, body, .. } => {
                 let have: u64 = buffered.iter().map(|b| b.len() as u64).sum();
                 let h = body
@@ -295,5 +365,45 @@ where
                 out
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+
+    fn chunked(parts: &[&'static str]) -> ResponseBody<Empty<Bytes>> {
+        let chunks = parts.iter().map(|p| Bytes::from_static(p.as_bytes()));
+        ResponseBody::replay(chunks.collect(), None, None)
+    }
+
+    async fn read(body: ResponseBody<Empty<Bytes>>) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_slice_crosses_chunks_and_ends_at_its_length() {
+        let cases: &[(u64, u64, &str)] = &[
+            (2, 5, "cdefg"),
+            (7, 3, "hij"),
+            (0, 10, "abcdefghij"),
+            (3, 1, "d"),
+            (9, 1, "j"),
+        ];
+        for (start, len, want) in cases {
+            let body = chunked(&["abc", "defg", "hij"]).slice(*start, *len);
+            assert_eq!(body.size_hint().exact(), Some(*len));
+            assert_eq!(read(body).await, want.as_bytes(), "{start}+{len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_slice_is_cut_in_place() {
+        let body: ResponseBody<Empty<Bytes>> =
+            ResponseBody::stored(Bytes::from_static(b"abcdefghij"));
+        let part = body.slice(4, 3);
+        assert!(matches!(part.kind, Kind::Stored { .. }));
+        assert_eq!(read(part).await, "efg".as_bytes());
     }
 }

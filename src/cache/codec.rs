@@ -10,6 +10,16 @@
 //! nothing in another process. What RFC 9111 §4.2.3 needs to compute
 //! `current_age` later is kept: the corrected initial age and the
 //! response time; the reader adds the time since as resident time.
+//!
+//! Version 2 (issue 9) keeps the representations the cache made beside the
+//! body (br, zstd, gzip: each coding's bytes; their header maps are made
+//! again from the stored headers on reading), so an instance that finds
+//! the entry in Redis serves them without compressing anything. A version
+//! 1 value reads as a miss; the next render writes it anew. Right after
+//! the magic and version comes an xxh3-64 of the body: a value is only
+//! ever replaced by one holding the same body (see [`SAME_BODY`]), and a
+//! value whose body does not match it (a torn or corrupted write) is a
+//! miss.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,11 +28,24 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode, Version};
 
 use super::entry::{weigh, Entry, Freshness};
+use super::representation::coding::Coding;
+use super::representation::stored::{headers_for, Made, Representations};
 use crate::directives::DELTA_MAX;
 
 /// `TSR` then the format version; bump the version on any layout change.
 const MAGIC: &[u8; 3] = b"TSR";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// The leading bytes two values share when they hold the same body in the
+/// same format: magic, version and the body's hash. The Redis tier
+/// replaces a value with one that adds representations only when these
+/// match, so a purge or a new render in between is never undone.
+// Used by the compression job's write; kept in the layout without it.
+#[cfg_attr(not(feature = "compression"), allow(dead_code))]
+pub(crate) const SAME_BODY: usize = MAGIC.len() + 1 + 8;
+
+/// At most this many representations beside the body: every other coding.
+const MAX_MADE: usize = Coding::ALL.len() - 1;
 
 /// The longest `keep_for` a decoded entry may claim: three capped deltas.
 const KEEP_MAX: Duration = Duration::from_secs(3 << 31);
@@ -36,9 +59,13 @@ const F_PLACEHOLDER: u8 = 1 << 4;
 /// Encodes `entry` as of `now` (monotonic) / `wall` (the same instant on
 /// the wall clock).
 pub(crate) fn encode(entry: &Entry, now: Instant, wall: SystemTime) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entry.body.len() + 64 + entry.headers.len() * 48);
+    let made = entry.reprs.as_ref().map_or(&[][..], |r| &r.made[..]);
+    let made = &made[..made.len().min(MAX_MADE)];
+    let made_len: usize = made.iter().map(|m| m.body.len() + 5).sum();
+    let mut out = Vec::with_capacity(entry.body.len() + made_len + 64 + entry.headers.len() * 48);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
+    put_u64(&mut out, body_hash(&entry.body));
     out.extend_from_slice(&entry.status.as_u16().to_be_bytes());
     out.push(match entry.version {
         Version::HTTP_09 => 0,
@@ -104,7 +131,33 @@ pub(crate) fn encode(entry: &Entry, now: Instant, wall: SystemTime) -> Vec<u8> {
         put_bytes(&mut out, t.as_bytes());
     }
     put_bytes(&mut out, &entry.body);
+    match &entry.reprs {
+        None => out.push(0),
+        Some(reprs) => {
+            out.push(1);
+            out.push(coding_byte(reprs.origin));
+            out.push(made.len() as u8);
+            for m in made {
+                out.push(coding_byte(m.coding));
+                put_bytes(&mut out, &m.body);
+            }
+        }
+    }
     out
+}
+
+/// The hash that ties a value to its body (see [`SAME_BODY`]).
+fn body_hash(body: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(body)
+}
+
+fn coding_byte(c: Coding) -> u8 {
+    // At most 4: fits.
+    c.index() as u8
+}
+
+fn coding_of(b: u8) -> Option<Coding> {
+    Coding::ALL.get(usize::from(b)).copied()
 }
 
 /// Decodes a value written by [`encode`] as of `now` / `wall`; `None` for
@@ -114,6 +167,7 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     if r.take(3)? != MAGIC || r.u8()? != VERSION {
         return None;
     }
+    let hash = r.u64()?;
     let status = StatusCode::from_u16(r.u16()?).ok()?;
     let version = match r.u8()? {
         0 => Version::HTTP_09,
@@ -169,13 +223,46 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     let body_len = r.len()?;
     let start = r.at;
     r.take(body_len)?;
-    if r.at != bytes.len() {
+    let made = match r.u8()? {
+        0 => None,
+        1 => {
+            let origin = coding_of(r.u8()?)?;
+            let n = usize::from(r.u8()?);
+            if n > MAX_MADE {
+                return None;
+            }
+            let mut made: Vec<(Coding, &[u8])> = Vec::with_capacity(n);
+            for _ in 0..n {
+                let coding = coding_of(r.u8()?)?;
+                if coding == origin || made.iter().any(|(c, _)| *c == coding) {
+                    return None;
+                }
+                made.push((coding, r.bytes()?));
+            }
+            Some((origin, made))
+        }
+        _ => return None,
+    };
+    if r.at != bytes.len() || body_hash(&bytes[start..start + body_len]) != hash {
         return None;
     }
     // Copied out: a slice would keep the whole value read from Redis (and
     // its spare room) alive with the entry.
     let body = super::entry::owned_body(&[bytes.slice(start..start + body_len)]);
     let headers = super::entry::owned_headers(&headers);
+    // Each header map made from the stored one, as the compression job
+    // makes it; the bytes exact-size, as it keeps them.
+    let reprs = made.map(|(origin, made)| Representations {
+        origin,
+        made: made
+            .into_iter()
+            .map(|(coding, body)| Made {
+                coding,
+                headers: headers_for(&headers, origin, coding, body.len()),
+                body: Bytes::copy_from_slice(body),
+            })
+            .collect(),
+    });
 
     // Time since the response was received, on this machine's clock; a
     // clock behind the writer's counts as none. `checked_add`: a hostile
@@ -193,7 +280,8 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     };
     let vary: Box<[_]> = vary.into_boxed_slice();
     let tags: Box<[_]> = tags.into_boxed_slice();
-    let weight = weigh(&headers, body.len(), &vary, &tags, extra.as_deref());
+    let weight = weigh(&headers, body.len(), &vary, &tags, extra.as_deref())
+        .saturating_add(reprs.as_ref().map_or(0, Representations::weight));
     Some(Entry {
         status,
         version,
@@ -215,7 +303,7 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
         },
         tags,
         auth_ok: flags & F_AUTH_OK != 0,
-        reprs: None,
+        reprs: reprs.map(std::sync::Arc::new),
         weight,
     })
 }
@@ -356,6 +444,106 @@ mod tests {
         assert_eq!(back.fresh.keep_for, e.fresh.keep_for);
     }
 
+    /// `sample()` with br and gzip made of its body (made-up bytes: the
+    /// codec does not look inside them).
+    fn with_codings() -> Entry {
+        let e = sample();
+        let made = [
+            (Coding::Br, &b"br-bytes"[..]),
+            (Coding::Gzip, b"gzip-bytes!"),
+        ]
+        .into_iter()
+        .map(|(coding, body)| Made {
+            coding,
+            body: Bytes::from_static(body),
+            headers: headers_for(&e.headers, Coding::Identity, coding, body.len()),
+        })
+        .collect();
+        let reprs = Representations {
+            origin: Coding::Identity,
+            made,
+        };
+        let mut e = e;
+        e.weight += reprs.weight();
+        e.reprs = Some(std::sync::Arc::new(reprs));
+        e
+    }
+
+    #[test]
+    fn representations_survive_the_round_trip_with_their_headers() {
+        let e = with_codings();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let back = decode(&Bytes::from(encode(&e, now, wall)), now, wall).unwrap();
+        let (want, got) = (e.reprs.as_ref().unwrap(), back.reprs.as_ref().unwrap());
+        assert_eq!(got.origin, Coding::Identity);
+        assert_eq!(got.made.len(), 2);
+        for (w, g) in want.made.iter().zip(got.made.iter()) {
+            assert_eq!(
+                (g.coding, &g.body, &g.headers),
+                (w.coding, &w.body, &w.headers)
+            );
+        }
+        assert_eq!(got.made[0].headers["etag"], "\"v1-br\"");
+        assert_eq!(back.weight, e.weight, "the codings are weighed");
+        assert_eq!(back.body, e.body);
+    }
+
+    #[test]
+    fn values_of_the_same_body_share_their_leading_bytes() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let plain = encode(&sample(), now, wall);
+        let coded = encode(&with_codings(), now, wall);
+        assert_eq!(plain[..SAME_BODY], coded[..SAME_BODY]);
+        let mut other = sample();
+        other.body = Bytes::from_static(b"<h1>another page</h1>");
+        assert_ne!(encode(&other, now, wall)[..SAME_BODY], plain[..SAME_BODY]);
+    }
+
+    #[test]
+    fn a_body_that_does_not_match_its_hash_is_a_miss() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut v = encode(&sample(), now, wall);
+        let body = b"<h1>page</h1>";
+        let at = v.windows(body.len()).position(|w| w == body).unwrap();
+        v[at + 1] = b'p';
+        assert!(decode(&Bytes::from(v), now, wall).is_none());
+    }
+
+    #[test]
+    fn a_duplicate_or_unknown_coding_is_a_miss() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let v = encode(&with_codings(), now, wall);
+        // The representations section: flag, origin, count, then each
+        // coding byte and its length-prefixed bytes.
+        let tail = 3 + (1 + 4 + 8) + (1 + 4 + 11);
+        let section = v.len() - tail;
+        assert_eq!(&v[section..section + 3], &[1, 0, 2]);
+        let br = section + 3;
+        for (byte, what) in [
+            (1, "gzip twice"),
+            (0, "identity beside identity"),
+            (9, "unknown"),
+        ] {
+            let mut bad = v.clone();
+            bad[br] = byte;
+            assert!(decode(&Bytes::from(bad), now, wall).is_none(), "{what}");
+        }
+        let mut many = v;
+        many[section + 2] = 5;
+        assert!(decode(&Bytes::from(many), now, wall).is_none());
+    }
+
+    #[test]
+    fn a_version_1_value_is_a_miss() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let v = encode(&sample(), now, wall);
+        // What version 1 wrote: no hash, no representations section.
+        let mut old = v[..3].to_vec();
+        old.push(1);
+        old.extend_from_slice(&v[SAME_BODY..v.len() - 1]);
+        assert!(decode(&Bytes::from(old), now, wall).is_none());
+    }
+
     #[test]
     fn time_spent_in_the_tier_counts_as_age() {
         let e = sample();
@@ -396,9 +584,9 @@ mod tests {
         let e = sample();
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut v = encode(&e, now, wall);
-        // magic+version, status, version, flags, stored_ms: then the
+        // magic+version, body hash, status, version, flags, stored_ms: then the
         // lifetime, the initial age, swr and sie (each flagged) and keep_for.
-        let at = 4 + 2 + 1 + 1 + 8;
+        let at = 4 + 8 + 2 + 1 + 1 + 8;
         v[at..at + 8].copy_from_slice(&(1u64 << 63).to_be_bytes());
         v[at + 8..at + 16].copy_from_slice(&u64::MAX.to_be_bytes());
         v[at + 17..at + 25].copy_from_slice(&u64::MAX.to_be_bytes());

@@ -85,6 +85,7 @@ pub(crate) struct Counters {
     pub(crate) l2_errors: AtomicU64,
     pub(crate) l2_timeouts: AtomicU64,
     pub(crate) l2_writes: AtomicU64,
+    pub(crate) l2_representation_writes: AtomicU64,
     pub(crate) remote_purges: AtomicU64,
     /// The store-level metrics (size, evictions, purges, Redis), named by
     /// the last `CacheLayer::cache_name` over this cache. Off the hit
@@ -228,6 +229,10 @@ pub struct CacheStats {
     pub l2_timeouts: u64,
     /// Entries written to Redis.
     pub l2_writes: u64,
+    /// Entries written to Redis again with the representations made of
+    /// their body (br, zstd, gzip; feature `compression`), over the value
+    /// already counted in `l2_writes`.
+    pub l2_representation_writes: u64,
     /// Purges heard from other instances through the Redis purge log and applied
     /// to this one's memory.
     pub remote_purges: u64,
@@ -404,6 +409,7 @@ impl ResponseCache {
             l2_errors: c.l2_errors.load(Relaxed),
             l2_timeouts: c.l2_timeouts.load(Relaxed),
             l2_writes: c.l2_writes.load(Relaxed),
+            l2_representation_writes: c.l2_representation_writes.load(Relaxed),
             remote_purges: c.remote_purges.load(Relaxed),
             bytes: s.store.bytes(),
             entries: s.store.entries(),
@@ -462,6 +468,19 @@ impl Shared {
         }
         #[cfg(not(feature = "redis"))]
         let _ = (key, entry, lead);
+    }
+
+    /// Gives the shared tier, when there is one, `entry` with the
+    /// representations just made of its body (see
+    /// `l2::Tier::write_representations`).
+    #[cfg(feature = "compression")]
+    pub(crate) fn representations_l2(&self, key: &str, entry: &Entry) {
+        #[cfg(feature = "redis")]
+        if let Some(tier) = &self.l2 {
+            tier.write_representations(key, entry);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = (key, entry);
     }
 
     /// Queues a purge for Redis and every other instance, when there is a

@@ -459,6 +459,19 @@ end
 return 1
 ";
 
+/// Replaces field `ARGV[1]` of the entry hash with `ARGV[2]` only if the
+/// value there begins with the same `ARGV[3]` bytes (format and body hash):
+/// the representations made of a body go only where that body still is.
+#[cfg(feature = "compression")]
+const REPLACE_SAME_BODY: &str = r"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local n = tonumber(ARGV[3])
+if not old or string.sub(old, 1, n) ~= string.sub(ARGV[2], 1, n) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
 /// The purge generation (`KEYS[2]`), then the variants of an entry key no
 /// larger than `ARGV[1]` bytes. Another
 /// type under the key (another program's, or an older layout of ours) is
@@ -1043,6 +1056,45 @@ impl Tier {
                 None => {}
             }
             drop(lock);
+        });
+    }
+
+    /// Puts `entry`, whose representations were just made (br, zstd,
+    /// gzip), in place of the value written for it at store time, so that
+    /// other instances serve them without compressing (fire and forget).
+    /// Only over a value holding the same body (see `codec::SAME_BODY`):
+    /// a purge or a new render since then wins, and the key's TTL and tag
+    /// index stay as that write set them. Not when the value would be over
+    /// the size cap: the identity-only value stays.
+    #[cfg(feature = "compression")]
+    pub(crate) fn write_representations(self: &Arc<Self>, key: &str, entry: &Entry) {
+        static REPLACE: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let value = codec::encode(entry, crate::date::monotonic_now(), SystemTime::now());
+        if value.len() > self.cfg.max_value {
+            tracing::debug!(
+                key,
+                bytes = value.len(),
+                "representations too large for the redis tier"
+            );
+            return;
+        }
+        let field = format!("{:016x}", variant_id(entry));
+        let rkey = self.layout.entry(key);
+        let tier = Arc::clone(self);
+        rt.spawn(async move {
+            let script = REPLACE.get_or_init(|| Script::new(REPLACE_SAME_BODY));
+            let mut inv = script.key(&rkey);
+            inv.arg(&field).arg(value).arg(codec::SAME_BODY);
+            let inv = &inv;
+            let done: Option<i64> = tier
+                .call(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await;
+            if done == Some(1) {
+                Counters::bump(&tier.counters.l2_representation_writes);
+            }
         });
     }
 

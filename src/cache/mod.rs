@@ -52,6 +52,8 @@
 //! | GET, another request for the key stalls past [`lock_timeout`](CacheLayer::lock_timeout) (5 s) | the waiter goes inward alone, its response not stored; a `stale-while-revalidate` refresh past that limit is dropped | `fwd=uri-miss; collapsed=?0` |
 //! | GET, stored for other `Vary` values | as a miss; variants live side by side | `fwd=vary-miss` |
 //! | GET, stale or `no-cache` entry | revalidated inward with `If-None-Match` / `If-Modified-Since`; a 304 refreshes the stored headers and the stored body is sent | `fwd=stale; fwd-status=304; stored` |
+//! | GET with `Range`, fresh entry | `206` with one range, `416` when none is satisfiable, the whole when `If-Range` fails or the ranges are several (RFC 9110 §14); cut from identity when the client accepts it | `hit; ttl=N` |
+//! | GET with `Range`, nothing stored | as nginx's `proxy_cache`: asked inward without `Range` and `If-Range`, read whole (up to [`max_body`](CacheLayer::max_body)) and stored when storable, then the range is cut from it; a response not storable has the range cut as it streams through (or is sent whole when its length is unknown), and once the key is remembered uncacheable the client's `Range` goes inward as sent; a `206` from inward is passed on, never stored | `fwd=uri-miss; stored` |
 //! | GET, stale within `stale-while-revalidate` | served at once; one background refresh per key | `hit; ttl=-N` |
 //! | GET, stale, inner error or 500/502/503/504, within `stale-if-error` | the stale copy | `fwd=stale; fwd-status=503` |
 //! | GET with `no-cache`, `max-age=0` or `Pragma: no-cache` | revalidated (unless [`ignore_client_no_cache`](CacheLayer::ignore_client_no_cache)) | `fwd=request` |

@@ -156,6 +156,10 @@ struct Job<ReqBody> {
     /// The client's `Accept-Encoding` and `no-transform`, read before the
     /// request is rewritten for the inner service.
     wants: Wants,
+    /// A GET's `Range` and `If-Range`, taken off the request so that the
+    /// inner service sends the whole response (which may be stored); the
+    /// client's range is cut from it (see `miss`).
+    range: Option<HeaderMap>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
@@ -340,6 +344,7 @@ where
                                 has_auth,
                                 refresh: true,
                                 wants: Wants::default(),
+                                range: None,
                             };
                             refresh_in_background(self.inner.clone(), job, lead);
                         }
@@ -374,9 +379,9 @@ where
         // stored for later GETs and HEADs, and the HEAD gets its head, so a
         // HEAD carries the validators and length the GET would, cached or
         // not (a content ETag made from an empty HEAD body would differ).
-        // Ranges and origin-only preconditions (RFC 9111 §4.3.2) go inward
-        // untouched.
-        if present.any(Present::RANGE | Present::ORIGIN_CONDITIONAL) {
+        // Origin-only preconditions (RFC 9111 §4.3.2) go inward untouched,
+        // with any `Range` beside them.
+        if present.any(Present::ORIGIN_CONDITIONAL) {
             let member = config.fwd_member(fwd, None, false, None);
             let req = Request::from_parts(parts, body);
             let pass = pass(inner, req, member);
@@ -386,7 +391,8 @@ where
         let flight_key = flight_key(&key, extra.as_deref());
         if stale.is_none() && shared.is_uncacheable(&flight_key) {
             // Just seen uncacheable: straight through, as if there were no
-            // cache, without queueing or copying anything for a store.
+            // cache, without queueing or copying anything for a store. A
+            // `Range` goes too: the origin answers it.
             let member = config.fwd_member(fwd, None, false, None);
             let req = Request::from_parts(parts, body);
             let shared = Arc::clone(shared);
@@ -394,11 +400,17 @@ where
             let fwd = forward_uncacheable(inner, req, member, config, shared, flight_key);
             return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Miss, fwd)));
         }
+        // A range miss asks for the whole (as nginx's `proxy_cache` does):
+        // what comes back may be stored, and the range is cut from it.
+        let range = take_range(&mut parts.headers, is_head);
+        let mut wants = Wants::from_headers(&parts.headers);
+        wants.range = range.is_some();
         let job = Job {
             config: Arc::clone(&self.config),
             shared: Arc::clone(shared),
             conditionals: Conditionals::from_request(&parts.method, &parts.headers),
-            wants: Wants::from_headers(&parts.headers),
+            wants,
+            range,
             is_head,
             flight_key,
             parts,
@@ -441,6 +453,73 @@ fn owned_key(config: &Config, parts: &Parts) -> String {
 fn checked_key(config: &Config, parts: &Parts) -> Option<String> {
     let mut key = String::with_capacity(64);
     write_uri_key(&mut key, &parts.uri, &parts.headers, config.query).then_some(key)
+}
+
+/// Takes `Range` and `If-Range` off a request that has a `Range`: for a
+/// GET, returned to be applied to the whole response (RFC 9110 §14); for a
+/// HEAD, dropped (§14.2: range handling is defined for GET only). A lone
+/// `If-Range` is left alone (§13.1.5 has it ignored).
+fn take_range(headers: &mut HeaderMap, is_head: bool) -> Option<HeaderMap> {
+    if !headers.contains_key(RANGE) {
+        return None;
+    }
+    let mut range = HeaderMap::new();
+    for name in [RANGE, IF_RANGE] {
+        if let http::header::Entry::Occupied(e) = headers.entry(name.clone()) {
+            for v in e.remove_entry_mult().1 {
+                range.append(name.clone(), v);
+            }
+        }
+    }
+    (!is_head).then_some(range)
+}
+
+/// The range a GET asked for, cut from the whole response the miss path
+/// got for it (RFC 9110 §14; the client's `Range` and `If-Range` in
+/// `range`): `206` with one range, `416` when none is satisfiable, the
+/// response as it is otherwise: another status than 200 (a 304 is never
+/// cut, §13.2.2), `If-Range` not matching its validators, several or
+/// malformed ranges, a length not known from its head, or a body being
+/// stored as it streams (which must be read whole; the miss path reads a
+/// ranged response whole first, so this is only a safeguard). A `206` is
+/// allowed from any representation, so one in a coding is cut as it is.
+fn cut<B: Body<Data = Bytes>>(
+    res: Response<ResponseBody<B>>,
+    range: &HeaderMap,
+) -> Response<ResponseBody<B>> {
+    use super::representation::range::{content_range, plan, unsatisfied_range, RangePlan};
+    if res.status() != StatusCode::OK || res.body().is_tee() {
+        return res;
+    }
+    let declared = || {
+        let mut all = res.headers().get_all(CONTENT_LENGTH).iter();
+        let one = all.next()?;
+        all.next()
+            .is_none()
+            .then(|| one.to_str().ok()?.trim().parse::<u64>().ok())?
+    };
+    let Some(len) = res.body().size_hint().exact().or_else(declared) else {
+        return res;
+    };
+    let (mut head, body) = res.into_parts();
+    match plan(&Method::GET, range, head.status, &head.headers, len) {
+        RangePlan::Full => Response::from_parts(head, body),
+        RangePlan::Partial { start, end } => {
+            let n = end - start + 1;
+            head.status = StatusCode::PARTIAL_CONTENT;
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            head.headers
+                .insert(CONTENT_RANGE, content_range(start, end, len));
+            Response::from_parts(head, body.slice(start, n))
+        }
+        RangePlan::Unsatisfiable => {
+            head.status = StatusCode::RANGE_NOT_SATISFIABLE;
+            head.headers
+                .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+            head.headers.insert(CONTENT_RANGE, unsatisfied_range(len));
+            Response::from_parts(head, ResponseBody::empty())
+        }
+    }
 }
 
 fn as_get(mut parts: Parts) -> Parts {
@@ -596,19 +675,24 @@ fn wants_for(entry: &Entry, headers: &HeaderMap) -> Wants {
     }
 }
 
-/// A response from an entry the shared tier had (`detail=redis`).
+/// A response from an entry the shared tier had (`detail=redis`);
+/// `job` is the miss's: its `wants` say whether a range is to be cut (from
+/// identity, where acceptable).
 #[cfg(feature = "redis")]
-fn l2_hit<B: Body>(
-    config: &Config,
+fn l2_hit<B: Body, ReqBody>(
+    job: &Job<ReqBody>,
     entry: &Entry,
-    parts: &Parts,
     now: Instant,
 ) -> Response<ResponseBody<B>> {
-    let conditionals = Conditionals::from_request(&parts.method, &parts.headers);
-    let member = super::status::hit_detail(&config.name, entry.fresh.ttl(now), "redis");
-    let is_head = parts.method == Method::HEAD;
-    let wants = wants_for(entry, &parts.headers);
-    from_entry(entry, is_head, conditionals.as_ref(), &wants, member, now)
+    let member = super::status::hit_detail(&job.config.name, entry.fresh.ttl(now), "redis");
+    from_entry(
+        entry,
+        job.is_head,
+        job.conditionals.as_ref(),
+        &job.wants,
+        member,
+        now,
+    )
 }
 
 /// Forwards a request untouched and streams the response back.
@@ -744,8 +828,33 @@ fn invalidate(shared: &Shared, key: &str) {
     shared.forget_uncacheable(key);
 }
 
-/// The miss path: coalesce with other requests for the key, or lead.
+/// The miss path: coalesce with other requests for the key, or lead; then,
+/// for a GET with `Range`, the range is cut from the whole response (the
+/// leader's, a stored one, or one passed through), as nginx's
+/// `proxy_cache` does: a leader and a waiter with and without `Range`
+/// share one origin call, and each gets its own answer.
 async fn miss<S, ReqBody, B>(
+    inner: S,
+    mut job: Job<ReqBody>,
+) -> Result<Response<ResponseBody<B>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Send + 'static,
+{
+    let range = job.range.take();
+    let response = coalesce(inner, job).await?;
+    Ok(match &range {
+        Some(range) => cut(response, range),
+        None => response,
+    })
+}
+
+/// Joins the flight for the key, or leads it.
+async fn coalesce<S, ReqBody, B>(
     mut inner: S,
     #[cfg_attr(not(feature = "redis"), allow(unused_mut))] mut job: Job<ReqBody>,
 ) -> Result<Response<ResponseBody<B>>, S::Error>
@@ -783,8 +892,17 @@ where
                         let now = crate::date::monotonic_now();
                         if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
                             lead.finish(Outcome::Stored);
-                            let present = Present::scan(&job.parts.headers);
-                            let response = hit(&job.config, entry, &job.parts, present, now);
+                            // As `hit`, from what the job read of the
+                            // request (its `Range` is taken off already).
+                            let member = job.config.hit_member(entry.fresh.ttl(now));
+                            let response = from_entry(
+                                entry,
+                                job.is_head,
+                                job.conditionals.as_ref(),
+                                &job.wants,
+                                member,
+                                now,
+                            );
                             return Ok(seen(&job.config, response, Hit, None));
                         }
                     }
@@ -832,7 +950,7 @@ where
                                     lead.finish(Outcome::NotStorable);
                                 }
                                 let now = crate::date::monotonic_now();
-                                let response = l2_hit(&job.config, &entry, &job.parts, now);
+                                let response = l2_hit(&job, &entry, now);
                                 return Ok(seen(&job.config, response, Hit, None));
                             }
                             // Not usable as is: validate it like a stale
@@ -976,6 +1094,7 @@ where
         refresh,
         is_head,
         wants,
+        range: _,
     } = job;
     let finish = |lead: Option<Lead>, outcome: Outcome| {
         if let Some(lead) = lead {
@@ -1224,8 +1343,11 @@ where
     // responses): an origin that sets `Content-Length` has the body at hand,
     // and one that then breaks off gets a 502 however the close races its
     // first bytes (issue 8 §8). Bigger ones stream.
+    // A range is cut from the whole too (see `miss`): only a stored body
+    // can be cut without reading the rest for the store.
     let whole = conditionals.is_some()
         || is_head
+        || wants.range
         || declared.is_some_and(|n| n <= WHOLE_BELOW)
         || hint.exact().is_some_and(|n| n <= WHOLE_BELOW);
     let read = if !fits {

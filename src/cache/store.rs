@@ -310,16 +310,17 @@ impl Store {
     /// replaced it with the same body (a 304 freshened it, RFC 9111
     /// §4.3.4, sharing the body's bytes) and nothing made yet: same slot,
     /// same standing. Nothing when neither is stored any more: a purge,
-    /// an eviction or a new response in between wins. Whether it was
-    /// replaced (not when the variants would then outweigh the whole tier).
+    /// an eviction or a new response in between wins. The entry put in
+    /// its place, if any (none when the variants would then outweigh the
+    /// whole tier).
     #[cfg(feature = "compression")]
     pub(crate) fn replace_variant(
         &self,
         key: &str,
         old: &Arc<Entry>,
         with: impl FnOnce(&Entry) -> Entry,
-    ) -> bool {
-        let mut replaced = false;
+    ) -> Option<Arc<Entry>> {
+        let mut replaced = None;
         self.map.entry_by_ref(key).and_compute_with(|current| {
             let Some(current) = current else {
                 return moka::ops::compute::Op::Nop;
@@ -338,13 +339,14 @@ impl Store {
             else {
                 return moka::ops::compute::Op::Nop;
             };
-            slot.entry = Arc::new(with(&slot.entry));
+            let new = Arc::new(with(&slot.entry));
+            slot.entry = Arc::clone(&new);
             let clock = current.clock.load(Relaxed);
             let variants = Variants::new(slots, clock, current.seen.clone(), key.len());
             if u64::from(variants.weight) > self.max_bytes {
                 return moka::ops::compute::Op::Nop;
             }
-            replaced = true;
+            replaced = Some(new);
             moka::ops::compute::Op::Put(Arc::new(variants))
         });
         replaced
@@ -513,13 +515,13 @@ mod tests {
         store.sync();
         let before = store.bytes();
         assert!(with_gzip(&old).weight > old.weight + 5000);
-        assert!(store.replace_variant("k", &old, with_gzip));
+        assert!(store.replace_variant("k", &old, with_gzip).is_some());
         store.sync();
         assert!(store.bytes() >= before + 5000, "the codings are weighed");
         let got = store.get("k").unwrap();
         assert!(got.list[0].reprs.is_some());
         // Done once: the old one is gone and the new one has its codings.
-        assert!(!store.replace_variant("k", &old, with_gzip));
+        assert!(store.replace_variant("k", &old, with_gzip).is_none());
 
         // Freshened by a 304 meanwhile (same body bytes): that one gets them.
         let old = entry(b"page");
@@ -528,14 +530,14 @@ mod tests {
         freshened.reprs = None;
         let freshened = Arc::new(freshened);
         assert!(store.insert("r", Arc::clone(&freshened)));
-        assert!(store.replace_variant("r", &old, with_gzip));
+        assert!(store.replace_variant("r", &old, with_gzip).is_some());
         assert!(store.get("r").unwrap().list[0].reprs.is_some());
 
         // Purged in between: the job's entry is not stored back.
         let old = entry(b"page");
         assert!(store.insert("p", Arc::clone(&old)));
         assert!(store.remove("p"));
-        assert!(!store.replace_variant("p", &old, with_gzip));
+        assert!(store.replace_variant("p", &old, with_gzip).is_none());
         assert!(store.get("p").is_none());
 
         // A newer response in between wins.
@@ -543,7 +545,7 @@ mod tests {
         assert!(store.insert("n", Arc::clone(&old)));
         let newer = entry(b"newer");
         assert!(store.insert("n", Arc::clone(&newer)));
-        assert!(!store.replace_variant("n", &old, with_gzip));
+        assert!(store.replace_variant("n", &old, with_gzip).is_none());
         assert!(Arc::ptr_eq(&store.get("n").unwrap().list[0], &newer));
     }
 
@@ -552,7 +554,7 @@ mod tests {
         let old = entry(b"page");
         let store = Store::new((old.weight + 1000) as u64, || {});
         assert!(store.insert("k", Arc::clone(&old)));
-        assert!(!store.replace_variant("k", &old, with_gzip));
+        assert!(store.replace_variant("k", &old, with_gzip).is_none());
         assert!(Arc::ptr_eq(&store.get("k").unwrap().list[0], &old));
     }
 }

@@ -2,7 +2,9 @@
 //! the blocking pool and the entry is stored again with them beside it, so
 //! the store's weight counts them. Until then, and if the pool is full or
 //! the entry was purged or replaced meanwhile, requests get what exists
-//! (the identity body): nothing waits for a job.
+//! (the identity body): nothing waits for a job. With a Redis tier the
+//! entry is written there again with its codings, over the value of the
+//! same body written at store time.
 
 use std::sync::Arc;
 
@@ -68,17 +70,29 @@ impl Compressor {
                 return;
             }
             // The entry itself, or the one a 304 freshened it into since
-            // (same body, newer headers: the codings take those).
+            // (same body, newer headers: the codings take those), or one a
+            // revalidation marked stale.
+            let mut own = false;
             let with = |current: &Entry| {
-                let reprs = if std::ptr::eq(current, &*entry) {
+                own = std::ptr::eq(current, &*entry);
+                let reprs = if own {
                     reprs
                 } else {
                     reprs.rebase(&current.headers)
                 };
                 current.with_representations(Arc::new(reprs))
             };
-            if shared.store.replace_variant(&key, &entry, with) {
+            if let Some(stored) = shared.store.replace_variant(&key, &entry, with) {
                 tracing::debug!(key = %key, "representations stored");
+                // Other instances get them too, made once for all: over
+                // the value written when this entry was stored. Not for
+                // an entry changed since: a stale mark must not reach
+                // Redis (a revalidation removed the shared copy, and the
+                // refresh writes the new one), nor a 304's freshening
+                // overwrite what another instance wrote since.
+                if own {
+                    shared.representations_l2(&key, &stored);
+                }
             }
         });
         if let Err(why) = queued {

@@ -8,6 +8,10 @@
 //! asked for by anything but download managers, which cope with a `200`.
 //! A `Range` that is malformed, in another unit, or with more than
 //! [`MAX_RANGES`] members is ignored the same way.
+//!
+//! On a miss the cache asks inward for the whole response (without `Range`
+//! or `If-Range`, as nginx's `proxy_cache` does), stores it when it may,
+//! and cuts the client's range from it with the same [`plan`].
 
 use std::time::SystemTime;
 
