@@ -304,7 +304,7 @@ pub(crate) fn pick<T, C, B>(
     key: Option<u64>,
     tried: &[EndpointId],
     req: Request<B>,
-    spare: Option<&mut Option<Box<Request<B>>>>,
+    spare: Option<&mut Option<Request<B>>>,
 ) -> Result<(Attempt, C::Service, Request<B>), Request<B>>
 where
     C: Connect<T, B>,
@@ -354,7 +354,7 @@ where
             }
             if let Some(spare) = spare {
                 if snap.states.len() > 1 {
-                    *spare = copy_request(&inner.config.retries, &req).map(Box::new);
+                    *spare = copy_request(&inner.config.retries, &req);
                 }
             }
             let (svc, req) = inner.connect.connect(&snap.values[i], req);
@@ -390,7 +390,34 @@ where
             let key = config.key.extract(&parts);
             (Request::from_parts(parts, body), key)
         };
-        let retries = &config.retries;
+        self.call_with_key(req, key)
+    }
+}
+
+impl<T, C> Balance<T, C> {
+    /// The strategy key of a request head, as [`Service::call`] computes it.
+    pub(crate) fn key_of(&self, parts: &http::request::Parts) -> Option<u64> {
+        let key = &self.inner.config.key;
+        if key.is_none() {
+            None
+        } else {
+            key.extract(parts)
+        }
+    }
+
+    /// [`Service::call`] with the key already taken from the request (by
+    /// [`key_of`](Self::key_of)), so the caller may strip what only the
+    /// key needed before the request is copied for retries.
+    pub(crate) fn call_with_key<B>(
+        &mut self,
+        req: Request<B>,
+        key: Option<u64>,
+    ) -> ResponseFuture<T, C, B>
+    where
+        C: Connect<T, B>,
+        B: 'static,
+    {
+        let retries = &self.inner.config.retries;
         retries.deposit();
         // Keep a copy for retries only when one could happen: idempotent
         // method, replayable body (and, checked in `pick`, more than one

@@ -456,8 +456,16 @@ where
                 Ok(b) => b,
                 Err(status) => return Ok(status_response(status)),
             };
+            // The key reads the request as prepared (forwarding headers of
+            // untrusted peers removed), then the client's address, which
+            // only `prepare_request` and the key read, is dropped: the
+            // upstream never sees extensions, and the balancer's copy of
+            // the request for retries then clones no extension map (three
+            // allocations per request with only `ClientAddr` in it).
+            let key = balance.key_of(&parts);
+            strip_client_addr(&mut parts.extensions);
             let req = Request::from_parts(parts, body);
-            let res = match balance.call(req).await {
+            let res = match balance.call_with_key(req, key).await {
                 Ok(res) => res,
                 Err(ProxyError::Timeout) => {
                     return Ok(status_response(StatusCode::GATEWAY_TIMEOUT))
@@ -481,6 +489,18 @@ where
             remove_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, body))
         })
+    }
+}
+
+/// Removes [`ClientAddr`](crate::balance::ClientAddr), and the whole
+/// extension map when that was all it held.
+fn strip_client_addr(ext: &mut http::Extensions) {
+    if ext.len() == 1 {
+        if ext.get::<crate::balance::ClientAddr>().is_some() {
+            *ext = http::Extensions::new();
+        }
+    } else {
+        ext.remove::<crate::balance::ClientAddr>();
     }
 }
 
