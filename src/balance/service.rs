@@ -79,11 +79,12 @@ pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
         parts.path_and_query = Some(PathAndQuery::from_static("*"));
         return Uri::from_parts(parts).unwrap_or_else(|_| uri.clone());
     }
-    let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let base_path = base.path().trim_end_matches('/');
     let pq = if base_path.is_empty() {
-        PathAndQuery::try_from(req_pq).ok()
+        // A clone shares the bytes: no copy, no second validation.
+        uri.path_and_query().cloned()
     } else {
+        let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()
     };
     parts.path_and_query = pq.or_else(|| Some(PathAndQuery::from_static("/")));
