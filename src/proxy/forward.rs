@@ -170,6 +170,12 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+// Constants, so that the names are checked at compile time: a
+// `from_static` in a function body validates its string on every call
+// (about 140 instructions each, three per request).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Whether a field is hop-by-hop by itself (those a `Connection` field
 /// lists are found through `Connection`, which is one of these).
@@ -266,7 +272,7 @@ pub(super) fn prepare_request(
     }
     match settings.forwarding {
         ForwardingHeaders::XForwarded => {
-            let xff = HeaderName::from_static("x-forwarded-for");
+            let xff = X_FORWARDED_FOR;
             if let Some(ip) = peer {
                 // A trusted peer's list is kept and our hop appended:
                 // upstreams read it from the right with their own trusted
@@ -278,11 +284,11 @@ pub(super) fn prepare_request(
                     parts.headers.insert(xff, ip_value(ip));
                 }
             }
-            let xfp = HeaderName::from_static("x-forwarded-proto");
+            let xfp = X_FORWARDED_PROTO;
             if !(trusted && parts.headers.contains_key(&xfp)) {
                 parts.headers.insert(xfp, settings.proto.clone());
             }
-            let xfh = HeaderName::from_static("x-forwarded-host");
+            let xfh = X_FORWARDED_HOST;
             if let Some(h) = &host {
                 if !(trusted && parts.headers.contains_key(&xfh)) {
                     parts.headers.insert(xfh, h.clone());
