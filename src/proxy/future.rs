@@ -64,7 +64,9 @@ impl fmt::Debug for ForwardFuture {
             ForwardKind::Plain { .. } => "plain",
             ForwardKind::Boxed { .. } => "with body",
         };
-        f.debug_struct("ForwardFuture").field("kind", &kind).finish()
+        f.debug_struct("ForwardFuture")
+            .field("kind", &kind)
+            .finish()
     }
 }
 
@@ -192,9 +194,7 @@ pub(super) fn relay(
         // The client's own body failed or stalled, as in the buffered
         // path (RFC 9110 §15.5.1, §15.5.9).
         Err(ProxyError::RequestBody(_)) => return status_response(StatusCode::BAD_REQUEST),
-        Err(ProxyError::RequestBodyTimeout) => {
-            return status_response(StatusCode::REQUEST_TIMEOUT)
-        }
+        Err(ProxyError::RequestBodyTimeout) => return status_response(StatusCode::REQUEST_TIMEOUT),
         Err(_) => return status_response(StatusCode::BAD_GATEWAY),
     };
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
