@@ -397,6 +397,7 @@ where
 
 impl<T, C> Balance<T, C> {
     /// The strategy key of a request head, as [`Service::call`] computes it.
+    #[cfg(feature = "proxy")]
     pub(crate) fn key_of(&self, parts: &http::request::Parts) -> Option<u64> {
         let key = &self.inner.config.key;
         if key.is_none() {
