@@ -7,6 +7,9 @@
 #
 #   bash scripts/bench-proxy.sh            # 5 rounds of 10 s each
 #   ROUNDS=5 DURATION=10s bash scripts/bench-proxy.sh
+#   SCHEME=h2c bash scripts/bench-proxy.sh   # tower-ssr to the renderers over
+#                                            # HTTP/2 prior knowledge (the
+#                                            # others stay on HTTP/1.1)
 #
 # Needs nginx and wrk (apt-get install -y nginx wrk). Pinning: both proxies
 # on CPU 0 (one nginx worker, one tower-ssr runtime thread), renderers and
@@ -22,6 +25,7 @@ BYTES=${BYTES:-8192}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 BASE_PORT=${BASE_PORT:-27100}
+SCHEME=${SCHEME:-http}
 OURS=127.0.0.1:$((BASE_PORT + 80))
 NGINX=127.0.0.1:$((BASE_PORT + 81))
 MINIMAL=127.0.0.1:$((BASE_PORT + 82))
@@ -56,7 +60,7 @@ for addr in "${UP[@]}"; do
 done
 
 taskset -c "$PROXY_CPU" target/release/examples/proxy --listen "$OURS" \
-  --upstream "http://${UP[0]}" --upstream "http://${UP[1]}" --upstream "http://${UP[2]}" \
+  --upstream "$SCHEME://${UP[0]}" --upstream "$SCHEME://${UP[1]}" --upstream "$SCHEME://${UP[2]}" \
   --strategy round-robin --no-cache --threads 1 >"$work/proxy.log" 2>&1 &
 ours_pid=$!
 pids+=($ours_pid)
@@ -131,6 +135,7 @@ taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://$NGINX/page" >/dev/null
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s "http://$MINIMAL/page" >/dev/null
 
 echo "# $ROUNDS rounds, wrk -t1 -c$CONNS -d$DURATION, ${BYTES}-byte page, proxies on CPU $PROXY_CPU, renderers+wrk on CPU $LOAD_CPU"
+echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$ROUNDS"); do
   # shellcheck disable=SC2046
   run nginx "http://$NGINX/page" $(nginx_pids)
@@ -138,7 +143,14 @@ for r in $(seq 1 "$ROUNDS"); do
   run tower-ssr "http://$OURS/page" "$ours_pid"
 done
 
-# Medians over the rounds, and the ratios the issue's goal is stated in.
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Per-round ratios (the spread), medians over the rounds, and the ratios
+# the issue's goal is stated in.
+awk '{ n[$1]++; c[$1, n[$1]] = $4 }
+  END { printf "per round, tower-ssr / minimal:"; for (i = 1; i <= n["tower-ssr"]; i++) printf " %.2f", c["tower-ssr", i] / c["minimal", i]
+        printf "\nper round, tower-ssr / nginx:  "; for (i = 1; i <= n["tower-ssr"]; i++) printf " %.2f", c["tower-ssr", i] / c["nginx", i]
+        printf "\n" }' "$work/results"
 awk '{ cpu[$1] = cpu[$1] " " $4; rps[$1] = rps[$1] " " $2 }
   function median(list,   a, n, i, j, t) {
     n = split(list, a, " ")

@@ -79,11 +79,12 @@ pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
         parts.path_and_query = Some(PathAndQuery::from_static("*"));
         return Uri::from_parts(parts).unwrap_or_else(|_| uri.clone());
     }
-    let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let base_path = base.path().trim_end_matches('/');
     let pq = if base_path.is_empty() {
-        PathAndQuery::try_from(req_pq).ok()
+        // A clone shares the bytes: no copy, no second validation.
+        uri.path_and_query().cloned()
     } else {
+        let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
         PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()
     };
     parts.path_and_query = pq.or_else(|| Some(PathAndQuery::from_static("/")));
@@ -304,7 +305,7 @@ pub(crate) fn pick<T, C, B>(
     key: Option<u64>,
     tried: &[EndpointId],
     req: Request<B>,
-    spare: Option<&mut Option<Box<Request<B>>>>,
+    spare: Option<&mut Option<Request<B>>>,
 ) -> Result<(Attempt, C::Service, Request<B>), Request<B>>
 where
     C: Connect<T, B>,
@@ -354,7 +355,7 @@ where
             }
             if let Some(spare) = spare {
                 if snap.states.len() > 1 {
-                    *spare = copy_request(&inner.config.retries, &req).map(Box::new);
+                    *spare = copy_request(&inner.config.retries, &req);
                 }
             }
             let (svc, req) = inner.connect.connect(&snap.values[i], req);
@@ -390,7 +391,35 @@ where
             let key = config.key.extract(&parts);
             (Request::from_parts(parts, body), key)
         };
-        let retries = &config.retries;
+        self.call_with_key(req, key)
+    }
+}
+
+impl<T, C> Balance<T, C> {
+    /// The strategy key of a request head, as [`Service::call`] computes it.
+    #[cfg(feature = "proxy")]
+    pub(crate) fn key_of(&self, parts: &http::request::Parts) -> Option<u64> {
+        let key = &self.inner.config.key;
+        if key.is_none() {
+            None
+        } else {
+            key.extract(parts)
+        }
+    }
+
+    /// [`Service::call`] with the key already taken from the request (by
+    /// [`key_of`](Self::key_of)), so the caller may strip what only the
+    /// key needed before the request is copied for retries.
+    pub(crate) fn call_with_key<B>(
+        &mut self,
+        req: Request<B>,
+        key: Option<u64>,
+    ) -> ResponseFuture<T, C, B>
+    where
+        C: Connect<T, B>,
+        B: 'static,
+    {
+        let retries = &self.inner.config.retries;
         retries.deposit();
         // Keep a copy for retries only when one could happen: idempotent
         // method, replayable body (and, checked in `pick`, more than one

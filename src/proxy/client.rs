@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower_service::Service;
 
 use super::body::BodyWatch;
+use super::future::ForwardFuture;
 #[cfg(feature = "tls")]
 use super::TlsRoots;
 use super::{BoxError, ConfigError, ProxyBody, ProxyError};
@@ -441,8 +442,7 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
 impl Service<Request<ProxyBody>> for Forward {
     type Response = Response<Incoming>;
     type Error = ProxyError;
-    // Boxed: each call is a network round trip, which dwarfs one allocation.
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, ProxyError>> + Send>>;
+    type Future = ForwardFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -457,20 +457,14 @@ impl Service<Request<ProxyBody>> for Forward {
         if req.body().kind_is_end_stream() {
             // No body to watch (hyper never polls an empty one): the
             // response timeout starts now, and any failure is upstream's.
-            let fut = self.client.request(req);
-            return Box::pin(async move {
-                match tokio::time::timeout(timeout, fut).await {
-                    Err(_) => Err(ProxyError::Timeout),
-                    Ok(Ok(res)) => Ok(res),
-                    Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(Box::new(e))),
-                    Ok(Err(e)) => Err(ProxyError::Upstream(Box::new(e))),
-                }
-            });
+            // Not boxed: this is every GET.
+            return ForwardFuture::plain(tokio::time::timeout(timeout, self.client.request(req)));
         }
         let watch = Arc::new(BodyWatch::new());
         req.body_mut().watch = Some(Arc::clone(&watch));
         let fut = self.client.request(req);
-        Box::pin(async move {
+        // Boxed: a request with a body, watched in phases (rarer).
+        ForwardFuture::boxed(async move {
             let classify = |e: hyper_util::client::legacy::Error| {
                 if watch.failed.load(Ordering::Acquire) {
                     ProxyError::RequestBody(Box::new(e))

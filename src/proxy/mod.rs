@@ -134,6 +134,7 @@ mod body;
 mod client;
 mod error;
 mod forward;
+mod future;
 mod serve;
 mod service;
 #[cfg(feature = "tls")]
@@ -144,6 +145,7 @@ pub use body::{BoxError, ProxyBody};
 pub use client::{http_check, upstream, Forward};
 pub use error::{ConfigError, ProxyError};
 pub use forward::{Forwarding, ForwardingHeaders};
+pub use future::{ForwardFuture, ResponseFuture};
 pub use serve::{serve, Serve};
 pub use service::{
     ProxyBuilder, ProxyResponseBody, ReverseProxy, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

@@ -168,8 +168,11 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
-        .max_buf_size(128 * 1024)
-        .max_headers(100);
+        .max_buf_size(128 * 1024);
+    // No `.max_headers(100)`: 100 is hyper's own limit, and setting it
+    // explicitly makes hyper fill a 100-slot header array on every
+    // request (about 1,700 instructions) instead of using an
+    // uninitialised one.
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -16,7 +16,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower_service::Service;
 
-use super::forward::{prepare_request, remove_hop_by_hop};
+use super::forward::prepare_request;
+use super::future::ResponseFuture;
 #[cfg(feature = "tls")]
 use super::TlsRoots;
 use super::{
@@ -29,7 +30,7 @@ use crate::limits::HeaderLimits;
 /// the balancer which failures are the client's: those count against no
 /// upstream and are not retried.
 #[derive(Debug, Clone)]
-struct ToUpstream {
+pub(super) struct ToUpstream {
     client: Forward,
 }
 
@@ -428,73 +429,94 @@ where
 {
     type Response = Response<ProxyResponseBody>;
     type Error = Infallible;
-    // Boxed: the request may be buffered before forwarding, and every call
-    // is a network round trip.
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let mut balance = self.balance.clone();
-        let settings = Arc::clone(&self.settings);
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            if !settings.header_limits.allows(&parts) {
-                return Ok(status_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+    fn call(&mut self, req: Request<B>) -> ResponseFuture {
+        let (mut parts, body) = req.into_parts();
+        let settings = &*self.settings;
+        if !settings.header_limits.allows(&parts) {
+            return ResponseFuture::ready(status_response(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ));
+        }
+        // Taken before hop-by-hop removal, which drops `Upgrade`.
+        let upgrade = upgrade::take(&mut parts);
+        if let Err(e) = prepare_request(&mut parts, &settings.fwd) {
+            return ResponseFuture::ready(status_response(e.status()));
+        }
+        if let Some(u) = &upgrade {
+            u.restore(&mut parts.headers);
+        }
+        let body = match into_proxy_body(&parts, body, settings) {
+            Ok(body) => body,
+            Err(body) => {
+                // A small body of an idempotent request is read whole
+                // first, so that a retry can send it again.
+                let mut this = self.clone();
+                return ResponseFuture::boxed(async move {
+                    let body = match buffer_body(body, this.settings.buffer_timeout).await {
+                        Ok(b) => b,
+                        Err(status) => return Ok(status_response(status)),
+                    };
+                    this.forward(parts, body, upgrade).await
+                });
             }
-            // Taken before hop-by-hop removal, which drops `Upgrade`.
-            let upgrade = upgrade::take(&mut parts);
-            if let Err(e) = prepare_request(&mut parts, &settings.fwd) {
-                return Ok(status_response(e.status()));
-            }
-            if let Some(u) = &upgrade {
-                u.restore(&mut parts.headers);
-            }
-            let body = match into_proxy_body(&parts, body, &settings).await {
-                Ok(b) => b,
-                Err(status) => return Ok(status_response(status)),
-            };
-            let req = Request::from_parts(parts, body);
-            let res = match balance.call(req).await {
-                Ok(res) => res,
-                Err(ProxyError::Timeout) => {
-                    return Ok(status_response(StatusCode::GATEWAY_TIMEOUT))
-                }
-                // The client's own body failed or stalled, as in the
-                // buffered path below (RFC 9110 §15.5.1, §15.5.9).
-                Err(ProxyError::RequestBody(_)) => {
-                    return Ok(status_response(StatusCode::BAD_REQUEST))
-                }
-                Err(ProxyError::RequestBodyTimeout) => {
-                    return Ok(status_response(StatusCode::REQUEST_TIMEOUT))
-                }
-                Err(_) => return Ok(status_response(StatusCode::BAD_GATEWAY)),
-            };
-            if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-                // Relayed only as the upgrade the client asked for; an
-                // unrequested one is a 502 (RFC 9110 §7.8, §15.2.2).
-                return Ok(upgrade::switch(res, upgrade, settings.idle_timeout));
-            }
-            let (mut parts, body) = res.into_parts();
-            remove_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, body))
-        })
+        };
+        self.forward(parts, body, upgrade)
     }
 }
 
-fn status_response(status: StatusCode) -> Response<ProxyResponseBody> {
+impl ReverseProxy {
+    /// Hands the prepared request to the balancer.
+    fn forward(
+        &mut self,
+        mut parts: http::request::Parts,
+        body: ProxyBody,
+        upgrade: Option<upgrade::Requested>,
+    ) -> ResponseFuture {
+        // The key reads the request as prepared (forwarding headers of
+        // untrusted peers removed), then the client's address, which
+        // only `prepare_request` and the key read, is dropped: the
+        // upstream never sees extensions, and the balancer's copy of
+        // the request for retries then clones no extension map (three
+        // allocations per request with only `ClientAddr` in it).
+        let key = self.balance.key_of(&parts);
+        strip_client_addr(&mut parts.extensions);
+        let req = Request::from_parts(parts, body);
+        let fut = self.balance.call_with_key(req, key);
+        ResponseFuture::forwarding(fut, upgrade, self.settings.idle_timeout)
+    }
+}
+
+/// Removes [`ClientAddr`](crate::balance::ClientAddr), and the whole
+/// extension map when that was all it held.
+fn strip_client_addr(ext: &mut http::Extensions) {
+    if ext.len() == 1 {
+        if ext.get::<crate::balance::ClientAddr>().is_some() {
+            *ext = http::Extensions::new();
+        }
+    } else {
+        ext.remove::<crate::balance::ClientAddr>();
+    }
+}
+
+pub(super) fn status_response(status: StatusCode) -> Response<ProxyResponseBody> {
     let mut res = Response::new(ResponseBody::unavailable());
     *res.status_mut() = status;
     res
 }
 
-async fn into_proxy_body<B>(
+/// The request body as forwarded, or back as it came when it must be read
+/// whole first ([`buffer_body`]).
+fn into_proxy_body<B>(
     parts: &http::request::Parts,
     body: B,
     settings: &Settings,
-) -> Result<ProxyBody, StatusCode>
+) -> Result<ProxyBody, B>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -507,9 +529,18 @@ where
     if !(small && crate::balance::is_idempotent(&parts.method)) {
         return Ok(ProxyBody::stream(body));
     }
+    Err(body)
+}
+
+/// Reads a small request body whole, so a retry can replay it.
+async fn buffer_body<B>(body: B, timeout: Duration) -> Result<ProxyBody, StatusCode>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     // A client that announces a small body and then stalls must not hold
     // the request forever.
-    match tokio::time::timeout(settings.buffer_timeout, body.collect()).await {
+    match tokio::time::timeout(timeout, body.collect()).await {
         Ok(Ok(collected)) => Ok(ProxyBody::full(collected.to_bytes())),
         Ok(Err(_)) => Err(StatusCode::BAD_REQUEST),
         Err(_) => Err(StatusCode::REQUEST_TIMEOUT),
