@@ -247,16 +247,24 @@ impl Cluster {
     pub fn wait_ok(&self) -> bool {
         let start = Instant::now();
         while start.elapsed() < START_PATIENCE {
-            if self
-                .ports
-                .iter()
-                .all(|&p| command(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
+            if self.is_ok() {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Whether every node says `cluster_state:ok` now.
+    pub fn is_ok(&self) -> bool {
+        self.ports
+            .iter()
+            .all(|&p| command(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    }
+
+    /// The nodes' `redis-server` pids, in the order of [`Cluster::ports`].
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
     /// The index (in [`Cluster::ports`]) of the master that holds `key`'s
