@@ -4,11 +4,18 @@
 //!
 //! ```text
 //! cargo bench --bench revalidate --features redis
+//! TOWER_SSR_BENCH_CLUSTER=1 cargo bench --bench revalidate --features redis  # + Redis Cluster
 //! ```
 //!
 //! Starts private `redis-server`s from `PATH` (loopback, free ports, no
 //! persistence; stopped when the bench ends); skipped, with a message,
-//! without one.
+//! without one. With `TOWER_SSR_BENCH_CLUSTER=1` every measurement is also
+//! made on a private Redis Cluster of three masters (`redis-server
+//! --cluster-enabled yes`, `redis-cli --cluster create`; node timeout
+//! 5 s), after the single node's, in the same run; the outages there
+//! strike every master, or only the master of the purge log's slot
+//! (paused), or only another one (killed: the purge log survives, so the
+//! other instance must get the purges through it).
 //!
 //! 1. Revalidating a tag on 10,000 entries held by both instances (memory
 //!    and Redis): time until applied on this instance (the call returns),
@@ -81,9 +88,9 @@ fn req(path: &str) -> Request<()> {
         .unwrap()
 }
 
-fn cache(url: &str, ns: &str) -> ResponseCache {
-    let tier = RedisTier::new(url)
-        .unwrap()
+fn cache(redis: &Redis, ns: &str) -> ResponseCache {
+    let tier = redis
+        .tier()
         .namespace(ns)
         .timeout(Duration::from_millis(500))
         .retry_after(Duration::from_millis(50))
@@ -108,37 +115,139 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// A private server on a free port; the watcher child and its port.
-async fn server() -> (std::process::Child, u16) {
-    let port = redis_server::free_port();
-    let child = redis_server::spawn_watched(port, &[]).expect("redis-server on PATH");
-    while !redis_server::answers_ping(port) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Where a measurement runs: a private `redis-server`, or a private
+/// cluster of three masters.
+enum Redis {
+    Node {
+        /// The watching shell (see `spawn_watched`); `None` while killed.
+        watcher: Option<std::process::Child>,
+        port: u16,
+        /// The server's pid, for signals.
+        pid: u32,
+    },
+    Cluster(redis_server::Cluster),
+}
+
+/// Which of a cluster's masters an outage strikes (the one node always).
+#[derive(Clone, Copy, Debug)]
+enum Strike {
+    All,
+    /// The master of the purge log's slot in namespace `.0`.
+    LogMaster(&'static str),
+    /// A master that does not hold the purge log of namespace `.0`.
+    OtherMaster(&'static str),
+}
+
+impl Redis {
+    async fn node() -> Redis {
+        let port = redis_server::free_port();
+        let watcher = redis_server::spawn_watched(port, &[]).expect("redis-server on PATH");
+        while !redis_server::answers_ping(port) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Redis::Node {
+            watcher: Some(watcher),
+            port,
+            pid: redis_server::pid(port),
+        }
     }
-    (child, port)
-}
 
-fn redis_pid(port: u16) -> u32 {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "info", "server"])
-        .output()
-        .expect("redis-cli on PATH");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .expect("process_id in INFO")
-        .trim()
-        .parse()
+    async fn cluster() -> Redis {
+        let c = tokio::task::spawn_blocking(|| redis_server::Cluster::start(3))
+            .await
+            .unwrap();
+        Redis::Cluster(c)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Redis::Node { .. } => "single node",
+            Redis::Cluster(_) => "cluster (3 masters)",
+        }
+    }
+
+    fn tier(&self) -> RedisTier {
+        match self {
+            Redis::Node { port, .. } => RedisTier::new(&format!("redis://127.0.0.1:{port}")),
+            Redis::Cluster(c) => RedisTier::cluster(c.urls()),
+        }
         .unwrap()
-}
+    }
 
-fn signal(pid: u32, sig: &str) {
-    // The shell's own `kill`: no procps needed.
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -{sig} {pid}"))
-        .status()
-        .unwrap();
+    /// The cluster's masters `strike` names.
+    fn struck(&self, strike: Strike) -> Vec<usize> {
+        let Redis::Cluster(c) = self else {
+            return vec![0];
+        };
+        let log = |ns: &str| c.owner(&self.tier().namespace(ns).keys_for("").log);
+        match strike {
+            Strike::All => (0..c.ports.len()).collect(),
+            Strike::LogMaster(ns) => vec![log(ns)],
+            Strike::OtherMaster(ns) => vec![(log(ns) + 1) % c.ports.len()],
+        }
+    }
+
+    /// Sends `sig` to the struck nodes.
+    fn signal(&self, struck: &[usize], sig: &str) {
+        match self {
+            Redis::Node { pid, .. } => redis_server::signal(*pid, sig),
+            Redis::Cluster(c) => struck
+                .iter()
+                .for_each(|&i| redis_server::signal(c.pids()[i], sig)),
+        }
+    }
+
+    fn kill(&mut self, struck: &[usize]) {
+        match self {
+            Redis::Node { watcher, .. } => {
+                if let Some(mut w) = watcher.take() {
+                    drop(w.stdin.take());
+                    let _ = w.wait();
+                }
+            }
+            Redis::Cluster(c) => struck.iter().for_each(|&i| c.kill(i)),
+        }
+    }
+
+    /// Restarts what [`Redis::kill`] killed (empty); a cluster's nodes
+    /// with their `nodes.conf`. Returns once they answer `PING`.
+    async fn restart(&mut self, struck: &[usize]) {
+        match self {
+            Redis::Node { watcher, port, pid } => {
+                *watcher = redis_server::spawn_watched(*port, &[]);
+                while !redis_server::answers_ping(*port) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                *pid = redis_server::pid(*port);
+            }
+            Redis::Cluster(c) => tokio::task::block_in_place(|| {
+                struck.iter().for_each(|&i| c.restart(i));
+            }),
+        }
+    }
+
+    /// A task that measures how long after `t` every node says
+    /// `cluster_state:ok` (one node: answers `PING`), polled every 5 ms.
+    fn whole_after(&self, t: Instant) -> tokio::task::JoinHandle<Duration> {
+        let (ports, cluster) = match self {
+            Redis::Node { port, .. } => (vec![*port], false),
+            Redis::Cluster(c) => (c.ports.clone(), true),
+        };
+        tokio::task::spawn_blocking(move || loop {
+            let whole = ports.iter().all(|&p| {
+                if cluster {
+                    redis_server::command(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                } else {
+                    redis_server::answers_ping(p)
+                }
+            });
+            if whole {
+                return t.elapsed();
+            }
+            assert!(t.elapsed() < PATIENCE, "redis never came back");
+            std::thread::sleep(Duration::from_millis(5));
+        })
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -147,15 +256,29 @@ async fn main() {
         eprintln!("revalidate bench skipped: needs redis-server on PATH");
         return;
     }
-    revalidate_tag().await;
-    outage().await;
+    let cluster = std::env::var("TOWER_SSR_BENCH_CLUSTER").is_ok_and(|v| v == "1");
+    if cluster && !cfg!(tower_ssr_redis_cluster) {
+        eprintln!("revalidate bench: no cluster: needs redis-cli on PATH");
+    }
+    println!("== single node");
+    revalidate_tag(Redis::node().await).await;
+    paused(Redis::node().await, Strike::All).await;
+    killed(Redis::node().await, Strike::All).await;
+    if cluster && cfg!(tower_ssr_redis_cluster) {
+        println!("== cluster of 3 masters");
+        revalidate_tag(Redis::cluster().await).await;
+        paused(Redis::cluster().await, Strike::All).await;
+        paused(Redis::cluster().await, Strike::LogMaster("outage")).await;
+        killed(Redis::cluster().await, Strike::All).await;
+        killed(Redis::cluster().await, Strike::OtherMaster("restart")).await;
+    }
 }
 
-async fn revalidate_tag() {
-    let (server, port) = server().await;
-    let url = format!("redis://127.0.0.1:{port}");
+async fn revalidate_tag(server: Redis) {
+    let name = server.name();
+    let redis = &server;
     let renders: Renders = Arc::default();
-    let (ca, cb) = (cache(&url, "bench"), cache(&url, "bench"));
+    let (ca, cb) = (cache(redis, "bench"), cache(redis, "bench"));
     let a = CacheLayer::new(ca.clone()).layer(renderer(renders.clone()));
     let b = CacheLayer::new(cb.clone()).layer(renderer(renders.clone()));
     assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
@@ -181,7 +304,8 @@ async fn revalidate_tag() {
     until("B applied it", || cb.stats().remote_purges > before).await;
     let there = t.elapsed();
     println!(
-        "revalidate_tag on {} entries: applied on A {}, confirmed by Redis {}, applied on B {}",
+        "{}: revalidate_tag on {} entries: applied on A {}, confirmed by Redis {}, applied on B {}",
+        name,
         keys(),
         ms(here),
         ms(redis),
@@ -231,22 +355,23 @@ async fn revalidate_tag() {
     drop(server);
 }
 
-async fn outage() {
-    let (server, port) = server().await;
-    let url = format!("redis://127.0.0.1:{port}");
+/// 100 purges issued on A while `strike` is paused for 5 s: time from
+/// the resume until all are confirmed and until B applied all of them.
+async fn paused(redis: Redis, strike: Strike) {
     let renders: Renders = Arc::default();
-    let (ca, cb) = (cache(&url, "outage"), cache(&url, "outage"));
+    let (ca, cb) = (cache(&redis, "outage"), cache(&redis, "outage"));
     let b = CacheLayer::new(cb.clone()).layer(renderer(renders.clone()));
     assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
-    let pid = redis_pid(port);
-    signal(pid, "STOP");
+    let struck = redis.struck(strike);
+    redis.signal(&struck, "STOP");
     let pending: Vec<_> = (0..100)
         .map(|i| ca.purge_path(&format!("/p/{i}")))
         .collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = cb.stats().remote_purges;
-    signal(pid, "CONT");
+    redis.signal(&struck, "CONT");
     let t = Instant::now();
+    let whole = redis.whole_after(t);
     for p in pending {
         p.confirmed(PATIENCE).await.unwrap();
     }
@@ -255,33 +380,57 @@ async fn outage() {
         cb.stats().remote_purges >= before + 100
     })
     .await;
+    let applied = t.elapsed();
     println!(
-        "100 purges during a 5 s pause: all confirmed {} after recovery, all applied on B {}",
+        "{}, {strike:?} paused 5 s, 100 purges on A meanwhile: after SIGCONT, Redis whole again {}, all confirmed {}, all applied on B {}",
+        redis.name(),
+        ms(whole.await.unwrap()),
         ms(confirmed),
-        ms(t.elapsed())
+        ms(applied)
     );
-    drop(server);
+    drop(b);
+}
 
-    // Killed and restarted empty: B cannot know what it missed.
-    let (mut child, port) = self::server().await;
-    let url = format!("redis://127.0.0.1:{port}");
-    let (ca, cb) = (cache(&url, "restart"), cache(&url, "restart"));
-    let b2 = CacheLayer::new(cb.clone()).layer(renderer(renders.clone()));
+/// `strike` killed for 5 s, 100 purges by path on A meanwhile of the 100
+/// pages B holds in memory, then restarted empty: time from the restart
+/// (spawning the servers) until B holds none of them (it dropped its
+/// memory when the purge log was lost with its node, or applied the 100
+/// purges from the log) and until A's purges are all confirmed.
+async fn killed(mut redis: Redis, strike: Strike) {
+    let renders: Renders = Arc::default();
+    let (ca, cb) = (cache(&redis, "restart"), cache(&redis, "restart"));
+    let b = CacheLayer::new(cb.clone()).layer(renderer(renders.clone()));
     assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
-    b2.warm((0..100).map(|i| req(&format!("/q/{i}"))), 16).await;
-    drop(child.stdin.take());
-    let _ = child.wait();
-    let purged = ca.purge_tag("products");
+    b.warm((0..100).map(|i| req(&format!("/q/{i}"))), 16).await;
+    until("B holds the 100", || cb.stats().entries == 100).await;
+    let struck = redis.struck(strike);
+    redis.kill(&struck);
+    let pending: Vec<_> = (0..100)
+        .map(|i| ca.purge_path(&format!("/q/{i}")))
+        .collect();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let child = redis_server::spawn_watched(port, &[]).expect("restart");
     let t = Instant::now();
-    let gone = until("B dropped its copies", || cb.stats().entries == 0).await;
-    purged.confirmed(PATIENCE).await.unwrap();
-    println!(
-        "killed 5 s, purge on A meanwhile, restarted empty: B dropped its memory copies {} after the restart began, A's purge confirmed {}",
-        ms(gone),
-        ms(t.elapsed())
+    redis.restart(&struck).await;
+    let answering = t.elapsed();
+    let whole = redis.whole_after(t);
+    let (gone, confirmed) = tokio::join!(
+        until("B dropped its copies", || cb.stats().entries == 0),
+        async {
+            for p in pending {
+                p.confirmed(PATIENCE).await.unwrap();
+            }
+            t.elapsed()
+        }
     );
-    drop(child);
+    let gone = gone + answering;
+    println!(
+        "{}, {strike:?} killed 5 s, 100 purges on A meanwhile, restarted empty: after the restart began, answering PING {}, whole again {}, B holds none of the 100 {}, A's 100 confirmed {} ({} remote purges applied on B)",
+        redis.name(),
+        ms(answering),
+        ms(whole.await.unwrap()),
+        ms(gone),
+        ms(confirmed),
+        cb.stats().remote_purges
+    );
     drop(b);
 }

@@ -168,4 +168,95 @@ else
   echo "smoke: skipped the two-instance Redis check: TOWER_SSR_REDIS_URL is not set"
 fi
 
+# ---- two ssr instances on a Redis Cluster of three masters --------------
+# Started here (redis-server --cluster-enabled yes ×3, redis-cli --cluster
+# create) when both tools are on PATH, as .ci/run makes sure; stopped on
+# exit with everything else.
+free_cluster_port() { # a port nothing answers on, nor on its bus port (+10000)
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 35000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && continue
+    echo "$p"
+    return
+  done
+}
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+  cargo build --quiet --example ssr --features redis
+  mkdir -p "$logs/cluster"
+  cluster_ports=()
+  for _ in 1 2 3; do
+    p=$(free_cluster_port)
+    redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no \
+      --cluster-enabled yes --cluster-config-file "nodes-$p.conf" \
+      --cluster-node-timeout 5000 --dir "$logs/cluster" >"$logs/redis-$p.log" 2>&1 &
+    pids+=($!)
+    cluster_ports+=("$p")
+  done
+  for p in "${cluster_ports[@]}"; do
+    for _ in $(seq 1 100); do
+      redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break
+      sleep 0.1
+    done
+  done
+  redis-cli --cluster create "${cluster_ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
+    >"$logs/cluster-create.log" 2>&1 || { cat "$logs/cluster-create.log" >&2; fail "redis-cli --cluster create"; }
+  for _ in $(seq 1 200); do
+    ok_nodes=0
+    for p in "${cluster_ports[@]}"; do
+      redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && ok_nodes=$((ok_nodes + 1))
+    done
+    [[ $ok_nodes == 3 ]] && break
+    sleep 0.1
+  done
+  expect "cluster: three masters say cluster_state:ok" "$ok_nodes" '^3$'
+  seeds=$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}")
+  seeds=${seeds%,}
+  start ssr_ca env PORT=0 METRICS_PORT=0 REDIS_CLUSTER="$seeds" "$ex/ssr"
+  a="http://$ADDR"
+  start ssr_cb env PORT=0 METRICS_PORT=0 REDIS_CLUSTER="$seeds" "$ex/ssr"
+  b="http://$ADDR"
+  host=(-H "Host: smoke-cluster-$$.local")
+  expect "cluster: instance A renders and stores" "$(header "$a/posts/7" cache-status "${host[@]}")" 'fwd=uri-miss; stored'
+  for _ in $(seq 1 50); do
+    got=$(header "$b/posts/7" cache-status "${host[@]}")
+    [[ "$got" =~ detail=redis ]] && break
+    sleep 0.1
+  done
+  expect "cluster: instance B hits what A rendered" "$got" '^tower-ssr; hit; .*detail=redis'
+  expect "cluster: B's next answer is from its memory" "$(header "$b/posts/7" cache-status "${host[@]}")" '^tower-ssr; hit; ttl=[0-9]+$'
+  entries=0
+  for p in "${cluster_ports[@]}"; do
+    n=$(redis-cli -p "$p" --scan --pattern '{tower-ssr:*}:e:*smoke-cluster-*' | wc -l)
+    entries=$((entries + n))
+  done
+  expect "cluster: the page is one hash-tagged entry on the masters" "$entries" '^1$'
+  expect "cluster: purge on B answers" "$(status "$b/admin/purge?path=/posts/7" -X POST "${host[@]}")" '^200$'
+  for _ in $(seq 1 50); do
+    got=$(header "$a/posts/7" cache-status "${host[@]}")
+    [[ "$got" =~ fwd= ]] && break
+    sleep 0.1
+  done
+  expect "cluster: the purge reached A" "$got" 'fwd='
+  # A rendered it again; B gets it through Redis, then from memory.
+  for _ in $(seq 1 50); do
+    got=$(header "$b/posts/7" cache-status "${host[@]}")
+    [[ "$got" =~ detail=redis ]] && break
+    sleep 0.1
+  done
+  expect "cluster: B hits A's new render" "$got" 'detail=redis'
+  expect "cluster: revalidate on A answers" "$(status "$a/admin/revalidate?tag=pages" -X POST "${host[@]}")" '^200$'
+  # B's memory copy is marked stale: the next answer is that copy, at once
+  # (ttl 0 or below), while one refresh runs.
+  for _ in $(seq 1 50); do
+    got=$(header "$b/posts/7" cache-status "${host[@]}")
+    [[ "$got" =~ ttl=(0|-[0-9]+)$ ]] && break
+    sleep 0.1
+  done
+  expect "cluster: the revalidation reached B (stale copy served)" "$got" '^tower-ssr; hit; ttl=(0|-[0-9]+)$'
+else
+  echo "smoke: skipped the Redis Cluster check: needs redis-server and redis-cli on PATH"
+fi
+
 echo "smoke: all examples answered as documented"

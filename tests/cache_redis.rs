@@ -12,8 +12,11 @@
 //! and on a Redis Cluster of three masters (`TOWER_SSR_REDIS_CLUSTER_URLS`,
 //! or one this binary makes from `PATH`), where keys of one page must
 //! share a slot and purges must reach every master; a few more look at the
-//! cluster alone. The outage tests (a private server paused, killed or
-//! starved) run on one node only.
+//! cluster alone. The outage tests (`on_every_outage!`: purges are never
+//! lost while Redis is paused, killed and restarted empty, or refusing
+//! writes) run on a private server and on a private cluster of three
+//! masters, struck whole, or only the master that holds the purge log's
+//! slot, or only the one that holds the test's pages.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -30,10 +33,10 @@ use axum::http::Uri;
 use axum::response::Response;
 use axum::Router;
 use common::redis::{
-    answers_ping, cluster_urls, command, free_port, raw_command, redis_url, spawn_watched,
+    answers_ping, cluster_urls, command, free_port, pid, raw_command, redis_url, signal,
+    spawn_watched, Cluster,
 };
 use common::{get_with, serve, Seen};
-use std::io::{Read, Write};
 use tower_ssr::cache::{CacheLayer, PurgeError, RedisKeys, RedisTier, ResponseCache};
 
 /// A hang guard only: nothing here is expected to take more than moments.
@@ -690,33 +693,47 @@ async fn an_unsafe_method_on_one_instance_invalidates_the_uri_on_both(setup: Set
     assert_eq!(origin.renders("/cart"), 3, "GET, POST, and the GET after");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis_server),
-    ignore = "needs redis-server on PATH (starts and stops its own)"
-)]
-async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait() {
-    // A private server: the whole of it refuses writes (out of memory,
-    // no eviction), which would break every other test on a shared one.
-    let port = free_port();
-    let args = ["--maxmemory", "1", "--maxmemory-policy", "noeviction"];
-    let child = Server::start_with(port, &args).expect("redis-server on PATH");
-    let server = Server {
-        port,
-        child: Some(child),
-    };
-    server.up().await;
-    let url = format!("redis://127.0.0.1:{port}");
+mod a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(tower_ssr_redis_server),
+        ignore = "needs redis-server on PATH (starts and stops its own)"
+    )]
+    async fn single_node() {
+        super::a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait(
+            super::Outage::Node,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(all(tower_ssr_redis_server, tower_ssr_redis_cluster)),
+        ignore = "needs redis-server and redis-cli on PATH (makes and stops its own cluster)"
+    )]
+    async fn cluster_all_masters() {
+        super::a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait(
+            super::Outage::AllMasters,
+        )
+        .await
+    }
+}
+
+async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait(outage: Outage) {
+    // A private server (or cluster): the whole of it refuses writes (out
+    // of memory, no eviction), which would break every other test on a
+    // shared one.
+    let mut redis = Private::start(outage, "oomlock").await;
+    let pages = redis.pages(3, |i| format!("/oom/{i}"));
+    redis.starve();
     // A lock wait far past the hang guard: only telling "held" apart from
     // "Redis said no" lets these requests through at all.
-    let tier = RedisTier::new(&url)
-        .unwrap()
-        .render_lock(Duration::from_secs(3600));
+    let tier = redis.tier().render_lock(Duration::from_secs(3600));
     let origin = Origin::default();
     let (a, ca) = instance(&origin, tier).await;
     assert!(ca.redis_ready(PATIENCE).await);
 
-    for path in ["/oom/1", "/oom/2", "/oom/3"] {
+    for path in &pages {
         let seen = get(a, path).await;
         assert_eq!(seen.status, 200, "{path}");
         assert_eq!(origin.renders(path), 1);
@@ -724,7 +741,6 @@ async fn a_redis_refusing_writes_does_not_hold_misses_for_the_render_lock_wait()
     let s = ca.stats();
     // Per miss: the refused lock, and the refused write; no polling.
     assert!(s.l2_errors <= 6, "{s:?}");
-    drop(server);
 }
 
 async fn a_foreign_value_under_an_entry_key_is_a_miss_and_is_overwritten(setup: Setup) {
@@ -799,12 +815,14 @@ async fn the_tag_index_forgets_entries_that_expired(setup: Setup) {
 
     // A long-lived entry keeps the index itself alive throughout.
     get(a, "/t/long?tag=hot").await;
-    get(a, "/t/1?tag=hot&ttl=1").await;
+    get(a, "/t/1?tag=hot&ttl=3").await;
     eventually("the writes", || ca.stats().l2_writes == 2).await;
     let keys = |path: &str| setup.keys(&ns, &format!("http://shop.example{path}"));
-    let short = keys("/t/1?tag=hot&ttl=1").entry;
+    let short = keys("/t/1?tag=hot&ttl=3").entry;
     assert_eq!(setup.resp(&[b"EXISTS", short.as_bytes()]), ":1\r\n");
-    // Redis drops the entry after its second; the index must follow.
+    // Redis drops the entry after its seconds (3: with 1 the check above
+    // raced the expiry once in a full run on the loaded machine); the
+    // index must follow.
     let start = tokio::time::Instant::now();
     while setup.resp(&[b"EXISTS", short.as_bytes()]) != ":0\r\n" {
         assert!(start.elapsed() < PATIENCE, "the entry never expired");
@@ -813,7 +831,7 @@ async fn the_tag_index_forgets_entries_that_expired(setup: Setup) {
     get(a, "/t/2?tag=hot").await;
     eventually("the third write", || ca.stats().l2_writes == 3).await;
     // One index on one node; on a cluster, one per bucket of the three.
-    let mut indexes: Vec<String> = ["/t/long?tag=hot", "/t/1?tag=hot&ttl=1", "/t/2?tag=hot"]
+    let mut indexes: Vec<String> = ["/t/long?tag=hot", "/t/1?tag=hot&ttl=3", "/t/2?tag=hot"]
         .iter()
         .map(|p| keys(p).tag_index("hot"))
         .collect();
@@ -880,85 +898,285 @@ async fn a_write_rendered_before_a_purge_does_not_land_after_it(setup: Setup) {
     );
 }
 
-/// The pid of the `redis-server` on `port` (from `INFO server`).
-fn redis_pid(port: u16) -> u32 {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
-        .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0; 4096];
-    loop {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "INFO ended without process_id");
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got);
-        if let Some(rest) = text.split("process_id:").nth(1) {
-            if let Some((pid, _)) = rest.split_once("\r\n") {
-                return pid.parse().unwrap();
+/// Where an outage strikes, in the outage tests: a private `redis-server`,
+/// or a private Redis Cluster of three masters (all of them, or one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// The one node.
+    Node,
+    /// Every master.
+    AllMasters,
+    /// The master holding the purge log's slot; the test's pages are on
+    /// another.
+    LogMaster,
+    /// The master holding the test's pages; the purge log is on another.
+    PageMaster,
+}
+
+/// Runs each `async fn name(outage: Outage)` as four tests, one per
+/// [`Outage`]: `name::single_node`, `name::cluster_all_masters`,
+/// `name::cluster_log_master`, `name::cluster_page_master`.
+macro_rules! on_every_outage {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(tower_ssr_redis_server),
+                ignore = "needs redis-server on PATH (starts and stops its own)"
+            )]
+            async fn single_node() {
+                super::$name(super::Outage::Node).await
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(tower_ssr_redis_server, tower_ssr_redis_cluster)),
+                ignore = "needs redis-server and redis-cli on PATH (makes and stops its own cluster)"
+            )]
+            async fn cluster_all_masters() {
+                super::$name(super::Outage::AllMasters).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(tower_ssr_redis_server, tower_ssr_redis_cluster)),
+                ignore = "needs redis-server and redis-cli on PATH (makes and stops its own cluster)"
+            )]
+            async fn cluster_log_master() {
+                super::$name(super::Outage::LogMaster).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(all(tower_ssr_redis_server, tower_ssr_redis_cluster)),
+                ignore = "needs redis-server and redis-cli on PATH (makes and stops its own cluster)"
+            )]
+            async fn cluster_page_master() {
+                super::$name(super::Outage::PageMaster).await
+            }
+        }
+    )*};
+}
+
+on_every_outage!(
+    a_purge_sent_while_redis_is_paused_is_applied_once_it_resumes,
+    a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_restart,
+    a_purge_made_while_redis_refuses_writes_is_applied_once_it_accepts_them,
+);
+
+/// A Redis of one test's own, which it may pause, kill and restart where
+/// its [`Outage`] says.
+struct Private {
+    outage: Outage,
+    ns: String,
+    redis: PrivateRedis,
+    /// The cluster's masters the outage strikes (by index), once the
+    /// test's pages are chosen ([`Private::pages`]).
+    struck: Vec<usize>,
+    /// The one node's pid while it is paused (it answers nothing then).
+    paused: Option<u32>,
+}
+
+enum PrivateRedis {
+    Node(Server),
+    Cluster(Cluster),
+}
+
+impl Private {
+    async fn start(outage: Outage, test: &str) -> Private {
+        let redis = if outage == Outage::Node {
+            let port = free_port();
+            let child = Server::start(port).expect("redis-server on PATH");
+            let server = Server {
+                port,
+                child: Some(child),
+            };
+            server.up().await;
+            PrivateRedis::Node(server)
+        } else {
+            // Blocking (processes, sleeps): off the runtime's workers.
+            PrivateRedis::Cluster(
+                tokio::task::spawn_blocking(|| Cluster::start(3))
+                    .await
+                    .unwrap(),
+            )
+        };
+        Private {
+            outage,
+            ns: namespace(test),
+            redis,
+            struck: Vec::new(),
+            paused: None,
+        }
+    }
+
+    /// A tier on it, quick to retry.
+    fn tier(&self) -> RedisTier {
+        match &self.redis {
+            PrivateRedis::Node(s) => RedisTier::new(&format!("redis://127.0.0.1:{}", s.port)),
+            PrivateRedis::Cluster(c) => RedisTier::cluster(c.urls()),
+        }
+        .unwrap()
+        .namespace(&self.ns)
+        .retry_after(Duration::from_millis(50))
+    }
+
+    /// Two instances on it, connected and following the purge log.
+    async fn two(&self) -> (Origin, [(SocketAddr, ResponseCache); 2]) {
+        let origin = Origin::default();
+        let a = instance(&origin, self.tier()).await;
+        let b = instance(&origin, self.tier()).await;
+        assert!(a.1.redis_ready(PATIENCE).await && b.1.redis_ready(PATIENCE).await);
+        (origin, [a, b])
+    }
+
+    /// The Redis key of `path`'s entry.
+    fn entry(&self, path: &str) -> String {
+        self.tier()
+            .keys_for(&format!("http://shop.example{path}"))
+            .entry
+    }
+
+    /// `n` paths of the shape `path(i)` for the test, and the masters the
+    /// outage strikes: with [`Outage::LogMaster`] and
+    /// [`Outage::PageMaster`], all on one master that does not hold the
+    /// purge log. Called once per test.
+    fn pages(&mut self, n: usize, path: impl Fn(usize) -> String) -> Vec<String> {
+        let PrivateRedis::Cluster(c) = &self.redis else {
+            return (0..n).map(path).collect();
+        };
+        let log = c.owner(&self.tier().keys_for("").log);
+        let mut pages: Vec<String> = Vec::new();
+        let mut on = None;
+        for i in 0.. {
+            if pages.len() == n {
+                break;
+            }
+            let p = path(i);
+            let owner = c.owner(&self.entry(&p));
+            if self.outage == Outage::AllMasters
+                || (owner != log && on.map_or(true, |o| o == owner))
+            {
+                on = Some(owner);
+                pages.push(p);
+            }
+        }
+        self.struck = match self.outage {
+            Outage::Node => Vec::new(),
+            Outage::AllMasters => (0..c.ports.len()).collect(),
+            Outage::LogMaster => vec![log],
+            Outage::PageMaster => vec![on.unwrap()],
+        };
+        pages
+    }
+
+    /// Whether Redis holds `key` (asked of the master of its slot).
+    fn exists(&self, key: &str) -> bool {
+        let reply = match &self.redis {
+            PrivateRedis::Node(s) => command(s.port, &["EXISTS", key]),
+            PrivateRedis::Cluster(c) => command(c.ports[c.owner(key)], &["EXISTS", key]),
+        };
+        match reply.as_str() {
+            ":1\r\n" => true,
+            ":0\r\n" => false,
+            other => panic!("EXISTS {key}: {other:?}"),
+        }
+    }
+
+    /// Makes the struck nodes (the one node) refuse writes: out of memory,
+    /// no eviction.
+    fn starve(&self) {
+        self.config(&["maxmemory", "1", "maxmemory-policy", "noeviction"]);
+    }
+
+    /// Lets them write again.
+    fn feed(&self) {
+        self.config(&["maxmemory", "0"]);
+    }
+
+    fn config(&self, set: &[&str]) {
+        let ports = match &self.redis {
+            PrivateRedis::Node(s) => vec![s.port],
+            PrivateRedis::Cluster(c) => self.struck.iter().map(|&i| c.ports[i]).collect(),
+        };
+        for port in ports {
+            let args: Vec<&str> = ["CONFIG", "SET"].iter().chain(set).copied().collect();
+            let reply = command(port, &args);
+            assert!(reply.starts_with("+OK"), "CONFIG SET {set:?}: {reply:?}");
+        }
+    }
+
+    fn pause(&mut self) {
+        match &self.redis {
+            PrivateRedis::Node(s) => {
+                let pid = pid(s.port);
+                self.paused = Some(pid);
+                signal(pid, "STOP");
+            }
+            PrivateRedis::Cluster(c) => self.struck.iter().for_each(|&i| c.pause(i)),
+        }
+    }
+
+    fn resume(&self) {
+        match &self.redis {
+            PrivateRedis::Node(_) => signal(self.paused.expect("paused"), "CONT"),
+            PrivateRedis::Cluster(c) => self.struck.iter().for_each(|&i| c.resume(i)),
+        }
+    }
+
+    fn kill(&mut self) {
+        match &mut self.redis {
+            PrivateRedis::Node(s) => s.kill(),
+            PrivateRedis::Cluster(c) => self.struck.iter().for_each(|&i| c.kill(i)),
+        }
+    }
+
+    /// Restarts what [`Private::kill`] killed (empty, as after a crash
+    /// without persistence); a cluster's nodes with their `nodes.conf`, and
+    /// waits until the cluster is whole again.
+    async fn restart(&mut self) {
+        match &mut self.redis {
+            PrivateRedis::Node(s) => {
+                s.child = Server::start(s.port);
+                s.up().await;
+            }
+            PrivateRedis::Cluster(c) => tokio::task::block_in_place(|| {
+                for &i in &self.struck {
+                    c.restart(i);
+                }
+                assert!(c.wait_ok(), "the cluster did not re-form");
+            }),
         }
     }
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
-fn signal(pid: u32, signal: &str) {
-    // The shell's own `kill`: no procps needed.
-    let ok = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -{signal} {pid}"))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{signal} {pid}");
-}
-
-/// Two instances on a private `redis-server` this test may pause or kill.
-async fn two_on_private(port: u16) -> (Server, Origin, [(SocketAddr, ResponseCache); 2]) {
-    let child = Server::start(port).expect("redis-server on PATH");
-    let server = Server {
-        port,
-        child: Some(child),
-    };
-    server.up().await;
-    let url = format!("redis://127.0.0.1:{port}");
-    let tier = || {
-        RedisTier::new(&url)
-            .unwrap()
-            .retry_after(Duration::from_millis(50))
-    };
-    let origin = Origin::default();
-    let a = instance(&origin, tier()).await;
-    let b = instance(&origin, tier()).await;
-    assert!(a.1.redis_ready(PATIENCE).await && b.1.redis_ready(PATIENCE).await);
-    (server, origin, [a, b])
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis_server),
-    ignore = "needs redis-server on PATH (starts and pauses its own)"
-)]
-async fn a_purge_sent_while_redis_is_paused_is_applied_once_it_resumes() {
-    let port = free_port();
-    let (server, origin, [(a, ca), (b, cb)]) = two_on_private(port).await;
-    let pages = ["/n/1?tag=news", "/n/2?tag=news"];
-    for path in pages {
+async fn a_purge_sent_while_redis_is_paused_is_applied_once_it_resumes(outage: Outage) {
+    let mut redis = Private::start(outage, "paused").await;
+    let pages = redis.pages(3, |i| format!("/n/{i}?tag=news"));
+    let elsewhere = "/elsewhere";
+    let (origin, [(a, ca), (b, cb)]) = redis.two().await;
+    for path in &pages {
         get(a, path).await;
     }
-    eventually("both writes", || ca.stats().l2_writes == 2).await;
-    for path in pages {
+    eventually("the writes", || ca.stats().l2_writes == 3).await;
+    for path in &pages {
         assert!(get(b, path).await.one("cache-status").contains("redis"));
     }
+    // In the second instance's memory only.
+    get(b, elsewhere).await;
+    assert!(get(b, elsewhere)
+        .await
+        .one("cache-status")
+        .starts_with("tower-ssr; hit"));
 
-    let pid = redis_pid(server.port);
-    signal(pid, "STOP");
+    redis.pause();
     // The purge is sent to both instances, as an admin hook would.
     let mut on_a = ca.purge_tag("news");
     let mut on_b = cb.purge_tag("news");
-    // A paused Redis confirms nothing.
+    // And one to the first only. A paused Redis confirms nothing.
+    let only_a = ca.purge_path(elsewhere);
     assert_eq!(
-        ca.purge_path("/elsewhere")
+        ca.purge_path("/nowhere")
             .confirmed(Duration::from_millis(300))
             .await,
         Err(PurgeError::TimedOut {
@@ -966,33 +1184,44 @@ async fn a_purge_sent_while_redis_is_paused_is_applied_once_it_resumes() {
         })
     );
     assert!(!on_a.is_confirmed() && !on_b.is_confirmed());
-    signal(pid, "CONT");
+    redis.resume();
 
     // Neither instance serves the purged pages from Redis: each renders.
-    // (No one rendered /n/2 since the purge, so a Redis hit there could
-    // only be the purged copy.)
-    let seen = get(a, pages[0]).await;
+    // (No one rendered pages[1] since the purge, so a Redis hit there
+    // could only be the purged copy.)
+    let seen = get(a, &pages[0]).await;
     assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
-    let seen = get(b, pages[1]).await;
+    let seen = get(b, &pages[1]).await;
     assert_eq!(seen.one("cache-status"), "tower-ssr; fwd=uri-miss; stored");
-    assert_eq!(origin.renders(pages[0]), 2);
-    assert_eq!(origin.renders(pages[1]), 2);
+    assert_eq!(origin.renders(&pages[0]), 2);
+    assert_eq!(origin.renders(&pages[1]), 2);
     on_a.confirmed(PATIENCE).await.unwrap();
     on_b.confirmed(PATIENCE).await.unwrap();
-    drop(server);
+    only_a.confirmed(PATIENCE).await.unwrap();
+    // In Redis too: the page no one asked for again is gone.
+    assert!(!redis.exists(&redis.entry(&pages[2])), "{outage:?}");
+    // And the purge only the first instance was given reaches the second.
+    eventually("the purge reaches the second instance", || {
+        cb.stats().remote_purges >= 1
+    })
+    .await;
+    assert!(get(b, elsewhere)
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(
-    not(tower_ssr_redis_server),
-    ignore = "needs redis-server on PATH (starts and kills its own)"
-)]
-async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_restart() {
-    let port = free_port();
-    let (mut server, origin, [(a, ca), (b, cb)]) = two_on_private(port).await;
-    let page = "/k?tag=news";
-    get(a, page).await;
-    eventually("the write", || ca.stats().l2_writes == 1).await;
+async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_restart(
+    outage: Outage,
+) {
+    let mut redis = Private::start(outage, "killed").await;
+    let pages = redis.pages(2, |i| format!("/k/{i}?tag=news"));
+    let (origin, [(a, ca), (b, cb)]) = redis.two().await;
+    let page = pages[0].as_str();
+    for path in &pages {
+        get(a, path).await;
+    }
+    eventually("the writes", || ca.stats().l2_writes == 2).await;
     assert!(get(b, page).await.one("cache-status").contains("redis"));
     // Now in the second instance's memory too.
     assert!(get(b, page)
@@ -1000,7 +1229,7 @@ async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_res
         .one("cache-status")
         .starts_with("tower-ssr; hit"));
 
-    server.kill();
+    redis.kill();
     let purged = ca.purge_tag("news");
     // A dead Redis confirms nothing; the purge stays queued.
     assert!(matches!(
@@ -1009,12 +1238,12 @@ async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_res
             .await,
         Err(PurgeError::TimedOut { .. })
     ));
-    server.child = Server::start(port);
-    server.up().await;
+    redis.restart().await;
 
-    // Redis came back empty, without the purge log: the second instance
-    // cannot know what it missed, and stops serving its memory copy
-    // within some of its reconnect cycles.
+    // Where Redis came back empty without the purge log, the second
+    // instance cannot know what it missed and stops serving its memory
+    // copy within some of its reconnect cycles; where the log survived
+    // (only the page's master died), the purge reaches it through the log.
     let mut polls = 0;
     loop {
         let seen = get(b, page).await;
@@ -1022,13 +1251,59 @@ async fn a_purge_made_while_redis_is_dead_reaches_the_other_instance_after_a_res
             break;
         }
         polls += 1;
-        assert!(polls < 4000, "the second instance kept the purged page");
+        assert!(
+            polls < 4000,
+            "the second instance kept the purged page ({outage:?})\n{:?}\n{:?}",
+            ca.stats(),
+            cb.stats()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(origin.renders(page), 2);
     // The first instance's purge reaches the new Redis too.
     purged.confirmed(PATIENCE).await.unwrap();
+    assert!(!redis.exists(&redis.entry(&pages[1])), "{outage:?}");
     assert!(cb.redis_ready(PATIENCE).await);
+}
+
+async fn a_purge_made_while_redis_refuses_writes_is_applied_once_it_accepts_them(outage: Outage) {
+    let mut redis = Private::start(outage, "oompurge").await;
+    let pages = redis.pages(2, |i| format!("/m/{i}?tag=news"));
+    let (origin, [(a, ca), (b, cb)]) = redis.two().await;
+    let page = pages[0].as_str();
+    for path in &pages {
+        get(a, path).await;
+    }
+    eventually("the writes", || ca.stats().l2_writes == 2).await;
+    assert!(get(b, page).await.one("cache-status").contains("redis"));
+    assert!(get(b, page)
+        .await
+        .one("cache-status")
+        .starts_with("tower-ssr; hit"));
+
+    redis.starve();
+    let mut purged = ca.purge_tag("news");
+    // Refused writes confirm nothing; the purge stays queued.
+    assert!(matches!(
+        ca.purge_path("/elsewhere")
+            .confirmed(Duration::from_millis(300))
+            .await,
+        Err(PurgeError::TimedOut { .. })
+    ));
+    assert!(!purged.is_confirmed());
+    redis.feed();
+
+    purged.confirmed(PATIENCE).await.unwrap();
+    assert!(!redis.exists(&redis.entry(&pages[1])), "{outage:?}");
+    eventually("the purge reaches the second instance", || {
+        cb.stats().remote_purges >= 1
+    })
+    .await;
+    assert!(get(b, page)
+        .await
+        .one("cache-status")
+        .contains("fwd=uri-miss"));
+    assert_eq!(origin.renders(page), 2);
 }
 
 async fn a_revalidation_on_one_instance_renders_once_across_both(setup: Setup) {

@@ -174,6 +174,14 @@ pub struct Cluster {
     /// The watching shells (see [`spawn_watched`]); dropping one stops
     /// its node.
     nodes: Vec<Child>,
+    /// Each node's directory (its `nodes.conf`), for [`Cluster::restart`].
+    dirs: Vec<String>,
+    /// Each node's `redis-server` pid, for signals.
+    pids: Vec<u32>,
+    /// Watchers of nodes [`Cluster::kill`]ed: their shells are gone, their
+    /// `cat` holds on until this is dropped (it never removes a directory
+    /// a restarted node uses).
+    retired: Vec<Child>,
 }
 
 impl Cluster {
@@ -198,6 +206,9 @@ impl Cluster {
         let mut cluster = Cluster {
             ports: Vec::new(),
             nodes: Vec::new(),
+            dirs: Vec::new(),
+            pids: Vec::new(),
+            retired: Vec::new(),
         };
         for _ in 0..masters {
             let port = cluster_port();
@@ -205,26 +216,16 @@ impl Cluster {
                 .join(format!("tower-ssr-cluster-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).ok()?;
             let dir_arg = dir.to_str()?.to_owned();
-            let mut node = spawn_watched_in(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--dir",
-                    &dir_arg,
-                ],
-                Some(&dir_arg),
-            )
-            .expect("redis-server is not on PATH");
-            if !wait_up(port, &mut node) {
+            let mut node = spawn_node(port, &dir_arg);
+            // Kept first, so that a failed try still stops it.
+            let up = wait_up(port, &mut node);
+            cluster.nodes.push(node);
+            if !up {
                 return None;
             }
             cluster.ports.push(port);
-            cluster.nodes.push(node);
+            cluster.dirs.push(dir_arg);
+            cluster.pids.push(pid(port));
         }
         let status = Command::new("redis-cli")
             .arg("--cluster")
@@ -238,18 +239,96 @@ impl Cluster {
         if !status.success() {
             return None;
         }
+        cluster.wait_ok().then_some(cluster)
+    }
+
+    /// Whether every node says `cluster_state:ok` before the patience
+    /// runs out.
+    pub fn wait_ok(&self) -> bool {
         let start = Instant::now();
         while start.elapsed() < START_PATIENCE {
-            if cluster
-                .ports
-                .iter()
-                .all(|&p| command(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            {
-                return Some(cluster);
+            if self.is_ok() {
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        None
+        false
+    }
+
+    /// Whether every node says `cluster_state:ok` now.
+    pub fn is_ok(&self) -> bool {
+        self.ports
+            .iter()
+            .all(|&p| command(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    }
+
+    /// The nodes' `redis-server` pids, in the order of [`Cluster::ports`].
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    /// The index (in [`Cluster::ports`]) of the master that holds `key`'s
+    /// slot: the one node that does not answer `-MOVED`.
+    ///
+    /// # Panics
+    ///
+    /// When no node answers for it.
+    pub fn owner(&self, key: &str) -> usize {
+        self.ports
+            .iter()
+            .position(|&p| command(p, &["EXISTS", key]).starts_with(':'))
+            .unwrap_or_else(|| panic!("no master answers for {key}"))
+    }
+
+    /// Pauses node `i` (`SIGSTOP`): it holds every connection, answers
+    /// nothing.
+    pub fn pause(&self, i: usize) {
+        signal(self.pids[i], "STOP");
+    }
+
+    /// Resumes node `i` (`SIGCONT`).
+    pub fn resume(&self, i: usize) {
+        signal(self.pids[i], "CONT");
+    }
+
+    /// Kills node `i` (`SIGKILL`, paused or not: a crash; its data is
+    /// gone, its `nodes.conf` stays) and waits until its port is free.
+    pub fn kill(&mut self, i: usize) {
+        signal(self.pids[i], "KILL");
+        // The watching shell goes without its trap (SIGKILL): it must not
+        // remove the directory the restarted node reads.
+        // A placeholder until the restart: a process done at once.
+        let placeholder = Command::new("true")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("true");
+        let mut watcher = std::mem::replace(&mut self.nodes[i], placeholder);
+        let _ = watcher.kill();
+        let _ = watcher.wait();
+        self.retired.push(watcher);
+        let start = Instant::now();
+        while answers_ping(self.ports[i]) {
+            assert!(start.elapsed() < START_PATIENCE, "node {i} did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Restarts node `i` after [`Cluster::kill`]: the same port and
+    /// `nodes.conf`, so it rejoins as the master of its slots (empty).
+    /// Does not wait for `cluster_state:ok` ([`Cluster::wait_ok`]).
+    ///
+    /// # Panics
+    ///
+    /// When it does not answer `PING`.
+    pub fn restart(&mut self, i: usize) {
+        let mut node = spawn_node(self.ports[i], &self.dirs[i]);
+        assert!(
+            wait_up(self.ports[i], &mut node),
+            "node {i} did not restart"
+        );
+        let mut placeholder = std::mem::replace(&mut self.nodes[i], node);
+        let _ = placeholder.wait();
+        self.pids[i] = pid(self.ports[i]);
     }
 
     /// The seed URLs, one per master.
@@ -269,7 +348,57 @@ impl Drop for Cluster {
             drop(node.stdin.take());
             let _ = node.wait();
         }
+        // Their `cat`s end with their input.
+        self.retired.clear();
     }
+}
+
+/// A cluster node on `port` in `dir` (its `nodes.conf`), watched: see
+/// [`spawn_watched`].
+fn spawn_node(port: u16, dir: &str) -> Child {
+    spawn_watched_in(
+        port,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+            "--dir",
+            dir,
+        ],
+        Some(dir),
+    )
+    .expect("redis-server is not on PATH")
+}
+
+/// The pid of the `redis-server` on `port` (from `INFO server`).
+///
+/// # Panics
+///
+/// When it does not say.
+pub fn pid(port: u16) -> u32 {
+    let info = command(port, &["INFO", "server"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no process_id from port {port}: {info:?}"))
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`) to process `pid`.
+///
+/// # Panics
+///
+/// When `kill` fails.
+pub fn signal(pid: u32, signal: &str) {
+    // The shell's own `kill`: no procps needed.
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {pid}");
 }
 
 /// A free loopback port whose cluster bus port (the port + 10000) is free
