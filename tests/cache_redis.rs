@@ -1632,6 +1632,7 @@ async fn get_coded(addr: SocketAddr, path: &str, ae: &str) -> Seen {
 
 #[cfg(feature = "compression")]
 fn decoded(seen: &Seen) -> Vec<u8> {
+    use std::io::Read;
     let body = &seen.body[..];
     let mut out = Vec::new();
     match seen
