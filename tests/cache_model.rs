@@ -920,8 +920,8 @@ fn check(
                                 // so stored "x" matches W/"x".
                                 || etags_weak_eq(&s.call.etag, &f.etag)
                                     && tag_is_weak(&f.etag)
-                                || s.call.etag.is_none()
-                                    && f.etag.is_none())
+                                // One without a tag: the render validated.
+                                || f.etag.is_none())
                     })
             });
             if !validated && !allowed.iter().any(|s| s.call.render == c.render) {
@@ -1075,13 +1075,22 @@ fn check(
         if call.status == 304 {
             // §4.3.4: freshen the renders the 304's validator selects (a
             // strong tag only the same strong tag, a weak one by weak
-            // comparison, none only a render validated by Last-Modified).
+            // comparison); one without a tag freshens the render the cache
+            // validated, the most recent of the key: the others may or may
+            // not be.
+            let selected = model
+                .stored
+                .iter()
+                .rev()
+                .find(|s| same_key(&s.call, s.call.answer.vary, sent))
+                .map(|s| s.call.render);
             let mut refreshed = Vec::new();
             for s in model.stored.iter_mut() {
                 // A 304 that only answered the client's own conditional, or
                 // an authenticated request, may or may not freshen it.
                 let passthrough = status == 304 || sent.auth;
-                if passthrough && s.call.path == call.path {
+                let untagged_other = call.etag.is_none() && Some(s.call.render) != selected;
+                if (passthrough || untagged_other) && s.call.path == call.path {
                     s.uncertain = true;
                     s.confirmed = false;
                     s.maybe.push((call.etag.clone(), call.answer.last_modified));
@@ -1098,8 +1107,7 @@ fn check(
                         // for weak ones too.
                         || etags_weak_eq(&s.call.etag, &call.etag)
                             && tag_is_weak(&call.etag)
-                        || s.call.etag.is_none()
-                            && s.call.answer.last_modified
+                        || (s.call.etag.is_some() || s.call.answer.last_modified)
                             && call.etag.is_none())
                 {
                     refreshed.push(s.call.render);
@@ -1182,10 +1190,13 @@ fn check(
 /// under the strict §4.3.4 rules (the same as the update below).
 /// `etag` is the stored render's tag now: a 304 merge may have replaced
 /// its own (§3.2).
+///
+/// A 304 without a tag selects the render the cache validated: §4.3.4's
+/// third rule is for a cache that cannot tell which render it is about.
 fn selects(etag: &Option<String>, last_modified: bool, not_modified: &Call) -> bool {
     etag.is_some() && *etag == not_modified.etag
         || etags_weak_eq(etag, &not_modified.etag) && tag_is_weak(&not_modified.etag)
-        || etag.is_none() && last_modified && not_modified.etag.is_none()
+        || (etag.is_some() || last_modified) && not_modified.etag.is_none()
 }
 
 /// Whether an entity tag is weak (`W/"…"`).
