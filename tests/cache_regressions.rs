@@ -454,3 +454,54 @@ async fn a_304_that_selects_the_stored_response_freshens_it() {
         assert_eq!(origin.calls(), 2, "{case}");
     }
 }
+
+/// Review finding. RFC 9111 §4.3.4 and RFC 9110 §15.4.5: when a `304`
+/// selects no stored response, the cache sends the request again without
+/// validators; a `304` to that unconditional request answers nothing the
+/// client asked (it had no validators either, or its own were taken off),
+/// so it never reaches the client as is. The client gets the stored
+/// response the first `304` vouched for, as when the request cannot be
+/// sent again.
+#[tokio::test]
+async fn a_304_to_the_unconditional_resend_is_not_forwarded() {
+    let origin = Seen2::default();
+    let app = Router::new().route(
+        "/p",
+        route({
+            let origin = origin.clone();
+            move |headers: HeaderMap| {
+                let origin = origin.clone();
+                async move {
+                    let n = origin.record(&headers);
+                    if n == 1 {
+                        return Response::builder()
+                            .header("cache-control", "max-age=1")
+                            .header("age", "5")
+                            .header("etag", "\"x\"")
+                            .body(Body::from("v1"))
+                            .unwrap();
+                    }
+                    // A broken origin: a 304 naming another tag, to the
+                    // validation and to the request sent again alike.
+                    Response::builder()
+                        .status(304)
+                        .header("cache-control", "max-age=60")
+                        .header("etag", "\"y\"")
+                        .body(Body::empty())
+                        .unwrap()
+                }
+            }
+        }),
+    );
+    let (addr, _) = serve_cached(app).await;
+    assert_eq!(text(&get(addr, "/p").await), "v1");
+    let again = get(addr, "/p").await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert_eq!(text(&again), "v1", "{again:?}");
+    assert!(
+        again.one("cache-status").contains("fwd-status=304"),
+        "{again:?}"
+    );
+    assert_eq!(origin.calls(), 3, "validated, then sent once again");
+    assert!(!origin.nth(3).contains_key("if-none-match"));
+}

@@ -1155,9 +1155,18 @@ where
         {
             if let Some((again, empty)) = again.take() {
                 tracing::debug!(key = %key, "304 selects no stored response: sent again unconditionally");
-                validating = None;
+                let validated = validating.take();
                 request_time = crate::date::monotonic_now();
                 result = send(inner, Request::from_parts(again, empty), &mut upstream).await;
+                // RFC 9110 §15.4.5: a 304 answers a conditional request
+                // only; one to this unconditional request is no answer for
+                // the client (its own validators were taken off). It is
+                // handled as the first one was when nothing can be sent
+                // again (§4.3.4, see `revalidated`): the stored response
+                // it vouches for is served, or freshened if it selects it.
+                if matches!(&result, Ok(res) if res.status() == StatusCode::NOT_MODIFIED) {
+                    validating = validated;
+                }
             }
         }
     }
