@@ -1414,10 +1414,13 @@ where
         Read::TooLong(buffered) => {
             pending.too_long();
             head.headers.append(CACHE_STATUS, member(false));
+            let body = ResponseBody::replay(buffered, None, Some(body));
+            // A HEAD gets the GET's head without its content: its length
+            // stays what the GET's would be (RFC 9110 §8.6, §9.3.2).
             let body = if is_head {
-                ResponseBody::empty()
+                ResponseBody::head(body.size_hint().exact())
             } else {
-                ResponseBody::replay(buffered, None, Some(body))
+                body
             };
             Ok(Response::from_parts(head, body))
         }
@@ -1698,8 +1701,9 @@ fn passthrough<B: Body>(
     }
     head.headers.append(CACHE_STATUS, member);
     if is_head {
-        // The GET's head, Content-Length included, without its body.
-        return Response::from_parts(head, ResponseBody::empty());
+        // The GET's head, Content-Length included, without its body; the
+        // body's length when the head has none (RFC 9110 §8.6, §9.3.2).
+        return Response::from_parts(head, ResponseBody::head(body.size_hint().exact()));
     }
     Response::from_parts(head, ResponseBody::stream(body))
 }
