@@ -455,3 +455,114 @@ async fn a_304_that_selects_the_stored_response_freshens_it() {
         assert_eq!(origin.calls(), 2, "{case}");
     }
 }
+
+/// Review finding. RFC 9111 §4.3.4 and RFC 9110 §15.4.5: when a `304`
+/// selects no stored response, the cache sends the request again without
+/// validators; a `304` to that unconditional request answers nothing the
+/// client asked (it had no validators either, or its own were taken off),
+/// so it never reaches the client as is. The client gets the stored
+/// response the first `304` vouched for, as when the request cannot be
+/// sent again.
+#[tokio::test]
+async fn a_304_to_the_unconditional_resend_is_not_forwarded() {
+    let origin = Seen2::default();
+    let app = Router::new().route(
+        "/p",
+        route({
+            let origin = origin.clone();
+            move |headers: HeaderMap| {
+                let origin = origin.clone();
+                async move {
+                    let n = origin.record(&headers);
+                    if n == 1 {
+                        return Response::builder()
+                            .header("cache-control", "max-age=1")
+                            .header("age", "5")
+                            .header("etag", "\"x\"")
+                            .body(Body::from("v1"))
+                            .unwrap();
+                    }
+                    // A broken origin: a 304 naming another tag, to the
+                    // validation and to the request sent again alike.
+                    Response::builder()
+                        .status(304)
+                        .header("cache-control", "max-age=60")
+                        .header("etag", "\"y\"")
+                        .body(Body::empty())
+                        .unwrap()
+                }
+            }
+        }),
+    );
+    let (addr, _) = serve_cached(app).await;
+    assert_eq!(text(&get(addr, "/p").await), "v1");
+    let again = get(addr, "/p").await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert_eq!(text(&again), "v1", "{again:?}");
+    assert!(
+        again.one("cache-status").contains("fwd-status=304"),
+        "{again:?}"
+    );
+    assert_eq!(origin.calls(), 3, "validated, then sent once again");
+    assert!(!origin.nth(3).contains_key("if-none-match"));
+}
+
+/// Review finding. RFC 9110 §8.6, §9.3.2: a `Content-Length` in the answer
+/// to a HEAD is the length the GET's content would have. A HEAD goes
+/// inward as a GET; when that response is not stored (longer than
+/// `max_body`, or not storable) only its head is sent, and the empty body
+/// must not pass for the GET's (axum's router writes `Content-Length: 0`
+/// for a body that says it is empty): the known length, or none.
+#[tokio::test]
+async fn a_head_passed_through_keeps_the_length_of_the_get() {
+    let page = "0123456789abcdef".repeat(1250);
+    let app = Router::new().fallback({
+        let page = page.clone();
+        move |uri: axum::http::Uri| {
+            let page = page.clone();
+            async move {
+                let res = Response::builder().header("etag", "\"e\"");
+                match uri.path() {
+                    // Longer than max_body.
+                    "/long" => res.header("cache-control", "max-age=600"),
+                    "/private" => res.header("cache-control", "private, max-age=600"),
+                    // Of unknown length, longer than max_body.
+                    _ => {
+                        let chunks = [page[..7000].to_owned(), page[7000..].to_owned()];
+                        let stream = tokio_stream::iter(chunks.map(Ok::<_, std::io::Error>));
+                        return res
+                            .header("cache-control", "max-age=600")
+                            .body(Body::from_stream(stream))
+                            .unwrap();
+                    }
+                }
+                .body(Body::from(page))
+                .unwrap()
+            }
+        }
+    });
+    let cache = ResponseCache::builder().max_bytes(16 << 20).build();
+    let addr = serve(app.layer(CacheLayer::new(cache).max_body(10_000))).await;
+    for (path, length) in [
+        ("/long", Some("20000")),
+        ("/private", Some("20000")),
+        ("/stream", None),
+    ] {
+        // The first HEAD leads a flight; the second finds the key known
+        // uncacheable and goes straight through.
+        for round in 0..2 {
+            let head = common::send(addr, axum::http::Method::HEAD, path, &[]).await;
+            assert_eq!(head.status, StatusCode::OK, "{path}");
+            assert!(head.body.is_empty());
+            assert_eq!(
+                head.headers
+                    .get("content-length")
+                    .map(|v| v.to_str().unwrap()),
+                length,
+                "{path} round {round}: {head:?}"
+            );
+        }
+        let get = get(addr, path).await;
+        assert_eq!(get.body.len(), 20_000, "{path}");
+    }
+}

@@ -771,3 +771,32 @@ async fn a_range_and_a_full_get_share_one_origin_call_either_way() {
         assert_eq!(ranges_seen(&site.origin), vec![None]);
     }
 }
+
+/// Review finding. RFC 9110 §13.1.5: `If-Range` without `Range` is
+/// ignored, so a hit answers it as it answers the same request without it:
+/// in the coding the client prefers, not the identity a range is cut from.
+#[tokio::test]
+async fn if_range_without_range_is_ignored_on_a_hit() {
+    let site = compressing().await;
+    site.get("/", "br").await;
+    let br = site.ready("/", "br").await;
+    for if_range in [
+        "\"v1\"",
+        "\"v1-br\"",
+        "\"v0\"",
+        "Thu, 01 Jan 2026 00:00:00 GMT",
+    ] {
+        let seen = site
+            .send(
+                Method::GET,
+                "/",
+                &[("accept-encoding", "br"), ("if-range", if_range)],
+            )
+            .await;
+        assert_eq!(seen.status, StatusCode::OK, "{if_range}");
+        assert!(seen.one("cache-status").contains("hit"), "{if_range}");
+        assert_eq!(seen.one("content-encoding"), "br", "{if_range}: {seen:?}");
+        assert_eq!(seen.body, br.body, "{if_range}");
+    }
+    assert_eq!(site.origin.calls(), 1);
+}

@@ -46,6 +46,14 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B: Body> {
         Stored { data: Option<Bytes> },
+        Head {
+            // The length of the GET's content, when known: the answer to
+            // a HEAD has none, but says how long it would be (RFC 9110
+            // §8.6, §9.3.2), so a server or router that writes
+            // `Content-Length` from the size hint writes the GET's, never
+            // a 0 it would have to retract.
+            len: Option<u64>,
+        },
         Stream { #[pin] body: B },
         Tee {
             // Chunks read before the headers went out (see `read_start`),
@@ -89,6 +97,7 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
             Kind::Stored { .. } => "Stored",
+            Kind::Head { .. } => "Head",
             Kind::Stream { .. } => "Stream",
             Kind::Tee { .. } => "Tee",
             Kind::Replay { .. } => "Replay",
@@ -110,6 +119,15 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn empty() -> Self {
         ResponseBody {
             kind: Kind::Stored { data: None },
+        }
+    }
+
+    /// The body of an answer to a HEAD whose GET content is `len` bytes
+    /// long (`None`: unknown): it has no data, and its size hint is that
+    /// length (RFC 9110 §8.6).
+    pub(crate) fn head(len: Option<u64>) -> Self {
+        ResponseBody {
+            kind: Kind::Head { len },
         }
     }
 
@@ -206,6 +224,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Stored { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Head { .. } => Poll::Ready(None),
             KindProj::Stream { body } => body.poll_frame(cx),
             KindProj::Tee {
                 buffered,
@@ -305,6 +324,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Stored { data } => data.is_none(),
+            Kind::Head { .. } => true,
             Kind::Stream { body } => body.is_end_stream(),
             Kind::Slice { left, .. } => *left == 0,
             Kind::Tee { buffered, body, .. } => {
@@ -327,6 +347,7 @@ where
             Kind::Stored { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Head { len } => len.map_or_else(SizeHint::new, SizeHint::with_exact),
             Kind::Stream { body } => body.size_hint(),
             Kind::Slice { left, .. } => SizeHint::with_exact(*left),
             Kind::Tee { buffered, body, .. } => {

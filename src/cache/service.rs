@@ -648,7 +648,13 @@ fn hit<B: Body>(
     let conditionals =
         Conditionals::from_request(&parts.method, present.view(Present::CONDITIONAL, headers));
     let member = config.hit_member(entry.fresh.ttl(now));
-    let ranged = (parts.method == Method::GET && present.any(Present::RANGE)).then_some(headers);
+    // `Present::RANGE` covers `If-Range` too; without `Range` it is
+    // ignored (RFC 9110 §13.1.5), and the request answered as one without
+    // it, in the coding it prefers rather than the identity ranges are cut
+    // from.
+    let ranged =
+        (parts.method == Method::GET && present.any(Present::RANGE) && headers.contains_key(RANGE))
+            .then_some(headers);
     let mut wants = wants_for(
         entry,
         present.view(Present::ENCODING | Present::DIRECTIVES, headers),
@@ -1155,9 +1161,18 @@ where
         {
             if let Some((again, empty)) = again.take() {
                 tracing::debug!(key = %key, "304 selects no stored response: sent again unconditionally");
-                validating = None;
+                let validated = validating.take();
                 request_time = crate::date::monotonic_now();
                 result = send(inner, Request::from_parts(again, empty), &mut upstream).await;
+                // RFC 9110 §15.4.5: a 304 answers a conditional request
+                // only; one to this unconditional request is no answer for
+                // the client (its own validators were taken off). It is
+                // handled as the first one was when nothing can be sent
+                // again (§4.3.4, see `revalidated`): the stored response
+                // it vouches for is served, or freshened if it selects it.
+                if matches!(&result, Ok(res) if res.status() == StatusCode::NOT_MODIFIED) {
+                    validating = validated;
+                }
             }
         }
     }
@@ -1399,10 +1414,13 @@ where
         Read::TooLong(buffered) => {
             pending.too_long();
             head.headers.append(CACHE_STATUS, member(false));
+            let body = ResponseBody::replay(buffered, None, Some(body));
+            // A HEAD gets the GET's head without its content: its length
+            // stays what the GET's would be (RFC 9110 §8.6, §9.3.2).
             let body = if is_head {
-                ResponseBody::empty()
+                ResponseBody::head(body.size_hint().exact())
             } else {
-                ResponseBody::replay(buffered, None, Some(body))
+                body
             };
             Ok(Response::from_parts(head, body))
         }
@@ -1683,8 +1701,9 @@ fn passthrough<B: Body>(
     }
     head.headers.append(CACHE_STATUS, member);
     if is_head {
-        // The GET's head, Content-Length included, without its body.
-        return Response::from_parts(head, ResponseBody::empty());
+        // The GET's head, Content-Length included, without its body; the
+        // body's length when the head has none (RFC 9110 §8.6, §9.3.2).
+        return Response::from_parts(head, ResponseBody::head(body.size_hint().exact()));
     }
     Response::from_parts(head, ResponseBody::stream(body))
 }
