@@ -566,3 +566,51 @@ async fn a_head_passed_through_keeps_the_length_of_the_get() {
         assert_eq!(get.body.len(), 20_000, "{path}");
     }
 }
+
+/// RFC 9111 §4.3.2: `If-Match` and `If-Unmodified-Since` apply to the
+/// origin only, so a request carrying one is forwarded even when a fresh
+/// response is stored: a download resumed against an older version gets
+/// the origin's 412, not a range of the stored newer one.
+#[tokio::test]
+async fn origin_only_preconditions_are_forwarded_even_on_a_hit() {
+    let origin = Seen2::default();
+    let app = Router::new().route(
+        "/f",
+        route({
+            let origin = origin.clone();
+            move |headers: HeaderMap| async move {
+                origin.record(&headers);
+                let stale_tag = headers
+                    .get("if-match")
+                    .is_some_and(|v| v.as_bytes() != b"\"v2\"");
+                let since = headers.contains_key("if-unmodified-since");
+                let status = if stale_tag || since { 412 } else { 200 };
+                Response::builder()
+                    .status(status)
+                    .header("cache-control", "max-age=600")
+                    .header("etag", "\"v2\"")
+                    .body(Body::from("0123456789"))
+                    .unwrap()
+            }
+        }),
+    );
+    let (addr, _) = serve_cached(app).await;
+    assert!(get(addr, "/f").await.one("cache-status").contains("stored"));
+    for precondition in [
+        ("if-match", "\"v1\""),
+        ("if-unmodified-since", "Thu, 01 Jan 2026 00:00:00 GMT"),
+    ] {
+        let before = origin.calls();
+        let seen = get_with(addr, "/f", &[precondition, ("range", "bytes=0-3")]).await;
+        assert_eq!(
+            seen.status,
+            StatusCode::PRECONDITION_FAILED,
+            "{precondition:?}: {seen:?}"
+        );
+        assert_eq!(origin.calls(), before + 1, "{precondition:?}");
+    }
+    // Without them, the stored page answers.
+    let hit = get_with(addr, "/f", &[("range", "bytes=0-3")]).await;
+    assert_eq!(hit.status, StatusCode::PARTIAL_CONTENT);
+    assert!(hit.one("cache-status").contains("hit"), "{hit:?}");
+}

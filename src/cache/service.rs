@@ -298,6 +298,12 @@ where
         let mut fwd = Fwd::UriMiss;
         let mut stale = None;
         match found {
+            // RFC 9111 §4.3.2: preconditions only the origin can evaluate
+            // (`If-Match`, `If-Unmodified-Since`) are never answered from a
+            // stored response, hit or miss: a download resumed with
+            // `If-Match` against an older version must get the origin's 412,
+            // not a range of the newer one.
+            Lookup::Found(..) if present.any(Present::ORIGIN_CONDITIONAL) => fwd = Fwd::Request,
             Lookup::Found(variants, i) => {
                 let entry = &variants.list[i];
                 let reuse = reuse(&entry.fresh, &req_cc, now);
