@@ -20,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use super::timer::ConnTimer;
 use super::BoxError;
 use crate::balance::ClientAddr;
 
@@ -166,7 +167,6 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
         .max_buf_size(128 * 1024);
     // No `.max_headers(100)`: 100 is hyper's own limit, and setting it
@@ -198,7 +198,12 @@ where
                     let mut svc = svc.clone();
                     async move { svc.call(req).await }
                 });
-                let conn = builder
+                // One timer per connection: hyper's header-read timeout
+                // then moves one sleep instead of registering a new one
+                // per request head (see `ConnTimer`).
+                let mut conn_builder = builder.clone();
+                conn_builder.http1().timer(ConnTimer::new());
+                let conn = conn_builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), handler)
                     .into_owned();
                 let conn = graceful.watch(conn);
