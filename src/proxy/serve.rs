@@ -16,10 +16,10 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use super::shutdown::Shutdown;
 use super::timer::ConnTimer;
 use super::BoxError;
 use crate::balance::ClientAddr;
@@ -178,7 +178,7 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(idle_timeout)
         .keep_alive_timeout(idle_timeout);
-    let graceful = GracefulShutdown::new();
+    let graceful = Shutdown::new();
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
     loop {
         tokio::select! {
@@ -206,7 +206,7 @@ where
                 let conn = conn_builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), handler)
                     .into_owned();
-                let conn = graceful.watch(conn);
+                let conn = graceful.watch(conn, |c| c.graceful_shutdown());
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
