@@ -598,3 +598,63 @@ async fn a_users_own_client_forwards_through_its_connector() {
     let n = connects.load(Ordering::Relaxed);
     assert!((1..=3).contains(&n), "{n}");
 }
+
+/// Reads from a raw connection until the proxy closes it (or resets it);
+/// returns what came before.
+async fn until_closed(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        match within(s.read(&mut tmp)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn a_request_head_must_arrive_within_the_idle_timeout_on_each_request() {
+    let up = plain_upstream("r1").await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        proxy::serve(listener, proxy)
+            .idle_timeout(Duration::from_millis(300))
+            .await
+            .unwrap();
+    });
+
+    // Keep-alive requests 150 ms apart, 900 ms in all: each head arrives
+    // within the timeout, so the connection stays open throughout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..6 {
+        s.write_all(b"GET /page HTTP/1.1\r\nhost: a.example\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        while !String::from_utf8_lossy(&buf).contains("\r\n\r\npage") {
+            let n = within(s.read(&mut tmp)).await.unwrap();
+            assert!(n > 0, "closed while requests kept coming");
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        assert!(buf.starts_with(b"HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Then idle: closed.
+    let started = std::time::Instant::now();
+    until_closed(&mut s).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A head that never ends is cut off too.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /page HTTP/1.1\r\nhost: a.exa")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut slow).await;
+    assert!(!answer.contains("200"), "{answer}");
+}

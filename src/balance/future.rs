@@ -9,7 +9,8 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::endpoint::EndpointId;
-use super::service::{copy_request, pick, Attempt, Connect, Inner};
+use super::retry::Spare;
+use super::service::{pick, Attempt, Connect, Inner};
 use super::upstream::Upstream;
 
 pin_project! {
@@ -30,7 +31,7 @@ pin_project! {
         key: Option<u64>,
         // Inline, not boxed: one allocation less per request (the future
         // lives in its caller's state and is not moved after the first poll).
-        spare: Option<Request<B>>,
+        spare: Option<Spare<B>>,
         tried: Vec<EndpointId>,
     }
 }
@@ -171,11 +172,11 @@ where
                 // The last allowed retry sends the spare itself.
                 let last = this.tried.len() as u64 == u64::from(retries.max);
                 let req = if last {
-                    this.spare.take()
+                    this.spare.take().map(Spare::into_request)
                 } else {
                     this.spare
                         .as_ref()
-                        .and_then(|r| copy_request(&this.inner.config.retries, r))
+                        .and_then(|s| s.request(&this.inner.config.retries))
                 };
                 req.and_then(|req| pick(this.inner, *this.key, this.tried, req, None).ok())
             } else {

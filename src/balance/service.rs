@@ -10,7 +10,7 @@ use super::body::{InFlight, ResponseBody};
 use super::endpoint::{EndpointId, EndpointState, Endpoints, Shared};
 use super::future::ResponseFuture;
 use super::key::Key;
-use super::retry::Retries;
+use super::retry::{Retries, Spare};
 use super::strategy::Candidates;
 
 /// How the balancer reaches the endpoint it picked: given the endpoint's
@@ -305,7 +305,7 @@ pub(crate) fn pick<T, C, B>(
     key: Option<u64>,
     tried: &[EndpointId],
     req: Request<B>,
-    spare: Option<&mut Option<Request<B>>>,
+    spare: Option<&mut Option<Spare<B>>>,
 ) -> Result<(Attempt, C::Service, Request<B>), Request<B>>
 where
     C: Connect<T, B>,
@@ -355,7 +355,7 @@ where
             }
             if let Some(spare) = spare {
                 if snap.states.len() > 1 {
-                    *spare = copy_request(&inner.config.retries, &req);
+                    *spare = Spare::of(&inner.config.retries, &req);
                 }
             }
             let (svc, req) = inner.connect.connect(&snap.values[i], req);
@@ -427,18 +427,6 @@ impl<T, C> Balance<T, C> {
         let may_retry = retries.max > 0 && super::retry::is_idempotent(req.method());
         ResponseFuture::start(Arc::clone(&self.inner), key, may_retry, req)
     }
-}
-
-/// A copy of `req` when its body can be replayed.
-pub(crate) fn copy_request<B: 'static>(retries: &Retries, req: &Request<B>) -> Option<Request<B>> {
-    let body = retries.replay(req.body())?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
 }
 
 #[cfg(test)]

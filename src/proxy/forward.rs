@@ -278,10 +278,16 @@ pub(super) fn prepare_request(
                 // upstreams read it from the right with their own trusted
                 // set (DESIGN.md "Balancing"). An untrusted peer's list was
                 // removed above, so ours is the whole of it.
-                if parts.headers.contains_key(&xff) {
-                    append_value(&mut parts.headers, xff, &ip.to_string());
-                } else {
-                    parts.headers.insert(xff, ip_value(ip));
+                // One lookup: `entry` hashes and probes once, where
+                // `contains_key` then `insert` did it twice.
+                match parts.headers.entry(xff) {
+                    header::Entry::Vacant(e) => {
+                        e.insert(ip_value(ip));
+                    }
+                    header::Entry::Occupied(e) => {
+                        let xff = e.key().clone();
+                        append_value(&mut parts.headers, xff, &ip.to_string());
+                    }
                 }
             }
             let xfp = X_FORWARDED_PROTO;
@@ -319,12 +325,11 @@ pub(super) fn prepare_request(
         http::Version::HTTP_2 => "2 tower-ssr",
         _ => "1.1 tower-ssr",
     };
-    if parts.headers.contains_key(header::VIA) {
-        append_value(&mut parts.headers, header::VIA, via);
-    } else {
-        parts
-            .headers
-            .insert(header::VIA, HeaderValue::from_static(via));
+    match parts.headers.entry(header::VIA) {
+        header::Entry::Vacant(e) => {
+            e.insert(HeaderValue::from_static(via));
+        }
+        header::Entry::Occupied(_) => append_value(&mut parts.headers, header::VIA, via),
     }
     Ok(())
 }

@@ -137,6 +137,8 @@ mod forward;
 mod future;
 mod serve;
 mod service;
+mod shutdown;
+mod timer;
 #[cfg(feature = "tls")]
 mod tls;
 mod upgrade;

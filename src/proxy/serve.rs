@@ -16,10 +16,11 @@ use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use super::shutdown::Shutdown;
+use super::timer::ConnTimer;
 use super::BoxError;
 use crate::balance::ClientAddr;
 
@@ -166,7 +167,6 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
         .max_buf_size(128 * 1024);
     // No `.max_headers(100)`: 100 is hyper's own limit, and setting it
@@ -178,7 +178,7 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(idle_timeout)
         .keep_alive_timeout(idle_timeout);
-    let graceful = GracefulShutdown::new();
+    let graceful = Shutdown::new();
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
     loop {
         tokio::select! {
@@ -198,10 +198,15 @@ where
                     let mut svc = svc.clone();
                     async move { svc.call(req).await }
                 });
-                let conn = builder
+                // One timer per connection: hyper's header-read timeout
+                // then moves one sleep instead of registering a new one
+                // per request head (see `ConnTimer`).
+                let mut conn_builder = builder.clone();
+                conn_builder.http1().timer(ConnTimer::new());
+                let conn = conn_builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), handler)
                     .into_owned();
-                let conn = graceful.watch(conn);
+                let conn = graceful.watch(conn, |c| c.graceful_shutdown());
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
