@@ -31,7 +31,8 @@ impl Present {
     /// `If-None-Match`, `If-Modified-Since`: the preconditions a cache
     /// evaluates (RFC 9111 §4.3.2).
     pub(crate) const CONDITIONAL: Present = Present(1 << 4);
-    /// `Range`, `If-Range` (RFC 9110 §14.2, §13.1.5).
+    /// `Range` (RFC 9110 §14.2). `If-Range` alone is not in it: without
+    /// `Range` it is ignored (§13.1.5), and with one it is read beside it.
     pub(crate) const RANGE: Present = Present(1 << 5);
     /// `If-Match`, `If-Unmodified-Since`: preconditions only the origin
     /// can evaluate (RFC 9111 §4.3.2).
@@ -52,7 +53,7 @@ impl Present {
                 "cache-control" | "pragma" => Self::DIRECTIVES.0,
                 "authorization" => Self::AUTHORIZATION.0,
                 "if-none-match" | "if-modified-since" => Self::CONDITIONAL.0,
-                "range" | "if-range" => Self::RANGE.0,
+                "range" => Self::RANGE.0,
                 "if-match" | "if-unmodified-since" => Self::ORIGIN_CONDITIONAL.0,
                 "accept-encoding" => Self::ENCODING.0,
                 _ => 0,
@@ -118,7 +119,6 @@ mod tests {
             ("if-none-match", Present::CONDITIONAL),
             ("if-modified-since", Present::CONDITIONAL),
             ("range", Present::RANGE),
-            ("if-range", Present::RANGE),
             ("if-match", Present::ORIGIN_CONDITIONAL),
             ("if-unmodified-since", Present::ORIGIN_CONDITIONAL),
             ("accept-encoding", Present::ENCODING),
@@ -134,6 +134,8 @@ mod tests {
             ("cookie", "a=b"),
             ("sec-fetch-mode", "navigate"),
             ("x-range", "1"),
+            // Ignored without `Range` (RFC 9110 §13.1.5).
+            ("if-range", "\"a\""),
         ]);
         assert_eq!(Present::scan(&browser), Present::default());
     }

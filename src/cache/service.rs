@@ -654,13 +654,7 @@ fn hit<B: Body>(
     let conditionals =
         Conditionals::from_request(&parts.method, present.view(Present::CONDITIONAL, headers));
     let member = config.hit_member(entry.fresh.ttl(now));
-    // `Present::RANGE` covers `If-Range` too; without `Range` it is
-    // ignored (RFC 9110 §13.1.5), and the request answered as one without
-    // it, in the coding it prefers rather than the identity ranges are cut
-    // from.
-    let ranged =
-        (parts.method == Method::GET && present.any(Present::RANGE) && headers.contains_key(RANGE))
-            .then_some(headers);
+    let ranged = (parts.method == Method::GET && present.any(Present::RANGE)).then_some(headers);
     let mut wants = wants_for(
         entry,
         present.view(Present::ENCODING | Present::DIRECTIVES, headers),
