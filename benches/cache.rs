@@ -26,40 +26,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::Full;
+use support::hit::{layered_with_page, page, request, same_headers_handler, typical_response};
 use support::{block_on, drain};
 use tower::{service_fn, Layer, Service};
 use tower_ssr::cache::{CacheLayer, ResponseCache};
-
-fn page() -> Bytes {
-    Bytes::from(
-        (0..30 * 1024)
-            .map(|i| b"<p>lorem ipsum dolor sit amet</p>\n"[i % 34])
-            .collect::<Vec<u8>>(),
-    )
-}
-
-fn typical_response(body: Bytes, cc: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(body));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_static("W/\"0123456789abcdef0123456789abcdef\""),
-    );
-    res
-}
-
-fn request(uri: &str) -> Request<()> {
-    Request::get(uri)
-        .header(header::HOST, "example.com")
-        .header(header::ACCEPT, "text/html")
-        .body(())
-        .unwrap()
-}
 
 fn hit(c: &mut Criterion) {
     let body = page();
@@ -111,35 +81,7 @@ fn hit(c: &mut Criterion) {
     // Baseline 3: the same hand-written lookup sending the same response
     // as the layer: the origin's Date and Content-Length kept, Age and a
     // Cache-Status member formatted per hit.
-    let map: moka::sync::Cache<String, Arc<(http::HeaderMap, Bytes)>> =
-        moka::sync::Cache::new(10_000);
-    let mut stored = typical_response(body.clone(), "public, s-maxage=600");
-    stored.headers_mut().insert(
-        header::DATE,
-        HeaderValue::from_static("Thu, 26 Nov 2026 19:00:00 GMT"),
-    );
-    stored
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    map.insert(
-        "http://example.com/posts/1".to_owned(),
-        Arc::new((stored.headers().clone(), body.clone())),
-    );
-    let mut handler = service_fn(move |req: Request<()>| {
-        let host = req.headers()[header::HOST].to_str().unwrap_or("");
-        let key = format!("http://{host}{}", req.uri().path());
-        let found = map.get(&key);
-        async move {
-            let (headers, body) = &*found.expect("stored");
-            let mut res = Response::new(Full::new(body.clone()));
-            *res.headers_mut() = headers.clone();
-            let h = res.headers_mut();
-            h.insert(header::AGE, HeaderValue::from(0u64));
-            let status = format!("tower-ssr; hit; ttl={}", 600);
-            h.insert("cache-status", HeaderValue::from_str(&status).unwrap());
-            Ok::<_, Infallible>(res)
-        }
-    });
+    let mut handler = same_headers_handler(body.clone());
     group.bench_function("moka_in_handler_same_headers", |b| {
         b.iter(|| {
             let res = block_on(handler.call(request("/posts/1"))).unwrap();
@@ -149,23 +91,7 @@ fn hit(c: &mut Criterion) {
 
     // The layer, the page stored once.
     let cache = ResponseCache::new();
-    let inner_body = body;
-    let renderer = service_fn(move |_req: Request<()>| {
-        let res = typical_response(inner_body.clone(), "public, s-maxage=600");
-        async move { Ok::<_, Infallible>(res) }
-    });
-    let mut layered = CacheLayer::new(cache.clone()).layer(renderer);
-    let res = block_on(layered.call(request("/posts/1"))).unwrap();
-    drain(res.into_body());
-    let res = block_on(layered.call(request("/posts/1"))).unwrap();
-    assert!(
-        res.headers()["cache-status"]
-            .to_str()
-            .unwrap()
-            .contains("hit"),
-        "{:?}",
-        res.headers()
-    );
+    let mut layered = layered_with_page(cache.clone(), body);
     group.bench_function("layer", |b| {
         b.iter(|| {
             let res = block_on(layered.call(request("/posts/1"))).unwrap();

@@ -7,9 +7,9 @@
 #
 # Each bench runs alone under callgrind for 2 s of criterion's
 # `--profile-time`; the figure is the inclusive count of criterion's
-# `Bencher::iter` divided by the calls it made to the bench's `request`
-# builder (one per iteration), so the request building, the call, the
-# drain and the drops are all in it, as in the criterion figure.
+# `Bencher::iter` divided by the calls it made to `support::drain` (one
+# per iteration), so the request building, the call, the drain and the
+# drops are all in it, as in the criterion figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
@@ -31,7 +31,7 @@ import re, sys
 lines = sys.stdin.read().splitlines()
 total = int(lines[0].split()[0].replace(",", ""))
 calls = next(int(m.group(1).replace(",", "")) for l in lines[1:]
-             if (m := re.search(r"cache::request \(([0-9,]+)x\)", l)))
+             if (m := re.search(r"support::drain \(([0-9,]+)x\)", l)))
 print(f"{sys.argv[1]:<55} {total // calls:>7} instructions/iteration")
 ' "$f"
 done

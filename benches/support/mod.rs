@@ -10,6 +10,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use bytes::Bytes;
 use http_body::Body;
 
+#[cfg(feature = "cache")]
+pub(crate) mod hit;
+
 struct Noop;
 
 impl Wake for Noop {
