@@ -179,21 +179,15 @@ pub fn resolve(parts: &Parts) -> Result<Option<Authority>, AuthorityError> {
 ///
 /// As [`resolve`]; the request is then left unchanged.
 pub fn normalize_host(parts: &mut Parts) -> Result<bool, AuthorityError> {
-    normalized_host(parts).map(|host| host.is_some())
-}
-
-/// [`normalize_host`], returning the `Host` value it left (a cheap clone):
-/// the cache keys on it without looking it up and validating it again.
-pub(crate) fn normalized_host(parts: &mut Parts) -> Result<Option<HeaderValue>, AuthorityError> {
     let value = match check(parts)? {
-        Found::Absent => return Ok(None),
-        Found::Exact(line) => return Ok(Some(line.clone())),
+        Found::Absent => return Ok(false),
+        Found::Exact(_) => return Ok(true),
         Found::Rewrite(raw) => HeaderValue::from_bytes(&raw.to_ascii_lowercase()),
     };
     // Valid authorities are visible ASCII, so this cannot fail.
     let value = value.map_err(|_| AuthorityError::Invalid)?;
-    parts.headers.insert(HOST, value.clone());
-    Ok(Some(value))
+    parts.headers.insert(HOST, value);
+    Ok(true)
 }
 
 /// [`normalize_host`], returning the authority itself (one allocation
@@ -258,19 +252,44 @@ pub(crate) fn is_valid(raw: &[u8]) -> bool {
 /// `reg-name = *( unreserved / pct-encoded / sub-delims )` (an IPv4
 /// address is a reg-name too).
 fn is_reg_name(s: &[u8]) -> bool {
+    // unreserved / sub-delims, one table lookup per byte; `%` is checked
+    // apart (it must start a pct-encoded triplet).
+    const ALLOWED: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                );
+            c += 1;
+        }
+        t
+    };
     let mut i = 0;
     while i < s.len() {
-        match s[i] {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
-            b'%' => {
-                let hex = |j: usize| s.get(j).is_some_and(u8::is_ascii_hexdigit);
-                if !(hex(i + 1) && hex(i + 2)) {
-                    return false;
-                }
-                i += 2;
+        let b = s[i];
+        if !ALLOWED[usize::from(b)] {
+            let hex = |j: usize| s.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if b != b'%' || !(hex(i + 1) && hex(i + 2)) {
+                return false;
             }
-            _ => return false,
+            i += 2;
         }
         i += 1;
     }

@@ -438,15 +438,60 @@ async fn entries_go_stale_when_their_lifetime_has_passed() {
     let res = svc.clone().oneshot(req("/t")).await.unwrap();
     assert_eq!(res.headers()["age"], "9");
     assert_eq!(res.headers()["cache-status"], "tower-ssr; hit; ttl=1");
-    // §4.2: stale once the age reaches the lifetime.
+    // §4.2: stale once the age reaches the lifetime; with no validator and
+    // no stale window nothing can be done with it, so it is not kept.
     tokio::time::advance(Duration::from_secs(1)).await;
     let res = svc.clone().oneshot(req("/t")).await.unwrap();
     assert_eq!(
         res.headers()["cache-status"],
-        "tower-ssr; fwd=stale; stored"
+        "tower-ssr; fwd=uri-miss; stored"
     );
     assert_eq!(body_of(res).await, "call 2");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_entry_with_a_validator_is_kept_for_keep_stale_and_then_dropped() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = service_fn({
+        let calls = Arc::clone(&calls);
+        move |_req: Request<Empty<Bytes>>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("cache-control", "max-age=10")
+                        .header("etag", format!("\"v{n}\""))
+                        .body(Full::new(Bytes::from(format!("call {n}"))))
+                        .unwrap(),
+                )
+            }
+        }
+    });
+    let cache = ResponseCache::new();
+    let svc = CacheLayer::new(cache.clone())
+        .keep_stale(Duration::from_secs(30))
+        .layer(origin);
+    body_of(svc.clone().oneshot(req("/k")).await.unwrap()).await;
+    // Stale, within keep_stale: still there to revalidate (the origin
+    // answers the conditional request with a new 200).
+    tokio::time::advance(Duration::from_secs(39)).await;
+    let res = svc.clone().oneshot(req("/k")).await.unwrap();
+    assert_eq!(
+        res.headers()["cache-status"],
+        "tower-ssr; fwd=stale; fwd-status=200; stored"
+    );
+    assert_eq!(body_of(res).await, "call 2");
+    // The new response's keep time (10 s fresh + 30 s) passes: gone on the
+    // next lookup, which says so (uri-miss), not stale.
+    tokio::time::advance(Duration::from_secs(40)).await;
+    let res = svc.clone().oneshot(req("/k")).await.unwrap();
+    assert_eq!(
+        res.headers()["cache-status"],
+        "tower-ssr; fwd=uri-miss; stored"
+    );
+    assert_eq!(body_of(res).await, "call 3");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -608,4 +653,24 @@ async fn client_hanging_up_mid_stream_stores_nothing_and_frees_the_key() {
     assert_eq!(next.headers()["cache-status"], "tower-ssr; fwd=uri-miss");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(cache.stats().stores, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_no_one_asks_for_are_swept_once_past_their_keep_time() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = counting_origin("max-age=10", calls, Arc::new(Notify::new()), usize::MAX);
+    let cache = ResponseCache::new();
+    let svc = CacheLayer::new(cache.clone()).layer(origin);
+    for path in ["/a", "/b", "/c"] {
+        body_of(svc.clone().oneshot(req(path)).await.unwrap()).await;
+    }
+    assert_eq!(cache.stats().entries, 3);
+    // Past their keep time (10 s) but not yet a sweep's due time (60 s
+    // after the cache was made): still counted, never served.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(cache.stats().entries, 3);
+    // A store after the due time sweeps the others.
+    tokio::time::advance(Duration::from_secs(40)).await;
+    body_of(svc.clone().oneshot(req("/d")).await.unwrap()).await;
+    assert_eq!(cache.stats().entries, 1);
 }

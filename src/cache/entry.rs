@@ -93,11 +93,16 @@ impl Freshness {
 
     /// `freshness_lifetime − current_age`: negative once stale (RFC 9211 §2.4).
     pub(crate) fn ttl(&self, now: Instant) -> i64 {
+        self.ttl_at_age(self.age(now))
+    }
+
+    /// [`ttl`](Self::ttl) for an `age` already read from the clock.
+    pub(crate) fn ttl_at_age(&self, age: u64) -> i64 {
         // Saturating: a lifetime read from another process (the Redis tier)
         // need not respect the 2^31 cap, and must neither panic nor wrap to
         // fresh forever.
         let lifetime = i64::try_from(self.lifetime).unwrap_or(i64::MAX);
-        let age = i64::try_from(self.age(now)).unwrap_or(i64::MAX);
+        let age = i64::try_from(age).unwrap_or(i64::MAX);
         lifetime.saturating_sub(age)
     }
 
@@ -228,7 +233,7 @@ pub(crate) enum Reuse {
 /// RFC 9111 §4 and §4.2.4: may `fresh` answer a request with `req`?
 pub(crate) fn reuse(fresh: &Freshness, req: &RequestDirectives, now: Instant) -> Reuse {
     let age = fresh.age(now);
-    let ttl = fresh.ttl(now);
+    let ttl = fresh.ttl_at_age(age);
     if fresh.no_cache {
         return Reuse::ForwardStale;
     }

@@ -141,6 +141,13 @@ impl ResponseCacheBuilder {
     /// tens of KiB, its heap fragments: `MALLOC_MMAP_THRESHOLD_=65536` in
     /// the environment keeps the process within about 1.2 × `bytes` plus
     /// its base (figures in `BENCHMARKS.md`).
+    ///
+    /// An entry no longer worth keeping (past its freshness, its
+    /// `stale-while-revalidate` / `stale-if-error` windows and, with a
+    /// validator, [`CacheLayer::keep_stale`](super::CacheLayer::keep_stale))
+    /// is never served; it is dropped by the next lookup of its key, or by
+    /// a sweep at most once a minute (started by a store), and until then
+    /// counts in `entries` and `bytes` like any other.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self

@@ -73,7 +73,7 @@ pub(crate) fn write_uri_key(
 }
 
 /// Writes the key of `uri` with `host`, an authority already validated
-/// (by [`crate::authority::normalized_host`], or as in [`write_uri_key`]).
+/// (by [`crate::authority::normalize_host`], or as in [`write_uri_key`]).
 pub(crate) fn write_key(out: &mut String, uri: &Uri, host: &str, query: QueryKey) {
     out.clear();
     out.push_str(uri.scheme_str().unwrap_or("http"));

@@ -374,7 +374,9 @@ impl CacheLayer {
     /// How long an entry that carries a validator (`ETag`,
     /// `Last-Modified`) is kept once it can no longer be served, so the
     /// next request revalidates it with a cheap `304` instead of fetching
-    /// it whole (default 60 s). Memory pressure may evict it sooner.
+    /// it whole (default 60 s). Memory pressure may evict it sooner; past
+    /// it, the entry is dropped by the next lookup of its key or by the
+    /// next sweep (at most once a minute).
     #[must_use]
     pub fn keep_stale(mut self, duration: Duration) -> Self {
         self.config().rules.keep_stale = duration;

@@ -7,9 +7,9 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, IF_MATCH,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
-    TRANSFER_ENCODING,
+    HeaderValue, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, HOST,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA,
+    RANGE, TRANSFER_ENCODING,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -113,8 +113,9 @@ fn lookup(
     headers: &HeaderMap,
     extra: Option<&str>,
     has_auth: bool,
+    now: Instant,
 ) -> Lookup {
-    let Some(variants) = shared.store.get(key) else {
+    let Some(variants) = shared.store.get(key, now) else {
         return Lookup::UriMiss;
     };
     // §4: the most recent matching variant (later ones were stored later).
@@ -189,14 +190,11 @@ where
         // One authority for the key and for the inner service (RFC 9112
         // §3.2, §3.2.2): `Host` now names it, or the request is refused.
         // HTTP/1.0 without one has no key and bypasses below.
-        let host = match crate::authority::normalized_host(&mut parts) {
-            Ok(host) => host,
-            Err(e) => {
-                let mut res = Response::new(ResponseBody::empty());
-                *res.status_mut() = e.status();
-                return ResponseFuture::ready(res);
-            }
-        };
+        if let Err(e) = crate::authority::normalize_host(&mut parts) {
+            let mut res = Response::new(ResponseBody::empty());
+            *res.status_mut() = e.status();
+            return ResponseFuture::ready(res);
+        }
         if !config.trust_forwarding_headers {
             crate::authority::remove_forwarding_headers(&parts.method, &mut parts.headers);
         }
@@ -270,16 +268,25 @@ where
             config.ignore_client_no_cache,
         );
         let has_auth = present.any(Present::AUTHORIZATION);
+        let now = crate::date::monotonic_now();
         // The hit path builds its key in a per-thread buffer: no allocation.
         let found = KEY.with(|buf| {
             let mut buf = buf.borrow_mut();
             // No authority (HTTP/1.0 without Host), no key, no cache; a
-            // Host that is there was validated by `normalized_host`.
-            let host = host.as_ref()?.to_str().ok()?;
+            // Host that is there was validated by `normalize_host`.
+            let host = parts.headers.get(HOST)?.to_str().ok()?;
             write_key(&mut buf, &parts.uri, host, config.query);
             let extra = extra.as_ref()?;
-            (buf.len() <= config.max_key)
-                .then(|| lookup(shared, &buf, &parts.headers, extra.as_deref(), has_auth))
+            (buf.len() <= config.max_key).then(|| {
+                lookup(
+                    shared,
+                    &buf,
+                    &parts.headers,
+                    extra.as_deref(),
+                    has_auth,
+                    now,
+                )
+            })
         });
         let (Some(found), Some(extra)) = (found, extra) else {
             Counters::bump(&shared.counters.misses);
@@ -294,7 +301,6 @@ where
             )));
         };
 
-        let now = crate::date::monotonic_now();
         let mut fwd = Fwd::UriMiss;
         let mut stale = None;
         match found {
@@ -562,7 +568,8 @@ fn from_entry<B: Body>(
     member: HeaderValue,
     now: Instant,
 ) -> Response<ResponseBody<B>> {
-    from_entry_ranged(entry, is_head, conditionals, wants, None, member, now)
+    let age = entry.fresh.age(now);
+    from_entry_ranged(entry, is_head, conditionals, wants, None, member, age)
 }
 
 /// [`from_entry`], and then, for a GET with `Range` (`ranged`: the
@@ -577,7 +584,7 @@ fn from_entry_ranged<B: Body>(
     wants: &Wants,
     ranged: Option<&HeaderMap>,
     member: HeaderValue,
-    now: Instant,
+    age: u64,
 ) -> Response<ResponseBody<B>> {
     let (headers, body) = match choose(entry.reprs.as_deref(), wants) {
         Some(made) => (&made.headers, &made.body),
@@ -590,7 +597,7 @@ fn from_entry_ranged<B: Body>(
     });
     *res.status_mut() = entry.status;
     *res.headers_mut() = headers.clone();
-    let age = age_value(entry.fresh.age(now));
+    let age = age_value(age);
     let mut placeholder = entry.status_placeholder;
     if conditionals.is_some_and(|c| c.evaluate(entry.status, headers) == Condition::NotModified) {
         // The 304 keeps only validators and caching fields (RFC 9110
@@ -653,7 +660,8 @@ fn hit<B: Body>(
     let headers = &parts.headers;
     let conditionals =
         Conditionals::from_request(&parts.method, present.view(Present::CONDITIONAL, headers));
-    let member = config.hit_member(entry.fresh.ttl(now));
+    let age = entry.fresh.age(now);
+    let member = config.hit_member(entry.fresh.ttl_at_age(age));
     let ranged = (parts.method == Method::GET && present.any(Present::RANGE)).then_some(headers);
     let mut wants = wants_for(
         entry,
@@ -667,7 +675,7 @@ fn hit<B: Body>(
         &wants,
         ranged,
         member,
-        now,
+        age,
     )
 }
 
@@ -887,15 +895,16 @@ where
                 // A flight may have stored the response between our lookup
                 // and now.
                 if job.stale.is_none() {
+                    let now = crate::date::monotonic_now();
                     if let Lookup::Found(variants, i) = lookup(
                         &job.shared,
                         &job.key,
                         &job.parts.headers,
                         job.extra.as_deref(),
                         false,
+                        now,
                     ) {
                         let entry = &variants.list[i];
-                        let now = crate::date::monotonic_now();
                         if matches!(reuse(&entry.fresh, &job.req_cc, now), Reuse::Fresh) {
                             lead.finish(Outcome::Stored);
                             // As `hit`, from what the job read of the
@@ -981,14 +990,15 @@ where
                 let waited_from = crate::date::monotonic_now();
                 match wait.limit(Some(job.config.lock_timeout)).await {
                     Outcome::Stored => {
+                        let now = crate::date::monotonic_now();
                         let found = lookup(
                             &job.shared,
                             &job.key,
                             &job.parts.headers,
                             job.extra.as_deref(),
                             false,
+                            now,
                         );
-                        let now = crate::date::monotonic_now();
                         // The flight covers the whole URI, so the leader may
                         // have stored another variant and left ours as it
                         // was. A waiter only gets a response the leader

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
 use moka::sync::Cache as Moka;
-use moka::Expiry;
 
 use super::entry::Entry;
 use super::key;
@@ -87,7 +86,9 @@ pub(crate) struct Variants {
     /// Only for keys that can have more than one variant.
     seen: Option<Arc<Mutex<Seen>>>,
     weight: u32,
-    keep_for: Duration,
+    /// When the last of the variants stops being worth keeping (`None`:
+    /// past what the clock can say, never).
+    expires_at: Option<Instant>,
 }
 
 /// One variant while the list is rebuilt.
@@ -108,15 +109,7 @@ impl Variants {
             .iter()
             .map(|s| s.entry.weight.saturating_add(16))
             .fold(key_len + 64 + ring, usize::saturating_add);
-        let now = crate::date::monotonic_now();
-        let keep_for = slots
-            .iter()
-            .map(|s| {
-                let resident = now.saturating_duration_since(s.entry.fresh.stored_at);
-                s.entry.fresh.keep_for.saturating_sub(resident)
-            })
-            .max()
-            .unwrap_or(Duration::ZERO);
+        let expires_at = expires_at(&slots);
         Variants {
             last: slots.iter().map(|s| AtomicU64::new(s.last)).collect(),
             hot: slots.iter().map(|s| AtomicBool::new(s.hot)).collect(),
@@ -124,7 +117,7 @@ impl Variants {
             clock: AtomicU64::new(clock),
             seen,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
-            keep_for,
+            expires_at,
         }
     }
 
@@ -162,6 +155,22 @@ impl Variants {
     }
 }
 
+/// When the last of `slots` stops being worth keeping (each entry's
+/// `keep_for` past its `stored_at`); `None` when one lies past what the
+/// clock can say.
+fn expires_at(slots: &[Slot]) -> Option<Instant> {
+    let mut latest: Option<Instant> = None;
+    for s in slots {
+        let at = s
+            .entry
+            .fresh
+            .stored_at
+            .checked_add(s.entry.fresh.keep_for)?;
+        latest = Some(latest.map_or(at, |l| l.max(at)));
+    }
+    latest
+}
+
 /// The variant to drop from a full list: the least recently used of those
 /// not hot, or the least recently used of all when every one is hot.
 fn victim(slots: &[Slot]) -> Option<usize> {
@@ -176,34 +185,24 @@ fn victim(slots: &[Slot]) -> Option<usize> {
     lru(false).or_else(|| lru(true))
 }
 
-struct KeepFor;
-
-impl Expiry<String, Arc<Variants>> for KeepFor {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Arc<Variants>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.keep_for)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Arc<Variants>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.keep_for)
-    }
-}
-
 /// The memory tier.
+///
+/// Entries are not expired by moka's per-entry timers (its read path then
+/// costs every hit about 5 %, BENCHMARKS.md "The hit path mended"): a
+/// lookup finds an entry past its keep time gone and drops it, and a sweep
+/// at most once a [`SWEEP_EVERY`], started by a store, drops those no one
+/// asks for; until then they only wait to be pushed out by size.
 pub(crate) struct Store {
     map: Moka<String, Arc<Variants>>,
     max_bytes: u64,
+    /// When the tier was made: the origin of `next_sweep`.
+    born: Instant,
+    /// Milliseconds past `born` before which no sweep starts.
+    next_sweep: AtomicU64,
 }
+
+/// The least time between two sweeps of entries past their keep time.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,7 +220,6 @@ impl Store {
         let map = Moka::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &String, v: &Arc<Variants>| v.weight)
-            .expire_after(KeepFor)
             .support_invalidation_closures()
             .eviction_listener(move |_k, _v, cause| {
                 if cause == RemovalCause::Size {
@@ -229,17 +227,57 @@ impl Store {
                 }
             })
             .build();
-        Store { map, max_bytes }
+        Store {
+            map,
+            max_bytes,
+            born: crate::date::monotonic_now(),
+            next_sweep: AtomicU64::new(SWEEP_EVERY.as_millis() as u64),
+        }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<Variants>> {
-        self.map.get(key)
+    /// The variants of `key`, unless all are past their keep time at `now`
+    /// (then they are dropped, unless replaced meanwhile).
+    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<Arc<Variants>> {
+        let variants = self.map.get(key)?;
+        if !variants.expires_at.is_some_and(|at| now >= at) {
+            return Some(variants);
+        }
+        self.map
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(c) if Arc::ptr_eq(c.value(), &variants) => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
+        None
+    }
+
+    /// Drops, in moka's housekeeping, every key past its keep time, at
+    /// most once a [`SWEEP_EVERY`].
+    fn sweep_if_due(&self, now: Instant) {
+        let at =
+            u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX);
+        let due = self.next_sweep.load(Relaxed);
+        if at < due
+            || self
+                .next_sweep
+                .compare_exchange(
+                    due,
+                    at.saturating_add(SWEEP_EVERY.as_millis() as u64),
+                    Relaxed,
+                    Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        self.invalidate_if(move |_, v| v.expires_at.is_some_and(|t| t <= now));
     }
 
     /// Stores `entry` beside the other variants of `key`, replacing the one
     /// it matches (same `Vary` values and user key); whether it was stored
     /// (not when the variants would outweigh the whole tier).
     pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) -> bool {
+        self.sweep_if_due(crate::date::monotonic_now());
         let mut stored = false;
         self.map.entry_by_ref(key).and_compute_with(|current| {
             let current = current.map(|c| c.into_value());
@@ -518,7 +556,7 @@ mod tests {
         assert!(store.replace_variant("k", &old, with_gzip).is_some());
         store.sync();
         assert!(store.bytes() >= before + 5000, "the codings are weighed");
-        let got = store.get("k").unwrap();
+        let got = store.get("k", crate::date::monotonic_now()).unwrap();
         assert!(got.list[0].reprs.is_some());
         // Done once: the old one is gone and the new one has its codings.
         assert!(store.replace_variant("k", &old, with_gzip).is_none());
@@ -531,14 +569,18 @@ mod tests {
         let freshened = Arc::new(freshened);
         assert!(store.insert("r", Arc::clone(&freshened)));
         assert!(store.replace_variant("r", &old, with_gzip).is_some());
-        assert!(store.get("r").unwrap().list[0].reprs.is_some());
+        assert!(
+            store.get("r", crate::date::monotonic_now()).unwrap().list[0]
+                .reprs
+                .is_some()
+        );
 
         // Purged in between: the job's entry is not stored back.
         let old = entry(b"page");
         assert!(store.insert("p", Arc::clone(&old)));
         assert!(store.remove("p"));
         assert!(store.replace_variant("p", &old, with_gzip).is_none());
-        assert!(store.get("p").is_none());
+        assert!(store.get("p", crate::date::monotonic_now()).is_none());
 
         // A newer response in between wins.
         let old = entry(b"page");
@@ -546,7 +588,10 @@ mod tests {
         let newer = entry(b"newer");
         assert!(store.insert("n", Arc::clone(&newer)));
         assert!(store.replace_variant("n", &old, with_gzip).is_none());
-        assert!(Arc::ptr_eq(&store.get("n").unwrap().list[0], &newer));
+        assert!(Arc::ptr_eq(
+            &store.get("n", crate::date::monotonic_now()).unwrap().list[0],
+            &newer
+        ));
     }
 
     #[test]
@@ -555,6 +600,9 @@ mod tests {
         let store = Store::new((old.weight + 1000) as u64, || {});
         assert!(store.insert("k", Arc::clone(&old)));
         assert!(store.replace_variant("k", &old, with_gzip).is_none());
-        assert!(Arc::ptr_eq(&store.get("k").unwrap().list[0], &old));
+        assert!(Arc::ptr_eq(
+            &store.get("k", crate::date::monotonic_now()).unwrap().list[0],
+            &old
+        ));
     }
 }
