@@ -1,5 +1,5 @@
 //! A one-value channel from a coalescing leader's detached fetch to the
-//! client future that started it (see `service::lead`).
+//! client future that started it (see `service::refresh::lead_fetch`).
 //!
 //! Written by hand, as the flights are: the cache needs no async runtime
 //! (a user executor may drive the detached fetch). The sender can tell that

@@ -1,6 +1,6 @@
 //! What every answer of the cache reports: its [`CacheOutcome`] as a
 //! response extension and a metric, a `Server-Timing` entry when enabled,
-//! and a `debug` event. One call per answer, from `service.rs`.
+//! and a `debug` event. One call per answer, from `service/`.
 
 use std::future::Future;
 use std::sync::Arc;
