@@ -202,33 +202,6 @@ async fn the_absolute_form_authority_wins_and_nothing_is_stored_under_another_ho
 }
 
 #[tokio::test]
-async fn a_default_port_shares_the_entry_of_no_port_and_other_ports_do_not() {
-    // RFC 9110 §4.2.3: `a.test:80` and `a.test` are one origin for http.
-    for (name, addr, heads) in stacks().await {
-        let get = |host: &str| {
-            let request =
-                format!("GET /home HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-            async move { raw(addr, &request).await }
-        };
-        let first = get("a.test:80").await;
-        assert_eq!(status(&first), "200", "{name}: {first}");
-        for host in ["a.test", "A.TEST:080"] {
-            let again = get(host).await;
-            assert!(
-                header(&again, "cache-status").unwrap_or("").contains("hit"),
-                "{name} {host}: {again}"
-            );
-        }
-        let other = get("a.test:8080").await;
-        assert!(
-            !header(&other, "cache-status").unwrap_or("").contains("hit"),
-            "{name}: {other}"
-        );
-        assert_eq!(heads.lock().unwrap().len(), 2, "{name}: :80 and :8080");
-    }
-}
-
-#[tokio::test]
 async fn missing_repeated_and_invalid_hosts_get_400_and_reach_nothing() {
     let hosts: &[&str] = &[
         // Issue 8 §1, second input.

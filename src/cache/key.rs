@@ -76,18 +76,11 @@ pub(crate) fn write_uri_key(
 /// (by [`crate::authority::normalize_host`], or as in [`write_uri_key`]).
 pub(crate) fn write_key(out: &mut String, uri: &Uri, host: &str, query: QueryKey) {
     out.clear();
-    let scheme = uri.scheme_str().unwrap_or("http");
-    out.push_str(scheme);
+    out.push_str(uri.scheme_str().unwrap_or("http"));
     out.push_str("://");
     let start = out.len();
     out.push_str(host);
     out[start..].make_ascii_lowercase();
-    // RFC 9110 §4.2.3 (and RFC 3986 §6.2.3): a scheme's default port
-    // names the same origin as no port, so `a.test:80` shares `a.test`'s
-    // entries.
-    if let Some(len) = without_default_port(&out[start..], scheme) {
-        out.truncate(start + len);
-    }
     let path = uri.path();
     out.push_str(if path.is_empty() { "/" } else { path });
     match (uri.query(), query) {
@@ -108,29 +101,6 @@ pub(crate) fn write_key(out: &mut String, uri: &Uri, host: &str, query: QueryKey
         }
         (_, _) => {}
     }
-}
-
-/// The length of `host` without its port when that port is `scheme`'s
-/// default (80 for `http`, 443 for `https`, however many leading zeros);
-/// `None` when there is nothing to drop. `host` is a validated authority.
-fn without_default_port(host: &str, scheme: &str) -> Option<usize> {
-    let default = match scheme {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let colon = host.rfind(':')?;
-    let (name, port) = (&host[..colon], &host[colon + 1..]);
-    // The colon of an IPv6 literal is no port separator.
-    if name.starts_with('[') && !name.ends_with(']') {
-        return None;
-    }
-    let value = port.bytes().try_fold(0u32, |n, d| {
-        d.is_ascii_digit()
-            .then(|| n * 10 + u32::from(d - b'0'))
-            .filter(|n| *n <= 65_535)
-    })?;
-    (value == default && !port.is_empty()).then_some(colon)
 }
 
 /// The path-and-query part of a key written by [`write_uri_key`].
@@ -216,21 +186,6 @@ mod tests {
             key("/a", Some("h1"), QueryKey::Keep),
             key("/a", Some("h2"), QueryKey::Keep)
         );
-    }
-
-    #[test]
-    fn a_default_port_keys_as_no_port() {
-        let k = |uri: &str, host: &str| key(uri, Some(host), QueryKey::Keep);
-        assert_eq!(k("/a", "a.test:80"), "http://a.test/a");
-        assert_eq!(k("/a", "A.test:080"), "http://a.test/a");
-        assert_eq!(k("/a", "a.test:8080"), "http://a.test:8080/a");
-        assert_eq!(k("/a", "a.test:443"), "http://a.test:443/a");
-        assert_eq!(k("https://a.test:443/a", "x"), "https://a.test/a");
-        assert_eq!(k("https://a.test:80/a", "x"), "https://a.test:80/a");
-        assert_eq!(k("/a", "[::1]:80"), "http://[::1]/a");
-        assert_eq!(k("/a", "[::1]"), "http://[::1]/a");
-        assert_eq!(k("/a", "[::80]"), "http://[::80]/a");
-        assert_eq!(k("/a", "a.test"), "http://a.test/a");
     }
 
     #[test]
