@@ -118,9 +118,104 @@ pub(crate) fn origin_of(key: &str) -> &str {
     }
 }
 
+/// A key split as `scheme://`, host, port (without `:`), rest.
+fn split_authority(key: &str) -> Option<(&str, &str, Option<&str>, &str)> {
+    let start = key.find("://")? + 3;
+    let end = key[start..].find('/').map_or(key.len(), |i| start + i);
+    let authority = &key[start..end];
+    // The colon of an IPv6 literal is no port separator.
+    let colon = authority
+        .rfind(':')
+        .filter(|&i| !authority.starts_with('[') || authority[..i].ends_with(']'));
+    let (host, port) = match colon {
+        Some(i) => (&authority[..i], Some(&authority[i + 1..])),
+        None => (authority, None),
+    };
+    Some((&key[..start], host, port, &key[end..]))
+}
+
+/// The scheme's default port, as written in a key.
+fn default_port(scheme: &str) -> Option<(&'static str, u16)> {
+    match scheme {
+        "http://" => Some(("80", 80)),
+        "https://" => Some(("443", 443)),
+        _ => None,
+    }
+}
+
+/// Every key naming the same URI as `key` with or without its scheme's
+/// default port (RFC 9110 §4.2.3), `key` first: `http://a.test/x` and
+/// `http://a.test:80/x`. Keys keep the `Host` text as sent, because the
+/// inner service renders for that text; an unsafe method invalidates each
+/// spelling (RFC 9111 §4.4).
+pub(crate) fn spellings(key: &str) -> Vec<String> {
+    let mut all = vec![key.to_owned()];
+    let Some((scheme, host, port, rest)) = split_authority(key) else {
+        return all;
+    };
+    let Some((text, number)) = default_port(scheme) else {
+        return all;
+    };
+    match port {
+        None => all.push(format!("{scheme}{host}:{text}{rest}")),
+        Some(p) if p.parse::<u16>().ok() == Some(number) => {
+            all.push(format!("{scheme}{host}{rest}"));
+            if p != text {
+                all.push(format!("{scheme}{host}:{text}{rest}"));
+            }
+        }
+        Some(_) => {}
+    }
+    all
+}
+
+/// Whether two keys have one origin (RFC 6454), a default port written or
+/// not (RFC 9110 §4.2.3).
+pub(crate) fn same_origin(a: &str, b: &str) -> bool {
+    let canonical = |key| {
+        let (scheme, host, port, _) = split_authority(key)?;
+        let port = match (port, default_port(scheme)) {
+            (Some(p), Some((_, n))) if p.parse::<u16>().ok() == Some(n) => None,
+            (port, _) => port,
+        };
+        Some((scheme, host, port))
+    };
+    canonical(a).is_some() && canonical(a) == canonical(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_invalidated_in_every_spelling_of_its_default_port() {
+        assert_eq!(
+            spellings("http://a.test/x"),
+            ["http://a.test/x", "http://a.test:80/x"]
+        );
+        assert_eq!(
+            spellings("http://a.test:0080/x?q"),
+            [
+                "http://a.test:0080/x?q",
+                "http://a.test/x?q",
+                "http://a.test:80/x?q"
+            ]
+        );
+        assert_eq!(
+            spellings("https://[::1]:443/"),
+            ["https://[::1]:443/", "https://[::1]/"]
+        );
+        assert_eq!(
+            spellings("http://[::80]/"),
+            ["http://[::80]/", "http://[::80]:80/"]
+        );
+        assert_eq!(spellings("http://a.test:8080/x"), ["http://a.test:8080/x"]);
+        assert_eq!(spellings("https://a.test:80/x"), ["https://a.test:80/x"]);
+        assert!(same_origin("http://a.test:0080/x", "http://a.test/y"));
+        assert!(!same_origin("http://a.test:443/x", "https://a.test/y"));
+        assert!(!same_origin("http://a.test:8080/x", "http://a.test/y"));
+        assert!(!same_origin("http://[::1]/x", "http://[::80]/x"));
+    }
 
     fn key(uri: &str, host: Option<&str>, q: QueryKey) -> String {
         let uri: Uri = uri.parse().unwrap();

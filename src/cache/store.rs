@@ -121,6 +121,12 @@ impl Variants {
         }
     }
 
+    /// Whether every variant is past its keep time at `now`: never served
+    /// again, and dropped by the next lookup or sweep.
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
     /// The variants and their state, for a rebuild.
     fn slots(&self) -> Vec<Slot> {
         self.list
@@ -195,14 +201,23 @@ fn victim(slots: &[Slot]) -> Option<usize> {
 pub(crate) struct Store {
     map: Moka<String, Arc<Variants>>,
     max_bytes: u64,
-    /// When the tier was made: the origin of `next_sweep`.
+    /// When the tier was made: the origin of the sweep times.
     born: Instant,
     /// Milliseconds past `born` before which no sweep starts.
     next_sweep: AtomicU64,
+    /// Milliseconds past `born` of the last sweep.
+    last_sweep: AtomicU64,
+    /// A live entry was pushed out for room since the last sweep: entries
+    /// past their keep time may be taking it, so a sweep is due early.
+    pressed: Arc<AtomicBool>,
 }
 
 /// The least time between two sweeps of entries past their keep time.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The least time between two sweeps when live entries are being pushed
+/// out for room.
+const SWEEP_PRESSED: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,12 +232,17 @@ impl Store {
     /// A tier bounded to `max_bytes` as counted by each entry's weight;
     /// `on_evict` hears of every entry dropped for lack of room.
     pub(crate) fn new(max_bytes: u64, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
+        let pressed = Arc::new(AtomicBool::new(false));
+        let press = Arc::clone(&pressed);
         let map = Moka::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &String, v: &Arc<Variants>| v.weight)
             .support_invalidation_closures()
-            .eviction_listener(move |_k, _v, cause| {
-                if cause == RemovalCause::Size {
+            .eviction_listener(move |_k, v: Arc<Variants>, cause| {
+                // An entry past its keep time pushed out for room was dead
+                // already: no shortage of room, so no eviction.
+                if cause == RemovalCause::Size && !v.expired(crate::date::monotonic_now()) {
+                    press.store(true, Relaxed);
                     on_evict();
                 }
             })
@@ -232,6 +252,8 @@ impl Store {
             max_bytes,
             born: crate::date::monotonic_now(),
             next_sweep: AtomicU64::new(SWEEP_EVERY.as_millis() as u64),
+            last_sweep: AtomicU64::new(0),
+            pressed,
         }
     }
 
@@ -239,38 +261,42 @@ impl Store {
     /// (then they are dropped, unless replaced meanwhile).
     pub(crate) fn get(&self, key: &str, now: Instant) -> Option<Arc<Variants>> {
         let variants = self.map.get(key)?;
-        if !variants.expires_at.is_some_and(|at| now >= at) {
+        if !variants.expired(now) {
             return Some(variants);
         }
-        self.map
-            .entry_by_ref(key)
-            .and_compute_with(|current| match current {
-                Some(c) if Arc::ptr_eq(c.value(), &variants) => moka::ops::compute::Op::Remove,
-                _ => moka::ops::compute::Op::Nop,
-            });
+        remove_if_same(&self.map, key, &variants);
         None
     }
 
-    /// Drops, in moka's housekeeping, every key past its keep time, at
-    /// most once a [`SWEEP_EVERY`].
+    /// Drops, in moka's housekeeping, every key past its keep time: at
+    /// most once a [`SWEEP_EVERY`], or once a [`SWEEP_PRESSED`] while live
+    /// entries are being pushed out for room (dead ones may hold it: they
+    /// were popular, so the admission policy keeps them over new pages).
     fn sweep_if_due(&self, now: Instant) {
-        let at =
-            u64::try_from(now.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let at = ms(now.saturating_duration_since(self.born));
         let due = self.next_sweep.load(Relaxed);
-        if at < due
-            || self
-                .next_sweep
-                .compare_exchange(
-                    due,
-                    at.saturating_add(SWEEP_EVERY.as_millis() as u64),
-                    Relaxed,
-                    Relaxed,
-                )
-                .is_err()
+        let pressed = self.pressed.load(Relaxed)
+            && at
+                >= self
+                    .last_sweep
+                    .load(Relaxed)
+                    .saturating_add(ms(SWEEP_PRESSED));
+        if at < due && !pressed {
+            return;
+        }
+        // One caller wins the sweep.
+        let next = at.saturating_add(ms(SWEEP_EVERY));
+        if self
+            .next_sweep
+            .compare_exchange(due, next, Relaxed, Relaxed)
+            .is_err()
         {
             return;
         }
-        self.invalidate_if(move |_, v| v.expires_at.is_some_and(|t| t <= now));
+        self.last_sweep.store(at, Relaxed);
+        self.pressed.store(false, Relaxed);
+        self.invalidate_if(move |_, v| v.expired(now));
     }
 
     /// Stores `entry` beside the other variants of `key`, replacing the one
@@ -421,14 +447,17 @@ impl Store {
         predicate: impl Fn(&str, &Variants) -> bool,
         update: impl Fn(&Arc<Entry>) -> Arc<Entry>,
     ) {
+        let now = crate::date::monotonic_now();
         for (key, value) in &self.map {
-            if !predicate(&key, &value) {
+            if value.expired(now) || !predicate(&key, &value) {
                 continue;
             }
             self.map
                 .entry_by_ref(key.as_str())
                 .and_compute_with(|current| {
-                    let Some(current) = current else {
+                    // Past its keep time, an entry is dead (never served):
+                    // marking it would give it a stale window again.
+                    let Some(current) = current.filter(|c| !c.value().expired(now)) else {
                         return moka::ops::compute::Op::Nop;
                     };
                     let current = current.value();
@@ -479,6 +508,15 @@ impl Store {
     pub(crate) fn entries(&self) -> u64 {
         self.map.entry_count()
     }
+}
+
+/// Removes `key` if it still holds `variants` (not a value stored since).
+fn remove_if_same(map: &Moka<String, Arc<Variants>>, key: &str, variants: &Arc<Variants>) {
+    map.entry_by_ref(key)
+        .and_compute_with(|current| match current {
+            Some(c) if Arc::ptr_eq(c.value(), variants) => moka::ops::compute::Op::Remove,
+            _ => moka::ops::compute::Op::Nop,
+        });
 }
 
 fn same_variant(a: &Entry, b: &Entry) -> bool {

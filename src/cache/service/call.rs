@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -22,7 +22,7 @@ use crate::cache::handle::{Counters, ResponseCache, Shared};
 use crate::cache::key::{write_key, write_uri_key};
 use crate::cache::layer::Config;
 use crate::cache::observe::{self, forwarded, seen};
-use crate::cache::outcome::CacheOutcome::{Bypass, Hit, Miss, Stale};
+use crate::cache::outcome::CacheOutcome::{self, Bypass, Hit, Miss, Stale};
 use crate::cache::representation::stored::Wants;
 use crate::cache::status::Fwd;
 use crate::cache::store::Variants;
@@ -200,26 +200,17 @@ where
         }
         let present = Present::scan(&parts.headers);
 
-        let is_head = parts.method == Method::HEAD;
-        if parts.method != Method::GET && !is_head {
+        if parts.method != Method::GET && parts.method != Method::HEAD {
             // RFC 9111 §4: never answered from the cache.
             Counters::bump(&shared.counters.misses);
-            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Method, None, false, None);
-            let shared = Arc::clone(shared);
             let Some(key) = checked_key(config, &parts) else {
                 // A target that names no URI has nothing stored to
                 // invalidate (and must not reach another URI's entry).
-                let req = Request::from_parts(parts, body);
-                let pass = pass(inner, req, member);
-                return ResponseFuture::miss(Box::pin(forwarded(
-                    Arc::clone(&self.config),
-                    Bypass,
-                    pass,
-                )));
+                return self.pass_inward(parts, body, member, Bypass);
             };
             let req = Request::from_parts(parts, body);
-            let fwd = forward_method(inner, req, key, member, shared);
+            let fwd = forward_method(self.inner.clone(), req, key, member, Arc::clone(shared));
             return ResponseFuture::miss(Box::pin(forwarded(
                 Arc::clone(&self.config),
                 Bypass,
@@ -233,30 +224,16 @@ where
             // page), so it is neither answered from nor stored in the
             // cache. RFC 9110 §9.3.1: such content has no defined meaning.
             Counters::bump(&shared.counters.misses);
-            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
-            let req = Request::from_parts(parts, body);
-            let pass = pass(inner, req, member);
-            return ResponseFuture::miss(Box::pin(forwarded(
-                Arc::clone(&self.config),
-                Bypass,
-                pass,
-            )));
+            return self.pass_inward(parts, body, member, Bypass);
         }
 
         // A protocol upgrade (WebSocket, RFC 9110 §7.8) opens a tunnel: it
         // is never answered from the cache, stored or coalesced, and passes
         // untouched (hyper's upgrade handle rides in the extensions).
         if present.any(Present::UPGRADE) {
-            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
-            let req = Request::from_parts(parts, body);
-            let pass = pass(inner, req, member);
-            return ResponseFuture::miss(Box::pin(forwarded(
-                Arc::clone(&self.config),
-                Bypass,
-                pass,
-            )));
+            return self.pass_inward(parts, body, member, Bypass);
         }
 
         let extra = match &config.key_fn {
@@ -290,15 +267,8 @@ where
         });
         let (Some(found), Some(extra)) = (found, extra) else {
             Counters::bump(&shared.counters.misses);
-            let inner = self.inner.clone();
             let member = config.fwd_member(Fwd::Bypass, None, false, None);
-            let req = Request::from_parts(parts, body);
-            let pass = pass(inner, req, member);
-            return ResponseFuture::miss(Box::pin(forwarded(
-                Arc::clone(&self.config),
-                Bypass,
-                pass,
-            )));
+            return self.pass_inward(parts, body, member, Bypass);
         };
 
         let mut fwd = Fwd::UriMiss;
@@ -337,29 +307,15 @@ where
                         Counters::bump(&shared.counters.stale);
                         let response = hit(config, entry, &parts, present, now);
                         let response = seen(config, response, Stale, None);
-                        let key = owned_key(config, &parts);
-                        let flight_key = flight_key(&key, extra.as_deref());
-                        if let Some(lead) = shared.flights.try_lead(&flight_key) {
-                            let job = Job {
-                                config: Arc::clone(&self.config),
-                                shared: Arc::clone(shared),
-                                conditionals: None,
-                                parts: as_get(parts),
-                                body,
-                                key,
-                                flight_key,
-                                extra,
-                                stale: Some(Arc::clone(entry)),
-                                is_head: false,
-                                fwd: Fwd::Stale,
-                                req_cc,
-                                has_auth,
-                                refresh: true,
-                                wants: Wants::default(),
-                                range: None,
-                            };
-                            refresh_in_background(self.inner.clone(), job, lead);
-                        }
+                        let looked = Looked {
+                            present,
+                            extra,
+                            req_cc,
+                            has_auth,
+                            fwd: Fwd::Stale,
+                            stale: Some(Arc::clone(entry)),
+                        };
+                        self.refresh(parts, body, looked);
                         return ResponseFuture::ready(response);
                     }
                     Reuse::StaleWhileRevalidate | Reuse::ForwardStale => {
@@ -375,8 +331,108 @@ where
             Lookup::VaryMiss => fwd = Fwd::VaryMiss,
             Lookup::UriMiss => {}
         }
+        let looked = Looked {
+            present,
+            extra,
+            req_cc,
+            has_auth,
+            fwd,
+            stale,
+        };
+        self.start_miss(parts, body, looked)
+    }
+}
 
-        if req_cc.only_if_cached {
+/// What the lookup of a request left for its miss.
+struct Looked {
+    present: Present,
+    extra: Option<Box<str>>,
+    req_cc: RequestDirectives,
+    has_auth: bool,
+    fwd: Fwd,
+    /// The stored entry selected but not usable as is.
+    stale: Option<Arc<Entry>>,
+}
+
+impl<S> Cache<S> {
+    /// Forwards a request untouched, its answer reported as `outcome`.
+    fn pass_inward<ReqBody, ResBody>(
+        &self,
+        parts: Parts,
+        body: ReqBody,
+        member: HeaderValue,
+        outcome: CacheOutcome,
+    ) -> ResponseFuture<ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        let pass = pass(self.inner.clone(), Request::from_parts(parts, body), member);
+        ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), outcome, pass)))
+    }
+
+    /// Starts the background refresh of a `stale-while-revalidate` hit,
+    /// unless one is in flight for the key.
+    fn refresh<ReqBody, ResBody>(&self, parts: Parts, body: ReqBody, looked: Looked)
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        let shared = &self.cache.shared;
+        let key = owned_key(&self.config, &parts);
+        let flight_key = flight_key(&key, looked.extra.as_deref());
+        let Some(lead) = shared.flights.try_lead(&flight_key) else {
+            return;
+        };
+        let job = Job {
+            config: Arc::clone(&self.config),
+            shared: Arc::clone(shared),
+            conditionals: None,
+            parts: as_get(parts),
+            body,
+            key,
+            flight_key,
+            extra: looked.extra,
+            stale: looked.stale,
+            is_head: false,
+            fwd: looked.fwd,
+            req_cc: looked.req_cc,
+            has_auth: looked.has_auth,
+            refresh: true,
+            wants: Wants::default(),
+            range: None,
+        };
+        refresh_in_background(self.inner.clone(), job, lead);
+    }
+
+    /// A request the store could not answer: `only-if-cached` refused,
+    /// origin-only preconditions and keys just seen uncacheable forwarded
+    /// as they are, and the rest handed to the miss path.
+    fn start_miss<ReqBody, ResBody>(
+        &self,
+        mut parts: Parts,
+        body: ReqBody,
+        looked: Looked,
+    ) -> ResponseFuture<ResBody, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        let config = &*self.config;
+        let shared = &self.cache.shared;
+        if looked.req_cc.only_if_cached {
             // §5.2.1.7; a locally generated response gets no Cache-Status
             // member (RFC 9211 §2).
             let mut res = Response::new(ResponseBody::empty());
@@ -385,7 +441,6 @@ where
         }
 
         Counters::bump(&shared.counters.misses);
-        let inner = self.inner.clone();
         // A HEAD miss goes inward as a GET (as nginx's
         // `proxy_cache_convert_head`): what comes back is the GET response,
         // stored for later GETs and HEADs, and the HEAD gets its head, so a
@@ -393,27 +448,27 @@ where
         // not (a content ETag made from an empty HEAD body would differ).
         // Origin-only preconditions (RFC 9111 §4.3.2) go inward untouched,
         // with any `Range` beside them.
-        if present.any(Present::ORIGIN_CONDITIONAL) {
-            let member = config.fwd_member(fwd, None, false, None);
-            let req = Request::from_parts(parts, body);
-            let pass = pass(inner, req, member);
-            return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Miss, pass)));
+        if looked.present.any(Present::ORIGIN_CONDITIONAL) {
+            let member = config.fwd_member(looked.fwd, None, false, None);
+            return self.pass_inward(parts, body, member, Miss);
         }
         let key = owned_key(config, &parts);
-        let flight_key = flight_key(&key, extra.as_deref());
-        if stale.is_none() && shared.is_uncacheable(&flight_key) {
+        let flight_key = flight_key(&key, looked.extra.as_deref());
+        if looked.stale.is_none() && shared.is_uncacheable(&flight_key) {
             // Just seen uncacheable: straight through, as if there were no
             // cache, without queueing or copying anything for a store. A
             // `Range` goes too: the origin answers it.
-            let member = config.fwd_member(fwd, None, false, None);
+            let member = config.fwd_member(looked.fwd, None, false, None);
             let req = Request::from_parts(parts, body);
             let shared = Arc::clone(shared);
             let config = Arc::clone(&self.config);
-            let fwd = forward_uncacheable(inner, req, member, config, shared, flight_key);
+            let fwd =
+                forward_uncacheable(self.inner.clone(), req, member, config, shared, flight_key);
             return ResponseFuture::miss(Box::pin(forwarded(Arc::clone(&self.config), Miss, fwd)));
         }
         // A range miss asks for the whole (as nginx's `proxy_cache` does):
         // what comes back may be stored, and the range is cut from it.
+        let is_head = parts.method == Method::HEAD;
         let range = take_range(&mut parts.headers, is_head);
         let mut wants = Wants::from_headers(&parts.headers);
         wants.range = range.is_some();
@@ -428,15 +483,15 @@ where
             parts,
             body,
             key,
-            extra,
-            stale,
-            fwd,
-            req_cc,
-            has_auth,
+            extra: looked.extra,
+            stale: looked.stale,
+            fwd: looked.fwd,
+            req_cc: looked.req_cc,
+            has_auth: looked.has_auth,
             refresh: false,
         };
         let span = observe::miss_span(&job.flight_key);
-        ResponseFuture::miss(Box::pin(miss(inner, job).instrument(span)))
+        ResponseFuture::miss(Box::pin(miss(self.inner.clone(), job).instrument(span)))
     }
 }
 

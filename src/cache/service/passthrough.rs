@@ -14,7 +14,7 @@ use tower_service::Service;
 use crate::cache::body::ResponseBody;
 use crate::cache::entry::{self, RequestDirectives, CACHE_STATUS};
 use crate::cache::handle::Shared;
-use crate::cache::key::{origin_of, write_uri_key};
+use crate::cache::key::{origin_of, same_origin, spellings, write_uri_key};
 use crate::cache::layer::Config;
 use crate::etag::Conditionals;
 
@@ -139,7 +139,7 @@ where
             } else {
                 continue;
             };
-            if origin_of(&other) == origin {
+            if same_origin(&other, origin) {
                 invalidate(&shared, &other);
             }
         }
@@ -148,12 +148,16 @@ where
     Ok(Response::from_parts(parts, ResponseBody::stream(body)))
 }
 
+/// Drops `key` in every spelling of its default port (RFC 9111 §4.4;
+/// RFC 9110 §4.2.3), here and on the other instances.
 pub(super) fn invalidate(shared: &Shared, key: &str) {
-    // Other instances may hold it too (RFC 9111 §4.4 asks only for this
-    // cache, but a cluster is one cache to its users).
-    shared.purge_cluster(|| crate::cache::handle::Purge::Key(key.into()));
-    if shared.store.remove(key) {
-        tracing::debug!(key, "cache invalidated by an unsafe method");
+    for key in spellings(key) {
+        // Other instances may hold it too (RFC 9111 §4.4 asks only for
+        // this cache, but a cluster is one cache to its users).
+        shared.purge_cluster(|| crate::cache::handle::Purge::Key(key.as_str().into()));
+        if shared.store.remove(&key) {
+            tracing::debug!(key, "cache invalidated by an unsafe method");
+        }
+        shared.forget_uncacheable(&key);
     }
-    shared.forget_uncacheable(key);
 }
