@@ -1,12 +1,12 @@
 //! The shared second tier on Redis (feature `redis`). Only [`RedisTier`],
 //! a configuration of our own, is public: no type of the Redis client
-//! leaves this file and its neighbours `l2_conn` (connections to a node or
-//! a cluster) and `l2_keys` (key names).
+//! leaves this folder, whose files [`conn`] (connections to a node or a
+//! cluster) and [`keys`] (key names) sit beside this one.
 //!
 //! Layout in Redis, under a namespace (`tower-ssr` by default), on one
 //! node (on Redis Cluster, `{ns}` below stands for a hash tag per bucket of
 //! keys, and the log and epoch share a tag of their own: see
-//! [`l2_keys`](super::l2_keys)):
+//! [`keys`]):
 //!
 //! - `{ns}:e:{key}`: a hash per cache key, one field per variant (`Vary`
 //!   values and user key, hashed), each value a [`codec`](super::codec)
@@ -52,6 +52,9 @@
 //! reconnects by itself. The first failure is logged at `warn`, the
 //! recovery at `info`, nothing in between.
 
+mod conn;
+mod keys;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
@@ -69,10 +72,10 @@ use super::entry::{reuse, Entry, RequestDirectives, Reuse};
 use super::flight::Lead;
 use super::handle::{Counters, Shared};
 use super::key;
-use super::l2_conn::{Backend, Conn};
-use super::l2_keys::Layout;
 use super::revalidate::{mark_stale, Scope};
 use crate::metrics::{L2Outcome, PurgeKind};
+use conn::{Backend, Conn};
+use keys::Layout;
 use tracing::Instrument;
 
 /// Values larger than this stay in memory only, by default.
@@ -1734,7 +1737,7 @@ mod tests {
             .unwrap()
             .namespace("shop")
             .keys_for("http://a/x");
-        let slot = |k: &str| super::super::l2_keys::slot(k.as_bytes());
+        let slot = |k: &str| super::keys::slot(k.as_bytes());
         assert!(many.entry.starts_with("{shop:"), "{}", many.entry);
         for k in [&many.lock, &many.generation, &many.tag_index("news")] {
             assert_eq!(slot(k), slot(&many.entry), "{k}");
