@@ -55,6 +55,7 @@
 mod config;
 mod conn;
 mod keys;
+mod read;
 mod write;
 
 pub use config::{InvalidRedisUrl, RedisKeys, RedisTier};
@@ -65,14 +66,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::HeaderMap;
 use redis::streams::StreamReadReply;
 use redis::{RedisError, RedisResult, Script};
 use tokio::sync::{oneshot, Notify};
 
-use super::codec;
-use super::entry::{reuse, Entry, RequestDirectives, Reuse};
+use super::entry::{Entry, RequestDirectives, Reuse};
 use super::flight::Lead;
 use super::handle::{Counters, Shared};
 use super::key;
@@ -80,6 +79,7 @@ use super::revalidate::{mark_stale, Scope};
 use crate::metrics::{L2Outcome, PurgeKind};
 use conn::Conn;
 use keys::Layout;
+use read::READ;
 use tracing::Instrument;
 use write::WRITE;
 
@@ -177,22 +177,6 @@ struct ConnState {
     /// A connection attempt began then (one at a time).
     connecting_since: Option<Instant>,
 }
-
-/// The purge generation (`KEYS[2]`), then the variants of an entry key no
-/// larger than `ARGV[1]` bytes. Another
-/// type under the key (another program's, or an older layout of ours) is
-/// not ours to read: a miss, which our next write replaces.
-const READ: &str = r"
-local out = {redis.call('GET', KEYS[2]) or '0'}
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return out end
-local cap = tonumber(ARGV[1])
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if redis.call('HSTRLEN', KEYS[1], f) <= cap then
-    out[#out + 1] = redis.call('HGET', KEYS[1], f)
-  end
-end
-return out
-";
 
 /// One batch of a purge by tag in one bucket: with `ARGV[2]` = `1` (the
 /// first batch) raises the bucket's purge generation (`KEYS[2]`) first,
@@ -444,79 +428,6 @@ impl Tier {
                 None
             }
         }
-    }
-
-    /// Every variant stored under `key`, decoded (unknown values skipped).
-    /// Values over the size cap are skipped in Redis, not fetched: one key
-    /// holding huge values (another writer's, or a larger cap elsewhere)
-    /// would otherwise stall this call past its timeout and switch the
-    /// whole tier off for every other key.
-    /// With the purge generation as of the read.
-    async fn read(&self, key: &str) -> Option<(u64, Vec<Entry>)> {
-        if self.has_pending.load(SeqCst) {
-            // A queued purge may cover what Redis holds: not before it is
-            // applied there.
-            return None;
-        }
-        let mut inv = self.read.key(self.layout.entry(key));
-        inv.key(self.layout.generation(self.layout.bucket(key)))
-            .arg(self.cfg.max_value);
-        let inv = &inv;
-        let values: Vec<Vec<u8>> = self
-            .call(|mut c| async move { inv.invoke_async(&mut c).await })
-            .await?;
-        let mut values = values.into_iter();
-        let generation = values
-            .next()
-            .and_then(|g| std::str::from_utf8(&g).ok()?.parse().ok())?;
-        let (now, wall) = (crate::date::monotonic_now(), SystemTime::now());
-        Some((
-            generation,
-            values
-                .filter_map(|v| codec::decode(&Bytes::from(v), now, wall))
-                .collect(),
-        ))
-    }
-
-    /// Looks `key` up for a request; a usable entry with how it may be
-    /// reused. Counts the hit or miss; notes the purge generation it read.
-    async fn lookup(
-        &self,
-        key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
-        generation: &mut Option<u64>,
-    ) -> Option<(Arc<Entry>, Reuse)> {
-        let (seen, found) = self.read(key).await?;
-        *generation = Some(seen);
-        let Some((entry, how)) = best(found, headers, extra, req_cc) else {
-            Counters::bump(&self.counters.l2_misses);
-            self.counters.metrics().l2(L2Outcome::Miss);
-            return None;
-        };
-        if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
-            Counters::bump(&self.counters.l2_hits);
-            self.counters.metrics().l2(L2Outcome::Hit);
-        } else {
-            Counters::bump(&self.counters.l2_misses);
-            self.counters.metrics().l2(L2Outcome::Miss);
-        }
-        Some((entry, how))
-    }
-
-    /// [`lookup`](Self::lookup) without counting a hit or miss.
-    async fn lookup_quiet(
-        &self,
-        key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
-        generation: &mut Option<u64>,
-    ) -> Option<(Arc<Entry>, Reuse)> {
-        let (seen, found) = self.read(key).await?;
-        *generation = Some(seen);
-        best(found, headers, extra, req_cc)
     }
 
     /// Tries to take the render lock for `flight_key` (of cache key `key`,
@@ -1172,22 +1083,6 @@ async fn follow_on(
             }
         }
     }
-}
-
-/// The newest of `found` that matches the request, with how it may be
-/// reused.
-fn best(
-    found: Vec<Entry>,
-    headers: &HeaderMap,
-    extra: Option<&str>,
-    req_cc: &RequestDirectives,
-) -> Option<(Arc<Entry>, Reuse)> {
-    let entry = found
-        .into_iter()
-        .filter(|e| e.matches(headers, extra))
-        .max_by_key(|e| e.fresh.stored_at)?;
-    let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
-    Some((Arc::new(entry), how))
 }
 
 /// What a background refresh should do, from [`Tier::before_refresh`].
