@@ -56,10 +56,12 @@ mod config;
 mod conn;
 mod keys;
 mod read;
+mod refresh;
 mod render_lock;
 mod write;
 
 pub use config::{InvalidRedisUrl, RedisKeys, RedisTier};
+pub(crate) use refresh::BeforeRefresh;
 pub(crate) use render_lock::RenderLock;
 
 use std::collections::VecDeque;
@@ -68,13 +70,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::HeaderMap;
 use redis::streams::StreamReadReply;
 use redis::{RedisError, RedisResult, Script};
 use tokio::sync::{oneshot, Notify};
 
-use super::entry::{Entry, RequestDirectives, Reuse};
-use super::flight::Lead;
 use super::handle::{Counters, Shared};
 use super::key;
 use super::revalidate::{mark_stale, Scope};
@@ -82,7 +81,8 @@ use crate::metrics::{L2Outcome, PurgeKind};
 use conn::Conn;
 use keys::Layout;
 use read::READ;
-use render_lock::{LockAttempt, RELEASE};
+use refresh::MAX_REFRESHING;
+use render_lock::RELEASE;
 use tracing::Instrument;
 use write::WRITE;
 
@@ -101,10 +101,6 @@ const FOLLOW_BLOCK: Duration = Duration::from_secs(1);
 const FOLLOW_BATCH: usize = 256;
 /// Buckets a purge works on at once (a cluster has 256).
 const BUCKET_FANOUT: usize = 32;
-/// Background refreshes that consult Redis at once, per instance; more
-/// wait their turn (no client waits on them).
-const MAX_REFRESHING: usize = 32;
-
 /// A purge to apply in Redis and on every instance.
 #[derive(Debug, Clone)]
 pub(crate) enum Purge {
@@ -424,63 +420,6 @@ impl Tier {
                 None
             }
         }
-    }
-
-    /// Before a background refresh on this instance: `Found` when Redis
-    /// holds a fresh entry (another instance refreshed it), `Skip` when
-    /// another instance holds the render lock (it is refreshing it: this
-    /// instance goes on serving its stale copy, and a later request's
-    /// refresh finds the new entry in Redis), else `Render`, with `lead`
-    /// keeping the lock if taken and the purge generation. Never waits for
-    /// another instance: after a revalidation of thousands of keys, that
-    /// many waiting refreshes polling Redis would swamp it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn before_refresh(
-        self: &Arc<Self>,
-        shared: &Arc<Shared>,
-        key: &str,
-        flight_key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
-        lead: &mut Lead,
-    ) -> BeforeRefresh {
-        self.listen(shared);
-        // Never closed, so this only waits.
-        let _turn = self.refreshing.acquire().await;
-        let mut generation = None;
-        if let Some((entry, Reuse::Fresh)) = self
-            .lookup(key, headers, extra, req_cc, &mut generation)
-            .await
-        {
-            return BeforeRefresh::Found(entry);
-        }
-        let mut held = None;
-        if self.cfg.lock_wait.is_some() {
-            match self.try_lock(key, flight_key).await {
-                LockAttempt::Taken(lkey, token) => {
-                    // As in `find_or_lock`: it may have landed meanwhile.
-                    if let Some((entry, Reuse::Fresh)) = self
-                        .lookup_quiet(key, headers, extra, req_cc, &mut generation)
-                        .await
-                    {
-                        self.release(&lkey, &token).await;
-                        return BeforeRefresh::Found(entry);
-                    }
-                    held = Some((lkey, token));
-                }
-                LockAttempt::Held => return BeforeRefresh::Skip,
-                LockAttempt::Failed => {}
-            }
-        }
-        if held.is_some() || generation.is_some() {
-            lead.render_lock = Some(RenderLock {
-                tier: Arc::clone(self),
-                held,
-                generation,
-            });
-        }
-        BeforeRefresh::Render
     }
 
     /// Queues `purge` for Redis and every other instance (this instance's
@@ -948,16 +887,6 @@ async fn follow_on(
             }
         }
     }
-}
-
-/// What a background refresh should do, from [`Tier::before_refresh`].
-pub(crate) enum BeforeRefresh {
-    /// Redis holds a fresh entry: store it, render nothing.
-    Found(Arc<Entry>),
-    /// Render (holding the render lock, if it is on).
-    Render,
-    /// Another instance is rendering it: leave it to that one.
-    Skip,
 }
 
 fn is_connection_error(e: &RedisError) -> bool {
