@@ -4,7 +4,7 @@
 //! purge generation of every bucket it may cover raised first, then the
 //! deletions: by tag through each bucket's index, in batches, otherwise
 //! by SCAN on every master). How a purge reaches Redis and the other
-//! instances, however long Redis is away, is the purge log's work.
+//! instances, however long Redis is away, is [`purge_log`](super::purge_log).
 
 use std::future::Future;
 
