@@ -15,7 +15,8 @@ use redis::streams::StreamReadReply;
 use tokio::sync::oneshot;
 
 use super::conn::Conn;
-use super::{lock, random_id, Purge, Tier};
+use super::tier::{lock, random_id};
+use super::{Purge, Tier};
 use crate::cache::handle::{Counters, Shared};
 use crate::metrics::PurgeKind;
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
-use super::{random_id, Tier};
+use super::tier::random_id;
+use super::Tier;
 use crate::cache::entry::{Entry, RequestDirectives, Reuse};
 use crate::cache::flight::Lead;
 use crate::cache::handle::{Counters, Shared};
