@@ -139,10 +139,6 @@ mod handoff;
 mod key;
 #[cfg(feature = "redis")]
 mod l2;
-#[cfg(feature = "redis")]
-mod l2_conn;
-#[cfg(feature = "redis")]
-mod l2_keys;
 mod layer;
 mod observe;
 mod outcome;

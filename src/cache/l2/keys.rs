@@ -1,5 +1,5 @@
 //! Where the Redis tier keeps things: the key layout on one Redis node and
-//! on Redis Cluster (see [`l2`](super::l2) for what each key holds).
+//! on Redis Cluster (see [`l2`](super) for what each key holds).
 //!
 //! On one node every key starts with the namespace (`shop:e:…`). On a
 //! cluster a Lua script may only touch keys of one hash slot, so keys are
