@@ -491,7 +491,7 @@ impl Shared {
     }
 
     /// Queues a purge for Redis and every other instance, when there is a
-    /// tier (it is never lost: see `l2.rs`); the handle to wait for it.
+    /// tier (it is never lost: see `l2/purge_log.rs`); the handle to wait for it.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(crate) fn purge_cluster(&self, purge: impl FnOnce() -> Purge) -> Purged {
         #[cfg(feature = "redis")]
