@@ -13,44 +13,12 @@ mod support;
 use std::convert::Infallible;
 use std::hint::black_box;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use http::{header, HeaderValue, Request, Response};
-use http_body_util::Full;
+use http::Request;
+use support::hit::{page, request, typical_response};
 use support::{block_on, drain};
 use tower::{service_fn, Layer, Service};
 use tower_ssr::cache::{CacheLayer, CacheOutcome, ResponseCache};
-
-fn page() -> Bytes {
-    Bytes::from(
-        (0..30 * 1024)
-            .map(|i| b"<p>lorem ipsum dolor sit amet</p>\n"[i % 34])
-            .collect::<Vec<u8>>(),
-    )
-}
-
-fn typical_response(body: Bytes, cc: &'static str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(body));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_static("W/\"0123456789abcdef0123456789abcdef\""),
-    );
-    res
-}
-
-fn request(uri: &str) -> Request<()> {
-    Request::get(uri)
-        .header(header::HOST, "example.com")
-        .header(header::ACCEPT, "text/html")
-        .body(())
-        .unwrap()
-}
 
 fn hit(c: &mut Criterion) {
     let body = page();

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::raw::{body, header, raw, status, within};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +18,6 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use http::{HeaderMap, Request, Response, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
 
@@ -26,41 +26,6 @@ use tower_ssr::balance::{ClientAddr, Endpoints, PassiveHealth, Retries, RoundRob
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::limits::HeaderLimits;
 use tower_ssr::proxy::ReverseProxy;
-
-/// Guards against hangs only; never a timing assertion.
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(common::GUARD, f).await.expect("hung")
-}
-
-/// Sends raw bytes and reads the answer to the end (the request must end
-/// the connection: `Connection: close` or HTTP/1.0).
-async fn raw(addr: SocketAddr, request: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    // The server may close before reading all of a refused request.
-    let _ = within(s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status(answer: &str) -> &str {
-    answer.split(' ').nth(1).unwrap_or("")
-}
-
-fn body(answer: &str) -> &str {
-    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
-    answer
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or("")
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
 
 /// Every request head the upstream received.
 type Heads = Arc<Mutex<Vec<HeaderMap>>>;

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::raw::{body, get_host, header, is_hit, raw, raw_bytes, status};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,66 +19,12 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use http::{HeaderMap, Request, Response, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
 
 use tower_ssr::balance::{ClientAddr, Endpoints, RoundRobin};
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::proxy::ReverseProxy;
-
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(common::GUARD, f).await.expect("hung")
-}
-
-/// Sends raw bytes and reads the answer to the end.
-async fn raw(addr: SocketAddr, request: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = within(s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `raw` with arbitrary bytes.
-async fn raw_bytes(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(request).await;
-    let mut out = Vec::new();
-    let _ = within(s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status(answer: &str) -> &str {
-    answer.split(' ').nth(1).unwrap_or("")
-}
-
-fn body(answer: &str) -> &str {
-    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
-    answer
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or("")
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
-
-fn is_hit(answer: &str) -> bool {
-    header(answer, "cache-status").is_some_and(|s| s.contains("hit"))
-}
-
-async fn get_host(addr: SocketAddr, path: &str, host: &str) -> String {
-    raw(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
 
 type Heads = Arc<Mutex<Vec<HeaderMap>>>;
 

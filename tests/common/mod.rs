@@ -1,6 +1,7 @@
 //! Shared helpers: a real server on 127.0.0.1:0 and a client for it.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod raw;
 pub mod redis;
 
 use std::net::SocketAddr;

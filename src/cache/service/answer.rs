@@ -17,7 +17,6 @@ use crate::cache::layer::Config;
 use crate::cache::representation::stored::{choose, Wants};
 use crate::etag::{not_modified_parts, Condition, Conditionals};
 
-#[cfg(feature = "redis")]
 use super::call::Job;
 
 /// Takes `Range` and `If-Range` off a request that has a `Range`: for a
@@ -226,6 +225,26 @@ pub(super) fn wants_for(entry: &Entry, headers: &HeaderMap) -> Wants {
     }
 }
 
+impl<ReqBody> Job<ReqBody> {
+    /// [`from_entry`] for this job's request: its method, its own
+    /// conditionals and its wishes about representations.
+    pub(super) fn answer<B: Body>(
+        &self,
+        entry: &Entry,
+        member: HeaderValue,
+        now: Instant,
+    ) -> Response<ResponseBody<B>> {
+        from_entry(
+            entry,
+            self.is_head,
+            self.conditionals.as_ref(),
+            &self.wants,
+            member,
+            now,
+        )
+    }
+}
+
 /// A response from an entry the shared tier had (`detail=redis`);
 /// `job` is the miss's: its `wants` say whether a range is to be cut (from
 /// identity, where acceptable).
@@ -236,12 +255,5 @@ pub(super) fn l2_hit<B: Body, ReqBody>(
     now: Instant,
 ) -> Response<ResponseBody<B>> {
     let member = crate::cache::status::hit_detail(&job.config.name, entry.fresh.ttl(now), "redis");
-    from_entry(
-        entry,
-        job.is_head,
-        job.conditionals.as_ref(),
-        &job.wants,
-        member,
-        now,
-    )
+    job.answer(entry, member, now)
 }

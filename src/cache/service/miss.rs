@@ -174,14 +174,7 @@ fn stored_meanwhile<ReqBody, B: Body>(job: &Job<ReqBody>) -> Option<Response<Res
         return None;
     }
     let member = job.config.hit_member(entry.fresh.ttl(now));
-    let response = from_entry(
-        entry,
-        job.is_head,
-        job.conditionals.as_ref(),
-        &job.wants,
-        member,
-        now,
-    );
+    let response = job.answer(entry, member, now);
     Some(seen(&job.config, response, Hit, None))
 }
 
@@ -277,14 +270,7 @@ fn stored_for_waiter<ReqBody, B: Body>(
     // Just fetched or validated for the leader, so good for this request
     // too, whatever it asked.
     let member = job.config.fwd_member(job.fwd, None, true, Some(true));
-    let response = from_entry(
-        entry,
-        job.is_head,
-        job.conditionals.as_ref(),
-        &job.wants,
-        member,
-        now,
-    );
+    let response = job.answer(entry, member, now);
     Some(seen(&job.config, response, Coalesced, None))
 }
 
@@ -298,14 +284,7 @@ fn stale_on_failure<ReqBody, B: Body>(job: &Job<ReqBody>) -> Option<Response<Res
         .filter(|e| e.fresh.sie_allows(now, job.req_cc.stale_if_error))?;
     Counters::bump(&job.shared.counters.stale);
     let member = job.config.fwd_member(Fwd::Stale, None, false, Some(true));
-    let response = from_entry(
-        entry,
-        job.is_head,
-        job.conditionals.as_ref(),
-        &job.wants,
-        member,
-        now,
-    );
+    let response = job.answer(entry, member, now);
     Some(seen(&job.config, response, Stale, None))
 }
 
