@@ -269,13 +269,16 @@ impl ResponseCache {
     /// `scheme://host/path?query` the way the cache builds keys: the
     /// request's scheme (`http` for an origin-form target), its `Host`
     /// lowercased with any port, the path, and the query as configured
-    /// (for example `http://example.com:8080/a?x=1`). Returns whether
-    /// anything was stored.
+    /// (for example `http://example.com:8080/a?x=1`). The scheme's default
+    /// port written or not (`http://a.test/x`, `http://a.test:80/x`), both
+    /// spellings are dropped: they name one URI (RFC 9110 §4.2.3), though
+    /// each is stored apart, under the `Host` text its requests sent.
+    /// Returns whether anything was stored.
     #[allow(clippy::must_use_candidate)] // purging is the point; the flag is extra
     pub fn purge(&self, key: &str) -> bool {
         self.purged(PurgeKind::Key);
         let _ = self.cluster(|| Purge::Key(key.into()));
-        self.shared.store.remove(key)
+        self.shared.store.remove_uri(key)
     }
 
     /// Drops every entry whose path and query are exactly `path_and_query`

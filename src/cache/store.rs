@@ -421,6 +421,14 @@ impl Store {
         self.map.remove(key).is_some()
     }
 
+    /// Drops `key` in every spelling of its scheme's default port (one URI,
+    /// RFC 9110 §4.2.3; see `key::spellings`); whether anything was stored.
+    pub(crate) fn remove_uri(&self, key: &str) -> bool {
+        key::spellings(key)
+            .iter()
+            .fold(false, |any, k| self.remove(k) | any)
+    }
+
     /// Drops every key whose path-and-query starts with `prefix`.
     pub(crate) fn purge_prefix(&self, prefix: &str) {
         let prefix: Box<str> = prefix.into();

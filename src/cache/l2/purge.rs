@@ -72,7 +72,7 @@ impl Purge {
     pub(crate) fn apply_local(&self, shared: &Shared) {
         match self {
             Purge::Key(k) => {
-                shared.store.remove(k);
+                shared.store.remove_uri(k);
             }
             Purge::Path(p) => shared.store.purge_path(p),
             Purge::Prefix(p) => shared.store.purge_prefix(p),
@@ -122,17 +122,23 @@ impl Tier {
         // (one on a single node): a write is rarely in flight, and refusing
         // one costs one render, never a stale page.
         match purge {
+            // Every spelling of the default port names the URI.
             Purge::Key(k) => {
-                if !self.raise(self.layout.bucket(k)).await {
-                    return false;
+                for k in crate::cache::key::spellings(k) {
+                    if !self.raise(self.layout.bucket(&k)).await {
+                        return false;
+                    }
+                    let rkey = self.layout.entry(&k);
+                    let done: Option<i64> = self
+                        .call(|mut c| async move {
+                            redis::cmd("DEL").arg(&rkey).query_async(&mut c).await
+                        })
+                        .await;
+                    if done.is_none() {
+                        return false;
+                    }
                 }
-                let rkey = self.layout.entry(k);
-                let done: Option<i64> =
-                    self.call(|mut c| async move {
-                        redis::cmd("DEL").arg(&rkey).query_async(&mut c).await
-                    })
-                    .await;
-                done.is_some()
+                true
             }
             // The script raises each bucket's generation itself, in the
             // same step as that bucket's first deletions.

@@ -151,13 +151,13 @@ where
 /// Drops `key` in every spelling of its default port (RFC 9111 §4.4;
 /// RFC 9110 §4.2.3), here and on the other instances.
 pub(super) fn invalidate(shared: &Shared, key: &str) {
+    // Other instances may hold it too (RFC 9111 §4.4 asks only for this
+    // cache, but a cluster is one cache to its users).
+    shared.purge_cluster(|| crate::cache::handle::Purge::Key(key.into()));
+    if shared.store.remove_uri(key) {
+        tracing::debug!(key, "cache invalidated by an unsafe method");
+    }
     for key in spellings(key) {
-        // Other instances may hold it too (RFC 9111 §4.4 asks only for
-        // this cache, but a cluster is one cache to its users).
-        shared.purge_cluster(|| crate::cache::handle::Purge::Key(key.as_str().into()));
-        if shared.store.remove(&key) {
-            tracing::debug!(key, "cache invalidated by an unsafe method");
-        }
         shared.forget_uncacheable(&key);
     }
 }
