@@ -11,7 +11,14 @@
 //! ```text
 //! cargo bench --bench hit_side_by_side
 //! ROUNDS=300 BATCH=20000 cargo bench --bench hit_side_by_side
+//! # steadier across builds: the whole program optimised as one unit
+//! CARGO_PROFILE_BENCH_LTO=fat CARGO_PROFILE_BENCH_CODEGEN_UNITS=1 \
+//!   cargo bench --bench hit_side_by_side
 //! ```
+//!
+//! With the default profile (16 codegen units) the ratio moves by several
+//! per cent between two builds that execute the same instructions (code
+//! placement and inlining); see BENCHMARKS.md.
 //!
 //! Prints the median time per hit of each and the median, first and third
 //! quartile of the ratios layer / handler.
