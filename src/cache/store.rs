@@ -210,6 +210,11 @@ pub(crate) struct Store {
     /// A live entry was pushed out for room since the last sweep: entries
     /// past their keep time may be taking it, so a sweep is due early.
     pressed: Arc<AtomicBool>,
+    /// The last sweep dropped something (or none ran yet). A full tier of
+    /// live entries evicts all the time; once a sweep finds nothing, the
+    /// next waits its [`SWEEP_EVERY`] rather than walking every entry
+    /// every [`SWEEP_PRESSED`].
+    productive: Arc<AtomicBool>,
 }
 
 /// The least time between two sweeps of entries past their keep time.
@@ -254,6 +259,7 @@ impl Store {
             next_sweep: AtomicU64::new(SWEEP_EVERY.as_millis() as u64),
             last_sweep: AtomicU64::new(0),
             pressed,
+            productive: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -277,6 +283,7 @@ impl Store {
         let at = ms(now.saturating_duration_since(self.born));
         let due = self.next_sweep.load(Relaxed);
         let pressed = self.pressed.load(Relaxed)
+            && self.productive.load(Relaxed)
             && at
                 >= self
                     .last_sweep
@@ -296,7 +303,15 @@ impl Store {
         }
         self.last_sweep.store(at, Relaxed);
         self.pressed.store(false, Relaxed);
-        self.invalidate_if(move |_, v| v.expired(now));
+        self.productive.store(false, Relaxed);
+        let productive = Arc::clone(&self.productive);
+        self.invalidate_if(move |_, v| {
+            let dead = v.expired(now);
+            if dead {
+                productive.store(true, Relaxed);
+            }
+            dead
+        });
     }
 
     /// Stores `entry` beside the other variants of `key`, replacing the one
@@ -650,5 +665,42 @@ mod tests {
             &store.get("k", crate::date::monotonic_now()).unwrap().list[0],
             &old
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_tier_of_live_entries_does_not_sweep_every_second() {
+        // Room for about three entries: every store evicts a live one.
+        let store = Store::new(16 * 1024, || {});
+        let body: &'static [u8] = &[b'x'; 4000];
+        let mut n = 0;
+        let mut store_one = || {
+            n += 1;
+            store.insert(&format!("http://h/{n}"), entry(body));
+            store.sync();
+        };
+        for _ in 0..8 {
+            store_one();
+        }
+        assert!(
+            store.pressed.load(Relaxed),
+            "live entries were evicted: {} entries, {} bytes",
+            store.entries(),
+            store.bytes()
+        );
+        // Pressed and nothing swept yet: the first early sweep runs, and
+        // finds nothing dead (max-age=60).
+        tokio::time::advance(Duration::from_secs(2)).await;
+        store_one();
+        let first = store.last_sweep.load(Relaxed);
+        assert!(first >= 2_000, "an early sweep ran: {first}");
+        store.sync();
+        assert!(!store.productive.load(Relaxed));
+        // Still pressed, but the last sweep found nothing: no sweep until
+        // the minute is up.
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(2)).await;
+            store_one();
+        }
+        assert_eq!(store.last_sweep.load(Relaxed), first);
     }
 }
