@@ -431,6 +431,21 @@ impl Store {
         replaced
     }
 
+    /// The variant of `key` whose body is `body` (its address and length)
+    /// and that has no codings made yet: what a 304 freshened an entry
+    /// into keeps its body's bytes.
+    #[cfg(feature = "compression")]
+    pub(crate) fn sharing_body(&self, key: &str, body: (usize, usize)) -> Option<Arc<Entry>> {
+        let variants = self.map.get(key)?;
+        variants
+            .list
+            .iter()
+            .find(|e| {
+                e.reprs.is_none() && e.body.as_ptr() as usize == body.0 && e.body.len() == body.1
+            })
+            .cloned()
+    }
+
     /// Drops every variant of `key`; whether anything was stored.
     pub(crate) fn remove(&self, key: &str) -> bool {
         self.map.remove(key).is_some()

@@ -31,10 +31,24 @@ impl std::fmt::Display for DecodeError {
 /// level up to 19, and a frame cannot make the decoder reserve more.
 const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
-/// Brotli's window for the stored representations: 2^22 bytes, brotli's
-/// own default; a page larger than that still compresses, with less
-/// reach back.
+/// Brotli's largest window for the stored representations: 2^22 bytes,
+/// brotli's own default; a page larger than that still compresses, with
+/// less reach back.
 const BROTLI_LGWIN: u32 = 22;
+
+/// Brotli's smallest window (RFC 7932 §9.1).
+const BROTLI_LGWIN_MIN: u32 = 10;
+
+/// The window for `len` bytes: the smallest that holds them, as brotli's
+/// own one-shot encoder picks. A window larger than the input compresses
+/// no better, and at quality 11 the encoder's match finder takes eight
+/// bytes per window position: 32 MiB for 2^22, freed after each page but
+/// kept by glibc's heap, so every compressed 10 KiB page left the
+/// process some 30 MiB over the cache's bound (issue 8 §6).
+fn brotli_lgwin(len: usize) -> u32 {
+    let bits = usize::BITS - len.saturating_sub(1).leading_zeros();
+    bits.clamp(BROTLI_LGWIN_MIN, BROTLI_LGWIN)
+}
 
 /// `input` in `coding` at `level` (see `Compression::level`); identity is a
 /// copy.
@@ -62,7 +76,7 @@ pub(crate) fn encode(coding: Coding, input: &[u8], level: i32) -> io::Result<Vec
         Coding::Br => {
             let params = brotli::enc::BrotliEncoderParams {
                 quality: level.clamp(0, 11),
-                lgwin: BROTLI_LGWIN as i32,
+                lgwin: brotli_lgwin(input.len()) as i32,
                 size_hint: input.len(),
                 ..Default::default()
             };
@@ -166,6 +180,22 @@ mod tests {
                 let decoded = decode(coding, &encoded, body.len()).unwrap();
                 assert_eq!(decoded, body, "{coding} at {level}");
             }
+        }
+    }
+
+    #[test]
+    fn the_brotli_window_fits_the_page() {
+        assert_eq!(brotli_lgwin(0), 10);
+        assert_eq!(brotli_lgwin(1024), 10);
+        assert_eq!(brotli_lgwin(1025), 11);
+        assert_eq!(brotli_lgwin(10 * 1024), 14);
+        assert_eq!(brotli_lgwin(1 << 22), 22);
+        assert_eq!(brotli_lgwin(usize::MAX), 22);
+        // Pages just over a window size round-trip.
+        for (len, level) in [(1025, 11), (16 * 1024 + 1, 11), ((1 << 22) + 7, 1)] {
+            let body = page(len);
+            let encoded = encode(Coding::Br, &body, level).unwrap();
+            assert_eq!(decode(Coding::Br, &encoded, usize::MAX).unwrap(), body);
         }
     }
 

@@ -49,13 +49,22 @@ impl Compressor {
             } => {}
             Decision::Compress { .. } | Decision::Keep(_) => return,
         }
-        let (this, shared, key, entry) = (
-            Arc::clone(self),
-            Arc::clone(shared),
-            key.to_owned(),
-            Arc::clone(entry),
-        );
+        // The job holds no entry: one evicted or purged while it waits is
+        // freed at once, and skipped (with 200,000 pages through a 64 MiB
+        // tier, a full queue held some 1,000 bodies nothing counted).
+        let (this, shared, key) = (Arc::clone(self), Arc::clone(shared), key.to_owned());
+        let weak = Arc::downgrade(entry);
+        let body = (entry.body.as_ptr() as usize, entry.body.len());
         let queued = self.pool.spawn(move || {
+            // The entry, or the one a 304 freshened it into since (the
+            // same body, newer headers).
+            let (entry, original) = match weak.upgrade() {
+                Some(entry) => (entry, true),
+                None => match shared.store.sharing_body(&key, body) {
+                    Some(entry) => (entry, false),
+                    None => return,
+                },
+            };
             let cap = entry.body.len();
             let Some(reprs) = make(
                 &entry.headers,
@@ -74,7 +83,7 @@ impl Compressor {
             // revalidation marked stale.
             let mut own = false;
             let with = |current: &Entry| {
-                own = std::ptr::eq(current, &*entry);
+                own = original && std::ptr::eq(current, &*entry);
                 let reprs = if own {
                     reprs
                 } else {
