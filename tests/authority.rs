@@ -8,8 +8,7 @@
 
 mod common;
 
-use common::raw::{body, header, raw, status, within};
-use std::convert::Infallible;
+use common::raw::{body, header, raw, serve_svc, status, within};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,10 +18,10 @@ use axum::routing::get;
 use axum::Router;
 use http::{HeaderMap, Request, Response, Uri};
 use tokio::net::TcpListener;
-use tower::{Layer, Service};
+use tower::Layer;
 
 use tower_ssr::authority::{FORWARDING_HEADERS, METHOD_OVERRIDE_HEADERS};
-use tower_ssr::balance::{ClientAddr, Endpoints, PassiveHealth, Retries, RoundRobin};
+use tower_ssr::balance::{Endpoints, PassiveHealth, Retries, RoundRobin};
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::limits::HeaderLimits;
 use tower_ssr::proxy::ReverseProxy;
@@ -52,42 +51,6 @@ fn echo_app(heads: Heads) -> Router {
     Router::new()
         .route("/home", get(handler.clone()))
         .route("/{*rest}", get(handler))
-}
-
-/// Serves `svc` with hyper's HTTP/1 server, each connection's peer as the
-/// client address, as examples/proxy.rs does.
-async fn serve_svc<S, B>(svc: S) -> SocketAddr
-where
-    S: Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let svc = svc.clone();
-            let handler =
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    let mut svc = svc.clone();
-                    async move { svc.call(req).await }
-                });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// examples/proxy: CacheLayer over ReverseProxy over the echo app.

@@ -9,8 +9,7 @@
 
 mod common;
 
-use common::raw::{body, get_host, header, is_hit, raw, raw_bytes, status};
-use std::convert::Infallible;
+use common::raw::{body, get_host, header, is_hit, raw, raw_bytes, serve_svc, status};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,10 +18,9 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use http::{HeaderMap, Request, Response, Uri};
-use tokio::net::TcpListener;
-use tower::{Layer, Service};
+use tower::Layer;
 
-use tower_ssr::balance::{ClientAddr, Endpoints, RoundRobin};
+use tower_ssr::balance::{Endpoints, RoundRobin};
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::proxy::ReverseProxy;
 
@@ -68,40 +66,6 @@ fn vhost_app(heads: Heads) -> Router {
         }
     };
     Router::new().route("/{*rest}", get(handler))
-}
-
-async fn serve_svc<S, B>(svc: S) -> SocketAddr
-where
-    S: Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let svc = svc.clone();
-            let handler =
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    let mut svc = svc.clone();
-                    async move { svc.call(req).await }
-                });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// CacheLayer over ReverseProxy (examples/proxy), the proxy told that

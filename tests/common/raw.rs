@@ -62,3 +62,44 @@ pub fn header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
 pub fn is_hit(answer: &str) -> bool {
     header(answer, "cache-status").is_some_and(|s| s.contains("hit"))
 }
+
+#[cfg(feature = "balance")]
+/// Serves `svc` with hyper's HTTP/1 server, each connection's peer as the
+/// client address, as examples/proxy.rs does.
+pub async fn serve_svc<S, B>(svc: S) -> SocketAddr
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let svc = svc.clone();
+            let handler =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(tower_ssr::balance::ClientAddr(peer));
+                    let mut svc = svc.clone();
+                    async move { svc.call(req).await }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+                    .await;
+            });
+        }
+    });
+    addr
+}
