@@ -154,6 +154,9 @@ impl Tier {
         let deadline = Instant::now() + wait;
         // Short polls: the entry usually lands within a render's time.
         let poll = (wait / 20).clamp(Duration::from_millis(5), Duration::from_millis(50));
+        // A copy found while waiting that is not usable as is: still worth
+        // validating when the wait ends without a fresh one.
+        let mut stale = None;
         loop {
             match self.try_lock(key, flight_key).await {
                 LockAttempt::Taken(lkey, token) => {
@@ -178,13 +181,21 @@ impl Tier {
                 LockAttempt::Held => {}
             }
             if self.down.load(Relaxed) || Instant::now() >= deadline {
-                return None;
+                return stale;
             }
             tokio::time::sleep(poll).await;
-            if let Some((entry, how)) = self.lookup(key, headers, extra, req_cc, generation).await {
+            // Quiet: the first look counted this request's miss; a poll is
+            // no request of its own.
+            if let Some((entry, how)) = self
+                .lookup_quiet(key, headers, extra, req_cc, generation)
+                .await
+            {
                 if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
+                    Counters::bump(&self.counters.l2_hits);
+                    self.counters.metrics().l2(L2Outcome::Hit);
                     return Some((entry, how));
                 }
+                stale = Some((entry, how));
             }
         }
     }
