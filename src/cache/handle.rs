@@ -220,7 +220,8 @@ pub struct CacheStats {
     pub coalesced: u64,
     /// Responses stored.
     pub stores: u64,
-    /// Entries evicted for lack of room.
+    /// Live entries evicted for lack of room (an entry already past its
+    /// keep time that size pushes out is not counted: it was dead).
     pub evictions: u64,
     /// Purge calls made.
     pub purges: u64,
