@@ -100,31 +100,7 @@ pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// connection's peer as the client address.
 #[cfg(feature = "proxy")]
 pub async fn serve_proxy(proxy: tower_ssr::proxy::ReverseProxy) -> SocketAddr {
-    use tower::Service as _;
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let proxy = proxy.clone();
-            let handler =
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(tower_ssr::balance::ClientAddr(peer));
-                    let mut proxy = proxy.clone();
-                    async move { proxy.call(req).await }
-                });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .await;
-            });
-        }
-    });
-    addr
+    raw::serve_svc(proxy).await
 }
 
 /// A raw upstream on 127.0.0.1:0: reads each request head (up to the blank
