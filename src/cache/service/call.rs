@@ -163,6 +163,22 @@ pub(super) struct Job<ReqBody> {
     pub(super) range: Option<HeaderMap>,
 }
 
+impl<ReqBody> Job<ReqBody> {
+    /// Looks the job's key up again (another request may have stored it
+    /// meanwhile). Only requests without `Authorization` join a flight
+    /// (see `coalesce`), hence `has_auth` false.
+    pub(super) fn look_up(&self, now: Instant) -> Lookup {
+        lookup(
+            &self.shared,
+            &self.key,
+            &self.parts.headers,
+            self.extra.as_deref(),
+            false,
+            now,
+        )
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,

@@ -31,7 +31,7 @@ use crate::etag::{not_modified_parts, Condition, Conditionals};
 use super::answer::l2_hit;
 use super::{
     answer::{cut, from_entry},
-    call::{lookup, send, transient, Job, Lookup},
+    call::{send, transient, Job, Lookup},
     merge::{revalidated, supersedes},
     passthrough::pass,
     refresh::lead_fetch,
@@ -159,14 +159,7 @@ fn stored_meanwhile<ReqBody, B: Body>(job: &Job<ReqBody>) -> Option<Response<Res
         return None;
     }
     let now = crate::date::monotonic_now();
-    let Lookup::Found(variants, i) = lookup(
-        &job.shared,
-        &job.key,
-        &job.parts.headers,
-        job.extra.as_deref(),
-        false,
-        now,
-    ) else {
+    let Lookup::Found(variants, i) = job.look_up(now) else {
         return None;
     };
     let entry = &variants.list[i];
@@ -249,14 +242,7 @@ fn stored_for_waiter<ReqBody, B: Body>(
     waited_from: Instant,
 ) -> Option<Response<ResponseBody<B>>> {
     let now = crate::date::monotonic_now();
-    let Lookup::Found(variants, i) = lookup(
-        &job.shared,
-        &job.key,
-        &job.parts.headers,
-        job.extra.as_deref(),
-        false,
-        now,
-    ) else {
+    let Lookup::Found(variants, i) = job.look_up(now) else {
         return None;
     };
     let entry = &variants.list[i];
