@@ -1739,8 +1739,77 @@ async fn representations_over_the_size_cap_leave_the_identity_value(setup: Setup
     assert_eq!(origin.renders(path), 1);
 }
 
+/// Polls `path` on `addr` with `Accept-Encoding: br` until the answer is
+/// a fresh hit in br (the page is fresh for 5 s); panics after
+/// [`PATIENCE`].
+#[cfg(feature = "compression")]
+async fn until_fresh_br(addr: SocketAddr, path: &str, what: &str) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let seen = get_coded(addr, path, "br").await;
+            let status = seen.one("cache-status");
+            if seen.has("content-encoding") && status.contains("hit") && !status.contains("ttl=-") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never happened: {what}"));
+}
+
+#[cfg(feature = "compression")]
+async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Setup) {
+    let ns = namespace("refresh-reprs");
+    let origin = Origin::default();
+    // Identity fits the cap, the codings beside it do not: Redis holds
+    // identity only, and each instance makes its own codings.
+    // (12 KiB of noise; each coding about 0.6 of it.) Fresh for 5 s:
+    // longer than making the codings takes in a debug build, so polling
+    // for them starts no refresh of its own.
+    let tier = || setup.tier(&ns).max_value_bytes(16 * 1024);
+    let (a, ca) = instance(&origin, tier()).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+    let path = "/refreshed?kb=12&noise&ttl=5&swr=60";
+    get_coded(a, path, "br").await;
+    eventually("A's write", || ca.stats().l2_writes == 1).await;
+    assert!(get_coded(b, path, "br")
+        .await
+        .one("cache-status")
+        .ends_with("; detail=redis"));
+    until_fresh_br(b, path, "B makes its codings").await;
+
+    // Both copies go stale. A's stale hit refreshes first: a render,
+    // written to Redis. B's then finds that copy there instead of
+    // rendering, and must make its codings as a request's miss would.
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    get_coded(a, path, "br").await;
+    eventually("A's refresh reaches Redis", || ca.stats().l2_writes == 2).await;
+    // B's copy came from Redis a moment after A's: the first answer it
+    // serves stale starts its refresh.
+    tokio::time::timeout(PATIENCE, async {
+        // Past its 5 s: stale, although `ttl=` rounds to 0.
+        while get_coded(b, path, "br")
+            .await
+            .one("age")
+            .parse::<u64>()
+            .unwrap()
+            < 5
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("B's copy never went stale");
+    until_fresh_br(b, path, "B's refreshed copy gets its codings").await;
+    assert_eq!(origin.renders(path), 2, "B's refresh rendered nothing");
+    assert_eq!(cb.stats().l2_writes, 0, "B wrote nothing back");
+}
+
 #[cfg(feature = "compression")]
 on_both!(
     representations_made_on_one_instance_are_served_by_the_other_uncompressed_again,
     representations_over_the_size_cap_leave_the_identity_value,
+    a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings,
 );

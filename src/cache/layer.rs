@@ -422,7 +422,7 @@ impl CacheLayer {
     /// With compression on, the cache asks the inner service for identity
     /// (`Accept-Encoding: identity` on every request it forwards to fill
     /// the cache), makes the codings once per stored response, off the
-    /// request path on a bounded blocking pool, and answers each client
+    /// request path on a bounded pool of its own threads, and answers each client
     /// with the best coding its `Accept-Encoding` accepts: a coding is its
     /// own representation, with `Content-Encoding`, `Content-Length` and a
     /// strong `ETag` of its own (`"abc"` → `"abc-br"`; a weak one is kept),

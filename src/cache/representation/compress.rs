@@ -1,6 +1,6 @@
 //! Encoders and bounded decoders for the codings the cache stores.
 //!
-//! Encoding runs on the blocking pool ([`super::pool`]) at store time,
+//! Encoding runs on the job pool ([`super::pool`]) at store time,
 //! never on a hit. Decoding (a renderer that sent gzip or br although the
 //! cache asked for identity) stops at a byte cap, so a decompression bomb
 //! costs at most the cache's `max_body` of memory.

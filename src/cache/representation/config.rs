@@ -35,7 +35,8 @@ pub(crate) const DEFAULT_TYPES: &[&str] = &[
 /// [`content_types`](Self::content_types) and
 /// [`min_size`](Self::min_size)), it keeps the identity body and makes one
 /// representation per coding in [`codings`](Self::codings), once, on a
-/// bounded blocking pool off the request path; until they are ready,
+/// bounded pool of threads of its own, off the request path (see
+/// [`jobs`](Self::jobs)); until they are ready,
 /// requests get what exists. Hits are then answered with the best
 /// representation the client accepts (RFC 9110 §12.5.3), with
 /// `Content-Encoding`, its own `Content-Length` and `Vary: Accept-Encoding`.
@@ -163,9 +164,14 @@ impl Compression {
         self
     }
 
-    /// How many compression jobs run at once on tokio's blocking pool;
-    /// default half the cores, at least one, so the other half keeps
-    /// serving. 0 is read as 1.
+    /// How many compression jobs run at once; default half the cores, at
+    /// least one, so the other half keeps serving. 0 is read as 1.
+    ///
+    /// Each layer runs its jobs on this many threads of its own (named
+    /// `tower-ssr-compress`), started at the first job and ended when the
+    /// layer and its services are dropped; not on tokio's blocking pool,
+    /// whose many threads each kept an encoder's working memory (about
+    /// 1.7 MiB at the default levels) in a heap arena of their own.
     #[must_use]
     pub fn jobs(mut self, jobs: usize) -> Self {
         self.jobs = Some(jobs.max(1));

@@ -5,7 +5,7 @@
 //! The cache owns content coding, as Varnish does with gzip: it asks the
 //! renderer for identity, makes gzip, br and zstd once when it stores a
 //! compressible response ([`compressible`]), off the request path on a
-//! bounded blocking pool ([`pool`]), at high quality ([`compress`]), and
+//! bounded pool of its own threads ([`pool`]), at high quality ([`compress`]), and
 //! answers each client with the best coding it accepts ([`accept`], RFC
 //! 9110 §12.5.3). Each coding is its own representation with its own strong
 //! validator ([`validator`], §8.8.3). Ranges (§14) are served from the

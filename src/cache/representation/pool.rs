@@ -1,33 +1,54 @@
 //! A bounded pool for compression jobs, off the request path.
 //!
-//! Jobs run on tokio's blocking threads (`spawn_blocking`) behind a
-//! semaphore, so at most `size` compress at once whatever the load, and the
-//! async workers that serve hits never run an encoder. At most `max_queue`
-//! jobs wait or run; past that a job is refused and the caller keeps what
-//! it has. A job that never runs (the runtime shut down) is harmless: its
-//! representation is simply never made.
+//! Jobs run on `size` threads of the pool's own, started at the first job
+//! and ended when the pool is dropped, so at most `size` compress at once
+//! whatever the load, and the async workers that serve hits never run an
+//! encoder. At most `max_queue` jobs wait or run; past that a job is
+//! refused and the caller keeps what it has. A job that never runs is
+//! harmless: its representation is simply never made.
+//!
+//! Why not tokio's blocking pool: it runs each job on whichever of up to
+//! 512 threads is free, and starts a new one when the last job's thread
+//! has not yet marked itself idle. glibc gives each thread its own heap
+//! arena, and each arena kept an encoder's working memory (brotli at
+//! quality 11, zstd at 19, gzip at 9: about 1.7 MiB): with 10 KiB pages
+//! through a 64 MiB cache, seven such threads held 12 MiB nothing counted
+//! (issue 8 §6). A fixed set of threads holds it once per thread.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
 
 /// Why a job was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
     /// `max_queue` jobs are waiting or running.
     Full,
-    /// Not called from within a tokio runtime.
+    /// Not called from within a tokio runtime (a job may spawn tasks, as
+    /// the Redis tier's write of the made codings does).
     NoRuntime,
 }
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// The pool; clones share it.
 #[derive(Debug, Clone)]
 pub(crate) struct Pool {
-    permits: Arc<Semaphore>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    size: usize,
     /// Jobs accepted and not yet finished.
     queued: Arc<AtomicUsize>,
     max_queue: usize,
+    /// The threads' queue, made with the threads at the first job. Dropping
+    /// it (with the pool) ends them once the jobs queued are done.
+    sender: OnceLock<Mutex<Sender<Job>>>,
 }
 
 /// Decrements the queue count when the job is done or dropped unrun.
@@ -41,55 +62,98 @@ impl Drop for Queued {
 
 impl Pool {
     /// A pool running at most `size` jobs at once (at least one) with at
-    /// most `max_queue` accepted (at least one).
+    /// most `max_queue` accepted (at least one). No thread starts before
+    /// the first job.
     pub(crate) fn new(size: usize, max_queue: usize) -> Self {
         Pool {
-            permits: Arc::new(Semaphore::new(size.max(1))),
-            queued: Arc::new(AtomicUsize::new(0)),
-            max_queue: max_queue.max(1),
+            inner: Arc::new(Inner {
+                size: size.max(1),
+                queued: Arc::new(AtomicUsize::new(0)),
+                max_queue: max_queue.max(1),
+                sender: OnceLock::new(),
+            }),
         }
     }
 
     /// Jobs accepted and not yet finished.
     #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.inner.queued.load(Ordering::Acquire)
     }
 
-    /// Runs `job` on the blocking pool when a slot is free.
+    /// Runs `job` on one of the pool's threads, within the calling task's
+    /// tokio runtime (so it may spawn tasks), when a thread is free.
     ///
     /// # Errors
     ///
     /// [`Refused::Full`] past `max_queue`, [`Refused::NoRuntime`] outside
-    /// a tokio runtime; `job` is then dropped unrun.
+    /// a tokio runtime; `job` is then dropped unrun. A pool whose threads
+    /// could not be started refuses as full.
     pub(crate) fn spawn<F>(&self, job: F) -> Result<(), Refused>
     where
         F: FnOnce() + Send + 'static,
     {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        let Ok(handle) = Handle::try_current() else {
             return Err(Refused::NoRuntime);
         };
-        let taken = self
+        let inner = &self.inner;
+        let taken = inner
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_queue).then_some(n + 1)
+                (n < inner.max_queue).then_some(n + 1)
             });
         if taken.is_err() {
             return Err(Refused::Full);
         }
-        let queued = Queued(Arc::clone(&self.queued));
-        let permits = Arc::clone(&self.permits);
-        drop(handle.spawn(async move {
+        let queued = Queued(Arc::clone(&inner.queued));
+        let job: Job = Box::new(move || {
             // Kept so the count drops with the job, run or not.
             let _queued = queued;
-            // The semaphore is never closed.
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
-            };
-            // Held until the job ends: the permit bounds running jobs.
-            let _ = tokio::task::spawn_blocking(job).await;
-        }));
-        Ok(())
+            let _runtime = handle.enter();
+            job();
+        });
+        let sender = inner.sender.get_or_init(|| Mutex::new(start(inner.size)));
+        let sent = sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(job);
+        // Only when no thread could be started: the job (and its count)
+        // is dropped with the error.
+        sent.map_err(|_| Refused::Full)
+    }
+}
+
+/// Starts `size` threads taking jobs from one queue, and returns its
+/// sending end. Threads the system refuses are not retried; with none at
+/// all every job is refused.
+fn start(size: usize) -> Sender<Job> {
+    let (sender, receiver) = channel::<Job>();
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..size {
+        let receiver = Arc::clone(&receiver);
+        let started = std::thread::Builder::new()
+            .name("tower-ssr-compress".into())
+            .spawn(move || work(&receiver));
+        if let Err(error) = started {
+            tracing::warn!(%error, "compression thread not started");
+        }
+    }
+    sender
+}
+
+/// One thread's loop: jobs until the queue's sender is gone.
+fn work(receiver: &Mutex<Receiver<Job>>) {
+    loop {
+        // The lock is held only while waiting, never while a job runs.
+        let next = receiver
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .recv();
+        let Ok(job) = next else { return };
+        // An encoder that panics loses its own job, not the thread.
+        if catch_unwind(AssertUnwindSafe(job)).is_err() {
+            tracing::error!("a compression job panicked");
+        }
     }
 }
 
@@ -163,6 +227,45 @@ mod tests {
             .unwrap();
         assert_eq!(finished, 6);
         assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_run_on_no_more_than_size_threads() {
+        // tokio's blocking pool spread one job at a time over seven
+        // threads, each keeping an encoder's memory in its own arena.
+        let pool = Pool::new(2, 1000);
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..200 {
+            let tx = tx.clone();
+            pool.spawn(move || tx.send(std::thread::current().id()).unwrap())
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        let threads = tokio::task::spawn_blocking(move || {
+            rx.iter().collect::<std::collections::HashSet<_>>()
+        })
+        .await
+        .unwrap();
+        assert!(
+            (1..=2).contains(&threads.len()),
+            "{} threads",
+            threads.len()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_that_panics_does_not_stop_the_next() {
+        let pool = Pool::new(1, 10);
+        pool.spawn(|| panic!("an encoder bug")).unwrap();
+        let (tx, rx) = mpsc::channel();
+        pool.spawn(move || tx.send(()).unwrap()).unwrap();
+        tokio::task::spawn_blocking(move || rx.recv().unwrap())
+            .await
+            .unwrap();
+        while pool.queued() > 0 {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// A channel whose receiver several jobs share.

@@ -94,8 +94,17 @@ where
             match found {
                 BeforeRefresh::Found(entry) => {
                     if entry.body.len() <= job.config.max_body
-                        && job.shared.store.insert(&job.key, entry)
+                        && job
+                            .shared
+                            .store
+                            .insert(&job.key, std::sync::Arc::clone(&entry))
                     {
+                        // As when a request finds it there: a copy stored
+                        // without its codings gets them made here.
+                        #[cfg(feature = "compression")]
+                        if let Some(c) = job.config.compressor() {
+                            c.queue(&job.shared, &job.key, &entry);
+                        }
                         lead.finish(Outcome::Stored);
                         return;
                     }
