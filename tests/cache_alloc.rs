@@ -84,6 +84,33 @@ fn live() -> (isize, isize) {
     (bytes, blocks)
 }
 
+/// Bodies from this size up are stored in anonymous mappings of their own,
+/// which the allocator does not see: their resident bytes are read from
+/// `/proc/self/smaps` instead (Linux).
+const MAPPED_BODY: usize = 64 * 1024;
+
+/// Resident bytes in anonymous mappings with no name (not the `[heap]`,
+/// not a stack, not a file): mapped bodies, and blocks malloc took with
+/// mmap (which `live` counts too; none of those outlive a request here).
+fn mapped() -> isize {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return 0;
+    };
+    let mut anonymous = false;
+    let mut kib = 0isize;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // `start-end perms offset dev inode [name]`
+            anonymous = fields.nth(3).is_some_and(|inode| inode == "0") && fields.next().is_none();
+        } else if anonymous && first == "Rss:" {
+            kib += fields.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+    }
+    kib * 1024
+}
+
 /// Per stored entry: the memory really held (bytes plus the allocator's
 /// cost per block) and the weight the cache counted for it.
 struct PerEntry {
@@ -123,6 +150,7 @@ async fn measure(body: usize, n: usize, compressed: bool) -> PerEntry {
     store(&mut svc, 0..warm, body, compressed).await;
     let before_stats = cache.stats();
     let before = live();
+    let before_mapped = mapped();
     store(&mut svc, warm..warm + n, body, false).await;
     // And once more each, from the cache: a hit's clones may allocate too
     // (a `Bytes` made shared on its first clone). With compression, each
@@ -130,14 +158,22 @@ async fn measure(body: usize, n: usize, compressed: bool) -> PerEntry {
     store(&mut svc, warm..warm + n, body, compressed).await;
     let after_stats = cache.stats();
     let after = live();
+    let after_mapped = mapped();
     assert_eq!(after_stats.entries - before_stats.entries, n as u64);
     if !compressed {
         assert_eq!(after_stats.hits - before_stats.hits, n as u64);
     }
     let bytes = usize::try_from(after.0 - before.0).unwrap_or(0);
     let blocks = usize::try_from(after.1 - before.1).unwrap_or(0);
+    // Only where bodies are mapped: below that, anonymous memory moves
+    // with malloc's own mappings, already in `live`.
+    let mapped = if body >= MAPPED_BODY {
+        usize::try_from(after_mapped - before_mapped).unwrap_or(0)
+    } else {
+        0
+    };
     PerEntry {
-        held: (bytes + blocks * PER_BLOCK) / n,
+        held: (bytes + blocks * PER_BLOCK + mapped) / n,
         weighed: usize::try_from(after_stats.bytes - before_stats.bytes).unwrap() / n,
     }
 }

@@ -771,20 +771,57 @@ fn owned_value(v: &HeaderValue) -> HeaderValue {
     out
 }
 
-/// A body in an allocation of its own, of exactly its length: a chunk from
-/// hyper is a slice of its connection's read buffer, and one read from
-/// Redis a slice of the whole value.
+/// Bodies of at least this many bytes are stored in an anonymous memory
+/// mapping of their own (see [`owned_body`]).
+pub(crate) const MAPPED_BODY: usize = 64 * 1024;
+
+/// The memory page a mapped body is rounded up to (4 KiB on the platforms
+/// this runs on; a larger page only makes the weight an underestimate).
+const PAGE: usize = 4096;
+
+/// A body in memory of its own, of exactly its length: a chunk from hyper
+/// is a slice of its connection's read buffer, and one read from Redis a
+/// slice of the whole value.
+///
+/// From [`MAPPED_BODY`] up, that memory is an anonymous mapping, handed back
+/// to the system when the entry goes. On the heap, large bodies
+/// interleave with each response's transient buffers, and glibc's malloc
+/// (whose mmap threshold rises to the largest block freed, so an
+/// encoder's or a read buffer's megabyte moves 100 KiB bodies onto the
+/// heap) kept some 30–50 MiB more than a 64 MiB cache held under a stream
+/// of 100 KiB pages (issue 8 §6). When a mapping cannot be made, the heap.
 pub(crate) fn owned_body(chunks: &[Bytes]) -> Bytes {
+    let len = chunks.iter().map(Bytes::len).sum();
+    if len >= MAPPED_BODY {
+        if let Ok(mut map) = memmap2::MmapMut::map_anon(len) {
+            let mut at = 0;
+            for c in chunks {
+                map[at..at + c.len()].copy_from_slice(c);
+                at += c.len();
+            }
+            return Bytes::from_owner(map);
+        }
+    }
     match chunks {
         [] => Bytes::new(),
         [one] => Bytes::copy_from_slice(one),
         _ => {
-            let mut all = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+            let mut all = Vec::with_capacity(len);
             for c in chunks {
                 all.extend_from_slice(c);
             }
             Bytes::from(all)
         }
+    }
+}
+
+/// What a body of `len` bytes takes in memory: a mapped one (see
+/// [`owned_body`]) whole pages.
+pub(crate) fn body_footprint(len: usize) -> usize {
+    if len >= MAPPED_BODY {
+        len.next_multiple_of(PAGE)
+    } else {
+        len
     }
 }
 
@@ -796,7 +833,7 @@ pub(crate) fn weigh(
     tags: &[Box<str>],
     extra: Option<&str>,
 ) -> usize {
-    let mut weight = ENTRY_OVERHEAD + body_len;
+    let mut weight = ENTRY_OVERHEAD + body_footprint(body_len);
     for (name, value) in headers {
         // A map slot is about 100 bytes besides the name and value.
         weight += name.as_str().len() + value.len() + 100;
@@ -812,6 +849,34 @@ pub(crate) fn weigh(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_are_copied_whole_below_and_above_the_mapped_size() {
+        for len in [0, 1, 1000, MAPPED_BODY - 1, MAPPED_BODY, 100 * 1024 + 7] {
+            let page: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let page = Bytes::from(page);
+            // One chunk, and the same in uneven chunks, as hyper reads it.
+            let chunks: Vec<Bytes> = (0..len)
+                .step_by(3000)
+                .map(|at| page.slice(at..(at + 3000).min(len)))
+                .collect();
+            for body in [owned_body(&[page.clone()]), owned_body(&chunks)] {
+                assert_eq!(body, page, "{len}");
+                // Its own memory, not a slice of what it was read from.
+                assert!(len == 0 || body.as_ptr() != page.as_ptr());
+            }
+        }
+    }
+
+    #[test]
+    fn a_mapped_body_weighs_its_pages() {
+        assert_eq!(body_footprint(MAPPED_BODY - 1), MAPPED_BODY - 1);
+        assert_eq!(body_footprint(MAPPED_BODY), MAPPED_BODY);
+        assert_eq!(body_footprint(100 * 1024 + 1), 100 * 1024 + 4096);
+        let small = weigh(&HeaderMap::new(), 1000, &[], &[], None);
+        let mapped = weigh(&HeaderMap::new(), MAPPED_BODY + 1, &[], &[], None);
+        assert_eq!(mapped - small, MAPPED_BODY + 4096 - 1000);
+    }
 
     fn rules() -> StoreRules {
         StoreRules {

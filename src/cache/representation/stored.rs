@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue};
 use super::accept::{AcceptEncoding, Negotiation};
 use super::coding::Coding;
 use super::validator::etag_for;
+use crate::cache::entry::{body_footprint, owned_body};
 
 /// One representation made by the cache: its bytes and the complete header
 /// map it is sent with (`Content-Encoding`, `Content-Length` and `ETag` of
@@ -44,7 +45,7 @@ impl Representations {
         self.made
             .iter()
             .map(|m| {
-                m.body.len()
+                body_footprint(m.body.len())
                     + 64
                     + m.headers
                         .iter()
@@ -147,7 +148,7 @@ pub(crate) fn make(
         body.clone()
     } else {
         match decode(origin, body, cap) {
-            Ok(decoded) => Bytes::copy_from_slice(&decoded),
+            Ok(decoded) => owned_body(&[Bytes::from(decoded)]),
             Err(e) => {
                 tracing::debug!(error = %e, coding = %origin, "stored body not decoded");
                 return None;
@@ -177,7 +178,7 @@ pub(crate) fn make(
             headers: headers_for(stored, origin, coding, encoded.len()),
             // Exact size: an encoder's output keeps spare capacity (up to
             // the input's size), which `Bytes::from` would hold, uncounted.
-            body: Bytes::copy_from_slice(&encoded),
+            body: owned_body(&[Bytes::from(encoded)]),
         });
     }
     Some(Representations {
