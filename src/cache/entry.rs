@@ -860,7 +860,7 @@ mod tests {
                 .step_by(3000)
                 .map(|at| page.slice(at..(at + 3000).min(len)))
                 .collect();
-            for body in [owned_body(&[page.clone()]), owned_body(&chunks)] {
+            for body in [owned_body(std::slice::from_ref(&page)), owned_body(&chunks)] {
                 assert_eq!(body, page, "{len}");
                 // Its own memory, not a slice of what it was read from.
                 assert!(len == 0 || body.as_ptr() != page.as_ptr());

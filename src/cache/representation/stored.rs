@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue};
 use super::accept::{AcceptEncoding, Negotiation};
 use super::coding::Coding;
 use super::validator::etag_for;
-use crate::cache::entry::{body_footprint, owned_body};
+use crate::cache::entry::body_footprint;
 
 /// One representation made by the cache: its bytes and the complete header
 /// map it is sent with (`Content-Encoding`, `Content-Length` and `ETag` of
@@ -148,7 +148,7 @@ pub(crate) fn make(
         body.clone()
     } else {
         match decode(origin, body, cap) {
-            Ok(decoded) => owned_body(&[Bytes::from(decoded)]),
+            Ok(decoded) => crate::cache::entry::owned_body(&[Bytes::from(decoded)]),
             Err(e) => {
                 tracing::debug!(error = %e, coding = %origin, "stored body not decoded");
                 return None;
@@ -178,7 +178,7 @@ pub(crate) fn make(
             headers: headers_for(stored, origin, coding, encoded.len()),
             // Exact size: an encoder's output keeps spare capacity (up to
             // the input's size), which `Bytes::from` would hold, uncounted.
-            body: owned_body(&[Bytes::from(encoded)]),
+            body: crate::cache::entry::owned_body(&[Bytes::from(encoded)]),
         });
     }
     Some(Representations {

@@ -18,7 +18,7 @@ use crate::cache::key::{origin_of, same_origin, spellings, write_uri_key};
 use crate::cache::layer::Config;
 use crate::etag::Conditionals;
 
-use super::{call::ready, miss::passthrough};
+use super::{call::ready, fetch::passthrough};
 
 /// Forwards a request untouched and streams the response back.
 pub(super) async fn pass<S, ReqBody, B>(

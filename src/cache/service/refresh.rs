@@ -23,7 +23,7 @@ use crate::cache::handoff;
 use crate::cache::observe::{self};
 use crate::cache::tee::Pending;
 
-use super::{call::Job, miss::fetch};
+use super::{call::Job, fetch::fetch};
 
 /// Starts a `stale-while-revalidate` refresh on the executor.
 pub(super) fn refresh_in_background<S, ReqBody, B>(mut svc: S, mut job: Job<ReqBody>, lead: Lead)
