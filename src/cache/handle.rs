@@ -136,11 +136,14 @@ impl ResponseCacheBuilder {
     /// 64 MiB). Each entry weighs its body, its headers, its `Vary` values
     /// and a fixed overhead; past the bound, the least useful entries are
     /// evicted (moka's TinyLFU). Stored bodies and header values are
-    /// copies of their own, so the weight is what an entry holds; what the
-    /// process holds besides is the allocator's. With glibc and bodies of
-    /// tens of KiB, its heap fragments: `MALLOC_MMAP_THRESHOLD_=65536` in
-    /// the environment keeps the process within about 1.2 × `bytes` plus
-    /// its base (figures in `BENCHMARKS.md`).
+    /// copies of their own, so the weight is what an entry holds; bodies
+    /// of 64 KiB and more get an anonymous memory mapping each (weighed in
+    /// whole 4 KiB pages), handed back to the system when evicted. Under a
+    /// stream of new pages a process with glibc's malloc stays within
+    /// about 1.2 × `bytes` plus its base for 1 and 10 KiB pages; with
+    /// 100 KiB pages and compression on, the encoders' working memory
+    /// (a fixed few MiB) comes on top unless `MALLOC_MMAP_THRESHOLD_=131072`
+    /// is set in the environment (figures in `BENCHMARKS.md`).
     ///
     /// An entry no longer worth keeping (past its freshness, its
     /// `stale-while-revalidate` / `stale-if-error` windows and, with a
