@@ -73,6 +73,7 @@ mod write;
 
 pub use config::{InvalidRedisUrl, RedisKeys, RedisTier};
 pub(crate) use purge::Purge;
+pub(crate) use read::Wanted;
 pub(crate) use refresh::BeforeRefresh;
 pub(crate) use render_lock::RenderLock;
 pub(crate) use tier::Tier;

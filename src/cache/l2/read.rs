@@ -32,6 +32,18 @@ end
 return out
 ";
 
+/// What a request looks for in Redis: its key (and the key its flight
+/// and render lock go by), and what picks a stored variant: its headers
+/// (`Vary`), the application's extra key part and its `Cache-Control`.
+#[derive(Clone, Copy)]
+pub(crate) struct Wanted<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) flight_key: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) extra: Option<&'a str>,
+    pub(crate) req_cc: &'a RequestDirectives,
+}
+
 impl Tier {
     /// Every variant stored under `key`, decoded (unknown values skipped).
     /// Values over the size cap are skipped in Redis, not fetched: one key
@@ -69,15 +81,12 @@ impl Tier {
     /// reused. Counts the hit or miss; notes the purge generation it read.
     pub(super) async fn lookup(
         &self,
-        key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
+        wanted: Wanted<'_>,
         generation: &mut Option<u64>,
     ) -> Option<(Arc<Entry>, Reuse)> {
-        let (seen, found) = self.read(key).await?;
+        let (seen, found) = self.read(wanted.key).await?;
         *generation = Some(seen);
-        let Some((entry, how)) = best(found, headers, extra, req_cc) else {
+        let Some((entry, how)) = best(found, wanted) else {
             Counters::bump(&self.counters.l2_misses);
             self.counters.metrics().l2(L2Outcome::Miss);
             return None;
@@ -95,30 +104,22 @@ impl Tier {
     /// [`lookup`](Self::lookup) without counting a hit or miss.
     pub(super) async fn lookup_quiet(
         &self,
-        key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
+        wanted: Wanted<'_>,
         generation: &mut Option<u64>,
     ) -> Option<(Arc<Entry>, Reuse)> {
-        let (seen, found) = self.read(key).await?;
+        let (seen, found) = self.read(wanted.key).await?;
         *generation = Some(seen);
-        best(found, headers, extra, req_cc)
+        best(found, wanted)
     }
 }
 
 /// The newest of `found` that matches the request, with how it may be
 /// reused.
-fn best(
-    found: Vec<Entry>,
-    headers: &HeaderMap,
-    extra: Option<&str>,
-    req_cc: &RequestDirectives,
-) -> Option<(Arc<Entry>, Reuse)> {
+fn best(found: Vec<Entry>, wanted: Wanted<'_>) -> Option<(Arc<Entry>, Reuse)> {
     let entry = found
         .into_iter()
-        .filter(|e| e.matches(headers, extra))
+        .filter(|e| e.matches(wanted.headers, wanted.extra))
         .max_by_key(|e| e.fresh.stored_at)?;
-    let how = reuse(&entry.fresh, req_cc, crate::date::monotonic_now());
+    let how = reuse(&entry.fresh, wanted.req_cc, crate::date::monotonic_now());
     Some((Arc::new(entry), how))
 }

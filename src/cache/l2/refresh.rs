@@ -7,11 +7,11 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use super::read::Wanted;
 
 use super::render_lock::LockAttempt;
 use super::{RenderLock, Tier};
-use crate::cache::entry::{Entry, RequestDirectives, Reuse};
+use crate::cache::entry::{Entry, Reuse};
 use crate::cache::flight::Lead;
 use crate::cache::handle::Shared;
 
@@ -38,35 +38,26 @@ impl Tier {
     /// keeping the lock if taken and the purge generation. Never waits for
     /// another instance: after a revalidation of thousands of keys, that
     /// many waiting refreshes polling Redis would swamp it.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn before_refresh(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
-        key: &str,
-        flight_key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
+        wanted: Wanted<'_>,
         lead: &mut Lead,
     ) -> BeforeRefresh {
         self.listen(shared);
         // Never closed, so this only waits.
         let _turn = self.refreshing.acquire().await;
         let mut generation = None;
-        if let Some((entry, Reuse::Fresh)) = self
-            .lookup(key, headers, extra, req_cc, &mut generation)
-            .await
-        {
+        if let Some((entry, Reuse::Fresh)) = self.lookup(wanted, &mut generation).await {
             return BeforeRefresh::Found(entry);
         }
         let mut held = None;
         if self.cfg.lock_wait.is_some() {
-            match self.try_lock(key, flight_key).await {
+            match self.try_lock(wanted.key, wanted.flight_key).await {
                 LockAttempt::Taken(lkey, token) => {
                     // As in `find_or_lock`: it may have landed meanwhile.
-                    if let Some((entry, Reuse::Fresh)) = self
-                        .lookup_quiet(key, headers, extra, req_cc, &mut generation)
-                        .await
+                    if let Some((entry, Reuse::Fresh)) =
+                        self.lookup_quiet(wanted, &mut generation).await
                     {
                         self.release(&lkey, &token).await;
                         return BeforeRefresh::Found(entry);

@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use super::read::Wanted;
 
 use super::tier::random_id;
 use super::Tier;
-use crate::cache::entry::{Entry, RequestDirectives, Reuse};
+use crate::cache::entry::{Entry, Reuse};
 use crate::cache::flight::Lead;
 use crate::cache::handle::{Counters, Shared};
 use crate::metrics::L2Outcome;
@@ -101,31 +101,16 @@ impl Tier {
     /// lands. When this instance renders, `lead` keeps the render lock if
     /// taken and the purge generation read before the render, for the
     /// write.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn before_render(
         self: &Arc<Self>,
         shared: &Arc<Shared>,
-        key: &str,
-        flight_key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
+        wanted: Wanted<'_>,
         lead: &mut Lead,
     ) -> Option<(Arc<Entry>, Reuse)> {
         self.listen(shared);
         let mut generation = None;
         let mut held = None;
-        let found = self
-            .find_or_lock(
-                key,
-                flight_key,
-                headers,
-                extra,
-                req_cc,
-                &mut generation,
-                &mut held,
-            )
-            .await;
+        let found = self.find_or_lock(wanted, &mut generation, &mut held).await;
         if held.is_some() || generation.is_some() {
             lead.render_lock = Some(RenderLock {
                 tier: Arc::clone(self),
@@ -136,18 +121,13 @@ impl Tier {
         found
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn find_or_lock(
         self: &Arc<Self>,
-        key: &str,
-        flight_key: &str,
-        headers: &HeaderMap,
-        extra: Option<&str>,
-        req_cc: &RequestDirectives,
+        wanted: Wanted<'_>,
         generation: &mut Option<u64>,
         held: &mut Option<(String, String)>,
     ) -> Option<(Arc<Entry>, Reuse)> {
-        if let Some(found) = self.lookup(key, headers, extra, req_cc, generation).await {
+        if let Some(found) = self.lookup(wanted, generation).await {
             return Some(found);
         }
         let wait = self.cfg.lock_wait?;
@@ -158,15 +138,12 @@ impl Tier {
         // validating when the wait ends without a fresh one.
         let mut stale = None;
         loop {
-            match self.try_lock(key, flight_key).await {
+            match self.try_lock(wanted.key, wanted.flight_key).await {
                 LockAttempt::Taken(lkey, token) => {
                     // The instance that rendered may have stored the entry
                     // and let go of the lock between our look and now:
                     // look once more, or this key renders twice.
-                    if let Some((entry, how)) = self
-                        .lookup_quiet(key, headers, extra, req_cc, generation)
-                        .await
-                    {
+                    if let Some((entry, how)) = self.lookup_quiet(wanted, generation).await {
                         if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
                             Counters::bump(&self.counters.l2_hits);
                             self.counters.metrics().l2(L2Outcome::Hit);
@@ -186,10 +163,7 @@ impl Tier {
             tokio::time::sleep(poll).await;
             // Quiet: the first look counted this request's miss; a poll is
             // no request of its own.
-            if let Some((entry, how)) = self
-                .lookup_quiet(key, headers, extra, req_cc, generation)
-                .await
-            {
+            if let Some((entry, how)) = self.lookup_quiet(wanted, generation).await {
                 if matches!(how, Reuse::Fresh | Reuse::StaleAccepted) {
                     Counters::bump(&self.counters.l2_hits);
                     self.counters.metrics().l2(L2Outcome::Hit);

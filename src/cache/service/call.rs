@@ -164,6 +164,18 @@ pub(super) struct Job<ReqBody> {
 }
 
 impl<ReqBody> Job<ReqBody> {
+    /// What this request looks for in the Redis tier.
+    #[cfg(feature = "redis")]
+    pub(super) fn wanted(&self) -> crate::cache::l2::Wanted<'_> {
+        crate::cache::l2::Wanted {
+            key: &self.key,
+            flight_key: &self.flight_key,
+            headers: &self.parts.headers,
+            extra: self.extra.as_deref(),
+            req_cc: &self.req_cc,
+        }
+    }
+
     /// Looks the job's key up again (another request may have stored it
     /// meanwhile). Only requests without `Authorization` join a flight
     /// (see `coalesce`), hence `has_auth` false.

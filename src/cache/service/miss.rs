@@ -177,15 +177,7 @@ async fn from_shared_tier<ReqBody, B: Body>(
         return Err(lead);
     };
     let found = tier
-        .before_render(
-            &job.shared,
-            &job.key,
-            &job.flight_key,
-            &job.parts.headers,
-            job.extra.as_deref(),
-            &job.req_cc,
-            &mut lead,
-        )
+        .before_render(&job.shared, job.wanted(), &mut lead)
         .await;
     // Another instance may store longer bodies than this one: such an
     // entry is not ours to keep (nor to validate and keep), so the page is

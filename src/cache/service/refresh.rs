@@ -81,15 +81,7 @@ where
             use crate::cache::flight::Outcome;
             use crate::cache::l2::BeforeRefresh;
             let found = tier
-                .before_refresh(
-                    &job.shared,
-                    &job.key,
-                    &job.flight_key,
-                    &job.parts.headers,
-                    job.extra.as_deref(),
-                    &job.req_cc,
-                    &mut lead,
-                )
+                .before_refresh(&job.shared, job.wanted(), &mut lead)
                 .await;
             match found {
                 BeforeRefresh::Found(entry) => {
