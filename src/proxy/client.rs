@@ -24,51 +24,114 @@ use tower_service::Service;
 
 use super::body::BodyWatch;
 use super::future::ForwardFuture;
+use super::pool::{Kind, Pool, PoolFuture};
 #[cfg(feature = "tls")]
 use super::TlsRoots;
 use super::{BoxError, ConfigError, ProxyBody, ProxyError};
 
 /// Sends one request on some pooled client: type erasure over the
 /// connector, so that [`Forward`] (and the proxy) stay one type whatever
-/// client the user brings. hyper-util's `ResponseFuture` is the same type
-/// for every connector, so no extra box per request.
+/// client the user brings.
 trait Transport: Send + Sync + 'static {
-    fn request(&self, req: Request<ProxyBody>) -> ResponseFuture;
+    fn request(&self, req: Request<ProxyBody>) -> Sending;
 }
 
 impl<C> Transport for Client<C, ProxyBody>
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
-    fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        Client::request(self, req)
+    fn request(&self, req: Request<ProxyBody>) -> Sending {
+        Sending::Legacy(Client::request(self, req))
     }
 }
 
-/// The built-in transports: one pooled client over [`Connector`] for
-/// `http://`, `https://` and `unix:` upstreams (HTTP/2 when TLS ALPN picks
-/// it), and one HTTP/2-only client for `h2c://` (prior knowledge, RFC 9113
-/// §3.3).
+/// The built-in transports: the lean HTTP/1.1 pool for `http://` and
+/// `unix:` upstreams (see `pool`), a hyper-util pooled client over
+/// [`Connector`] for `https://` ones (HTTP/2 when TLS ALPN picks it), and
+/// an HTTP/2-only one for `h2c://` (prior knowledge, RFC 9113 §3.3).
 struct Builtin {
+    pool: Pool,
     main: Client<Connector, ProxyBody>,
     h2c: Client<HttpConnector, ProxyBody>,
 }
 
 impl Transport for Builtin {
-    fn request(&self, mut req: Request<ProxyBody>) -> ResponseFuture {
-        if req.uri().scheme_str() == Some(H2C) {
-            // On the wire the scheme is `http` (`:scheme`, RFC 9113
-            // §8.3.1); the separate client is what makes it HTTP/2.
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(Scheme::HTTP);
-            // Fails only for a URI without scheme and authority, which
-            // hyper-util then refuses with an error (the URI stays empty).
-            if let Ok(uri) = Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
-            }
-            return self.h2c.request(req);
+    fn request(&self, mut req: Request<ProxyBody>) -> Sending {
+        match req.uri().scheme_str() {
+            Some("http") => return Sending::Pool(self.pool.request(Kind::Tcp, req)),
+            Some(UNIX) => return Sending::Pool(self.pool.request(Kind::Unix, req)),
+            Some(H2C) => {}
+            _ => return Sending::Legacy(self.main.request(req)),
         }
-        self.main.request(req)
+        // On the wire the scheme is `http` (`:scheme`, RFC 9113 §8.3.1);
+        // the separate client is what makes it HTTP/2.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        // Fails only for a URI without scheme and authority, which
+        // hyper-util then refuses with an error (the URI stays empty).
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        Sending::Legacy(self.h2c.request(req))
+    }
+}
+
+/// A request on its way, by either kind of client; its error says
+/// whether connecting failed.
+pub(super) enum Sending {
+    // hyper-util's client (boxed inside).
+    Legacy(ResponseFuture),
+    // The lean pool (boxed).
+    Pool(PoolFuture),
+}
+
+impl Future for Sending {
+    type Output = Result<Response<Incoming>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::Legacy(fut) => Pin::new(fut).poll(cx).map_err(|e| SendError {
+                connect: e.is_connect(),
+                error: Box::new(e),
+            }),
+            Sending::Pool(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Why a request got no response: connecting failed, or the exchange did.
+#[derive(Debug)]
+pub(super) struct SendError {
+    connect: bool,
+    error: BoxError,
+}
+
+impl SendError {
+    pub(super) fn connect(error: BoxError) -> Self {
+        SendError {
+            connect: true,
+            error,
+        }
+    }
+
+    pub(super) fn upstream(error: BoxError) -> Self {
+        SendError {
+            connect: false,
+            error,
+        }
+    }
+
+    /// As the proxy reports it (the client's own faults aside).
+    pub(super) fn into_proxy_error(self) -> ProxyError {
+        if self.connect {
+            ProxyError::Connect(self.error)
+        } else {
+            ProxyError::Upstream(self.error)
+        }
+    }
+
+    pub(super) fn into_inner(self) -> BoxError {
+        self.error
     }
 }
 
@@ -176,7 +239,7 @@ type TcpIo = TokioIo<tokio::net::TcpStream>;
 /// The built-in connector: TCP (with TLS for `https`) or a Unix socket,
 /// by the URI's scheme.
 #[derive(Clone)]
-struct Connector {
+pub(super) struct Connector {
     tcp: TcpConnector,
     connect_timeout: Duration,
 }
@@ -230,7 +293,7 @@ async fn connect_unix(_: std::path::PathBuf, _: Duration) -> Result<Io, BoxError
 // into hyper's connection task, where boxing would cost an indirection on
 // every read and write.
 #[allow(clippy::large_enum_variant)]
-enum Io {
+pub(super) enum Io {
     Tcp(TcpIo),
     #[cfg(unix)]
     Unix(TokioIo<tokio::net::UnixStream>),
@@ -407,20 +470,22 @@ impl Forward {
         response_timeout: Duration,
         pool_idle: Duration,
     ) -> Self {
+        let connector = Connector {
+            tcp,
+            connect_timeout,
+        };
+        let pool = Pool::new(connector.clone(), pool_idle);
         let main = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool_idle)
             .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(Connector {
-                tcp,
-                connect_timeout,
-            });
+            .build(connector);
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool_idle)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .http2_only(true)
             .build(http);
         Forward {
-            client: Arc::new(Builtin { main, h2c }),
+            client: Arc::new(Builtin { pool, main, h2c }),
             response_timeout,
         }
     }
@@ -465,13 +530,11 @@ impl Service<Request<ProxyBody>> for Forward {
         let fut = self.client.request(req);
         // Boxed: a request with a body, watched in phases (rarer).
         ForwardFuture::boxed(async move {
-            let classify = |e: hyper_util::client::legacy::Error| {
+            let classify = |e: SendError| {
                 if watch.failed.load(Ordering::Acquire) {
-                    ProxyError::RequestBody(Box::new(e))
-                } else if e.is_connect() {
-                    ProxyError::Connect(Box::new(e))
+                    ProxyError::RequestBody(e.into_inner())
                 } else {
-                    ProxyError::Upstream(Box::new(e))
+                    e.into_proxy_error()
                 }
             };
             let mut fut = std::pin::pin!(fut);
@@ -525,7 +588,7 @@ impl Service<Request<ProxyBody>> for Forward {
 /// Where an attempt stands once its request body is no longer the clock.
 enum Phase {
     // The upstream answered (or failed) while the body was being sent.
-    Done(Result<Response<Incoming>, hyper_util::client::legacy::Error>),
+    Done(Result<Response<Incoming>, SendError>),
     // The body stalled: the client's fault or the upstream's.
     Stalled(ProxyError),
     // The body has ended (or failed); the response timeout starts.

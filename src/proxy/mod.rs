@@ -135,6 +135,7 @@ mod client;
 mod error;
 mod forward;
 mod future;
+mod pool;
 mod serve;
 mod service;
 mod shutdown;
