@@ -14,22 +14,24 @@
 //! close the connection, which then never comes back.
 //!
 //! Idle connections of one upstream are kept last-in first-out (the most
-//! recently used one is the warmest), at most [`MAX_IDLE_PER_HOST`]. Each
-//! connection's task closes it once it has been idle for the pool's idle
-//! timeout: its timer ticks every quarter of the timeout, so a connection
-//! closes after between 1 and 1¼ timeouts idle, without a clock read per
-//! request. A request sent on a pooled connection that turns out closed
+//! recently used one is the warmest), at most [`MAX_IDLE_PER_HOST`]. One
+//! task per pool sweeps the idle lists every quarter of the idle timeout
+//! and closes the connections that stayed idle and unused for four sweeps
+//! in a row: a connection closes after between 1 and 1¼ timeouts idle,
+//! with no clock read and no timer per request. A request sent on a pooled connection that turns out closed
 //! before the request was written (hyper hands it back) is sent once more
 //! on a new connection, as hyper-util's `retry_canceled_requests` does.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
-use http::uri::{Authority, Parts, PathAndQuery};
+use http::uri::{Parts, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, TrySendError};
@@ -64,8 +66,71 @@ struct Inner {
     connector: Connector,
     // Upstreams by transport, then authority: a lookup borrows the
     // request's authority, no key is built per request.
-    hosts: Mutex<[HashMap<Authority, Arc<Host>>; 2]>,
+    hosts: Mutex<[Hosts; 2]>,
     idle_timeout: Duration,
+    // The idle sweeper runs (started with the first connection, inside the
+    // runtime).
+    sweeping: AtomicBool,
+}
+
+/// Upstreams by authority, spelled exactly: the balancer rewrites every
+/// request to its endpoint's base URI, so one upstream is always spelled
+/// alike (two spellings of one host would only get a pool each).
+/// `Authority`'s own `Hash` and `Eq` go byte by byte, case-insensitively;
+/// with SipHash that cost about 1,000 instructions per request. FxHash
+/// over the bytes a word at a time instead: the keys are the upstreams
+/// requests are sent to (the balancer's endpoints, under `ReverseProxy`),
+/// not a client's choosing, and colliding ones would only slow the
+/// lookup.
+type Hosts = HashMap<HostKey, Arc<Host>, BuildHasherDefault<FxHasher>>;
+
+/// An authority compared and hashed as its exact bytes, looked up by
+/// `&str` (`Borrow<str>`, with `str`'s `Hash`).
+#[derive(PartialEq, Eq, Hash)]
+struct HostKey(Box<str>);
+
+impl std::borrow::Borrow<str> for HostKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// rustc's FxHash: a rotate, xor and multiply per word.
+#[derive(Default)]
+struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            self.add(u64::from_le_bytes(word));
+        }
+        for &b in words.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
 }
 
 /// One upstream's idle connections.
@@ -93,9 +158,13 @@ struct State {
     // In its upstream's idle list (the list may also hold it after it was
     // closed; checkout then finds no sender).
     idle: bool,
-    // Checkouts so far: the idle timer tells from it whether the
-    // connection was used between two ticks.
+    // Checkouts so far: the sweeper tells from it whether the connection
+    // was used between two sweeps.
     uses: u64,
+    // `uses` at the last sweep, if the connection was idle then.
+    seen: Option<u64>,
+    // Sweeps in a row that found it idle and unused since the one before.
+    quiet: u8,
 }
 
 /// The response future of a request sent through the pool. Boxed: one
@@ -114,8 +183,9 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 connector,
-                hosts: Mutex::new([HashMap::new(), HashMap::new()]),
+                hosts: Mutex::default(),
                 idle_timeout,
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -167,7 +237,7 @@ impl Inner {
         };
         let mut hosts = lock(&self.hosts);
         let map = &mut hosts[kind as usize];
-        if let Some(host) = map.get(authority) {
+        if let Some(host) = map.get(authority.as_str()) {
             return Ok(Arc::clone(host));
         }
         let dst = Uri::builder()
@@ -186,7 +256,7 @@ impl Inner {
                 MAX_IDLE_PER_HOST
             },
         });
-        map.insert(authority.clone(), Arc::clone(&host));
+        map.insert(HostKey(authority.as_str().into()), Arc::clone(&host));
         Ok(host)
     }
 
@@ -211,8 +281,11 @@ impl Inner {
                 tx: None,
                 idle: false,
                 uses: 1,
+                seen: None,
+                quiet: 0,
             }),
         });
+        self.start_sweeper();
         // Upgrades stay possible (a 101 hands the connection to the
         // tunnel, see `upgrade`), as hyper-util's client keeps them.
         tokio::spawn(drive(
@@ -220,11 +293,50 @@ impl Inner {
             Arc::clone(&me),
             Arc::clone(host),
             Arc::downgrade(self),
-            self.idle_timeout,
         ));
         Ok((me, tx))
     }
 
+    /// Spawns the task that closes idle connections, once per pool.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.idle_timeout.is_zero() || self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let period = (self.idle_timeout / 4).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                // Gone with the last `Forward` (and request) using it.
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+    }
+
+    /// Closes the connections idle and unused for four sweeps in a row
+    /// (dropping the sender makes hyper close an idle connection), and
+    /// drops closed ones from the idle lists.
+    fn sweep(&self) {
+        let hosts: Vec<Arc<Host>> = lock(&self.hosts)
+            .iter()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for host in hosts {
+            lock(&host.idle).retain(|conn| {
+                // The other lock order (connection, then list) is the
+                // pooling one: a connection being pooled right now is
+                // skipped, not waited for.
+                match conn.state.try_lock() {
+                    Ok(mut st) => !st.idle_too_long(),
+                    Err(_) => true,
+                }
+            });
+        }
+    }
     /// Forgets an upstream whose last connection closed, unless a request
     /// is on its way to it (so that upstreams gone from the balancer do
     /// not stay in the map).
@@ -235,9 +347,12 @@ impl Inner {
         let mut hosts = lock(&self.hosts);
         let map = &mut hosts[host.kind as usize];
         // The map's and the caller's: no other connection or request.
-        if Arc::strong_count(host) == 2 && map.get(authority).is_some_and(|h| Arc::ptr_eq(h, host))
+        if Arc::strong_count(host) == 2
+            && map
+                .get(authority.as_str())
+                .is_some_and(|h| Arc::ptr_eq(h, host))
         {
-            map.remove(authority);
+            map.remove(authority.as_str());
         }
     }
 }
@@ -246,9 +361,13 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Nothing can use the idle connections any more: dropping their
         // senders makes hyper close them now rather than at their timeout.
+        // Their tasks see the pool gone and pool nothing more.
         let hosts = std::mem::take(&mut *lock(&self.hosts));
         for host in hosts.iter().flat_map(HashMap::values) {
-            for conn in lock(&host.idle).drain(..) {
+            // Taken out first: a connection's lock is never taken under
+            // its list's (the pooling order is the other way round).
+            let idle = std::mem::take(&mut *lock(&host.idle));
+            for conn in idle {
                 lock(&conn.state).tx = None;
             }
         }
@@ -299,17 +418,18 @@ impl Conn {
         // Already ready only if the connection's task got through the
         // whole exchange in the meantime (another thread); it looked
         // before the sender was back, so this is the one look.
-        self.pool_if_ready(&mut st, host);
+        self.pool_if_ready(&mut st, host, true);
     }
 
     /// After each poll of the connection: pools it if hyper now wants the
-    /// next request. `false` when it is to close instead (no room).
-    fn settle(self: &Arc<Self>, host: &Host) -> bool {
+    /// next request. `false` when it is to close instead (no room, or the
+    /// pool is gone: `keep` is false).
+    fn settle(self: &Arc<Self>, host: &Host, keep: bool) -> bool {
         let mut st = lock(&self.state);
-        self.pool_if_ready(&mut st, host)
+        self.pool_if_ready(&mut st, host, keep)
     }
 
-    fn pool_if_ready(self: &Arc<Self>, st: &mut State, host: &Host) -> bool {
+    fn pool_if_ready(self: &Arc<Self>, st: &mut State, host: &Host, keep: bool) -> bool {
         // `is_ready` turns true only inside a poll of the connection (its
         // dispatcher asks for the next message), so looking after each
         // poll, and once when the sender comes back, misses nothing.
@@ -317,7 +437,7 @@ impl Conn {
             return true;
         }
         let mut idle = lock(&host.idle);
-        if idle.len() >= host.max_idle {
+        if !keep || idle.len() >= host.max_idle {
             st.tx = None;
             return false;
         }
@@ -325,27 +445,25 @@ impl Conn {
         idle.push(Arc::clone(self));
         true
     }
+}
 
-    /// At a tick of the idle timer (every quarter of the idle timeout):
-    /// whether the connection has now been idle and unused for four whole
-    /// ticks. If so its sender is dropped under the lock, so no checkout
-    /// can take it any more. `seen` is the count of checkouts at the last
-    /// tick if the connection was idle then.
-    fn idle_too_long(&self, seen: &mut Option<u64>, quiet: &mut u32) -> bool {
-        let mut st = lock(&self.state);
-        if !st.idle {
-            *seen = None;
-            *quiet = 0;
-            return false;
+impl State {
+    /// At a sweep of an idle connection: whether it has now been idle and
+    /// unused for four sweeps in a row, or is closed. If so its sender is
+    /// dropped (under the lock, so no checkout can take it any more).
+    fn idle_too_long(&mut self) -> bool {
+        if !self.idle || self.tx.as_ref().map_or(true, http1::SendRequest::is_closed) {
+            self.tx = None;
+            return true;
         }
-        if *seen == Some(st.uses) {
-            *quiet += 1;
+        if self.seen == Some(self.uses) {
+            self.quiet += 1;
         } else {
-            *quiet = 0;
+            self.quiet = 0;
         }
-        *seen = Some(st.uses);
-        if *quiet >= 4 {
-            st.tx = None;
+        self.seen = Some(self.uses);
+        if self.quiet >= 4 {
+            self.tx = None;
             return true;
         }
         false
@@ -353,36 +471,20 @@ impl Conn {
 }
 
 /// A connection's task: drives hyper's connection, pools it whenever it is
-/// ready for the next request, closes it when idle too long, and forgets
-/// it once closed.
-async fn drive<C>(
-    conn: C,
-    me: Arc<Conn>,
-    host: Arc<Host>,
-    pool: Weak<Inner>,
-    idle_timeout: Duration,
-) where
+/// ready for the next request, and forgets it once closed.
+async fn drive<C>(conn: C, me: Arc<Conn>, host: Arc<Host>, pool: Weak<Inner>)
+where
     C: Future<Output = hyper::Result<()>>,
 {
     let mut conn = pin!(conn);
-    let period = (idle_timeout / 4).max(Duration::from_millis(1));
-    // One timer per connection, moved once per tick, never per request.
-    let mut tick = pin!(tokio::time::sleep(period));
-    let (mut seen, mut quiet) = (None, 0);
     poll_fn(|cx| {
         // Closed, failed, or handed over to an upgrade: done either way
         // (errors reach the request that was in flight, if any).
         if conn.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        if !me.settle(&host) {
+        if !me.settle(&host, pool.strong_count() > 0) {
             return Poll::Ready(());
-        }
-        while tick.as_mut().poll(cx).is_ready() {
-            if me.idle_too_long(&mut seen, &mut quiet) {
-                return Poll::Ready(());
-            }
-            tick.as_mut().reset(tokio::time::Instant::now() + period);
         }
         Poll::Pending
     })
