@@ -45,24 +45,34 @@ where
     }
 }
 
-/// The built-in transports: the lean HTTP/1.1 pool for `http://` and
-/// `unix:` upstreams (see `pool`), a hyper-util pooled client over
-/// [`Connector`] for `https://` ones (HTTP/2 when TLS ALPN picks it), and
-/// an HTTP/2-only one for `h2c://` (prior knowledge, RFC 9113 §3.3).
+/// The built-in transports: the crate's pool over [`Connector`] for
+/// `http://`, `https://` and `unix:` upstreams (HTTP/1.1, or HTTP/2 when
+/// TLS ALPN picks it; see `pool`), and hyper-util's HTTP/2-only client for
+/// `h2c://` (prior knowledge, RFC 9113 §3.3).
 struct Builtin {
     pool: Pool,
-    main: Client<Connector, ProxyBody>,
     h2c: Client<HttpConnector, ProxyBody>,
 }
 
 impl Transport for Builtin {
-    fn request(&self, mut req: Request<ProxyBody>) -> Sending {
-        match req.uri().scheme_str() {
-            Some("http") => return Sending::Pool(self.pool.request(Kind::Tcp, req)),
-            Some(UNIX) => return Sending::Pool(self.pool.request(Kind::Unix, req)),
-            Some(H2C) => {}
-            _ => return Sending::Legacy(self.main.request(req)),
-        }
+    fn request(&self, req: Request<ProxyBody>) -> Sending {
+        let kind = match req.uri().scheme_str() {
+            Some(UNIX) => Kind::Unix,
+            Some("https") => Kind::Tls,
+            Some(H2C) => return self.h2c(req),
+            // No scheme: the pool refuses a URI that is not absolute.
+            Some("http") | None => Kind::Tcp,
+            Some(other) => {
+                let e = SendError::connect(format!("unsupported scheme {other}").into());
+                return Sending::Pool(Box::pin(std::future::ready(Err(e))));
+            }
+        };
+        Sending::Pool(self.pool.request(kind, req))
+    }
+}
+
+impl Builtin {
+    fn h2c(&self, mut req: Request<ProxyBody>) -> Sending {
         // On the wire the scheme is `http` (`:scheme`, RFC 9113 §8.3.1);
         // the separate client is what makes it HTTP/2.
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
@@ -390,7 +400,7 @@ impl fmt::Debug for Forward {
 impl Forward {
     /// The built-in transports (`http`, `h2c`, `unix`, and `https` with
     /// feature `tls` trusting the system's roots) with these timeouts, and
-    /// 90 s before an idle pooled connection closes.
+    /// 60 s before an idle pooled connection closes.
     ///
     /// A failure to read the system's roots leaves `https` upstreams with
     /// none to trust (every TLS handshake then fails); use
@@ -474,25 +484,22 @@ impl Forward {
             tcp,
             connect_timeout,
         };
-        let pool = Pool::new(connector.clone(), pool_idle);
-        let main = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(pool_idle)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+        let pool = Pool::new(connector, pool_idle);
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool_idle)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .http2_only(true)
             .build(http);
         Forward {
-            client: Arc::new(Builtin { pool, main, h2c }),
+            client: Arc::new(Builtin { pool, h2c }),
             response_timeout,
         }
     }
 }
 
-/// How long an idle pooled upstream connection stays open by default: 90 s
-/// (hyper-util's own default; renderers' keep-alive is usually longer).
+/// How long an idle pooled upstream connection stays open by default: 60 s,
+/// as [`DEFAULT_IDLE_TIMEOUT`](super::DEFAULT_IDLE_TIMEOUT) (hyper-util's
+/// own default is 90 s; renderers' keep-alive is usually longer).
 pub(super) const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(60);
 
 fn http_connector(connect_timeout: Duration) -> HttpConnector {

@@ -1,5 +1,5 @@
-//! A lean pool of HTTP/1.1 upstream connections for the built-in
-//! transports, on `hyper::client::conn::http1` (issue 10).
+//! A lean pool of upstream connections for the built-in transports
+//! (`http://`, `https://`, `unix:`), on `hyper::client::conn` (issue 10).
 //!
 //! hyper-util's legacy client, per request, checks a connection out of a
 //! pool keyed by scheme and authority while racing a lazy connect, reads
@@ -18,9 +18,17 @@
 //! task per pool sweeps the idle lists every quarter of the idle timeout
 //! and closes the connections that stayed idle and unused for four sweeps
 //! in a row: a connection closes after between 1 and 1¼ timeouts idle,
-//! with no clock read and no timer per request. A request sent on a pooled connection that turns out closed
-//! before the request was written (hyper hands it back) is sent once more
-//! on a new connection, as hyper-util's `retry_canceled_requests` does.
+//! with no clock read and no timer per request. A request sent on a
+//! pooled connection that turns out closed before the request was written
+//! (hyper hands it back) is sent once more on a new connection, as
+//! hyper-util's `retry_canceled_requests` does.
+//!
+//! When TLS ALPN picks `h2` (RFC 9113 §3.2), the upstream gets one HTTP/2
+//! connection whose sender every request clones (RFC 9113 §9.1: one
+//! connection per origin); the sweeper drops it once no request was sent
+//! on it for the idle timeout, and hyper closes it after its last stream.
+//! Unlike hyper-util, requests that find no HTTP/2 connection yet each
+//! connect; the last one made is kept, the others close when done.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -34,7 +42,9 @@ use std::time::Duration;
 use http::uri::{Parts, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, TrySendError};
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use super::client::{Connector, SendError};
@@ -47,12 +57,14 @@ use super::ProxyBody;
 /// and the upstream a socket and often a worker's attention.
 pub(super) const MAX_IDLE_PER_HOST: usize = 128;
 
-/// Whether an upstream is reached over TCP (`http://`) or a Unix socket:
-/// the same authority may name both (a socket path is hex-encoded in it).
-#[derive(Clone, Copy)]
+/// Whether an upstream is reached over TCP (`http://`), TLS (`https://`)
+/// or a Unix socket: the same authority may name several (a socket path
+/// is hex-encoded in it).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Tcp = 0,
     Unix = 1,
+    Tls = 2,
 }
 
 /// The pool: cheap to clone, shared by every clone of the `Forward` that
@@ -66,7 +78,7 @@ struct Inner {
     connector: Connector,
     // Upstreams by transport, then authority: a lookup borrows the
     // request's authority, no key is built per request.
-    hosts: Mutex<[Hosts; 2]>,
+    hosts: Mutex<[Hosts; 3]>,
     idle_timeout: Duration,
     // The idle sweeper runs (started with the first connection, inside the
     // runtime).
@@ -142,6 +154,27 @@ struct Host {
     idle: Mutex<Vec<Arc<Conn>>>,
     // MAX_IDLE_PER_HOST, or 0 when the idle timeout is zero (no pooling).
     max_idle: usize,
+    // The upstream's HTTP/2 connection, when TLS ALPN picked `h2`: one,
+    // multiplexed, shared by every request (RFC 9113 §9.1).
+    h2: Mutex<H2>,
+}
+
+/// An upstream's HTTP/2 connection and its use, for the sweeper.
+#[derive(Default)]
+struct H2 {
+    tx: Option<http2::SendRequest<ProxyBody>>,
+    // Requests sent on it so far, at the last sweep, and sweeps in a row
+    // that found none sent since the one before (as `State`'s).
+    uses: u64,
+    seen: Option<u64>,
+    quiet: u8,
+}
+
+/// A new connection: HTTP/1.1 (a sender of its own), or HTTP/2 (a clone
+/// of the shared sender).
+enum Fresh {
+    Http1(Arc<Conn>, http1::SendRequest<ProxyBody>),
+    Http2(http2::SendRequest<ProxyBody>),
 }
 
 /// One connection, shared by the task that drives it and the requests
@@ -203,29 +236,55 @@ impl Inner {
         mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let host = self.host(kind, req.uri())?;
-        set_host(&mut req);
-        if req.method() == Method::CONNECT {
-            authority_form(req.uri_mut());
+        // The target in origin form (HTTP/1.1 only; HTTP/2 takes
+        // `:scheme` and `:authority` from the absolute form).
+        let mut origin = false;
+        let sent = if let Some(mut tx) = host.h2_sender() {
+            tx.try_send_request(req).await
+        } else if let Some((conn, tx)) = host.checkout() {
+            to_origin_form(&mut req);
+            origin = true;
+            send_on(&host, &conn, tx, req).await
         } else {
-            origin_form(req.uri_mut());
+            return self.send_fresh(&host, req, origin).await;
+        };
+        match sent {
+            Ok(res) => Ok(res),
+            Err(mut e) => match e.take_message() {
+                // The pooled connection closed before the request was
+                // written (the upstream's keep-alive ended while it was
+                // idle): nothing reached the upstream, so once more, on a
+                // new connection.
+                Some(again) => self.send_fresh(&host, again, origin).await,
+                None => Err(SendError::upstream(e.into_error().into())),
+            },
         }
-        if let Some((conn, tx)) = host.checkout() {
-            match send_on(&host, &conn, tx, req).await {
-                Ok(res) => return Ok(res),
-                Err(mut e) => match e.take_message() {
-                    // The pooled connection closed before the request was
-                    // written (the upstream's keep-alive ended while it
-                    // was idle): nothing reached the upstream, so once
-                    // more, on a new connection.
-                    Some(again) => req = again,
-                    None => return Err(SendError::upstream(e.into_error().into())),
-                },
+    }
+
+    /// Sends on a new connection (HTTP/1.1 or HTTP/2, as ALPN picks).
+    async fn send_fresh(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        mut req: Request<ProxyBody>,
+        origin: bool,
+    ) -> Result<Response<Incoming>, SendError> {
+        let sent = match self.connect(host).await? {
+            Fresh::Http1(conn, tx) => {
+                if !origin {
+                    to_origin_form(&mut req);
+                }
+                send_on(host, &conn, tx, req).await
             }
-        }
-        let (conn, tx) = self.connect(&host).await?;
-        send_on(&host, &conn, tx, req)
-            .await
-            .map_err(|e| SendError::upstream(e.into_error().into()))
+            Fresh::Http2(mut tx) => {
+                if origin {
+                    // A pooled HTTP/1.1 connection failed and the upstream
+                    // now speaks HTTP/2: the absolute form again.
+                    host.absolute_form(&mut req);
+                }
+                tx.try_send_request(req).await
+            }
+        };
+        sent.map_err(|e| SendError::upstream(e.into_error().into()))
     }
 
     /// The upstream of an absolute URI, made on first use.
@@ -255,16 +314,23 @@ impl Inner {
             } else {
                 MAX_IDLE_PER_HOST
             },
+            h2: Mutex::default(),
         });
         map.insert(HostKey(authority.as_str().into()), Arc::clone(&host));
         Ok(host)
     }
 
-    /// A new connection to `host`, its task spawned on tokio.
-    async fn connect(
-        self: &Arc<Self>,
-        host: &Arc<Host>,
-    ) -> Result<(Arc<Conn>, http1::SendRequest<ProxyBody>), SendError> {
+    /// A new connection to `host`, its task spawned on tokio. A failure
+    /// forgets the upstream unless something else holds it.
+    async fn connect(self: &Arc<Self>, host: &Arc<Host>) -> Result<Fresh, SendError> {
+        let fresh = self.try_connect(host).await;
+        if fresh.is_err() {
+            self.forget(host);
+        }
+        fresh
+    }
+
+    async fn try_connect(self: &Arc<Self>, host: &Arc<Host>) -> Result<Fresh, SendError> {
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -273,6 +339,23 @@ impl Inner {
             .call(host.dst.clone())
             .await
             .map_err(SendError::connect)?;
+        self.start_sweeper();
+        if io.connected().is_negotiated_h2() {
+            let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| SendError::connect(e.into()))?;
+            // A connection made meanwhile by another request is replaced:
+            // its requests finish, and it closes with its last sender.
+            lock(&host.h2).tx = Some(tx.clone());
+            let (host, pool) = (Arc::clone(host), Arc::downgrade(self));
+            tokio::spawn(async move {
+                let _ = conn.await;
+                if let Some(pool) = pool.upgrade() {
+                    pool.forget(&host);
+                }
+            });
+            return Ok(Fresh::Http2(tx));
+        }
         let (tx, conn) = http1::handshake(io)
             .await
             .map_err(|e| SendError::connect(e.into()))?;
@@ -285,7 +368,6 @@ impl Inner {
                 quiet: 0,
             }),
         });
-        self.start_sweeper();
         // Upgrades stay possible (a 101 hands the connection to the
         // tunnel, see `upgrade`), as hyper-util's client keeps them.
         tokio::spawn(drive(
@@ -294,7 +376,7 @@ impl Inner {
             Arc::clone(host),
             Arc::downgrade(self),
         ));
-        Ok((me, tx))
+        Ok(Fresh::Http1(me, tx))
     }
 
     /// Spawns the task that closes idle connections, once per pool.
@@ -326,6 +408,9 @@ impl Inner {
             .flat_map(|m| m.values().cloned())
             .collect();
         for host in hosts {
+            if host.kind == Kind::Tls {
+                lock(&host.h2).sweep();
+            }
             lock(&host.idle).retain(|conn| {
                 // The other lock order (connection, then list) is the
                 // pooling one: a connection being pooled right now is
@@ -388,6 +473,42 @@ async fn send_on(
 }
 
 impl Host {
+    /// A sender on the upstream's HTTP/2 connection, if it has one open.
+    fn h2_sender(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        if self.kind != Kind::Tls {
+            return None;
+        }
+        let mut h2 = lock(&self.h2);
+        match &h2.tx {
+            Some(tx) if !tx.is_closed() => {
+                let tx = tx.clone();
+                h2.uses += 1;
+                Some(tx)
+            }
+            Some(_) => {
+                h2.tx = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The request's target back in absolute form, on this upstream.
+    fn absolute_form(&self, req: &mut Request<ProxyBody>) {
+        let mut parts = Parts::default();
+        parts.scheme = self.dst.scheme().cloned();
+        parts.authority = self.dst.authority().cloned();
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+
     /// The most recently used idle connection that is still open, and its
     /// sender (ready: it was pooled only once hyper wanted a request).
     fn checkout(&self) -> Option<(Arc<Conn>, http1::SendRequest<ProxyBody>)> {
@@ -447,6 +568,30 @@ impl Conn {
     }
 }
 
+impl H2 {
+    /// At a sweep: drops the sender (hyper then closes the connection once
+    /// its last request is done) when no request was sent on it for four
+    /// sweeps in a row, or it is closed.
+    fn sweep(&mut self) {
+        let Some(tx) = &self.tx else { return };
+        if tx.is_closed() {
+            self.tx = None;
+            return;
+        }
+        if self.seen == Some(self.uses) {
+            self.quiet += 1;
+        } else {
+            self.quiet = 0;
+        }
+        self.seen = Some(self.uses);
+        if self.quiet >= 4 {
+            self.tx = None;
+            self.seen = None;
+            self.quiet = 0;
+        }
+    }
+}
+
 impl State {
     /// At a sweep of an idle connection: whether it has now been idle and
     /// unused for four sweeps in a row, or is closed. If so its sender is
@@ -492,6 +637,17 @@ where
     lock(&me.state).tx = None;
     if let Some(pool) = pool.upgrade() {
         pool.forget(&host);
+    }
+}
+
+/// An HTTP/1.1 request's target and `Host` as hyper-util's client makes
+/// them.
+fn to_origin_form(req: &mut Request<ProxyBody>) {
+    set_host(req);
+    if req.method() == Method::CONNECT {
+        authority_form(req.uri_mut());
+    } else {
+        origin_form(req.uri_mut());
     }
 }
 
