@@ -268,7 +268,11 @@ impl Inner {
         mut req: Request<ProxyBody>,
         origin: bool,
     ) -> Result<Response<Incoming>, SendError> {
-        let sent = match self.connect(host).await? {
+        // Boxed: the handshakes' states (TLS, HTTP/2) are kilobytes, and
+        // an unboxed one would make every request's future that big (and
+        // copied whole into its box); a connect is rare.
+        let fresh = Box::pin(self.connect(host)).await?;
+        let sent = match fresh {
             Fresh::Http1(conn, tx) => {
                 if !origin {
                     to_origin_form(&mut req);
