@@ -700,3 +700,66 @@ fn authority_form(uri: &mut Uri) {
         *uri = Uri::from_parts(parts).unwrap_or_default();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str) -> Request<ProxyBody> {
+        Request::get(uri).body(ProxyBody::empty()).unwrap()
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query_only() {
+        let mut req = request("http://a.test:8080/p/q?x=1");
+        to_origin_form(&mut req);
+        assert_eq!(req.uri(), "/p/q?x=1");
+        let mut root = request("http://a.test");
+        to_origin_form(&mut root);
+        assert_eq!(root.uri(), "/");
+        let mut connect = Request::connect("http://a.test:443")
+            .body(ProxyBody::empty())
+            .unwrap();
+        to_origin_form(&mut connect);
+        assert_eq!(connect.uri(), "a.test:443");
+    }
+
+    #[test]
+    fn host_gets_the_port_only_when_not_the_schemes_default() {
+        let host = |uri: &str| {
+            let mut req = request(uri);
+            set_host(&mut req);
+            req.headers()[header::HOST].clone()
+        };
+        assert_eq!(host("http://a.test:80/"), "a.test");
+        assert_eq!(host("http://a.test:8080/"), "a.test:8080");
+        assert_eq!(host("https://a.test:443/"), "a.test");
+        assert_eq!(host("https://a.test/"), "a.test");
+        let mut kept = request("http://a.test:8080/");
+        kept.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("front.test"));
+        set_host(&mut kept);
+        assert_eq!(kept.headers()[header::HOST], "front.test");
+    }
+
+    #[test]
+    fn hosts_are_found_by_their_authority_as_spelled() {
+        let mut map = Hosts::default();
+        let dst: Uri = "http://a.test:8080/".parse().unwrap();
+        map.insert(
+            HostKey("a.test:8080".into()),
+            Arc::new(Host {
+                dst,
+                kind: Kind::Tcp,
+                idle: Mutex::default(),
+                max_idle: MAX_IDLE_PER_HOST,
+                h2: Mutex::default(),
+            }),
+        );
+        let uri: Uri = "http://a.test:8080/page".parse().unwrap();
+        assert!(map.contains_key(uri.authority().unwrap().as_str()));
+        assert!(!map.contains_key("a.test:8081"));
+        // Another spelling is another pool, never a wrong one.
+        assert!(!map.contains_key("A.test:8080"));
+    }
+}
