@@ -59,7 +59,7 @@
 //! | `cache` | yes | [`cache`]: the RFC 9111 shared response cache |
 //! | `tokio` | yes | the cache's background refreshes run on tokio; [`balance::ActiveProbes`] |
 //! | `balance` | yes | [`balance`]: endpoint set, strategies, passive health, retries |
-//! | `proxy` | yes | [`proxy`]: forwarding over hyper-util's client to `http://`, `h2c://` and `unix:` upstreams, [`proxy::serve`] (implies `balance`, `tokio`) |
+//! | `proxy` | yes | [`proxy`]: forwarding over pooled hyper client connections to `http://`, `h2c://` and `unix:` upstreams, [`proxy::serve`] (implies `balance`, `tokio`) |
 //! | `tls` | yes | `https://` upstreams through rustls (ring, no OpenSSL), [`proxy::TlsRoots`] (implies `proxy`) |
 //! | `axum` | no | `balance` reads axum's `ConnectInfo<SocketAddr>` as the client address |
 //! | `metrics` | yes | [`metrics`]: counters, gauges and histograms through the `metrics` facade (no exporter) |

@@ -108,6 +108,11 @@ fn pki() -> TestPki {
 
 /// A TLS upstream (ALPN h2, http/1.1) recording the SNI of each handshake.
 async fn tls_upstream(pki: &TestPki) -> (u16, Arc<Mutex<Vec<String>>>) {
+    tls_upstream_offering(pki, &["h2", "http/1.1"]).await
+}
+
+/// A TLS upstream offering these ALPN protocols.
+async fn tls_upstream_offering(pki: &TestPki, alpn: &[&str]) -> (u16, Arc<Mutex<Vec<String>>>) {
     use tokio_rustls::rustls;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -120,7 +125,7 @@ async fn tls_upstream(pki: &TestPki) -> (u16, Arc<Mutex<Vec<String>>>) {
         rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key.clone().into()),
     )
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -186,6 +191,33 @@ async fn tls_upstream_trusted_by_the_given_ca_answers_over_h2_with_sni() {
     assert_eq!(headers["x-seen-xff"], "198.51.100.7");
     assert_eq!(body, "page");
     assert_eq!(sni.lock().unwrap().as_slice(), ["localhost"]);
+}
+
+#[tokio::test]
+async fn tls_connections_are_pooled_over_http11_and_shared_over_h2() {
+    let pki = pki();
+    for (alpn, version) in [
+        (&["http/1.1"][..], "HTTP/1.1"),
+        (&["h2", "http/1.1"][..], "HTTP/2.0"),
+    ] {
+        let (port, sni) = tls_upstream_offering(&pki, alpn).await;
+        let roots = TlsRoots::empty()
+            .try_add_pem(pki.ca_pem.as_bytes())
+            .unwrap();
+        let proxy = ReverseProxy::builder(one_upstream(&format!("https://localhost:{port}")))
+            .tls_roots(roots)
+            .try_build()
+            .unwrap();
+        for _ in 0..5 {
+            let (status, headers, body) = call(&proxy, "/page").await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(headers["x-version"], version);
+            assert_eq!(body, "page");
+        }
+        // One handshake: the connection was pooled (HTTP/1.1) or shared
+        // (HTTP/2).
+        assert_eq!(sni.lock().unwrap().len(), 1, "{version}");
+    }
 }
 
 #[tokio::test]

@@ -24,51 +24,124 @@ use tower_service::Service;
 
 use super::body::BodyWatch;
 use super::future::ForwardFuture;
+use super::pool::{Kind, Pool, PoolFuture};
 #[cfg(feature = "tls")]
 use super::TlsRoots;
 use super::{BoxError, ConfigError, ProxyBody, ProxyError};
 
 /// Sends one request on some pooled client: type erasure over the
 /// connector, so that [`Forward`] (and the proxy) stay one type whatever
-/// client the user brings. hyper-util's `ResponseFuture` is the same type
-/// for every connector, so no extra box per request.
+/// client the user brings.
 trait Transport: Send + Sync + 'static {
-    fn request(&self, req: Request<ProxyBody>) -> ResponseFuture;
+    fn request(&self, req: Request<ProxyBody>) -> Sending;
 }
 
 impl<C> Transport for Client<C, ProxyBody>
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
-    fn request(&self, req: Request<ProxyBody>) -> ResponseFuture {
-        Client::request(self, req)
+    fn request(&self, req: Request<ProxyBody>) -> Sending {
+        Sending::Legacy(Client::request(self, req))
     }
 }
 
-/// The built-in transports: one pooled client over [`Connector`] for
-/// `http://`, `https://` and `unix:` upstreams (HTTP/2 when TLS ALPN picks
-/// it), and one HTTP/2-only client for `h2c://` (prior knowledge, RFC 9113
-/// §3.3).
+/// The built-in transports: the crate's pool over [`Connector`] for
+/// `http://`, `https://` and `unix:` upstreams (HTTP/1.1, or HTTP/2 when
+/// TLS ALPN picks it; see `pool`), and hyper-util's HTTP/2-only client for
+/// `h2c://` (prior knowledge, RFC 9113 §3.3).
 struct Builtin {
-    main: Client<Connector, ProxyBody>,
+    pool: Pool,
     h2c: Client<HttpConnector, ProxyBody>,
 }
 
 impl Transport for Builtin {
-    fn request(&self, mut req: Request<ProxyBody>) -> ResponseFuture {
-        if req.uri().scheme_str() == Some(H2C) {
-            // On the wire the scheme is `http` (`:scheme`, RFC 9113
-            // §8.3.1); the separate client is what makes it HTTP/2.
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(Scheme::HTTP);
-            // Fails only for a URI without scheme and authority, which
-            // hyper-util then refuses with an error (the URI stays empty).
-            if let Ok(uri) = Uri::from_parts(parts) {
-                *req.uri_mut() = uri;
+    fn request(&self, req: Request<ProxyBody>) -> Sending {
+        let kind = match req.uri().scheme_str() {
+            Some(UNIX) => Kind::Unix,
+            Some("https") => Kind::Tls,
+            Some(H2C) => return self.h2c(req),
+            // No scheme: the pool refuses a URI that is not absolute.
+            Some("http") | None => Kind::Tcp,
+            Some(other) => {
+                let e = SendError::connect(format!("unsupported scheme {other}").into());
+                return Sending::Pool(Box::pin(std::future::ready(Err(e))));
             }
-            return self.h2c.request(req);
+        };
+        Sending::Pool(self.pool.request(kind, req))
+    }
+}
+
+impl Builtin {
+    fn h2c(&self, mut req: Request<ProxyBody>) -> Sending {
+        // On the wire the scheme is `http` (`:scheme`, RFC 9113 §8.3.1);
+        // the separate client is what makes it HTTP/2.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        // Fails only for a URI without scheme and authority, which
+        // hyper-util then refuses with an error (the URI stays empty).
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
         }
-        self.main.request(req)
+        Sending::Legacy(self.h2c.request(req))
+    }
+}
+
+/// A request on its way, by either kind of client; its error says
+/// whether connecting failed.
+pub(super) enum Sending {
+    // hyper-util's client (boxed inside).
+    Legacy(ResponseFuture),
+    // The lean pool (boxed).
+    Pool(PoolFuture),
+}
+
+impl Future for Sending {
+    type Output = Result<Response<Incoming>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::Legacy(fut) => Pin::new(fut).poll(cx).map_err(|e| SendError {
+                connect: e.is_connect(),
+                error: Box::new(e),
+            }),
+            Sending::Pool(fut) => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Why a request got no response: connecting failed, or the exchange did.
+#[derive(Debug)]
+pub(super) struct SendError {
+    connect: bool,
+    error: BoxError,
+}
+
+impl SendError {
+    pub(super) fn connect(error: BoxError) -> Self {
+        SendError {
+            connect: true,
+            error,
+        }
+    }
+
+    pub(super) fn upstream(error: BoxError) -> Self {
+        SendError {
+            connect: false,
+            error,
+        }
+    }
+
+    /// As the proxy reports it (the client's own faults aside).
+    pub(super) fn into_proxy_error(self) -> ProxyError {
+        if self.connect {
+            ProxyError::Connect(self.error)
+        } else {
+            ProxyError::Upstream(self.error)
+        }
+    }
+
+    pub(super) fn into_inner(self) -> BoxError {
+        self.error
     }
 }
 
@@ -176,7 +249,7 @@ type TcpIo = TokioIo<tokio::net::TcpStream>;
 /// The built-in connector: TCP (with TLS for `https`) or a Unix socket,
 /// by the URI's scheme.
 #[derive(Clone)]
-struct Connector {
+pub(super) struct Connector {
     tcp: TcpConnector,
     connect_timeout: Duration,
 }
@@ -230,7 +303,7 @@ async fn connect_unix(_: std::path::PathBuf, _: Duration) -> Result<Io, BoxError
 // into hyper's connection task, where boxing would cost an indirection on
 // every read and write.
 #[allow(clippy::large_enum_variant)]
-enum Io {
+pub(super) enum Io {
     Tcp(TcpIo),
     #[cfg(unix)]
     Unix(TokioIo<tokio::net::UnixStream>),
@@ -327,7 +400,7 @@ impl fmt::Debug for Forward {
 impl Forward {
     /// The built-in transports (`http`, `h2c`, `unix`, and `https` with
     /// feature `tls` trusting the system's roots) with these timeouts, and
-    /// 90 s before an idle pooled connection closes.
+    /// 60 s before an idle pooled connection closes.
     ///
     /// A failure to read the system's roots leaves `https` upstreams with
     /// none to trust (every TLS handshake then fails); use
@@ -407,27 +480,26 @@ impl Forward {
         response_timeout: Duration,
         pool_idle: Duration,
     ) -> Self {
-        let main = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(pool_idle)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(Connector {
-                tcp,
-                connect_timeout,
-            });
+        let connector = Connector {
+            tcp,
+            connect_timeout,
+        };
+        let pool = Pool::new(connector, pool_idle);
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool_idle)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .http2_only(true)
             .build(http);
         Forward {
-            client: Arc::new(Builtin { main, h2c }),
+            client: Arc::new(Builtin { pool, h2c }),
             response_timeout,
         }
     }
 }
 
-/// How long an idle pooled upstream connection stays open by default: 90 s
-/// (hyper-util's own default; renderers' keep-alive is usually longer).
+/// How long an idle pooled upstream connection stays open by default: 60 s,
+/// as [`DEFAULT_IDLE_TIMEOUT`](super::DEFAULT_IDLE_TIMEOUT) (hyper-util's
+/// own default is 90 s; renderers' keep-alive is usually longer).
 pub(super) const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(60);
 
 fn http_connector(connect_timeout: Duration) -> HttpConnector {
@@ -465,13 +537,11 @@ impl Service<Request<ProxyBody>> for Forward {
         let fut = self.client.request(req);
         // Boxed: a request with a body, watched in phases (rarer).
         ForwardFuture::boxed(async move {
-            let classify = |e: hyper_util::client::legacy::Error| {
+            let classify = |e: SendError| {
                 if watch.failed.load(Ordering::Acquire) {
-                    ProxyError::RequestBody(Box::new(e))
-                } else if e.is_connect() {
-                    ProxyError::Connect(Box::new(e))
+                    ProxyError::RequestBody(e.into_inner())
                 } else {
-                    ProxyError::Upstream(Box::new(e))
+                    e.into_proxy_error()
                 }
             };
             let mut fut = std::pin::pin!(fut);
@@ -525,7 +595,7 @@ impl Service<Request<ProxyBody>> for Forward {
 /// Where an attempt stands once its request body is no longer the clock.
 enum Phase {
     // The upstream answered (or failed) while the body was being sent.
-    Done(Result<Response<Incoming>, hyper_util::client::legacy::Error>),
+    Done(Result<Response<Incoming>, SendError>),
     // The body stalled: the client's fault or the upstream's.
     Stalled(ProxyError),
     // The body has ended (or failed); the response timeout starts.

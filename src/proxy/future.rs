@@ -13,6 +13,7 @@ use http::{Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use super::client::{SendError, Sending};
 use super::forward::remove_hop_by_hop;
 use super::service::{status_response, ToUpstream};
 use super::upgrade::{self, Requested};
@@ -32,7 +33,7 @@ pin_project! {
     #[project = ForwardProj]
     enum ForwardKind {
         // No request body: the response timeout runs from the start.
-        Plain { #[pin] fut: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture> },
+        Plain { #[pin] fut: tokio::time::Timeout<Sending> },
         // A request body on its way, watched in phases; boxed, as it is
         // the rarer case and its state is large.
         Boxed { fut: BoxFuture<Result<Response<Incoming>, ProxyError>> },
@@ -40,9 +41,7 @@ pin_project! {
 }
 
 impl ForwardFuture {
-    pub(super) fn plain(
-        fut: tokio::time::Timeout<hyper_util::client::legacy::ResponseFuture>,
-    ) -> Self {
+    pub(super) fn plain(fut: tokio::time::Timeout<Sending>) -> Self {
         ForwardFuture {
             kind: ForwardKind::Plain { fut },
         }
@@ -77,9 +76,7 @@ impl Future for ForwardFuture {
         match self.project().kind.project() {
             ForwardProj::Plain { fut } => Poll::Ready(match ready!(fut.poll(cx)) {
                 Err(_) => Err(ProxyError::Timeout),
-                Ok(Ok(res)) => Ok(res),
-                Ok(Err(e)) if e.is_connect() => Err(ProxyError::Connect(Box::new(e))),
-                Ok(Err(e)) => Err(ProxyError::Upstream(Box::new(e))),
+                Ok(r) => r.map_err(SendError::into_proxy_error),
             }),
             ForwardProj::Boxed { fut } => fut.as_mut().poll(cx),
         }

@@ -1,5 +1,6 @@
-//! Reverse-proxy forwarding over hyper-util's pooled client (feature
-//! `proxy`).
+//! Reverse-proxy forwarding over pooled upstream connections (feature
+//! `proxy`): hyper's client connections in a pool of the crate's own
+//! (hyper-util's client for `h2c://`, or one of your own).
 //!
 //! [`ReverseProxy`] is a whole reverse proxy as one service: it prepares the
 //! request as an intermediary must (hop-by-hop headers removed, RFC 9110
@@ -93,11 +94,23 @@
 //!
 //! | upstream | how |
 //! |---|---|
-//! | `http://HOST:PORT` | HTTP/1.1 over TCP, pooled |
+//! | `http://HOST:PORT` | HTTP/1.1 over TCP, pooled (below) |
 //! | `https://HOST:PORT` | TLS via rustls (feature `tls`, on by default; ring provider, no OpenSSL): [`TlsRoots::system`] plus any CA bundle, SNI from HOST, ALPN `h2` then `http/1.1` (HTTP/2 when the upstream picks it) |
 //! | `h2c://HOST:PORT` | cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3), multiplexed on one connection |
-//! | `unix:/PATH` | HTTP/1.1 over a Unix domain socket |
+//! | `unix:/PATH` | HTTP/1.1 over a Unix domain socket, pooled |
 //! | anything | your own hyper-util client: [`ProxyBuilder::client`] |
+//!
+//! HTTP/1.1 connections to `http://`, `https://` and `unix:` upstreams are
+//! kept open for the next request once a response has been read to its
+//! end (RFC 9112 §9.3), at most 128 idle ones per upstream (hyper-util
+//! keeps any number), the most recently used first; one idle for
+//! [`idle_timeout`](ProxyBuilder::idle_timeout) is closed (within a
+//! quarter of it). A response body dropped before its end closes its
+//! connection. A request sent on a pooled connection that closes before
+//! the request is written is sent once more on a new one. An `https://`
+//! upstream whose TLS ALPN picks `h2` gets one HTTP/2 connection that all
+//! requests share, closed once unused for the idle timeout. `h2c://`
+//! upstreams use hyper-util's pooled client.
 //!
 //! [`ProxyBuilder::try_build`] fails with a [`ConfigError`] for an upstream
 //! it cannot speak; no request is ever sent to find out.
@@ -135,6 +148,7 @@ mod client;
 mod error;
 mod forward;
 mod future;
+mod pool;
 mod serve;
 mod service;
 mod shutdown;

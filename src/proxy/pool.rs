@@ -1,0 +1,765 @@
+//! A lean pool of upstream connections for the built-in transports
+//! (`http://`, `https://`, `unix:`), on `hyper::client::conn` (issue 10).
+//!
+//! hyper-util's legacy client, per request, checks a connection out of a
+//! pool keyed by scheme and authority while racing a lazy connect, reads
+//! the clock twice, copies the connector's `HttpInfo` into the response's
+//! extensions, and for HTTP/1.1 spawns a task that waits for the
+//! connection to be ready again and puts it back. Here every connection's
+//! own task (the one that drives it, spawned anyway) puts it back: after
+//! each poll of the connection it checks whether hyper wants the next
+//! request, which happens only in that poll (the response read to its
+//! end, RFC 9112 §9.3 keep-alive). So per request: one checkout, one send,
+//! no spawn, no clock. A response body dropped before its end makes hyper
+//! close the connection, which then never comes back.
+//!
+//! Idle connections of one upstream are kept last-in first-out (the most
+//! recently used one is the warmest), at most [`MAX_IDLE_PER_HOST`]. One
+//! task per pool sweeps the idle lists every quarter of the idle timeout
+//! and closes the connections that stayed idle and unused for four sweeps
+//! in a row: a connection closes after between 1 and 1¼ timeouts idle,
+//! with no clock read and no timer per request. A request sent on a
+//! pooled connection that turns out closed before the request was written
+//! (hyper hands it back) is sent once more on a new connection, as
+//! hyper-util's `retry_canceled_requests` does.
+//!
+//! When TLS ALPN picks `h2` (RFC 9113 §3.2), the upstream gets one HTTP/2
+//! connection whose sender every request clones (RFC 9113 §9.1: one
+//! connection per origin); the sweeper drops it once no request was sent
+//! on it for the idle timeout, and hyper closes it after its last stream.
+//! Unlike hyper-util, requests that find no HTTP/2 connection yet each
+//! connect; the last one made is kept, the others close when done.
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use http::uri::{Parts, PathAndQuery};
+use http::{header, HeaderValue, Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::TokioExecutor;
+use tower_service::Service;
+
+use super::client::{Connector, SendError};
+use super::ProxyBody;
+
+/// The most idle connections kept per upstream: 128. hyper-util keeps
+/// any number; nginx's `keepalive` is per worker for all upstreams. A
+/// connection that becomes idle beyond this is closed. An idle HTTP/1.1
+/// connection costs the proxy a socket and hyper's buffers (tens of KiB),
+/// and the upstream a socket and often a worker's attention.
+pub(super) const MAX_IDLE_PER_HOST: usize = 128;
+
+/// Whether an upstream is reached over TCP (`http://`), TLS (`https://`)
+/// or a Unix socket: the same authority may name several (a socket path
+/// is hex-encoded in it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Tcp = 0,
+    Unix = 1,
+    Tls = 2,
+}
+
+/// The pool: cheap to clone, shared by every clone of the `Forward` that
+/// made it.
+#[derive(Clone)]
+pub(super) struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    // Upstreams by transport, then authority: a lookup borrows the
+    // request's authority, no key is built per request.
+    hosts: Mutex<[Hosts; 3]>,
+    idle_timeout: Duration,
+    // The idle sweeper runs (started with the first connection, inside the
+    // runtime).
+    sweeping: AtomicBool,
+}
+
+/// Upstreams by authority, spelled exactly: the balancer rewrites every
+/// request to its endpoint's base URI, so one upstream is always spelled
+/// alike (two spellings of one host would only get a pool each).
+/// `Authority`'s own `Hash` and `Eq` go byte by byte, case-insensitively;
+/// with SipHash that cost about 1,000 instructions per request. FxHash
+/// over the bytes a word at a time instead: the keys are the upstreams
+/// requests are sent to (the balancer's endpoints, under `ReverseProxy`),
+/// not a client's choosing, and colliding ones would only slow the
+/// lookup.
+type Hosts = HashMap<HostKey, Arc<Host>, BuildHasherDefault<FxHasher>>;
+
+/// An authority compared and hashed as its exact bytes, looked up by
+/// `&str` (`Borrow<str>`, with `str`'s `Hash`).
+#[derive(PartialEq, Eq, Hash)]
+struct HostKey(Box<str>);
+
+impl std::borrow::Borrow<str> for HostKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// rustc's FxHash: a rotate, xor and multiply per word.
+#[derive(Default)]
+struct FxHasher {
+    hash: u64,
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            self.add(u64::from_le_bytes(word));
+        }
+        for &b in words.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// One upstream's idle connections.
+struct Host {
+    // Where its connections go (`SCHEME://AUTHORITY/`), made once.
+    dst: Uri,
+    kind: Kind,
+    // Idle connections, the most recently used last.
+    idle: Mutex<Vec<Arc<Conn>>>,
+    // MAX_IDLE_PER_HOST, or 0 when the idle timeout is zero (no pooling).
+    max_idle: usize,
+    // The upstream's HTTP/2 connection, when TLS ALPN picked `h2`: one,
+    // multiplexed, shared by every request (RFC 9113 §9.1).
+    h2: Mutex<H2>,
+}
+
+/// An upstream's HTTP/2 connection and its use, for the sweeper.
+#[derive(Default)]
+struct H2 {
+    tx: Option<http2::SendRequest<ProxyBody>>,
+    // Requests sent on it so far, at the last sweep, and sweeps in a row
+    // that found none sent since the one before (as `State`'s).
+    uses: u64,
+    seen: Option<u64>,
+    quiet: u8,
+}
+
+/// A new connection: HTTP/1.1 (a sender of its own), or HTTP/2 (a clone
+/// of the shared sender).
+enum Fresh {
+    Http1(Arc<Conn>, http1::SendRequest<ProxyBody>),
+    Http2(http2::SendRequest<ProxyBody>),
+}
+
+/// One connection, shared by the task that drives it and the requests
+/// sent on it.
+struct Conn {
+    state: Mutex<State>,
+}
+
+struct State {
+    // The connection's sender: here while idle or while a request is in
+    // flight, taken while a request is handed over, gone for good once the
+    // connection is closed.
+    tx: Option<http1::SendRequest<ProxyBody>>,
+    // In its upstream's idle list (the list may also hold it after it was
+    // closed; checkout then finds no sender).
+    idle: bool,
+    // Checkouts so far: the sweeper tells from it whether the connection
+    // was used between two sweeps.
+    uses: u64,
+    // `uses` at the last sweep, if the connection was idle then.
+    seen: Option<u64>,
+    // Sweeps in a row that found it idle and unused since the one before.
+    quiet: u8,
+}
+
+/// The response future of a request sent through the pool. Boxed: one
+/// allocation per request, as hyper-util's `ResponseFuture` has.
+pub(super) type PoolFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Pool {
+    /// A pool connecting with `connector`, closing connections idle for
+    /// `idle_timeout` (zero: none is kept idle).
+    pub(super) fn new(connector: Connector, idle_timeout: Duration) -> Self {
+        Pool {
+            inner: Arc::new(Inner {
+                connector,
+                hosts: Mutex::default(),
+                idle_timeout,
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Sends a request with an absolute URI to its upstream over HTTP/1.1.
+    pub(super) fn request(&self, kind: Kind, req: Request<ProxyBody>) -> PoolFuture {
+        Box::pin(Arc::clone(&self.inner).send(kind, req))
+    }
+}
+
+impl Inner {
+    async fn send(
+        self: Arc<Self>,
+        kind: Kind,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let host = self.host(kind, req.uri())?;
+        // The target in origin form (HTTP/1.1 only; HTTP/2 takes
+        // `:scheme` and `:authority` from the absolute form).
+        let mut origin = false;
+        let sent = if let Some(mut tx) = host.h2_sender() {
+            tx.try_send_request(req).await
+        } else if let Some((conn, tx)) = host.checkout() {
+            to_origin_form(&mut req);
+            origin = true;
+            send_on(&host, &conn, tx, req).await
+        } else {
+            return self.send_fresh(&host, req, origin).await;
+        };
+        match sent {
+            Ok(res) => Ok(res),
+            Err(mut e) => match e.take_message() {
+                // The pooled connection closed before the request was
+                // written (the upstream's keep-alive ended while it was
+                // idle): nothing reached the upstream, so once more, on a
+                // new connection.
+                Some(again) => self.send_fresh(&host, again, origin).await,
+                None => Err(SendError::upstream(e.into_error().into())),
+            },
+        }
+    }
+
+    /// Sends on a new connection (HTTP/1.1 or HTTP/2, as ALPN picks).
+    async fn send_fresh(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        mut req: Request<ProxyBody>,
+        origin: bool,
+    ) -> Result<Response<Incoming>, SendError> {
+        // Boxed: the handshakes' states (TLS, HTTP/2) are kilobytes, and
+        // an unboxed one would make every request's future that big (and
+        // copied whole into its box); a connect is rare.
+        let fresh = Box::pin(self.connect(host)).await?;
+        let sent = match fresh {
+            Fresh::Http1(conn, tx) => {
+                if !origin {
+                    to_origin_form(&mut req);
+                }
+                send_on(host, &conn, tx, req).await
+            }
+            Fresh::Http2(mut tx) => {
+                if origin {
+                    // A pooled HTTP/1.1 connection failed and the upstream
+                    // now speaks HTTP/2: the absolute form again.
+                    host.absolute_form(&mut req);
+                }
+                tx.try_send_request(req).await
+            }
+        };
+        sent.map_err(|e| SendError::upstream(e.into_error().into()))
+    }
+
+    /// The upstream of an absolute URI, made on first use.
+    fn host(&self, kind: Kind, uri: &Uri) -> Result<Arc<Host>, SendError> {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(SendError::upstream(
+                "the request URI is not absolute".into(),
+            ));
+        };
+        let mut hosts = lock(&self.hosts);
+        let map = &mut hosts[kind as usize];
+        if let Some(host) = map.get(authority.as_str()) {
+            return Ok(Arc::clone(host));
+        }
+        let dst = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(PathAndQuery::from_static("/"))
+            .build()
+            .map_err(|e| SendError::upstream(e.into()))?;
+        let host = Arc::new(Host {
+            dst,
+            kind,
+            idle: Mutex::new(Vec::new()),
+            max_idle: if self.idle_timeout.is_zero() {
+                0
+            } else {
+                MAX_IDLE_PER_HOST
+            },
+            h2: Mutex::default(),
+        });
+        map.insert(HostKey(authority.as_str().into()), Arc::clone(&host));
+        Ok(host)
+    }
+
+    /// A new connection to `host`, its task spawned on tokio. A failure
+    /// forgets the upstream unless something else holds it.
+    async fn connect(self: &Arc<Self>, host: &Arc<Host>) -> Result<Fresh, SendError> {
+        let fresh = self.try_connect(host).await;
+        if fresh.is_err() {
+            self.forget(host);
+        }
+        fresh
+    }
+
+    async fn try_connect(self: &Arc<Self>, host: &Arc<Host>) -> Result<Fresh, SendError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(SendError::connect)?;
+        let io = connector
+            .call(host.dst.clone())
+            .await
+            .map_err(SendError::connect)?;
+        self.start_sweeper();
+        if io.connected().is_negotiated_h2() {
+            let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| SendError::connect(e.into()))?;
+            // A connection made meanwhile by another request is replaced:
+            // its requests finish, and it closes with its last sender.
+            lock(&host.h2).tx = Some(tx.clone());
+            let (host, pool) = (Arc::clone(host), Arc::downgrade(self));
+            tokio::spawn(async move {
+                let _ = conn.await;
+                if let Some(pool) = pool.upgrade() {
+                    pool.forget(&host);
+                }
+            });
+            return Ok(Fresh::Http2(tx));
+        }
+        let (tx, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::connect(e.into()))?;
+        let me = Arc::new(Conn {
+            state: Mutex::new(State {
+                tx: None,
+                idle: false,
+                uses: 1,
+                seen: None,
+                quiet: 0,
+            }),
+        });
+        // Upgrades stay possible (a 101 hands the connection to the
+        // tunnel, see `upgrade`), as hyper-util's client keeps them.
+        tokio::spawn(drive(
+            conn.with_upgrades(),
+            Arc::clone(&me),
+            Arc::clone(host),
+            Arc::downgrade(self),
+        ));
+        Ok(Fresh::Http1(me, tx))
+    }
+
+    /// Spawns the task that closes idle connections, once per pool.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.idle_timeout.is_zero() || self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let period = (self.idle_timeout / 4).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                // Gone with the last `Forward` (and request) using it.
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+    }
+
+    /// Closes the connections idle and unused for four sweeps in a row
+    /// (dropping the sender makes hyper close an idle connection), and
+    /// drops closed ones from the idle lists.
+    fn sweep(&self) {
+        let hosts: Vec<Arc<Host>> = lock(&self.hosts)
+            .iter()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for host in hosts {
+            if host.kind == Kind::Tls {
+                lock(&host.h2).sweep();
+            }
+            lock(&host.idle).retain(|conn| {
+                // The other lock order (connection, then list) is the
+                // pooling one: a connection being pooled right now is
+                // skipped, not waited for.
+                match conn.state.try_lock() {
+                    Ok(mut st) => !st.idle_too_long(),
+                    Err(_) => true,
+                }
+            });
+        }
+    }
+    /// Forgets an upstream whose last connection closed, unless a request
+    /// is on its way to it (so that upstreams gone from the balancer do
+    /// not stay in the map).
+    fn forget(&self, host: &Arc<Host>) {
+        let Some(authority) = host.dst.authority() else {
+            return;
+        };
+        let mut hosts = lock(&self.hosts);
+        let map = &mut hosts[host.kind as usize];
+        // The map's and the caller's: no other connection or request.
+        if Arc::strong_count(host) == 2
+            && map
+                .get(authority.as_str())
+                .is_some_and(|h| Arc::ptr_eq(h, host))
+        {
+            map.remove(authority.as_str());
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Nothing can use the idle connections any more: dropping their
+        // senders makes hyper close them now rather than at their timeout.
+        // Their tasks see the pool gone and pool nothing more.
+        let hosts = std::mem::take(&mut *lock(&self.hosts));
+        for host in hosts.iter().flat_map(HashMap::values) {
+            // Taken out first: a connection's lock is never taken under
+            // its list's (the pooling order is the other way round).
+            let idle = std::mem::take(&mut *lock(&host.idle));
+            for conn in idle {
+                lock(&conn.state).tx = None;
+            }
+        }
+    }
+}
+
+/// Sends on a connection, handing its sender back before the response
+/// comes, so that the connection's task can pool it once it is ready.
+async fn send_on(
+    host: &Host,
+    conn: &Arc<Conn>,
+    mut tx: http1::SendRequest<ProxyBody>,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+    let res = tx.try_send_request(req);
+    conn.hand_back(tx, host);
+    res.await
+}
+
+impl Host {
+    /// A sender on the upstream's HTTP/2 connection, if it has one open.
+    fn h2_sender(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        if self.kind != Kind::Tls {
+            return None;
+        }
+        let mut h2 = lock(&self.h2);
+        match &h2.tx {
+            Some(tx) if !tx.is_closed() => {
+                let tx = tx.clone();
+                h2.uses += 1;
+                Some(tx)
+            }
+            Some(_) => {
+                h2.tx = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The request's target back in absolute form, on this upstream.
+    fn absolute_form(&self, req: &mut Request<ProxyBody>) {
+        let mut parts = Parts::default();
+        parts.scheme = self.dst.scheme().cloned();
+        parts.authority = self.dst.authority().cloned();
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+
+    /// The most recently used idle connection that is still open, and its
+    /// sender (ready: it was pooled only once hyper wanted a request).
+    fn checkout(&self) -> Option<(Arc<Conn>, http1::SendRequest<ProxyBody>)> {
+        loop {
+            // The list's lock is released before the connection's: the
+            // connection's task takes them the other way round.
+            let conn = lock(&self.idle).pop()?;
+            let tx = {
+                let mut st = lock(&conn.state);
+                st.idle = false;
+                st.uses += 1;
+                st.tx.take()
+            };
+            match tx {
+                Some(tx) if !tx.is_closed() => return Some((conn, tx)),
+                // Closed while idle (by the upstream, or its idle timer).
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Puts the sender back once a request is on its way.
+    fn hand_back(self: &Arc<Self>, tx: http1::SendRequest<ProxyBody>, host: &Host) {
+        let mut st = lock(&self.state);
+        st.tx = Some(tx);
+        // Already ready only if the connection's task got through the
+        // whole exchange in the meantime (another thread); it looked
+        // before the sender was back, so this is the one look.
+        self.pool_if_ready(&mut st, host, true);
+    }
+
+    /// After each poll of the connection: pools it if hyper now wants the
+    /// next request. `false` when it is to close instead (no room, or the
+    /// pool is gone: `keep` is false).
+    fn settle(self: &Arc<Self>, host: &Host, keep: bool) -> bool {
+        let mut st = lock(&self.state);
+        self.pool_if_ready(&mut st, host, keep)
+    }
+
+    fn pool_if_ready(self: &Arc<Self>, st: &mut State, host: &Host, keep: bool) -> bool {
+        // `is_ready` turns true only inside a poll of the connection (its
+        // dispatcher asks for the next message), so looking after each
+        // poll, and once when the sender comes back, misses nothing.
+        if st.idle || !st.tx.as_ref().is_some_and(http1::SendRequest::is_ready) {
+            return true;
+        }
+        let mut idle = lock(&host.idle);
+        if !keep || idle.len() >= host.max_idle {
+            st.tx = None;
+            return false;
+        }
+        st.idle = true;
+        idle.push(Arc::clone(self));
+        true
+    }
+}
+
+impl H2 {
+    /// At a sweep: drops the sender (hyper then closes the connection once
+    /// its last request is done) when no request was sent on it for four
+    /// sweeps in a row, or it is closed.
+    fn sweep(&mut self) {
+        let Some(tx) = &self.tx else { return };
+        if tx.is_closed() {
+            self.tx = None;
+            return;
+        }
+        if self.seen == Some(self.uses) {
+            self.quiet += 1;
+        } else {
+            self.quiet = 0;
+        }
+        self.seen = Some(self.uses);
+        if self.quiet >= 4 {
+            self.tx = None;
+            self.seen = None;
+            self.quiet = 0;
+        }
+    }
+}
+
+impl State {
+    /// At a sweep of an idle connection: whether it has now been idle and
+    /// unused for four sweeps in a row, or is closed. If so its sender is
+    /// dropped (under the lock, so no checkout can take it any more).
+    fn idle_too_long(&mut self) -> bool {
+        if !self.idle || self.tx.as_ref().map_or(true, http1::SendRequest::is_closed) {
+            self.tx = None;
+            return true;
+        }
+        if self.seen == Some(self.uses) {
+            self.quiet += 1;
+        } else {
+            self.quiet = 0;
+        }
+        self.seen = Some(self.uses);
+        if self.quiet >= 4 {
+            self.tx = None;
+            return true;
+        }
+        false
+    }
+}
+
+/// A connection's task: drives hyper's connection, pools it whenever it is
+/// ready for the next request, and forgets it once closed.
+async fn drive<C>(conn: C, me: Arc<Conn>, host: Arc<Host>, pool: Weak<Inner>)
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut conn = pin!(conn);
+    poll_fn(|cx| {
+        // Closed, failed, or handed over to an upgrade: done either way
+        // (errors reach the request that was in flight, if any).
+        if conn.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if !me.settle(&host, pool.strong_count() > 0) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
+    lock(&me.state).tx = None;
+    if let Some(pool) = pool.upgrade() {
+        pool.forget(&host);
+    }
+}
+
+/// An HTTP/1.1 request's target and `Host` as hyper-util's client makes
+/// them.
+fn to_origin_form(req: &mut Request<ProxyBody>) {
+    set_host(req);
+    if req.method() == Method::CONNECT {
+        authority_form(req.uri_mut());
+    } else {
+        origin_form(req.uri_mut());
+    }
+}
+
+/// `Host` from the URI's authority when the request has none (RFC 9112
+/// §3.2: every HTTP/1.1 request carries one), as hyper-util does.
+fn set_host(req: &mut Request<ProxyBody>) {
+    if req.headers().contains_key(header::HOST) {
+        return;
+    }
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    let default_port = match req.uri().scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    let value = match authority.port_u16() {
+        Some(port) if Some(port) != default_port => HeaderValue::from_str(authority.as_str()),
+        _ => HeaderValue::from_str(authority.host()),
+    };
+    if let Ok(value) = value {
+        req.headers_mut().insert(header::HOST, value);
+    }
+}
+
+/// The request target as an origin server expects it (RFC 9112 §3.2.1):
+/// path and query only.
+fn origin_form(uri: &mut Uri) {
+    *uri = match uri.path_and_query() {
+        Some(path) if path.as_str() != "/" => {
+            let mut parts = Parts::default();
+            parts.path_and_query = Some(path.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        // `Uri::default()` is `/`.
+        _ => Uri::default(),
+    };
+}
+
+/// A `CONNECT` request's target is the authority alone (RFC 9112 §3.2.3).
+fn authority_form(uri: &mut Uri) {
+    if let Some(authority) = uri.authority() {
+        let mut parts = Parts::default();
+        parts.authority = Some(authority.clone());
+        *uri = Uri::from_parts(parts).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str) -> Request<ProxyBody> {
+        Request::get(uri).body(ProxyBody::empty()).unwrap()
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query_only() {
+        let mut req = request("http://a.test:8080/p/q?x=1");
+        to_origin_form(&mut req);
+        assert_eq!(req.uri(), "/p/q?x=1");
+        let mut root = request("http://a.test");
+        to_origin_form(&mut root);
+        assert_eq!(root.uri(), "/");
+        let mut connect = Request::connect("http://a.test:443")
+            .body(ProxyBody::empty())
+            .unwrap();
+        to_origin_form(&mut connect);
+        assert_eq!(connect.uri(), "a.test:443");
+    }
+
+    #[test]
+    fn host_gets_the_port_only_when_not_the_schemes_default() {
+        let host = |uri: &str| {
+            let mut req = request(uri);
+            set_host(&mut req);
+            req.headers()[header::HOST].clone()
+        };
+        assert_eq!(host("http://a.test:80/"), "a.test");
+        assert_eq!(host("http://a.test:8080/"), "a.test:8080");
+        assert_eq!(host("https://a.test:443/"), "a.test");
+        assert_eq!(host("https://a.test/"), "a.test");
+        let mut kept = request("http://a.test:8080/");
+        kept.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("front.test"));
+        set_host(&mut kept);
+        assert_eq!(kept.headers()[header::HOST], "front.test");
+    }
+
+    #[test]
+    fn hosts_are_found_by_their_authority_as_spelled() {
+        let mut map = Hosts::default();
+        let dst: Uri = "http://a.test:8080/".parse().unwrap();
+        map.insert(
+            HostKey("a.test:8080".into()),
+            Arc::new(Host {
+                dst,
+                kind: Kind::Tcp,
+                idle: Mutex::default(),
+                max_idle: MAX_IDLE_PER_HOST,
+                h2: Mutex::default(),
+            }),
+        );
+        let uri: Uri = "http://a.test:8080/page".parse().unwrap();
+        assert!(map.contains_key(uri.authority().unwrap().as_str()));
+        assert!(!map.contains_key("a.test:8081"));
+        // Another spelling is another pool, never a wrong one.
+        assert!(!map.contains_key("A.test:8080"));
+    }
+}
