@@ -32,7 +32,6 @@
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -90,11 +89,11 @@ struct Inner {
 /// alike (two spellings of one host would only get a pool each).
 /// `Authority`'s own `Hash` and `Eq` go byte by byte, case-insensitively;
 /// with SipHash that cost about 1,000 instructions per request. FxHash
-/// over the bytes a word at a time instead: the keys are the upstreams
+/// (the `rustc-hash` crate) over the bytes a word at a time instead: the keys are the upstreams
 /// requests are sent to (the balancer's endpoints, under `ReverseProxy`),
 /// not a client's choosing, and colliding ones would only slow the
 /// lookup.
-type Hosts = HashMap<HostKey, Arc<Host>, BuildHasherDefault<FxHasher>>;
+type Hosts = HashMap<HostKey, Arc<Host>, rustc_hash::FxBuildHasher>;
 
 /// An authority compared and hashed as its exact bytes, looked up by
 /// `&str` (`Borrow<str>`, with `str`'s `Hash`).
@@ -104,44 +103,6 @@ struct HostKey(Box<str>);
 impl std::borrow::Borrow<str> for HostKey {
     fn borrow(&self) -> &str {
         &self.0
-    }
-}
-
-/// rustc's FxHash: a rotate, xor and multiply per word.
-#[derive(Default)]
-struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(w);
-            self.add(u64::from_le_bytes(word));
-        }
-        for &b in words.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
     }
 }
 
