@@ -40,6 +40,12 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 /// peak-counting allocator).
 const BROTLI_LGWIN: u32 = 19;
 
+/// Brotli's input block: 2^16 bytes at a time through quality 11's
+/// optimal parser (brotli picks up to 2^18 for a large window), whose
+/// working memory grows with the block: peak 9.5 → 6.7 MiB for a 100 KiB
+/// page, 26.8 → 12.9 MiB for 1 MiB, for output 0.1–0.3 % larger.
+const BROTLI_LGBLOCK: i32 = 16;
+
 /// Brotli's smallest window (RFC 7932 §9.1).
 const BROTLI_LGWIN_MIN: u32 = 10;
 
@@ -81,6 +87,7 @@ pub(crate) fn encode(coding: Coding, input: &[u8], level: i32) -> io::Result<Vec
             let params = brotli::enc::BrotliEncoderParams {
                 quality: level.clamp(0, 11),
                 lgwin: brotli_lgwin(input.len()) as i32,
+                lgblock: BROTLI_LGBLOCK,
                 size_hint: input.len(),
                 ..Default::default()
             };
