@@ -1813,3 +1813,134 @@ on_both!(
     representations_over_the_size_cap_leave_the_identity_value,
     a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings,
 );
+
+/// Codings of 64 KiB and more (kept in mappings of their own) made on one
+/// instance reach the other through Redis whole; the job that writes them
+/// there spawns its write from the pool's thread onto the runtime the
+/// request ran on, a current-thread one included (see
+/// `representations_from_a_current_thread_runtime`).
+#[cfg(feature = "compression")]
+async fn mapped_representations_go_through_redis_whole(setup: Setup) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("mapped-reprs", setup, false).await;
+    // 120 KiB of random letters: each coding about 70 KiB.
+    let path = "/mapped?kb=120&noise";
+    let first = get_coded(a, path, "br").await;
+    let page = first.body.clone();
+    assert_eq!(page.len(), 120 * 1024);
+    assert!(!first.has("content-encoding"));
+    tokio::time::timeout(PATIENCE, async {
+        while !get_coded(a, path, "br").await.has("content-encoding") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A never made br");
+    eventually("the codings reach redis", || {
+        ca.stats().l2_representation_writes == 1
+    })
+    .await;
+    for coding in ["br", "zstd", "gzip"] {
+        let on_a = get_coded(a, path, coding).await;
+        assert_eq!(on_a.one("content-encoding"), coding);
+        assert!(
+            on_a.body.len() >= 64 * 1024,
+            "{coding}: {}",
+            on_a.body.len()
+        );
+        assert_eq!(decoded(&on_a), page, "{coding} on A");
+        let on_b = get_coded(b, path, coding).await;
+        assert_eq!(on_b.one("content-encoding"), coding);
+        assert!(on_b.body == on_a.body, "{coding}: the same bytes on B");
+    }
+    let plain = get_coded(b, path, "").await;
+    assert!(plain.body == page);
+    let range = get_with(
+        b,
+        path,
+        &[("host", "shop.example"), ("range", "bytes=65530-65545")],
+    )
+    .await;
+    assert_eq!(range.status, http::StatusCode::PARTIAL_CONTENT);
+    assert!(range.body == page.slice(65530..=65545));
+    assert_eq!(origin.renders(path), 1);
+    assert_eq!(cb.stats().l2_writes, 0);
+    assert_eq!(cb.stats().l2_representation_writes, 0);
+}
+
+/// As the tests' default `#[tokio::test]` runs it: one thread, which
+/// waits on the socket while the pool's thread spawns the Redis write.
+#[cfg(feature = "compression")]
+mod representations_from_a_current_thread_runtime {
+    #[tokio::test]
+    #[cfg_attr(
+        not(tower_ssr_redis),
+        ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+    )]
+    async fn single_node() {
+        super::mapped_representations_go_through_redis_whole(super::Setup::Single).await
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(tower_ssr_redis_cluster),
+        ignore = "needs redis-server and redis-cli on PATH or TOWER_SSR_REDIS_CLUSTER_URLS"
+    )]
+    async fn cluster() {
+        super::mapped_representations_go_through_redis_whole(super::Setup::Cluster).await
+    }
+}
+
+/// B's background refresh finds in Redis a newer copy that has its codings
+/// (A refreshed first and made them): B serves them at once, makes none of
+/// its own and writes nothing back.
+#[cfg(feature = "compression")]
+async fn a_refresh_that_finds_a_newer_copy_with_codings_serves_them(setup: Setup) {
+    let (origin, [(a, ca), (b, cb)]) = two_instances("refresh-coded", setup, false).await;
+    let path = "/refreshed-coded?kb=12&noise&ttl=5&swr=60";
+    get_coded(a, path, "br").await;
+    eventually("A's codings reach redis", || {
+        ca.stats().l2_representation_writes == 1
+    })
+    .await;
+    let from_redis = get_coded(b, path, "br").await;
+    assert!(from_redis.one("cache-status").ends_with("; detail=redis"));
+    assert_eq!(from_redis.one("content-encoding"), "br");
+
+    // Both go stale; A refreshes first, and its codings reach Redis.
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    get_coded(a, path, "br").await;
+    eventually("A's refresh reaches Redis", || ca.stats().l2_writes == 2).await;
+    eventually("A's new codings reach Redis", || {
+        ca.stats().l2_representation_writes == 2
+    })
+    .await;
+    tokio::time::timeout(PATIENCE, async {
+        while get_coded(b, path, "br")
+            .await
+            .one("age")
+            .parse::<u64>()
+            .unwrap()
+            < 5
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("B's copy never went stale");
+    until_fresh_br(b, path, "B's refreshed copy, with its codings").await;
+    let page = get_coded(b, path, "").await.body;
+    for coding in ["br", "zstd", "gzip"] {
+        let seen = get_coded(b, path, coding).await;
+        assert_eq!(seen.one("content-encoding"), coding);
+        assert_eq!(decoded(&seen), page, "{coding}");
+    }
+    assert_eq!(origin.renders(path), 2, "B's refresh rendered nothing");
+    assert_eq!(cb.stats().l2_writes, 0, "B wrote nothing back");
+    assert_eq!(cb.stats().l2_representation_writes, 0, "nor codings");
+}
+
+#[cfg(feature = "compression")]
+on_both!(
+    mapped_representations_go_through_redis_whole,
+    a_refresh_that_finds_a_newer_copy_with_codings_serves_them,
+);
