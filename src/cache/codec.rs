@@ -251,7 +251,8 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
     let body = super::entry::owned_body(&[bytes.slice(start..start + body_len)]);
     let headers = super::entry::owned_headers(&headers);
     // Each header map made from the stored one, as the compression job
-    // makes it; the bytes exact-size, as it keeps them.
+    // makes it; the bytes copied out as the body is (and as the job keeps
+    // them: exact-size, or mapped from 64 KiB up, as their weight counts).
     let reprs = made.map(|(origin, made)| Representations {
         origin,
         made: made
@@ -259,7 +260,7 @@ pub(crate) fn decode(bytes: &Bytes, now: Instant, wall: SystemTime) -> Option<En
             .map(|(coding, body)| Made {
                 coding,
                 headers: headers_for(&headers, origin, coding, body.len()),
-                body: Bytes::copy_from_slice(body),
+                body: super::entry::owned_body(&[bytes.slice_ref(body)]),
             })
             .collect(),
     });
@@ -486,6 +487,46 @@ mod tests {
         assert_eq!(got.made[0].headers["etag"], "\"v1-br\"");
         assert_eq!(back.weight, e.weight, "the codings are weighed");
         assert_eq!(back.body, e.body);
+    }
+
+    /// Bodies from `entry::MAPPED_BODY` up, the identity one and each
+    /// coding, come out of a value read from Redis as they do from the
+    /// renderer and the compression job: in mappings of their own (page
+    /// aligned), which the weight counts in pages, not on the heap among
+    /// the read buffers.
+    #[test]
+    fn large_bodies_and_codings_read_back_are_mapped_as_made_ones_are() {
+        use crate::cache::entry::MAPPED_BODY;
+        let mut e = sample();
+        let big = |n: usize, b: u8| Bytes::from(vec![b; n]);
+        e.body = big(MAPPED_BODY + 100, b'p');
+        let made = [
+            (Coding::Br, MAPPED_BODY + 7),
+            (Coding::Gzip, MAPPED_BODY - 1),
+        ]
+        .into_iter()
+        .map(|(coding, n)| Made {
+            coding,
+            body: big(n, b'c'),
+            headers: headers_for(&e.headers, Coding::Identity, coding, n),
+        })
+        .collect();
+        e.reprs = Some(std::sync::Arc::new(Representations {
+            origin: Coding::Identity,
+            made,
+        }));
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let back = decode(&Bytes::from(encode(&e, now, wall)), now, wall).unwrap();
+        let page_aligned = |b: &Bytes| b.as_ptr() as usize % 4096 == 0;
+        assert_eq!(back.body, e.body);
+        assert!(page_aligned(&back.body), "the identity body is mapped");
+        let got = back.reprs.as_ref().unwrap();
+        assert_eq!(got.made[0].body, big(MAPPED_BODY + 7, b'c'));
+        assert!(
+            page_aligned(&got.made[0].body),
+            "a coding of 64 KiB is mapped"
+        );
+        assert_eq!(got.made[1].body.len(), MAPPED_BODY - 1);
     }
 
     #[test]
