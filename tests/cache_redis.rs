@@ -1944,3 +1944,73 @@ on_both!(
     mapped_representations_go_through_redis_whole,
     a_refresh_that_finds_a_newer_copy_with_codings_serves_them,
 );
+
+/// Jobs queued (at the default levels, one thread) when the runtime their
+/// requests ran on shuts down: each still runs on the pool's thread, and
+/// its write of the codings to Redis is spawned onto a runtime that is
+/// gone: no job panics, and the runtime's drop returns.
+#[cfg(feature = "compression")]
+#[test]
+#[cfg_attr(
+    not(tower_ssr_redis),
+    ignore = "needs redis-server on PATH or TOWER_SSR_REDIS_URL"
+)]
+fn jobs_queued_at_runtime_shutdown_with_a_redis_tier_do_not_panic() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_ssr::cache::Compression;
+    let panics = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&panics);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("tower-ssr-compress") {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+        previous(info);
+    }));
+    let ns = namespace("shutdown-jobs");
+    let done = Arc::new(Mutex::new(None::<ResponseCache>));
+    for flavor in ["current", "multi"] {
+        let rt = match flavor {
+            "current" => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        }
+        .enable_all()
+        .build()
+        .unwrap();
+        let keep = Arc::clone(&done);
+        rt.block_on(async {
+            let cache = ResponseCache::builder()
+                .redis(RedisTier::new(&redis_url()).unwrap().namespace(&ns))
+                .build();
+            assert!(cache.redis_ready(PATIENCE).await);
+            let app = Router::new()
+                .fallback(render)
+                .with_state(Origin::default())
+                .layer(
+                    CacheLayer::new(cache.clone())
+                        .compression(Compression::new().jobs(1).max_queue(3)),
+                );
+            let addr = serve(app).await;
+            for i in 0..5 {
+                let path = format!("/shutdown-{flavor}-{i}?kb=100&noise");
+                assert_eq!(get(addr, &path).await.body.len(), 100 * 1024);
+            }
+            eventually("the identity values reach redis", || {
+                cache.stats().l2_writes == 5
+            })
+            .await;
+            *keep.lock().unwrap() = Some(cache);
+        });
+        drop(rt);
+        // The cache outlives the runtime: its queued jobs find it whole.
+        let cache = done.lock().unwrap().take().unwrap();
+        let start = std::time::Instant::now();
+        while cache.stats().bytes < 5 * 100 * 1024 + 3 * 3 * 50 * 1024 {
+            // The three jobs accepted store their three codings each
+            // (about 60 KiB a coding), their runtime gone or not.
+            assert!(start.elapsed() < PATIENCE * 3, "{:?}", cache.stats());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(panics.load(Ordering::SeqCst), 0, "{flavor}: a job panicked");
+    }
+}
