@@ -362,3 +362,63 @@ fn a_layer_outside_a_runtime_serves_identity_and_starts_no_thread() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "stored once");
     assert_eq!(compress_threads(), 0);
 }
+
+/// With tokio's clock paused (`test-util`, as the crate's own tests and
+/// applications' tests use it), the clock stands still while a
+/// compression job runs, as it did when jobs were tokio blocking tasks
+/// (which hold off its auto-advance). Since fec0d99 moved them to the
+/// pool's own threads, virtual time ran ahead meanwhile: a page fresh for
+/// one second went stale and was refreshed (a new body) again and again
+/// before its job was done, and was never served compressed (186 renders
+/// in the 60 s guard, no br). On f21349c, and with the fix, the second
+/// poll gets br, from the first render.
+#[test]
+fn a_paused_clock_stands_still_while_codings_are_made() {
+    let _serial = serial();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let renders = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&renders);
+        let app = Router::new()
+            .fallback(move || {
+                let counted = Arc::clone(&counted);
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Response::builder()
+                        .header("content-type", "text/html")
+                        .header("cache-control", "public, max-age=1")
+                        .body(Body::from(
+                            (0..40_000)
+                                .map(|i| format!("<li>{i}</li>"))
+                                .collect::<String>(),
+                        ))
+                        .unwrap()
+                }
+            })
+            .layer(CacheLayer::new(ResponseCache::new()));
+        let addr = common::serve(app).await;
+        get(addr, "/lived", "br").await;
+        let real = Instant::now();
+        loop {
+            let seen = get(addr, "/lived", "br").await;
+            if seen.headers().get("content-encoding").is_some() {
+                break;
+            }
+            assert!(
+                real.elapsed() < GUARD,
+                "never served in br: {} renders",
+                renders.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            renders.load(Ordering::SeqCst),
+            1,
+            "stale before its codings"
+        );
+    });
+}

@@ -110,7 +110,23 @@ impl Pool {
             // Kept so the count drops with the job, run or not.
             let _queued = queued;
             let _runtime = handle.enter();
+            // While the job runs, a blocking task of the runtime's waits
+            // for it: a paused tokio clock (`test-util`) then stands still
+            // until the codings are stored, as it did when jobs were
+            // blocking tasks themselves, instead of running ahead (a page
+            // fresh for a second went stale and was refreshed again and
+            // again before its job was done). The waiter runs no encoder
+            // (its thread's heap holds nothing of one); like the job
+            // before, a running one holds the runtime's drop until done.
+            let (running, done) = channel::<()>();
+            let waiter = catch_unwind(AssertUnwindSafe(|| {
+                handle.spawn_blocking(move || {
+                    let _ = done.recv();
+                })
+            }));
+            drop(waiter);
             job();
+            drop(running);
         });
         let sender = inner.sender.get_or_init(|| Mutex::new(start(inner.size)));
         let sent = sender
