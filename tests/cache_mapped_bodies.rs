@@ -684,3 +684,36 @@ async fn bytes_past_the_content_length_are_no_part_of_the_stored_body() {
         assert_eq!(cache.stats().stores, 1, "{declared}/{sent}");
     }
 }
+
+/// A mapped-size page whose first request is a HEAD, or a range: the
+/// cache fetches the whole body, stores it, answers the HEAD with the
+/// length and no body, and the range from it; later GETs are hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_or_a_range_first_stores_the_whole_mapped_body() {
+    let site = start(256 << 20, Some(fast())).await;
+    for n in [MAPPED, 700 * KIB + 1] {
+        let whole = body_of(n);
+        let path = format!("/page/{n}");
+        let head = site.send(Method::HEAD, &path, &[]).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.one("content-length"), n.to_string());
+        assert!(head.body.is_empty());
+        let hit = site.get(&path, &[]).await;
+        assert!(is_hit(&hit), "{n}: {:?}", hit.headers);
+        assert!(hit.body == whole, "{n}: after a HEAD");
+
+        let path = format!("/chunked/{n}");
+        let range = format!("bytes={}-{}", MAPPED - 3, n - 1);
+        let first = site.get(&path, &[("range", &range)]).await;
+        if first.status == StatusCode::PARTIAL_CONTENT {
+            check_range(&first, &whole, MAPPED - 3, n - 1, &format!("{n}: first"));
+        } else {
+            // A miss may answer a range with the whole body (RFC 9110 §14.2).
+            assert!(first.body == whole, "{n}");
+        }
+        let again = site.get(&path, &[("range", &range)]).await;
+        assert!(is_hit(&again), "{n}: {:?}", again.headers);
+        check_range(&again, &whole, MAPPED - 3, n - 1, &format!("{n}: hit"));
+        assert_eq!(site.origin.calls(&path), 1, "{n}");
+    }
+}
