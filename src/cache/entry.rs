@@ -790,13 +790,15 @@ const PAGE: usize = 4096;
 /// encoder's or a read buffer's megabyte moves 100 KiB bodies onto the
 /// heap) kept some 30–50 MiB more than a 64 MiB cache held under a stream
 /// of 100 KiB pages (issue 8 §6). When a mapping cannot be made, the heap.
+///
+/// At most [`MAX_MAPPED`] bodies are mapped at once; past that, the heap.
 pub(crate) fn owned_body(chunks: &[Bytes]) -> Bytes {
     let len = chunks.iter().map(Bytes::len).sum();
     if len >= MAPPED_BODY {
-        if let Ok(mut map) = memmap2::MmapMut::map_anon(len) {
+        if let Some(mut map) = Mapped::new(len) {
             let mut at = 0;
             for c in chunks {
-                map[at..at + c.len()].copy_from_slice(c);
+                map.0[at..at + c.len()].copy_from_slice(c);
                 at += c.len();
             }
             return Bytes::from_owner(map);
@@ -812,6 +814,49 @@ pub(crate) fn owned_body(chunks: &[Bytes]) -> Bytes {
             }
             Bytes::from(all)
         }
+    }
+}
+
+/// The most bodies mapped at once, process-wide. Each mapping is one of
+/// the process's memory maps, which Linux caps (`vm.max_map_count`,
+/// 65,530 by default) for everything in the process: thread stacks,
+/// malloc's own large blocks, libraries. 16,384 mapped bodies are 1 GiB
+/// of 64 KiB pages; a cache holding more puts the rest on the heap.
+pub(crate) const MAX_MAPPED: usize = 16_384;
+
+/// Bodies mapped now (see [`MAX_MAPPED`]).
+static MAPPED_NOW: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A body's own anonymous mapping, counted while it lives.
+struct Mapped(memmap2::MmapMut);
+
+impl Mapped {
+    /// A mapping of `len` bytes, unless [`MAX_MAPPED`] are live or the
+    /// system refuses one.
+    fn new(len: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        MAPPED_NOW
+            .fetch_update(Relaxed, Relaxed, |n| (n < MAX_MAPPED).then_some(n + 1))
+            .ok()?;
+        match memmap2::MmapMut::map_anon(len) {
+            Ok(map) => Some(Mapped(map)),
+            Err(_) => {
+                MAPPED_NOW.fetch_sub(1, Relaxed);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        MAPPED_NOW.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -866,6 +911,22 @@ mod tests {
                 assert!(len == 0 || body.as_ptr() != page.as_ptr());
             }
         }
+    }
+
+    #[test]
+    fn mapped_bodies_are_counted_while_they_live() {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Other tests map bodies too: only a lower bound while this test's
+        // bodies live.
+        let page = Bytes::from(vec![7u8; MAPPED_BODY]);
+        let before = MAPPED_NOW.load(Relaxed);
+        let bodies: Vec<Bytes> = (0..3)
+            .map(|_| owned_body(std::slice::from_ref(&page)))
+            .collect();
+        assert!(MAPPED_NOW.load(Relaxed) >= 3.min(MAX_MAPPED - before));
+        assert!(bodies.iter().all(|b| *b == page));
+        drop(bodies);
+        assert!(MAPPED_NOW.load(Relaxed) <= MAX_MAPPED);
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub(crate) const DEFAULT_TYPES: &[&str] = &[
     "+xml",
 ];
 
+/// The most compression threads a layer starts (see `Compression::jobs`).
+const MAX_JOBS: usize = 256;
+
 /// How the cache makes compressed representations of what it stores;
 /// given to `CacheLayer::compression`.
 ///
@@ -165,7 +168,10 @@ impl Compression {
     }
 
     /// How many compression jobs run at once; default half the cores, at
-    /// least one, so the other half keeps serving. 0 is read as 1.
+    /// least one, so the other half keeps serving. 0 is read as 1, more
+    /// than 256 as 256. Each running job takes its encoder's working
+    /// memory: up to about 14 MiB at the default levels (brotli 11 on a
+    /// page of 1 MiB or more; 1.6 MiB for a 10 KiB page).
     ///
     /// Each layer runs its jobs on this many threads of its own (named
     /// `tower-ssr-compress`), started at the first job and ended when the
@@ -174,13 +180,13 @@ impl Compression {
     /// 1.7 MiB at the default levels) in a heap arena of their own.
     #[must_use]
     pub fn jobs(mut self, jobs: usize) -> Self {
-        self.jobs = Some(jobs.max(1));
+        self.jobs = Some(jobs.clamp(1, MAX_JOBS));
         self
     }
 
     /// The most jobs waiting or running; past it, a stored response keeps
-    /// only what it has (identity) until a later hit asks again. Default
-    /// 1024.
+    /// only what it has (identity) until it is stored again (its next
+    /// fetch or refresh). Default 1024.
     #[must_use]
     pub fn max_queue(mut self, jobs: usize) -> Self {
         self.max_queue = jobs.max(1);
@@ -238,6 +244,7 @@ mod tests {
     fn jobs_are_at_least_one() {
         assert_eq!(Compression::new().jobs(0).pool_size(), 1);
         assert_eq!(Compression::new().jobs(3).pool_size(), 3);
+        assert_eq!(Compression::new().jobs(usize::MAX).pool_size(), 256);
         assert!(Compression::new().pool_size() >= 1);
     }
 }

@@ -151,7 +151,10 @@ fn start(size: usize) -> Sender<Job> {
             .name("tower-ssr-compress".into())
             .spawn(move || work(&receiver));
         if let Err(error) = started {
+            // The system is out of threads: more attempts (a `jobs` far
+            // past the cores) would only spin.
             tracing::warn!(%error, "compression thread not started");
+            break;
         }
     }
     sender
