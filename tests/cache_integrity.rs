@@ -1116,36 +1116,6 @@ async fn a_leader_that_hangs_up_mid_body_still_stores_the_page_for_the_waiters()
 // examples/proxy stacks them, over an upstream that breaks off
 // ---------------------------------------------------------------------------
 
-/// A raw upstream: reads each request head, writes `head` and `body`, then
-/// closes the connection.
-#[cfg(feature = "proxy")]
-async fn cutting_upstream(head: &'static str, body: &'static [u8]) -> SocketAddr {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(body).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// Serves `CacheLayer` over a `ReverseProxy` to `upstream`.
 #[cfg(feature = "proxy")]
 async fn serve_cached_proxy(upstream: SocketAddr) -> (SocketAddr, ResponseCache) {
@@ -1203,7 +1173,7 @@ async fn raw_get(addr: SocketAddr, path: &str) -> String {
 async fn a_short_body_through_the_proxy_gets_a_502_every_time() {
     const HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\
                         Cache-Control: public, max-age=600\r\n\r\n";
-    let upstream = cutting_upstream(HEAD, &[b'x'; 100]).await;
+    let upstream = common::raw::canned_upstream(HEAD, &[b'x'; 100]).await;
     let (addr, cache) = serve_cached_proxy(upstream).await;
     for i in 0..50 {
         let reply = raw_get(addr, &format!("/short?{i}")).await;

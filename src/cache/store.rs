@@ -446,6 +446,20 @@ impl Store {
             .cloned()
     }
 
+    /// The variant of `key` whose body is `body` (the same bytes in
+    /// memory) with codings made: a compression job may have stored them
+    /// while a revalidation of the entry it started from was in flight.
+    pub(crate) fn coded_with_body(&self, key: &str, body: &bytes::Bytes) -> Option<Arc<Entry>> {
+        let variants = self.map.get(key)?;
+        variants
+            .list
+            .iter()
+            .find(|e| {
+                e.reprs.is_some() && e.body.as_ptr() == body.as_ptr() && e.body.len() == body.len()
+            })
+            .cloned()
+    }
+
     /// Drops every variant of `key`; whether anything was stored.
     pub(crate) fn remove(&self, key: &str) -> bool {
         self.map.remove(key).is_some()

@@ -47,7 +47,7 @@ pub(super) fn supersedes(reason: NotStorable, status: StatusCode) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn revalidated<B: Body>(
     config: &Config,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     (key, flight_key): (&str, &str),
     entry: &Arc<Entry>,
     not_modified: &HeaderMap,
@@ -126,8 +126,19 @@ pub(super) fn revalidated<B: Body>(
     // The variant stays the one it was.
     fresh.vary = entry.vary.clone();
     // The codings made of the body stay too, their headers updated as the
-    // entry's were.
-    if let Some(reprs) = &entry.reprs {
+    // entry's were: those the entry had, or those a compression job stored
+    // while this validation was in flight (else the freshened entry would
+    // put back one without them, and a page revalidated on every request
+    // might never keep its codings).
+    let coded = match &entry.reprs {
+        Some(_) => None,
+        None => shared.store.coded_with_body(key, &entry.body),
+    };
+    if let Some(reprs) = entry
+        .reprs
+        .as_ref()
+        .or(coded.as_ref().and_then(|e| e.reprs.as_ref()))
+    {
         let reprs = reprs.rebase(&fresh.headers);
         fresh.weight = fresh.weight.saturating_add(reprs.weight());
         fresh.reprs = Some(Arc::new(reprs));
@@ -142,6 +153,15 @@ pub(super) fn revalidated<B: Body>(
         );
     }
     shared.stored_l2(key, &fresh, None);
+    // Still none (the job had not run, or lost its entry to this one in
+    // the window since the lookup above): the job is queued again; one
+    // that finds the codings made meanwhile does nothing.
+    #[cfg(feature = "compression")]
+    if fresh.reprs.is_none() {
+        if let Some(c) = config.compressor() {
+            c.queue(shared, key, &fresh);
+        }
+    }
     Counters::bump(&shared.counters.revalidations);
     shared.count_store();
     tracing::debug!(key, "stored response revalidated");
