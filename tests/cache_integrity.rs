@@ -1129,26 +1129,7 @@ async fn serve_cached_proxy(upstream: SocketAddr) -> (SocketAddr, ResponseCache)
         &CacheLayer::new(cache.clone()),
         ReverseProxy::builder(set).build(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let svc = svc.clone();
-            let handler = hyper::service::service_fn(move |req| {
-                let mut svc = svc.clone();
-                async move { svc.call(req).await }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .await;
-            });
-        }
-    });
-    (addr, cache)
+    (common::raw::serve_svc(svc).await, cache)
 }
 
 /// A GET over a raw socket; what came back before the close.

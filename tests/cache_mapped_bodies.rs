@@ -541,7 +541,6 @@ async fn purged_and_evicted_mapped_bodies_give_their_memory_back() {
 
 /// The cache over the crate's reverse proxy to `upstream`, on hyper.
 async fn serve_cached_proxy(upstream: SocketAddr) -> (SocketAddr, ResponseCache) {
-    use tower::Service as _;
     use tower_ssr::balance::{Endpoints, RoundRobin};
     use tower_ssr::proxy::ReverseProxy;
     let set = Endpoints::new(RoundRobin::new());
@@ -554,26 +553,17 @@ async fn serve_cached_proxy(upstream: SocketAddr) -> (SocketAddr, ResponseCache)
             .compression(fast()),
         ReverseProxy::builder(set).build(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let svc = svc.clone();
-            let handler = hyper::service::service_fn(move |req| {
-                let mut svc = svc.clone();
-                async move { svc.call(req).await }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
-                    .await;
-            });
-        }
-    });
-    (addr, cache)
+    (common::raw::serve_svc(svc).await, cache)
+}
+
+/// A raw upstream that answers every request with `head` then `body`, and
+/// closes: a `Content-Length` that lies.
+async fn lying_upstream(head: String, body: Vec<u8>) -> SocketAddr {
+    common::raw::canned_upstream(
+        Box::leak(head.into_boxed_str()),
+        Box::leak(body.into_boxed_slice()),
+    )
+    .await
 }
 
 /// One GET over a raw socket; the bytes until the server closes.
@@ -604,11 +594,7 @@ async fn a_mapped_size_body_shorter_than_its_content_length_is_never_stored() {
             "HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\nContent-Type: text/html\r\n\
              Cache-Control: public, max-age=600\r\n\r\n"
         );
-        let upstream = common::raw::canned_upstream(
-            Box::leak(head.into_boxed_str()),
-            Box::leak(body_of(sent).to_vec().into_boxed_slice()),
-        )
-        .await;
+        let upstream = lying_upstream(head, body_of(sent).to_vec()).await;
         let (addr, cache) = serve_cached_proxy(upstream).await;
         for i in 0..5 {
             let reply = raw_get(addr, &format!("/short?{i}")).await;
@@ -644,11 +630,7 @@ async fn bytes_past_the_content_length_are_no_part_of_the_stored_body() {
             "HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\nContent-Type: text/html\r\n\
              Cache-Control: public, max-age=600\r\n\r\n"
         );
-        let upstream = common::raw::canned_upstream(
-            Box::leak(head.into_boxed_str()),
-            Box::leak(body_of(sent).to_vec().into_boxed_slice()),
-        )
-        .await;
+        let upstream = lying_upstream(head, body_of(sent).to_vec()).await;
         let (addr, cache) = serve_cached_proxy(upstream).await;
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         for _ in 0..2 {

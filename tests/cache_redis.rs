@@ -1758,6 +1758,25 @@ async fn until_fresh_br(addr: SocketAddr, path: &str, what: &str) {
     .unwrap_or_else(|_| panic!("never happened: {what}"));
 }
 
+/// Polls `path` on `addr` until its copy is past its 5 s (stale, although
+/// `ttl=` rounds to 0): the answer that says so has started its refresh.
+#[cfg(feature = "compression")]
+async fn until_stale(addr: SocketAddr, path: &str) {
+    tokio::time::timeout(PATIENCE, async {
+        while get_coded(addr, path, "br")
+            .await
+            .one("age")
+            .parse::<u64>()
+            .unwrap()
+            < 5
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the copy never went stale");
+}
+
 #[cfg(feature = "compression")]
 async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Setup) {
     let ns = namespace("refresh-reprs");
@@ -1788,20 +1807,7 @@ async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Set
     eventually("A's refresh reaches Redis", || ca.stats().l2_writes == 2).await;
     // B's copy came from Redis a moment after A's: the first answer it
     // serves stale starts its refresh.
-    tokio::time::timeout(PATIENCE, async {
-        // Past its 5 s: stale, although `ttl=` rounds to 0.
-        while get_coded(b, path, "br")
-            .await
-            .one("age")
-            .parse::<u64>()
-            .unwrap()
-            < 5
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("B's copy never went stale");
+    until_stale(b, path).await;
     until_fresh_br(b, path, "B's refreshed copy gets its codings").await;
     assert_eq!(origin.renders(path), 2, "B's refresh rendered nothing");
     assert_eq!(cb.stats().l2_writes, 0, "B wrote nothing back");
@@ -1914,19 +1920,7 @@ async fn a_refresh_that_finds_a_newer_copy_with_codings_serves_them(setup: Setup
         ca.stats().l2_representation_writes == 2
     })
     .await;
-    tokio::time::timeout(PATIENCE, async {
-        while get_coded(b, path, "br")
-            .await
-            .one("age")
-            .parse::<u64>()
-            .unwrap()
-            < 5
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("B's copy never went stale");
+    until_stale(b, path).await;
     until_fresh_br(b, path, "B's refreshed copy, with its codings").await;
     let page = get_coded(b, path, "").await.body;
     for coding in ["br", "zstd", "gzip"] {
