@@ -436,12 +436,20 @@ impl Store {
     /// into keeps its body's bytes.
     #[cfg(feature = "compression")]
     pub(crate) fn sharing_body(&self, key: &str, body: (usize, usize)) -> Option<Arc<Entry>> {
+        self.with_body(key, body, false)
+    }
+
+    /// The variant of `key` whose body is `body` (address, length), with
+    /// codings made or without.
+    fn with_body(&self, key: &str, body: (usize, usize), coded: bool) -> Option<Arc<Entry>> {
         let variants = self.map.get(key)?;
         variants
             .list
             .iter()
             .find(|e| {
-                e.reprs.is_none() && e.body.as_ptr() as usize == body.0 && e.body.len() == body.1
+                e.reprs.is_some() == coded
+                    && e.body.as_ptr() as usize == body.0
+                    && e.body.len() == body.1
             })
             .cloned()
     }
@@ -450,14 +458,7 @@ impl Store {
     /// memory) with codings made: a compression job may have stored them
     /// while a revalidation of the entry it started from was in flight.
     pub(crate) fn coded_with_body(&self, key: &str, body: &bytes::Bytes) -> Option<Arc<Entry>> {
-        let variants = self.map.get(key)?;
-        variants
-            .list
-            .iter()
-            .find(|e| {
-                e.reprs.is_some() && e.body.as_ptr() == body.as_ptr() && e.body.len() == body.len()
-            })
-            .cloned()
+        self.with_body(key, (body.as_ptr() as usize, body.len()), true)
     }
 
     /// Drops every variant of `key`; whether anything was stored.
