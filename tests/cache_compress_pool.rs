@@ -50,6 +50,25 @@ fn compress_threads() -> usize {
         .count()
 }
 
+/// The pool's threads, without the ones that only carry its name for a
+/// moment: a thread inherits its starter's name until it sets its own, and
+/// a job starts one of tokio's blocking threads (the waiter that keeps a
+/// paused clock still), so one read can count one more. The pool's own
+/// threads live as long as the pool, so the least of a few reads a few
+/// milliseconds apart still counts every one of them.
+fn pool_threads() -> usize {
+    let mut least = compress_threads();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(2));
+        let now = compress_threads();
+        if now == least {
+            break;
+        }
+        least = least.min(now);
+    }
+    least
+}
+
 /// Waits (on this thread) until `cond` holds; panics after [`GUARD`].
 fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -167,7 +186,7 @@ fn layers_dropped_leave_no_compression_thread() {
             let path = format!("/layer-{i}");
             assert_eq!(get(addr, &path, "br").await.body(), &page(&path));
             until_br(addr, &path).await;
-            assert!(compress_threads() >= 1);
+            assert!(pool_threads() >= 1);
             stop.send(()).unwrap();
             tokio::time::timeout(GUARD, task).await.unwrap().unwrap();
         }
@@ -228,7 +247,7 @@ fn a_runtime_shut_down_with_jobs_queued_neither_panics_nor_hangs() {
                 let path = format!("/{flavor}-{i}");
                 assert_eq!(get(addr, &path, "br").await.body(), &page(&path));
             }
-            assert_eq!(compress_threads(), 1, "jobs(1)");
+            assert_eq!(pool_threads(), 1, "jobs(1)");
         });
         drop(rt);
         until("the queued jobs end, and their thread", || {
@@ -263,7 +282,7 @@ fn a_flood_of_unique_pages_through_a_tiny_queue() {
             tasks.spawn(async move {
                 let path = format!("/flood-{i}");
                 let seen = get(addr, &path, "br, gzip").await;
-                most.fetch_max(compress_threads(), Ordering::SeqCst);
+                most.fetch_max(pool_threads(), Ordering::SeqCst);
                 if seen.headers().get("content-encoding").is_none() {
                     assert_eq!(seen.body(), &page(&path), "{path}");
                 }
@@ -360,7 +379,7 @@ fn a_layer_outside_a_runtime_serves_identity_and_starts_no_thread() {
         assert_eq!(body, page("/outside"), "{round}");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "stored once");
-    assert_eq!(compress_threads(), 0);
+    assert_eq!(pool_threads(), 0);
 }
 
 /// With tokio's clock paused (`test-util`, as the crate's own tests and
