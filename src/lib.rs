@@ -198,6 +198,8 @@ mod date;
 mod directives;
 #[cfg_attr(not(feature = "cache-control"), allow(dead_code, unreachable_pub))]
 mod etag;
+#[cfg_attr(not(any(feature = "cache", feature = "balance")), allow(dead_code))]
+mod late_error;
 
 pub use builder::ServiceBuilderExt;
 pub use directives::{Directives, InvalidDirective};

@@ -665,3 +665,45 @@ fn futures_stream() -> impl tokio_stream::Stream<Item = Result<Bytes, std::io::E
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+/// An endpoint's body that fails with its head and first chunks still in
+/// the server's buffer (nothing was pending between them): the client gets
+/// the status line and the chunks, then the cut, never a connection closed
+/// without a status (issue 8 §8's kind, without a cache in front). With
+/// stalls the server writes between, so every count gives the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_body_that_breaks_off_leaves_the_status_line() {
+    use tower_ssr::balance::Balance;
+    type Worker = tower::util::BoxCloneSyncService<
+        http::Request<hyper::body::Incoming>,
+        http::Response<axum::body::Body>,
+        std::convert::Infallible,
+    >;
+    for stalls in 0..4 {
+        let set = Endpoints::new(RoundRobin::new());
+        let w = tower::service_fn(
+            move |_req: http::Request<hyper::body::Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-length", "300000")
+                        .body(axum::body::Body::new(common::raw::BreaksOff::new(stalls)))
+                        .unwrap(),
+                )
+            },
+        );
+        set.add("w", Worker::new(w)).unwrap();
+        let addr = common::raw::serve_svc(Balance::new(set)).await;
+        let reply = common::raw::get_host(addr, "/", "a.test").await;
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "{stalls} stalls: {:?}",
+            &reply[..reply.len().min(40)]
+        );
+        let at = reply.find("\r\n\r\n").unwrap() + 4;
+        assert!(
+            reply.len() - at >= 8192,
+            "{stalls}: the first chunk arrived"
+        );
+        assert!(reply.len() - at < 300_000, "{stalls}: looks complete");
+    }
+}

@@ -41,15 +41,18 @@ pin_project! {
     /// which keeps the request counted as in flight on that endpoint until
     /// it ends or is dropped (SSR pages stream), or the empty body of a
     /// `503` when no endpoint was available.
-    pub struct ResponseBody<B> {
+    pub struct ResponseBody<B: Body> {
         #[pin]
         inner: Option<B>,
         // Released at the end of the stream, or when the body is dropped.
         in_flight: Option<InFlight>,
+        // The endpoint's body failed: passed on at the next poll, once the
+        // server has written what it holds (see `late_error`).
+        failed: Option<B::Error>,
     }
 }
 
-impl<B> std::fmt::Debug for ResponseBody<B> {
+impl<B: Body> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
             .field("unavailable", &self.inner.is_none())
@@ -58,11 +61,12 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
     }
 }
 
-impl<B> ResponseBody<B> {
+impl<B: Body> ResponseBody<B> {
     pub(crate) fn new(body: B, in_flight: Option<InFlight>) -> Self {
         ResponseBody {
             inner: Some(body),
             in_flight,
+            failed: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl<B> ResponseBody<B> {
         ResponseBody {
             inner: None,
             in_flight: None,
+            failed: None,
         }
     }
 }
@@ -83,10 +88,13 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        let frame = std::task::ready!(inner.poll_frame(cx));
+        let mut inner = this.inner;
+        let frame = std::task::ready!(crate::late_error::poll_late(this.failed, cx, |cx| {
+            match inner.as_mut().as_pin_mut() {
+                Some(inner) => inner.poll_frame(cx),
+                None => Poll::Ready(None),
+            }
+        }));
         match &frame {
             None | Some(Err(_)) => {
                 this.in_flight.take();
@@ -97,7 +105,7 @@ impl<B: Body> Body for ResponseBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().map_or(true, Body::is_end_stream)
+        self.failed.is_none() && self.inner.as_ref().map_or(true, Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -101,6 +101,7 @@ impl<T, C, B, ResB> Future for ResponseFuture<T, C, B>
 where
     C: Connect<T, B>,
     C::Service: Service<Request<B>, Response = Response<ResB>>,
+    ResB: http_body::Body,
     B: 'static,
 {
     type Output = Result<Response<ResponseBody<ResB>>, <C::Service as Service<Request<B>>>::Error>;

@@ -370,6 +370,7 @@ impl<T, C, B, ResB> Service<Request<B>> for Balance<T, C>
 where
     C: Connect<T, B>,
     C::Service: Service<Request<B>, Response = Response<ResB>>,
+    ResB: http_body::Body,
     B: 'static,
 {
     type Response = Response<ResponseBody<ResB>>;

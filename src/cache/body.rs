@@ -16,6 +16,9 @@ pin_project! {
     pub struct ResponseBody<B: Body> {
         #[pin]
         kind: Kind<B>,
+        // The inner body failed: passed on at the next poll, once the
+        // server has written what it holds (see `late_error`).
+        failed: Option<B::Error>,
     }
     impl<B: Body> PinnedDrop for ResponseBody<B> {
         fn drop(this: Pin<&mut Self>) {
@@ -110,6 +113,7 @@ impl<B: Body> std::fmt::Debug for ResponseBody<B> {
 impl<B: Body> ResponseBody<B> {
     pub(crate) fn stored(data: Bytes) -> Self {
         ResponseBody {
+            failed: None,
             kind: Kind::Stored {
                 data: (!data.is_empty()).then_some(data),
             },
@@ -118,6 +122,7 @@ impl<B: Body> ResponseBody<B> {
 
     pub(crate) fn empty() -> Self {
         ResponseBody {
+            failed: None,
             kind: Kind::Stored { data: None },
         }
     }
@@ -127,12 +132,14 @@ impl<B: Body> ResponseBody<B> {
     /// length (RFC 9110 §8.6).
     pub(crate) fn head(len: Option<u64>) -> Self {
         ResponseBody {
+            failed: None,
             kind: Kind::Head { len },
         }
     }
 
     pub(crate) fn stream(body: B) -> Self {
         ResponseBody {
+            failed: None,
             kind: Kind::Stream { body },
         }
     }
@@ -147,6 +154,7 @@ impl<B: Body> ResponseBody<B> {
         pending: Box<Pending>,
     ) -> Self {
         ResponseBody {
+            failed: None,
             kind: Kind::Tee {
                 buffered,
                 body: Some(body),
@@ -188,6 +196,7 @@ impl<B: Body> ResponseBody<B> {
             return Self::stored(data);
         }
         ResponseBody {
+            failed: None,
             kind: Kind::Slice {
                 body: Box::pin(self),
                 skip: start,
@@ -202,6 +211,7 @@ impl<B: Body> ResponseBody<B> {
         rest: Option<Pin<Box<B>>>,
     ) -> Self {
         ResponseBody {
+            failed: None,
             kind: Kind::Replay {
                 buffered,
                 error,
@@ -222,106 +232,15 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Stored { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Head { .. } => Poll::Ready(None),
-            KindProj::Stream { body } => body.poll_frame(cx),
-            KindProj::Tee {
-                buffered,
-                body,
-                pending,
-                ..
-            } => {
-                let Some(body) = body.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                if let Some(chunk) = buffered.pop_front() {
-                    let all = pending.as_ref().is_some_and(|p| p.has_all());
-                    if buffered.is_empty() && (all || body.is_end_stream()) {
-                        if let Some(p) = pending.take() {
-                            p.complete();
-                        }
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
-                let frame = std::task::ready!(body.as_mut().poll_frame(cx));
-                match &frame {
-                    Some(Ok(f)) => {
-                        if let (Some(data), Some(p)) = (f.data_ref(), pending.as_mut()) {
-                            if !p.push(data) {
-                                if let Some(p) = pending.take() {
-                                    p.too_long();
-                                }
-                            }
-                        }
-                        // A server stops polling once the body says it has
-                        // ended, so that is when the response is complete;
-                        // or once it has all it announced.
-                        if body.is_end_stream() || pending.as_ref().is_some_and(|p| p.has_all()) {
-                            if let Some(p) = pending.take() {
-                                p.complete();
-                            }
-                        }
-                    }
-                    // Nothing partial is stored; the flight failed.
-                    Some(Err(_)) => {
-                        if let Some(p) = pending.take() {
-                            p.fail();
-                        }
-                    }
-                    None => {
-                        if let Some(p) = pending.take() {
-                            p.complete();
-                        }
-                    }
-                }
-                Poll::Ready(frame)
-            }
-            KindProj::Slice { body, skip, left } => loop {
-                if *left == 0 {
-                    return Poll::Ready(None);
-                }
-                match std::task::ready!(body.as_mut().poll_frame(cx)) {
-                    Some(Ok(frame)) => {
-                        // Trailers belong to the whole; a range has none.
-                        let Ok(data) = frame.into_data() else {
-                            continue;
-                        };
-                        let n = data.len() as u64;
-                        if *skip >= n {
-                            *skip -= n;
-                            continue;
-                        }
-                        // Both below `n`, a usize.
-                        let from = *skip as usize;
-                        let take = (n - *skip).min(*left) as usize;
-                        *skip = 0;
-                        *left -= take as u64;
-                        return Poll::Ready(Some(Ok(Frame::data(data.slice(from..from + take)))));
-                    }
-                    other => return Poll::Ready(other),
-                }
-            },
-            KindProj::Replay {
-                buffered,
-                error,
-                rest,
-            } => {
-                if let Some(chunk) = buffered.pop_front() {
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                }
-                if let Some(e) = error.take() {
-                    return Poll::Ready(Some(Err(e)));
-                }
-                match rest {
-                    Some(body) => body.as_mut().poll_frame(cx),
-                    None => Poll::Ready(None),
-                }
-            }
-        }
+        let this = self.project();
+        let kind = this.kind;
+        crate::late_error::poll_late(this.failed, cx, |cx| poll_kind(kind, cx))
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
         match &self.kind {
             Kind::Stored { data } => data.is_none(),
             Kind::Head { .. } => true,
@@ -384,6 +303,111 @@ where
                     }
                 }
                 out
+            }
+        }
+    }
+}
+
+/// One poll of the body's own kind; failures are held back a poll by
+/// [`ResponseBody::poll_frame`].
+fn poll_kind<B: Body<Data = Bytes>>(
+    kind: Pin<&mut Kind<B>>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    match kind.project() {
+        KindProj::Stored { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        KindProj::Head { .. } => Poll::Ready(None),
+        KindProj::Stream { body } => body.poll_frame(cx),
+        KindProj::Tee {
+            buffered,
+            body,
+            pending,
+            ..
+        } => {
+            let Some(body) = body.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(chunk) = buffered.pop_front() {
+                let all = pending.as_ref().is_some_and(|p| p.has_all());
+                if buffered.is_empty() && (all || body.is_end_stream()) {
+                    if let Some(p) = pending.take() {
+                        p.complete();
+                    }
+                }
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            let frame = std::task::ready!(body.as_mut().poll_frame(cx));
+            match &frame {
+                Some(Ok(f)) => {
+                    if let (Some(data), Some(p)) = (f.data_ref(), pending.as_mut()) {
+                        if !p.push(data) {
+                            if let Some(p) = pending.take() {
+                                p.too_long();
+                            }
+                        }
+                    }
+                    // A server stops polling once the body says it has
+                    // ended, so that is when the response is complete;
+                    // or once it has all it announced.
+                    if body.is_end_stream() || pending.as_ref().is_some_and(|p| p.has_all()) {
+                        if let Some(p) = pending.take() {
+                            p.complete();
+                        }
+                    }
+                }
+                // Nothing partial is stored; the flight failed.
+                Some(Err(_)) => {
+                    if let Some(p) = pending.take() {
+                        p.fail();
+                    }
+                }
+                None => {
+                    if let Some(p) = pending.take() {
+                        p.complete();
+                    }
+                }
+            }
+            Poll::Ready(frame)
+        }
+        KindProj::Slice { body, skip, left } => loop {
+            if *left == 0 {
+                return Poll::Ready(None);
+            }
+            match std::task::ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    // Trailers belong to the whole; a range has none.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let n = data.len() as u64;
+                    if *skip >= n {
+                        *skip -= n;
+                        continue;
+                    }
+                    // Both below `n`, a usize.
+                    let from = *skip as usize;
+                    let take = (n - *skip).min(*left) as usize;
+                    *skip = 0;
+                    *left -= take as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(data.slice(from..from + take)))));
+                }
+                other => return Poll::Ready(other),
+            }
+        },
+        KindProj::Replay {
+            buffered,
+            error,
+            rest,
+        } => {
+            if let Some(chunk) = buffered.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if let Some(e) = error.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
+            match rest {
+                Some(body) => body.as_mut().poll_frame(cx),
+                None => Poll::Ready(None),
             }
         }
     }

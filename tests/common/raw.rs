@@ -133,3 +133,48 @@ pub async fn canned_upstream(head: &'static str, body: &'static [u8]) -> SocketA
     });
     addr
 }
+
+/// A body of `Content-Length: 300000` that sends 8 KiB, then has nothing
+/// ready for `stalls` polls (waking itself each time), then has 16 KiB and
+/// its failure ready at once.
+pub struct BreaksOff {
+    stalls: usize,
+    step: usize,
+}
+
+impl BreaksOff {
+    pub fn new(stalls: usize) -> Self {
+        BreaksOff { stalls, step: 0 }
+    }
+}
+
+impl http_body::Body for BreaksOff {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        let step = self.step;
+        self.step += 1;
+        let chunk = || {
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from(
+                vec![b'x'; 8192],
+            )))))
+        };
+        match step {
+            0 => chunk(),
+            n if n <= self.stalls => {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            n if n <= self.stalls + 2 => chunk(),
+            _ => std::task::Poll::Ready(Some(Err(std::io::Error::other("upstream closed")))),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(300_000)
+    }
+}
