@@ -44,7 +44,7 @@
 //! | `tower_ssr_cache_evictions_total` | counter | entries | `cache` | entries evicted to stay within `max_bytes` (expiry and purges are not evictions) |
 //! | `tower_ssr_cache_stores_total` | counter | responses | `cache` | responses stored or freshened in memory |
 //! | `tower_ssr_cache_purges_total` | counter | purges | `cache`, `kind` | purge calls: `kind` is `key`, `path`, `prefix`, `tag`, `all`, or `remote` (received from another instance over Redis) |
-//! | `tower_ssr_cache_l2_requests_total` | counter | calls | `cache`, `outcome` | Redis tier calls: `outcome` is `hit`, `miss`, `error`, `timeout` (reads) or `write` |
+//! | `tower_ssr_cache_l2_requests_total` | counter | calls | `cache`, `outcome` | Redis tier calls: `outcome` is `hit`, `miss`, `error`, `timeout` (reads), `write`, or `skipped` (a write not sent: [`max_in_flight_bytes`](crate::cache::RedisTier::max_in_flight_bytes) of values already on their way) |
 //! | `tower_ssr_upstream_requests_total` | counter | attempts | `endpoint`, `status_class` | attempts on an endpoint by response status: `1xx` … `5xx`, or `error` when no response came |
 //! | `tower_ssr_upstream_request_duration_seconds` | histogram | seconds | `endpoint` | from sending an attempt to its response headers (failed attempts included) |
 //! | `tower_ssr_upstream_in_flight` | gauge | requests | `endpoint` | attempts sent and not finished (a streamed body counts until it ends) |
@@ -217,16 +217,18 @@ mod cache {
         Error,
         Timeout,
         Write,
+        Skipped,
     }
 
     impl L2Outcome {
         #[cfg(feature = "metrics")]
-        const ALL: [(L2Outcome, &'static str); 5] = [
+        const ALL: [(L2Outcome, &'static str); 6] = [
             (L2Outcome::Hit, "hit"),
             (L2Outcome::Miss, "miss"),
             (L2Outcome::Error, "error"),
             (L2Outcome::Timeout, "timeout"),
             (L2Outcome::Write, "write"),
+            (L2Outcome::Skipped, "skipped"),
         ];
     }
 
@@ -249,7 +251,7 @@ mod cache {
         evictions: metrics::Counter,
         stores: metrics::Counter,
         purges: [metrics::Counter; 6],
-        l2: [metrics::Counter; 5],
+        l2: [metrics::Counter; 6],
     }
 
     impl std::fmt::Debug for CacheMetrics {

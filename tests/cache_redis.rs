@@ -2008,3 +2008,91 @@ fn jobs_queued_at_runtime_shutdown_with_a_redis_tier_do_not_panic() {
         assert_eq!(panics.load(Ordering::SeqCst), 0, "{flavor}: a job panicked");
     }
 }
+
+/// Writes are fire and forget; a Redis that answers slowly (here: paused
+/// for writes, `CLIENT PAUSE … WRITE`) must not gather values in memory
+/// without bound. With `max_in_flight_bytes(16 KiB)` and 10 KiB pages,
+/// one write waits and the next is skipped (counted), the page staying in
+/// this instance's memory alone; once Redis goes on, the waiting write
+/// lands and the bound is given back (the next page is written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(tower_ssr_redis_server),
+    ignore = "needs redis-server on PATH (starts and stops its own)"
+)]
+async fn writes_past_the_in_flight_bound_are_skipped_while_redis_is_slow() {
+    // A private server: pausing a shared one would stall other tests.
+    let redis = Private::start(Outage::Node, "in-flight").await;
+    let PrivateRedis::Node(server) = &redis.redis else {
+        unreachable!()
+    };
+    let port = server.port;
+    let tier = || {
+        redis
+            .tier()
+            // Far past the test: a write waits for Redis, never times out.
+            .timeout(Duration::from_secs(3600))
+            .max_in_flight_bytes(16 * 1024)
+    };
+    let origin = Origin::default();
+    let cache = ResponseCache::builder().redis(tier()).build();
+    // No codings: their writes would be skipped too and blur the count.
+    let layer = CacheLayer::new(cache.clone());
+    #[cfg(feature = "compression")]
+    let layer = layer.no_compression();
+    let app = Router::new()
+        .fallback(render)
+        .with_state(origin.clone())
+        .layer(layer);
+    let a = serve(app).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(cache.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+
+    // Both renders start (their Redis lookups done), then Redis pauses
+    // writes (and scripts that may write), then both are stored.
+    let one = tokio::spawn(get(a, "/one?gate&kb=10"));
+    let two = tokio::spawn(get(a, "/two?gate&kb=10"));
+    eventually("both renders started", || {
+        origin.renders("/one?gate&kb=10") == 1 && origin.renders("/two?gate&kb=10") == 1
+    })
+    .await;
+    assert_eq!(
+        command(port, &["CLIENT", "PAUSE", "3600000", "WRITE"]).trim(),
+        "+OK"
+    );
+    origin.gate.add_permits(2);
+    assert_eq!(one.await.unwrap().status, 200);
+    assert_eq!(two.await.unwrap().status, 200);
+    eventually("the second write is skipped", || {
+        cache.stats().l2_writes_skipped == 1
+    })
+    .await;
+    assert_eq!(cache.stats().l2_writes, 0, "the first still waits");
+
+    assert_eq!(command(port, &["CLIENT", "UNPAUSE"]).trim(), "+OK");
+    eventually("the waiting write lands", || cache.stats().l2_writes == 1).await;
+    // The bound was given back: the next page is written.
+    get(a, "/three?kb=10").await;
+    eventually("the next page is written", || cache.stats().l2_writes == 2).await;
+    assert_eq!(cache.stats().l2_writes_skipped, 1);
+
+    // On the other instance: exactly one of the two paused pages came
+    // from Redis; the skipped one is rendered again.
+    let from_redis = ["/one?gate&kb=10", "/two?gate&kb=10"]
+        .into_iter()
+        .filter(|p| origin.renders(p) == 1)
+        .count();
+    assert_eq!(from_redis, 2, "each rendered once so far");
+    origin.gate.add_permits(1);
+    let mut rendered_again = 0;
+    for p in ["/one?gate&kb=10", "/two?gate&kb=10"] {
+        let seen = get(b, p).await;
+        assert_eq!(seen.status, 200);
+        if origin.renders(p) == 2 {
+            rendered_again += 1;
+        } else {
+            assert!(seen.one("cache-status").contains("redis"), "{p}");
+        }
+    }
+    assert_eq!(rendered_again, 1);
+}

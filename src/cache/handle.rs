@@ -86,6 +86,7 @@ pub(crate) struct Counters {
     pub(crate) l2_timeouts: AtomicU64,
     pub(crate) l2_writes: AtomicU64,
     pub(crate) l2_representation_writes: AtomicU64,
+    pub(crate) l2_writes_skipped: AtomicU64,
     pub(crate) remote_purges: AtomicU64,
     /// The store-level metrics (size, evictions, purges, Redis), named by
     /// the last `CacheLayer::cache_name` over this cache. Off the hit
@@ -244,6 +245,10 @@ pub struct CacheStats {
     /// their body (br, zstd, gzip; feature `compression`), over the value
     /// already counted in `l2_writes`.
     pub l2_representation_writes: u64,
+    /// Writes to Redis not sent because
+    /// [`RedisTier::max_in_flight_bytes`](crate::cache::RedisTier::max_in_flight_bytes)
+    /// of values were already on their way (the entry stays in memory).
+    pub l2_writes_skipped: u64,
     /// Purges heard from other instances through the Redis purge log and applied
     /// to this one's memory.
     pub remote_purges: u64,
@@ -424,6 +429,7 @@ impl ResponseCache {
             l2_timeouts: c.l2_timeouts.load(Relaxed),
             l2_writes: c.l2_writes.load(Relaxed),
             l2_representation_writes: c.l2_representation_writes.load(Relaxed),
+            l2_writes_skipped: c.l2_writes_skipped.load(Relaxed),
             remote_purges: c.remote_purges.load(Relaxed),
             bytes: s.store.bytes(),
             entries: s.store.entries(),

@@ -13,6 +13,8 @@ use super::keys::Layout;
 
 /// Values larger than this stay in memory only, by default.
 const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
+/// Default bound on the encoded values on their way to Redis: 16 MiB.
+const DEFAULT_MAX_IN_FLIGHT: usize = 16 * 1024 * 1024;
 
 /// The shared Redis tier's configuration, given to
 /// [`ResponseCacheBuilder::redis`](crate::cache::ResponseCacheBuilder::redis).
@@ -42,6 +44,7 @@ pub struct RedisTier {
     pub(super) connect_timeout: Duration,
     pub(super) retry_after: Duration,
     pub(super) max_value: usize,
+    pub(super) max_in_flight: usize,
     pub(super) lock_wait: Option<Duration>,
     pub(super) lock_ttl: Duration,
 }
@@ -56,6 +59,7 @@ impl std::fmt::Debug for RedisTier {
             .field("connect_timeout", &self.connect_timeout)
             .field("retry_after", &self.retry_after)
             .field("max_value_bytes", &self.max_value)
+            .field("max_in_flight_bytes", &self.max_in_flight)
             .field("render_lock", &self.lock_wait)
             .field("lock_ttl", &self.lock_ttl)
             .finish()
@@ -168,6 +172,7 @@ impl RedisTier {
             connect_timeout: Duration::from_millis(500),
             retry_after: Duration::from_secs(1),
             max_value: DEFAULT_MAX_VALUE,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             lock_wait: None,
             lock_ttl: Duration::from_secs(10),
         }
@@ -236,6 +241,21 @@ impl RedisTier {
     /// 1 MiB): one huge value would stall Redis for every instance.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value = bytes;
+        self
+    }
+
+    /// The most bytes of encoded values on their way to Redis at once
+    /// (written and not yet answered; default 16 MiB). Past it an entry is
+    /// not written: it stays in this instance's memory, other instances
+    /// render it themselves, and the skip is counted
+    /// ([`CacheStats::l2_writes_skipped`](crate::cache::CacheStats::l2_writes_skipped),
+    /// metric outcome `skipped`). Writes are fire and forget, so without a
+    /// bound a Redis that answers slowly but within
+    /// [`timeout`](Self::timeout) would hold the store rate times its
+    /// latency in values the memory tier's `max_bytes` does not count.
+    /// At least one value is always let through when none is in flight.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight = bytes;
         self
     }
 

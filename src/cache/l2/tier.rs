@@ -5,7 +5,7 @@
 //! `purge_log`), and two small helpers they all use.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
@@ -53,6 +53,9 @@ pub(crate) struct Tier {
     /// queue on the one connection past the timeout and switch the tier
     /// off, and every instance would render every key.
     pub(super) refreshing: tokio::sync::Semaphore,
+    /// Bytes of encoded values written and not yet answered (see
+    /// `RedisTier::max_in_flight_bytes`).
+    pub(super) in_flight: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Tier {
@@ -103,6 +106,7 @@ impl Tier {
             has_pending: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             refreshing: tokio::sync::Semaphore::new(MAX_REFRESHING),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! its tag indexes; and, once the compression job has made them, its
 //! representations (br, zstd, gzip) over the value of the same body.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -103,6 +104,9 @@ impl Tier {
             );
             return;
         }
+        let Some(share) = self.reserve(key, value.len()) else {
+            return;
+        };
         let field = format!("{:016x}", variant_id(entry));
         let rkey = self.layout.entry(key);
         let bucket = self.layout.bucket(key);
@@ -140,6 +144,7 @@ impl Tier {
                 None => {}
             }
             drop(lock);
+            drop(share);
         });
     }
 
@@ -165,10 +170,14 @@ impl Tier {
             );
             return;
         }
+        let Some(share) = self.reserve(key, value.len()) else {
+            return;
+        };
         let field = format!("{:016x}", variant_id(entry));
         let rkey = self.layout.entry(key);
         let tier = Arc::clone(self);
         rt.spawn(async move {
+            let _share = share;
             let script = REPLACE.get_or_init(|| Script::new(REPLACE_SAME_BODY));
             let mut inv = script.key(&rkey);
             inv.arg(&field).arg(value).arg(codec::SAME_BODY);
@@ -180,6 +189,50 @@ impl Tier {
                 Counters::bump(&tier.counters.l2_representation_writes);
             }
         });
+    }
+}
+
+/// A write's bytes in `Tier::in_flight`, given back when the write is
+/// answered, times out, or is dropped with its task.
+pub(super) struct InFlight {
+    count: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.count.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Tier {
+    /// Counts `bytes` as on their way to Redis, unless
+    /// `max_in_flight_bytes` already are (one value always goes when none
+    /// is in flight, so a cap below `max_value_bytes` never stops all
+    /// writes). A refused write is counted as skipped.
+    fn reserve(&self, key: &str, bytes: usize) -> Option<InFlight> {
+        let cap = self.cfg.max_in_flight;
+        let taken = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n == 0 || n.saturating_add(bytes) <= cap).then(|| n.saturating_add(bytes))
+            });
+        if taken.is_err() {
+            Counters::bump(&self.counters.l2_writes_skipped);
+            self.counters.metrics().l2(L2Outcome::Skipped);
+            tracing::debug!(key, bytes, "redis write skipped: too many bytes in flight");
+            return None;
+        }
+        Some(InFlight {
+            count: Arc::clone(&self.in_flight),
+            bytes,
+        })
+    }
+
+    /// Bytes of values on their way to Redis now.
+    #[cfg(test)]
+    pub(crate) fn in_flight_bytes(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -200,4 +253,50 @@ fn variant_id(entry: &Entry) -> u64 {
         buf.extend_from_slice(e.as_bytes());
     }
     xxhash_rust::xxh3::xxh3_64(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::RedisTier;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn bounded(max_in_flight: usize) -> (Tier, Arc<Counters>) {
+        // Nothing connects until a call is made.
+        let cfg = RedisTier::new("redis://127.0.0.1:1")
+            .unwrap()
+            .max_in_flight_bytes(max_in_flight);
+        let counters = Arc::new(Counters::default());
+        (Tier::new(cfg, Arc::clone(&counters)), counters)
+    }
+
+    #[test]
+    fn writes_past_the_bound_are_refused_until_shares_come_back() {
+        let (tier, counters) = bounded(100);
+        let a = tier.reserve("k", 60).unwrap();
+        let b = tier.reserve("k", 40).unwrap();
+        assert_eq!(tier.in_flight_bytes(), 100);
+        assert!(tier.reserve("k", 1).is_none());
+        drop(a);
+        let c = tier.reserve("k", 50).unwrap();
+        assert!(tier.reserve("k", 20).is_none());
+        drop((b, c));
+        assert_eq!(tier.in_flight_bytes(), 0);
+        assert_eq!(counters.l2_writes_skipped.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_value_over_the_bound_goes_alone() {
+        let (tier, counters) = bounded(100);
+        let big = tier.reserve("k", 500).expect("nothing else in flight");
+        assert!(tier.reserve("k", 1).is_none());
+        drop(big);
+        assert!(tier.reserve("k", 1).is_some());
+        assert_eq!(counters.l2_writes_skipped.load(Relaxed), 1);
+        // Even a bound of zero lets one through at a time.
+        let (zero, _) = bounded(0);
+        let one = zero.reserve("k", 10).unwrap();
+        assert!(zero.reserve("k", 10).is_none());
+        drop(one);
+    }
 }
