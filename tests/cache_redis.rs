@@ -53,7 +53,7 @@ fn namespace(test: &str) -> String {
 }
 
 /// The renderer behind both instances: counts renders per path-and-query.
-/// `kb` sets the body size, `tag` a Surrogate-Key, `sleep` a render time in
+/// `kb` sets the body size, `count` makes each render differ, `tag` a Surrogate-Key, `sleep` a render time in
 /// milliseconds, `ttl` the `s-maxage` (60 by default), `swr` a
 /// `stale-while-revalidate`; `gate` holds the
 /// render until the test lets it go.
@@ -85,12 +85,12 @@ async fn render(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let pq = uri.path_and_query().unwrap().as_str().to_owned();
-    *origin
-        .renders
-        .lock()
-        .unwrap()
-        .entry(pq.clone())
-        .or_insert(0) += 1;
+    let nth = {
+        let mut renders = origin.renders.lock().unwrap();
+        let n = renders.entry(pq.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
     if q.contains_key("gate") {
         origin.gate.acquire().await.unwrap().forget();
     }
@@ -116,6 +116,12 @@ async fn render(
             .cycle()
             .take(kb * 1024)
             .collect::<Vec<u8>>()
+    };
+    // `count`: each render differs from the one before (a changed page).
+    let body = if q.contains_key("count") {
+        [body, format!("<!-- render {nth} -->").into_bytes()].concat()
+    } else {
+        body
     };
     let ttl = q.get("ttl").map_or("60", String::as_str);
     let swr = q
@@ -1790,7 +1796,9 @@ async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Set
     let (a, ca) = instance(&origin, tier()).await;
     let (b, cb) = instance(&origin, tier()).await;
     assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
-    let path = "/refreshed?kb=12&noise&ttl=5&swr=60";
+    // A page that changed between the renders: B's codings are of the
+    // old body.
+    let path = "/refreshed?kb=12&noise&count&ttl=5&swr=60";
     get_coded(a, path, "br").await;
     eventually("A's write", || ca.stats().l2_writes == 1).await;
     assert!(get_coded(b, path, "br")
@@ -1813,11 +1821,51 @@ async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Set
     assert_eq!(cb.stats().l2_writes, 0, "B wrote nothing back");
 }
 
+/// As above, but the page did not change: B keeps the codings it made of
+/// that body instead of making them again at every refresh, so the first
+/// fresh answer after its refresh is already in br (with them made again,
+/// identity until the job is done).
+#[cfg(feature = "compression")]
+async fn a_refresh_that_finds_the_same_page_in_redis_keeps_its_codings(setup: Setup) {
+    let ns = namespace("refresh-same");
+    let origin = Origin::default();
+    let tier = || setup.tier(&ns).max_value_bytes(16 * 1024);
+    let (a, ca) = instance(&origin, tier()).await;
+    let (b, cb) = instance(&origin, tier()).await;
+    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
+    let path = "/same?kb=12&noise&ttl=5&swr=60";
+    get_coded(a, path, "br").await;
+    eventually("A's write", || ca.stats().l2_writes == 1).await;
+    get_coded(b, path, "br").await;
+    until_fresh_br(b, path, "B makes its codings").await;
+
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    get_coded(a, path, "br").await;
+    eventually("A's refresh reaches Redis", || ca.stats().l2_writes == 2).await;
+    until_stale(b, path).await;
+    // The first answer from B's refreshed copy.
+    let fresh = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let seen = get_coded(b, path, "br").await;
+            if seen.one("age").parse::<u64>().unwrap() < 5 {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("B's refresh never finished");
+    assert_eq!(fresh.one("content-encoding"), "br", "{:?}", fresh.headers);
+    assert_eq!(origin.renders(path), 2, "B's refresh rendered nothing");
+    assert_eq!(cb.stats().l2_writes, 0, "B wrote nothing back");
+}
+
 #[cfg(feature = "compression")]
 on_both!(
     representations_made_on_one_instance_are_served_by_the_other_uncompressed_again,
     representations_over_the_size_cap_leave_the_identity_value,
     a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings,
+    a_refresh_that_finds_the_same_page_in_redis_keeps_its_codings,
 );
 
 /// Codings of 64 KiB and more (kept in mappings of their own) made on one

@@ -436,29 +436,29 @@ impl Store {
     /// into keeps its body's bytes.
     #[cfg(feature = "compression")]
     pub(crate) fn sharing_body(&self, key: &str, body: (usize, usize)) -> Option<Arc<Entry>> {
-        self.with_body(key, body, false)
+        self.variant_where(key, |e| {
+            e.reprs.is_none() && e.body.as_ptr() as usize == body.0 && e.body.len() == body.1
+        })
     }
 
-    /// The variant of `key` whose body is `body` (address, length), with
-    /// codings made or without.
-    fn with_body(&self, key: &str, body: (usize, usize), coded: bool) -> Option<Arc<Entry>> {
-        let variants = self.map.get(key)?;
-        variants
-            .list
-            .iter()
-            .find(|e| {
-                e.reprs.is_some() == coded
-                    && e.body.as_ptr() as usize == body.0
-                    && e.body.len() == body.1
-            })
-            .cloned()
-    }
-
-    /// The variant of `key` whose body is `body` (the same bytes in
-    /// memory) with codings made: a compression job may have stored them
-    /// while a revalidation of the entry it started from was in flight.
+    /// The variant of `key` with codings made whose body has the same
+    /// bytes as `body`: the same allocation (a compression job stored them
+    /// while a revalidation of the entry it started from was in flight),
+    /// or a copy (a newer value of the same page read back from Redis by a
+    /// refresh). Codings are a function of the body's bytes alone, so they
+    /// carry over to either.
     pub(crate) fn coded_with_body(&self, key: &str, body: &bytes::Bytes) -> Option<Arc<Entry>> {
-        self.with_body(key, (body.as_ptr() as usize, body.len()), true)
+        self.variant_where(key, |e| {
+            e.reprs.is_some()
+                && e.body.len() == body.len()
+                && (e.body.as_ptr() == body.as_ptr() || e.body == *body)
+        })
+    }
+
+    /// The first variant of `key` for which `found` holds.
+    fn variant_where(&self, key: &str, found: impl Fn(&Entry) -> bool) -> Option<Arc<Entry>> {
+        let variants = self.map.get(key)?;
+        variants.list.iter().find(|e| found(e)).cloned()
     }
 
     /// Drops every variant of `key`; whether anything was stored.
@@ -683,6 +683,30 @@ mod tests {
             &store.get("n", crate::date::monotonic_now()).unwrap().list[0],
             &newer
         ));
+    }
+
+    #[test]
+    fn codings_are_found_for_the_same_bytes_in_a_copy_but_not_for_other_bytes() {
+        let store = Store::new(1 << 30, || {});
+        let coded = Arc::new(with_gzip(&entry(b"page")));
+        assert!(store.insert("k", Arc::clone(&coded)));
+        // The same allocation, and a copy of the same bytes (a value read
+        // back from Redis).
+        let same = store.coded_with_body("k", &coded.body).unwrap();
+        assert!(Arc::ptr_eq(&same, &coded));
+        let copy = Bytes::copy_from_slice(b"page");
+        assert_ne!(copy.as_ptr(), coded.body.as_ptr());
+        assert!(store.coded_with_body("k", &copy).is_some());
+        assert!(store
+            .coded_with_body("k", &Bytes::from_static(b"pagE"))
+            .is_none());
+        assert!(store
+            .coded_with_body("k", &Bytes::from_static(b"pag"))
+            .is_none());
+        assert!(store.coded_with_body("other", &copy).is_none());
+        // Without codings, nothing is found.
+        assert!(store.insert("u", entry(b"page")));
+        assert!(store.coded_with_body("u", &copy).is_none());
     }
 
     #[test]

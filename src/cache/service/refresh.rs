@@ -85,6 +85,12 @@ where
                 .await;
             match found {
                 BeforeRefresh::Found(entry) => {
+                    // The same page again, without the codings this
+                    // instance made of it (they did not fit Redis, or the
+                    // other instance makes none): they are kept rather
+                    // than made again at every refresh.
+                    #[cfg(feature = "compression")]
+                    let entry = with_codings_kept(&job.shared.store, &job.key, entry);
                     if entry.body.len() <= job.config.max_body
                         && job
                             .shared
@@ -308,4 +314,27 @@ impl Deadline {
         }
         false
     }
+}
+
+/// `entry` (a copy read from Redis) with the codings of the variant of
+/// `key` in memory whose body has the same bytes, when it has none of its
+/// own; their headers follow `entry`'s (as after a 304).
+#[cfg(all(feature = "redis", feature = "compression"))]
+fn with_codings_kept(
+    store: &crate::cache::store::Store,
+    key: &str,
+    entry: std::sync::Arc<crate::cache::entry::Entry>,
+) -> std::sync::Arc<crate::cache::entry::Entry> {
+    if entry.reprs.is_some() {
+        return entry;
+    }
+    let Some(reprs) = store
+        .coded_with_body(key, &entry.body)
+        .and_then(|coded| coded.reprs.clone())
+    else {
+        return entry;
+    };
+    std::sync::Arc::new(
+        entry.with_representations(std::sync::Arc::new(reprs.rebase(&entry.headers))),
+    )
 }
