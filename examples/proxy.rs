@@ -31,7 +31,7 @@
 //! `--ca-file`), `h2c://` (HTTP/2 prior knowledge) and `unix:/PATH`.
 //! Clients may speak HTTP/1.1 or HTTP/2 (h2c) on the same port; WebSocket
 //! upgrades are tunnelled (idle ones close after `--idle-timeout`, which
-//! also bounds idle keep-alive connections). It prints `listening on ADDR` once ready and stops cleanly on
+//! also bounds idle keep-alive connections and cuts off a response body that stalls as long). It prints `listening on ADDR` once ready and stops cleanly on
 //! Ctrl-C or SIGTERM. Try `cargo run --example renderer -- --listen
 //! 127.0.0.1:9001` for upstreams.
 
@@ -76,7 +76,8 @@ struct Args {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     redis: Option<String>,
     /// Idle tunnels, idle pooled upstream connections and idle client
-    /// keep-alive connections close after this.
+    /// keep-alive connections close after this; a response body that sends
+    /// nothing for as long is cut off.
     idle_timeout: Duration,
     /// `--no-compress`: the cache stores and serves what the upstream sent,
     /// and forwards the client's `Accept-Encoding`.

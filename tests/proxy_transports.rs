@@ -6,6 +6,7 @@
 #![cfg(all(feature = "proxy", feature = "tls", feature = "cache"))]
 
 use std::convert::Infallible;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -689,4 +690,138 @@ async fn a_request_head_must_arrive_within_the_idle_timeout_on_each_request() {
         .unwrap();
     let answer = until_closed(&mut slow).await;
     assert!(!answer.contains("200"), "{answer}");
+}
+
+/// An upstream that promises `Content-Length: 1000`, sends `sent` bytes of
+/// it and closes.
+async fn short_upstream(sent: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec();
+                answer.resize(answer.len() + sent, b'x');
+                let _ = s.write_all(&answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+// The race is between hyper's stream task (which resets the stream when the
+// body fails, and h2 then drops the frames it still queues) and the
+// connection task (which writes them): two workers, as in examples/proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_gets_the_status_of_a_body_that_breaks_off() {
+    for sent in [0, 100] {
+        let up = short_upstream(sent).await;
+        let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+            .try_build()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bare = listener.local_addr().unwrap();
+        tokio::spawn(proxy::serve(listener, proxy.clone()).into_future());
+        let cached = serve_proxy(proxy).await;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Empty<Bytes>>();
+        for addr in [bare, cached] {
+            for i in 0..30 {
+                let req = Request::get(format!("http://{addr}/cut/{i}"))
+                    .body(Empty::new())
+                    .unwrap();
+                // Before the fix, now and then: a reset stream and no
+                // HEADERS at all.
+                let res = within(client.request(req))
+                    .await
+                    .unwrap_or_else(|e| panic!("{sent} bytes sent, request {i}: no status: {e:?}"));
+                assert_eq!(res.status(), StatusCode::OK);
+                assert!(
+                    within(res.into_body().collect()).await.is_err(),
+                    "a cut-off body must not end cleanly"
+                );
+            }
+        }
+    }
+}
+
+/// An upstream that sends its head (`Content-Length: 1000`, `extra`
+/// fields) and 100 bytes, then keeps the connection open and silent.
+async fn stalling_upstream(extra: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let mut answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n{extra}\r\n").into_bytes();
+                answer.resize(answer.len() + 100, b'x');
+                let _ = s.write_all(&answer).await;
+                // Silent until the proxy gives up.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_response_body_that_stalls_is_cut_off_after_the_idle_timeout() {
+    for extra in ["", "cache-control: max-age=60\r\n"] {
+        let up = stalling_upstream(extra).await;
+        let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+            .idle_timeout(Duration::from_millis(200))
+            .try_build()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bare = listener.local_addr().unwrap();
+        tokio::spawn(proxy::serve(listener, proxy.clone()).into_future());
+        let cached = serve_proxy(proxy).await;
+        for addr in [bare, cached] {
+            // Before the fix: no end at all (`within` panics).
+            let answer = raw_status_and_body(addr).await;
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+            if head.starts_with("HTTP/1.1 200") {
+                assert!(body.len() < 1000, "{extra:?}: a cut-off body, {answer}");
+            } else {
+                // The cache held the start back: nothing was sent yet.
+                assert!(head.starts_with("HTTP/1.1 502"), "{extra:?}: {answer}");
+            }
+        }
+    }
+}
+
+/// A GET with `Connection: close`, the answer read to its end.
+async fn raw_status_and_body(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nhost: front.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = within(s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

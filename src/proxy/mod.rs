@@ -45,6 +45,10 @@
 //! [`DEFAULT_RESPONSE_TIMEOUT`] (15 s) from the end of the request body.
 //! Both count as failures of the endpoint for passive health, so an upstream
 //! that accepts connections and never answers is ejected.
+//! A response body that sends nothing for
+//! [`idle_timeout`](ProxyBuilder::idle_timeout) (60 s by default) is cut
+//! off: the client has the status and what came, then the connection (or
+//! HTTP/2 stream) is reset.
 //! Failures become responses: `502 Bad Gateway` when no upstream could be
 //! reached after retries, `504 Gateway Timeout` when the last attempt timed
 //! out, `503` when no upstream is eligible.
@@ -152,6 +156,7 @@ mod pool;
 mod serve;
 mod service;
 mod shutdown;
+mod stall;
 mod timer;
 #[cfg(feature = "tls")]
 mod tls;
@@ -167,6 +172,7 @@ pub use service::{
     ProxyBuilder, ProxyResponseBody, ReverseProxy, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT,
 };
+pub use stall::UpstreamBody;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::TlsRoots;

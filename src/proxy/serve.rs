@@ -8,11 +8,12 @@ use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::Body;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -195,8 +196,12 @@ where
                 let svc = service.clone();
                 let handler = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
+                    let h2 = req.version() == http::Version::HTTP_2;
                     let mut svc = svc.clone();
-                    async move { svc.call(req).await }
+                    async move {
+                        let res = svc.call(req).await?;
+                        Ok::<_, Infallible>(res.map(|body| ServedBody::new(body, h2)))
+                    }
                 });
                 // One timer per connection: hyper's header-read timeout
                 // then moves one sleep instead of registering a new one
@@ -220,6 +225,88 @@ where
         () = tokio::time::sleep(grace) => {}
     }
     Ok(())
+}
+
+/// How long an HTTP/2 response body's failure is held back before hyper
+/// hears of it: see [`ServedBody`].
+const H2_FAILURE_HOLD: Duration = Duration::from_millis(20);
+
+pin_project_lite::pin_project! {
+    /// A response body as [`serve`] hands it to hyper. On HTTP/2 a body's
+    /// failure reaches hyper [`H2_FAILURE_HOLD`] late.
+    ///
+    /// hyper's HTTP/2 server answers a failing body with `RST_STREAM`
+    /// (RFC 9113 §8.1), and h2 then drops every frame of the stream it
+    /// still queues, the `HEADERS` included: those are written by the
+    /// connection's task, the body is polled by the stream's, and an
+    /// upstream that closed short of its `Content-Length` could reset the
+    /// stream before the connection task had run. The client then got a
+    /// reset and no status at all (curl: exit 92, status 000), about one
+    /// request in five. Held back for a moment, the failure finds the head
+    /// and the data before it written; the client sees the status and a
+    /// cut-off body, then the reset. (HTTP/1.1 needs no more than the one
+    /// poll of `late_error`: its connection writes in the same task.)
+    struct ServedBody<B> {
+        #[pin]
+        inner: B,
+        h2: bool,
+        held: Option<(BoxError, Pin<Box<tokio::time::Sleep>>)>,
+    }
+}
+
+impl<B> ServedBody<B> {
+    fn new(inner: B, h2: bool) -> Self {
+        ServedBody {
+            inner,
+            h2,
+            held: None,
+        }
+    }
+}
+
+impl<B> Body for ServedBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.project();
+        if let Some((_, sleep)) = this.held {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            let (error, _) = this.held.take().expect("held above");
+            return Poll::Ready(Some(Err(error)));
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Err(error))) if *this.h2 => {
+                let error = error.into();
+                let mut sleep = Box::pin(tokio::time::sleep(H2_FAILURE_HOLD));
+                // Registers the wake-up; a zero hold would be ready now.
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                *this.held = Some((error, sleep));
+                Poll::Pending
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 static WARNED_NO_CLIENT_ADDR: AtomicBool = AtomicBool::new(false);

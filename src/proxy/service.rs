@@ -13,11 +13,11 @@ use http::header::HeaderValue;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::forward::prepare_request;
 use super::future::ResponseFuture;
+use super::stall::{Guarded, UpstreamBody};
 #[cfg(feature = "tls")]
 use super::TlsRoots;
 use super::{
@@ -32,12 +32,35 @@ use crate::limits::HeaderLimits;
 #[derive(Debug, Clone)]
 pub(super) struct ToUpstream {
     client: Forward,
+    // How long a response body may stall (see `UpstreamBody`).
+    idle_timeout: Duration,
+}
+
+/// [`Forward`] with each response body in an [`UpstreamBody`].
+#[derive(Debug, Clone)]
+pub(super) struct Guard {
+    client: Forward,
+    idle_timeout: Duration,
+}
+
+impl Service<Request<ProxyBody>> for Guard {
+    type Response = Response<UpstreamBody>;
+    type Error = ProxyError;
+    type Future = Guarded;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.client.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Guarded {
+        Guarded::new(self.client.call(req), self.idle_timeout)
+    }
 }
 
 impl Connect<Uri, ProxyBody> for ToUpstream {
-    type Service = Forward;
+    type Service = Guard;
 
-    fn connect(&self, base: &Uri, mut req: Request<ProxyBody>) -> (Forward, Request<ProxyBody>) {
+    fn connect(&self, base: &Uri, mut req: Request<ProxyBody>) -> (Guard, Request<ProxyBody>) {
         *req.uri_mut() = crate::balance::rewrite_uri(base, req.uri());
         if base.scheme_str() == Some("unix") && !req.headers().contains_key(http::header::HOST) {
             // A socket path is no host: hyper-util would send the URI's
@@ -45,7 +68,11 @@ impl Connect<Uri, ProxyBody> for ToUpstream {
             req.headers_mut()
                 .insert(http::header::HOST, HeaderValue::from_static("localhost"));
         }
-        (self.client.clone(), req)
+        let guard = Guard {
+            client: self.client.clone(),
+            idle_timeout: self.idle_timeout,
+        };
+        (guard, req)
     }
 
     fn is_endpoint_failure(&self, error: &ProxyError) -> bool {
@@ -203,7 +230,9 @@ impl ProxyBuilder {
     /// How long a tunnel (an upgraded connection, e.g. a WebSocket) may
     /// carry nothing either way before both sides are closed, and how long
     /// an idle pooled upstream connection is kept (an HTTP/1.1 one closes
-    /// within a quarter of this after it; zero keeps none idle). Default:
+    /// within a quarter of this after it; zero keeps none idle), and how
+    /// long a response body may send nothing before it is cut off (the
+    /// client gets the status and a cut-off body; zero: no limit). Default:
     /// [`DEFAULT_IDLE_TIMEOUT`] (60 s). WebSocket apps that ping less often
     /// need more.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
@@ -333,6 +362,7 @@ impl ProxyBuilder {
             self.endpoints,
             ToUpstream {
                 client: client.clone(),
+                idle_timeout: self.idle_timeout,
             },
             config,
         );
@@ -421,7 +451,7 @@ impl ReverseProxy {
 }
 
 /// The body of the proxy's responses.
-pub type ProxyResponseBody = ResponseBody<Incoming>;
+pub type ProxyResponseBody = ResponseBody<UpstreamBody>;
 
 impl<B> Service<Request<B>> for ReverseProxy
 where
