@@ -5,6 +5,8 @@
 //! tunnel's life, idle close), an unrequested `101`, and an HTTP/2 client.
 #![cfg(all(feature = "proxy", feature = "tls", feature = "cache"))]
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -504,31 +506,10 @@ async fn an_idle_tunnel_is_closed() {
     }
 }
 
-/// An upstream that answers every request with a raw response head.
+/// An upstream that answers every request with a raw response head and
+/// keeps the connection open, as a switched one would be.
 async fn raw_upstream(head: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut tmp).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                    }
-                }
-                let _ = s.write_all(head.as_bytes()).await;
-                // Keep the connection open, as a switched one would be.
-                let _ = s.read(&mut tmp).await;
-            });
-        }
-    });
-    addr
+    common::raw::holding_upstream(head, b"").await
 }
 
 /// Sends a raw request to the proxy and returns the status line.
@@ -695,30 +676,8 @@ async fn a_request_head_must_arrive_within_the_idle_timeout_on_each_request() {
 /// An upstream that promises `Content-Length: 1000`, sends `sent` bytes of
 /// it and closes.
 async fn short_upstream(sent: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let mut answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n".to_vec();
-                answer.resize(answer.len() + sent, b'x');
-                let _ = s.write_all(&answer).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
+    let body: &'static [u8] = Box::leak(vec![b'x'; sent].into_boxed_slice());
+    common::raw::canned_upstream("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", body).await
 }
 
 // The race is between hyper's stream task (which resets the stream when the
@@ -761,32 +720,8 @@ async fn an_http2_client_gets_the_status_of_a_body_that_breaks_off() {
 /// An upstream that sends its head (`Content-Length: 1000`, `extra`
 /// fields) and 100 bytes, then keeps the connection open and silent.
 async fn stalling_upstream(extra: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let mut answer =
-                    format!("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n{extra}\r\n").into_bytes();
-                answer.resize(answer.len() + 100, b'x');
-                let _ = s.write_all(&answer).await;
-                // Silent until the proxy gives up.
-                let _ = s.read(&mut buf).await;
-            });
-        }
-    });
-    addr
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n{extra}\r\n");
+    common::raw::holding_upstream(Box::leak(head.into_boxed_str()), &[b'x'; 100]).await
 }
 
 #[tokio::test]

@@ -109,6 +109,18 @@ where
 /// the connection.
 #[allow(dead_code)] // not every test binary uses every helper
 pub async fn canned_upstream(head: &'static str, body: &'static [u8]) -> SocketAddr {
+    answering_upstream(head, body, false).await
+}
+
+/// [`canned_upstream`], but the connection then stays open and silent
+/// until the peer closes it: a body that stalls, or a switched protocol
+/// that never speaks.
+#[allow(dead_code)]
+pub async fn holding_upstream(head: &'static str, body: &'static [u8]) -> SocketAddr {
+    answering_upstream(head, body, true).await
+}
+
+async fn answering_upstream(head: &'static str, body: &'static [u8], hold: bool) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -127,7 +139,11 @@ pub async fn canned_upstream(head: &'static str, body: &'static [u8]) -> SocketA
                 }
                 let _ = s.write_all(head.as_bytes()).await;
                 let _ = s.write_all(body).await;
-                let _ = s.shutdown().await;
+                if hold {
+                    let _ = s.read(&mut buf).await;
+                } else {
+                    let _ = s.shutdown().await;
+                }
             });
         }
     });
