@@ -47,10 +47,14 @@ async fn info(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let host = req.headers().get("host").cloned();
+    let authority = req.uri().authority().map_or("", |a| a.as_str()).to_owned();
     Ok(Response::builder()
         .header("x-upstream", name)
         .header("x-version", format!("{:?}", req.version()))
         .header("x-seen-xff", xff)
+        .header("x-seen-host", host.unwrap_or_else(|| "-".parse().unwrap()))
+        .header("x-seen-authority", authority)
         .body(Full::new(Bytes::from_static(b"page")))
         .unwrap())
 }
@@ -289,6 +293,65 @@ async fn h2c_upstream_is_spoken_to_over_http2_with_prior_knowledge() {
         .try_build()
         .unwrap();
     assert_eq!(call(&proxy, "/").await.1["x-version"], "HTTP/1.1");
+}
+
+/// Issue 10, second review: over HTTP/2 (h2c, or TLS with ALPN `h2`) the
+/// proxy sent `:authority` naming the upstream and the client's `Host`
+/// beside it; RFC 9113 §8.3.1 forbids a `Host` that differs from
+/// `:authority`, and a server that treats that as malformed (Python's h2)
+/// refused every request. The client's authority must travel as `:authority` alone.
+#[tokio::test]
+async fn over_http2_the_clients_host_travels_as_authority_alone() {
+    let pki = pki();
+    let (tls_port, _) = tls_upstream(&pki).await;
+    let h2c = plain_upstream("h2c").await;
+    let h1 = plain_upstream("h1").await;
+    for (upstream, version) in [
+        (format!("h2c://{h2c}"), "HTTP/2.0"),
+        (format!("https://localhost:{tls_port}"), "HTTP/2.0"),
+        (format!("http://{h1}"), "HTTP/1.1"),
+    ] {
+        let roots = TlsRoots::empty()
+            .try_add_pem(pki.ca_pem.as_bytes())
+            .unwrap();
+        let proxy = ReverseProxy::builder(one_upstream(&upstream))
+            .tls_roots(roots)
+            .try_build()
+            .unwrap();
+        let addr = serve_proxy(proxy).await;
+        // Twice: a fresh connection, then the shared (or pooled) one.
+        for _ in 0..2 {
+            let answer = within(raw_text(
+                addr,
+                "GET /p?q=1 HTTP/1.1\r\nhost: front.test:8080\r\nconnection: close\r\n\r\n",
+            ))
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{upstream}: {answer}");
+            let seen = |name: &str| {
+                answer
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")[..]))
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            assert_eq!(seen("x-version"), version, "{upstream}");
+            if version == "HTTP/2.0" {
+                assert_eq!(seen("x-seen-authority"), "front.test:8080", "{upstream}");
+                assert_eq!(seen("x-seen-host"), "-", "{upstream}");
+            } else {
+                assert_eq!(seen("x-seen-host"), "front.test:8080", "{upstream}");
+            }
+        }
+    }
+}
+
+/// Sends a raw request (ending the connection) and reads all of the answer.
+async fn raw_text(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(unix)]

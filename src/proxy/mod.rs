@@ -1,6 +1,6 @@
 //! Reverse-proxy forwarding over pooled upstream connections (feature
 //! `proxy`): hyper's client connections in a pool of the crate's own
-//! (hyper-util's client for `h2c://`, or one of your own).
+//! (or a hyper-util client of your own).
 //!
 //! [`ReverseProxy`] is a whole reverse proxy as one service: it prepares the
 //! request as an intermediary must (hop-by-hop headers removed, RFC 9110
@@ -113,8 +113,10 @@
 //! connection. A request sent on a pooled connection that closes before
 //! the request is written is sent once more on a new one. An `https://`
 //! upstream whose TLS ALPN picks `h2` gets one HTTP/2 connection that all
-//! requests share, closed once unused for the idle timeout. `h2c://`
-//! upstreams use hyper-util's pooled client.
+//! requests share, closed once unused for the idle timeout; so does an
+//! `h2c://` upstream. Over HTTP/2 the client's authority (its `Host`, kept
+//! by [`preserve_host`](ProxyBuilder::preserve_host)) is sent as
+//! `:authority`, with no `Host` beside it (RFC 9113 §8.3.1).
 //!
 //! [`ProxyBuilder::try_build`] fails with a [`ConfigError`] for an upstream
 //! it cannot speak; no request is ever sent to find out.
