@@ -888,3 +888,108 @@ async fn raw_status_and_body(addr: SocketAddr) -> String {
     let _ = within(s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An h2c upstream that shuts down gracefully after one request per
+/// connection, as a renderer being restarted does: it answers the first
+/// stream, then sends `GOAWAY` with that stream as the last it processed
+/// (RFC 9113 §6.8) and closes. The first connection waits until `streams`
+/// requests have arrived on it (and says so once its first one has), so
+/// that the others are refused; later ones answer at once. Raw frames: the
+/// answer is `:status: 200` (HPACK static index 8) and `ok`.
+async fn goaway_upstream(streams: usize) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    async fn frame(s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.ok()?;
+        Some((head[3], head[4], id, payload))
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        let mut want = streams;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let signal = first.take();
+            let wait_for = std::mem::replace(&mut want, 1);
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if s.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Empty SETTINGS.
+                let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                let mut signal = signal;
+                let mut seen = Vec::new();
+                while seen.len() < wait_for {
+                    let Some((kind, flags, id, _)) = frame(&mut s).await else {
+                        return;
+                    };
+                    match kind {
+                        // SETTINGS without ACK: acknowledge.
+                        4 if flags & 1 == 0 => {
+                            let _ = s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        1 => {
+                            seen.push(id);
+                            if let Some(tx) = signal.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let id = seen[0].to_be_bytes();
+                let mut out = Vec::new();
+                // HEADERS, END_HEADERS: `:status: 200`.
+                out.extend_from_slice(&[0, 0, 1, 1, 4, id[0], id[1], id[2], id[3], 0x88]);
+                // DATA, END_STREAM: `ok`.
+                out.extend_from_slice(&[0, 0, 2, 0, 1, id[0], id[1], id[2], id[3], b'o', b'k']);
+                // GOAWAY, last stream processed = the first, NO_ERROR.
+                out.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0]);
+                out.extend_from_slice(&id);
+                out.extend_from_slice(&[0, 0, 0, 0]);
+                let _ = s.write_all(&out).await;
+                let _ = s.shutdown().await;
+                // Drain until the proxy closes its side.
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, first_rx)
+}
+
+/// Issue 10, second review: requests sharing an HTTP/2 connection with
+/// one the upstream answered before a graceful `GOAWAY` were refused
+/// (their streams are above its last stream ID: never processed, RFC 9113
+/// §6.8) and the proxy answered them 502, blaming a healthy upstream. An
+/// idempotent request whose body is in memory is sent once more on a new
+/// connection.
+#[tokio::test]
+async fn requests_refused_by_an_http2_goaway_are_sent_again_on_a_new_connection() {
+    let (up, first) = goaway_upstream(4).await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("h2c://{up}")))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    let get = |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: front.test\r\nconnection: close\r\n\r\n");
+        tokio::spawn(async move { raw_text(addr, &req).await })
+    };
+    // The first request opens the connection; the others join it.
+    let a = get("/a");
+    within(first).await.unwrap();
+    let rest = [get("/b"), get("/c"), get("/d")];
+    for answer in std::iter::once(a).chain(rest) {
+        let answer = within(answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n2\r\nok\r\n0\r\n\r\n"), "{answer}");
+    }
+}

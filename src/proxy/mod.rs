@@ -111,7 +111,10 @@
 //! [`idle_timeout`](ProxyBuilder::idle_timeout) is closed (within a
 //! quarter of it). A response body dropped before its end closes its
 //! connection. A request sent on a pooled connection that closes before
-//! the request is written is sent once more on a new one. An `https://`
+//! the request is written is sent once more on a new one; so is an
+//! idempotent request with its body in memory whose HTTP/2 stream the
+//! upstream refused unprocessed (`REFUSED_STREAM`, or above a `GOAWAY`'s
+//! last stream, RFC 9113 §8.7), as an upstream shutting down does. An `https://`
 //! upstream whose TLS ALPN picks `h2` gets one HTTP/2 connection that all
 //! requests share, closed once unused for the idle timeout; so does an
 //! `h2c://` upstream. Over HTTP/2 the client's authority (its `Host`, kept

@@ -46,6 +46,7 @@ use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
+use super::body::Kind as BodyKind;
 use super::client::{Connector, SendError};
 use super::ProxyBody;
 
@@ -212,7 +213,16 @@ impl Inner {
         let mut origin = false;
         let sent = if let Some(mut tx) = host.h2_sender() {
             to_h2_form(&mut req);
-            tx.try_send_request(req).await
+            let spare = spare(&req);
+            let sent = tx.try_send_request(req).await;
+            match (sent, spare) {
+                // The shared connection's upstream refused the stream
+                // unprocessed (it was shutting down): on a new connection.
+                (Err(e), Some(again)) if e.message().is_none() && refused(e.error()) => {
+                    return self.send_fresh(&host, again, false).await;
+                }
+                (sent, _) => sent,
+            }
         } else if let Some((conn, tx)) = host.checkout() {
             to_origin_form(&mut req);
             origin = true;
@@ -626,6 +636,45 @@ fn to_origin_form(req: &mut Request<ProxyBody>) {
     } else {
         origin_form(req.uri_mut());
     }
+}
+
+/// A copy of an idempotent request whose body is in memory (RFC 9110
+/// §9.2.2: it may be sent again), for a stream the upstream refuses.
+/// HTTP/2 only: a copy of the head per request, where HTTP/1.1 needs none.
+fn spare(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    if !crate::balance::is_idempotent(req.method()) {
+        return None;
+    }
+    let BodyKind::Full(bytes) = &req.body().kind else {
+        return None;
+    };
+    let mut copy = Request::new(ProxyBody {
+        kind: BodyKind::Full(bytes.clone()),
+        watch: req.body().watch.clone(),
+    });
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+/// Whether the upstream closed a stream without processing it: a
+/// `REFUSED_STREAM` reset, or a `GOAWAY` whose last stream ID is below it
+/// (RFC 9113 §8.7, §6.8: "can be safely retried"). An upstream restarting
+/// gracefully sends that `GOAWAY` to the requests sharing its connection;
+/// they were answered 502 and counted against it.
+fn refused(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// An HTTP/2 request's `:authority` from its `Host` (RFC 9113 §8.3.1:
