@@ -993,3 +993,69 @@ async fn requests_refused_by_an_http2_goaway_are_sent_again_on_a_new_connection(
         assert!(answer.ends_with("\r\n2\r\nok\r\n0\r\n\r\n"), "{answer}");
     }
 }
+
+/// An HTTP/1.1 upstream that answers with the request's body and how it
+/// was framed.
+async fn body_echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let framing = if req.headers().contains_key("transfer-encoding") {
+                        "chunked"
+                    } else if req.headers().contains_key("content-length") {
+                        "length"
+                    } else {
+                        "none"
+                    };
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(
+                        Response::builder()
+                            .header("x-framing", framing)
+                            .body(Full::new(body))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 10, second review: a GET (or HEAD) whose body came chunked
+/// reached the upstream without it. `Transfer-Encoding` is hop-by-hop and
+/// removed, and hyper's client then sends a GET, HEAD or CONNECT body of
+/// unknown length as no body at all; a body with `Content-Length` went
+/// through. A body has no defined meaning on GET (RFC 9110 §9.3.1) but the
+/// proxy must not change the message: it is forwarded chunked.
+#[tokio::test]
+async fn a_chunked_get_body_reaches_the_upstream() {
+    let up = body_echo_upstream().await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { proxy::serve(listener, proxy).await.unwrap() });
+    for method in ["GET", "POST", "DELETE"] {
+        let answer = within(raw_text(
+            addr,
+            &format!(
+                "{method} /q HTTP/1.1\r\nhost: front.test\r\ntransfer-encoding: chunked\r\n\
+                 connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            ),
+        ))
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+        assert!(answer.contains("x-framing: chunked"), "{method}: {answer}");
+        assert!(answer.ends_with("hello world"), "{method}: {answer}");
+    }
+}
