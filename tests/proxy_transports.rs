@@ -1059,3 +1059,61 @@ async fn a_chunked_get_body_reaches_the_upstream() {
         assert!(answer.ends_with("hello world"), "{method}: {answer}");
     }
 }
+
+/// Issue 10, second review: `CONNECT` was forwarded with its target
+/// rewritten to the upstream's own authority, and an upstream that answers
+/// every method (an SSR fallback route) made the proxy send the client a
+/// `200`, a tunnel with nothing behind it. It is refused and never
+/// forwarded.
+#[tokio::test]
+async fn connect_is_refused_and_never_forwarded() {
+    let (up, heads) = {
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&heads);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        seen.lock()
+                            .unwrap()
+                            .push(format!("{} {}", req.method(), req.uri()));
+                        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("page")))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        (addr, heads)
+    };
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    let line = raw_status(
+        addr,
+        "CONNECT b.example:443 HTTP/1.1\r\nhost: b.example:443\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 501"), "{line}");
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "{:?}",
+        heads.lock().unwrap()
+    );
+    // Other methods still go through.
+    let answer = within(raw_text(
+        addr,
+        "OPTIONS /x HTTP/1.1\r\nhost: front.test\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -79,6 +79,7 @@
 //! | the last attempt outlasted the response timeout | `504 Gateway Timeout` |
 //! | no eligible upstream | `503 Service Unavailable` |
 //! | several `Host` lines, none on HTTP/1.1, an invalid one (see [`authority`](crate::authority)) | `400 Bad Request`, nothing forwarded |
+//! | `CONNECT` (a tunnel to a target of the client's choosing) | `501 Not Implemented`, nothing forwarded |
 //! | a header line or the header section over [`header_limits`](ProxyBuilder::header_limits) | `431 Request Header Fields Too Large`, nothing forwarded |
 //! | the client's body failed (being buffered or streamed) | `400 Bad Request`, no failure counted against the upstream |
 //! | the client's body stalled longer than the response timeout | `408 Request Timeout`, no failure counted against the upstream |

@@ -474,6 +474,16 @@ where
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ));
         }
+        if parts.method == Method::CONNECT {
+            // A reverse proxy is no tunnel to a target of the client's
+            // choosing (RFC 9110 §9.3.6). Forwarded, the target was
+            // rewritten to the upstream's own authority, and an upstream
+            // answering 2xx (an SSR fallback route answers every method)
+            // told the client its tunnel was up, with nothing behind it.
+            // Nothing is forwarded; 501, as for a method not implemented
+            // (RFC 9110 §15.6.2).
+            return ResponseFuture::ready(status_response(StatusCode::NOT_IMPLEMENTED));
+        }
         // Taken before hop-by-hop removal, which drops `Upgrade`.
         let upgrade = upgrade::take(&mut parts);
         if let Err(e) = prepare_request(&mut parts, &settings.fwd) {
