@@ -23,7 +23,8 @@
 //! (hyper hands it back) is sent once more on a new connection, as
 //! hyper-util's `retry_canceled_requests` does.
 //!
-//! When TLS ALPN picks `h2` (RFC 9113 §3.2), the upstream gets one HTTP/2
+//! When TLS ALPN picks `h2` (RFC 9113 §3.2), or always for `h2c://`
+//! (prior knowledge, §3.3), the upstream gets one HTTP/2
 //! connection whose sender every request clones (RFC 9113 §9.1: one
 //! connection per origin); the sweeper drops it once no request was sent
 //! on it for the idle timeout, and hyper closes it after its last stream.
