@@ -49,10 +49,14 @@ async fn info(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let host = req.headers().get("host").cloned();
+    let authority = req.uri().authority().map_or("", |a| a.as_str()).to_owned();
     Ok(Response::builder()
         .header("x-upstream", name)
         .header("x-version", format!("{:?}", req.version()))
         .header("x-seen-xff", xff)
+        .header("x-seen-host", host.unwrap_or_else(|| "-".parse().unwrap()))
+        .header("x-seen-authority", authority)
         .body(Full::new(Bytes::from_static(b"page")))
         .unwrap())
 }
@@ -291,6 +295,65 @@ async fn h2c_upstream_is_spoken_to_over_http2_with_prior_knowledge() {
         .try_build()
         .unwrap();
     assert_eq!(call(&proxy, "/").await.1["x-version"], "HTTP/1.1");
+}
+
+/// Issue 10, second review: over HTTP/2 (h2c, or TLS with ALPN `h2`) the
+/// proxy sent `:authority` naming the upstream and the client's `Host`
+/// beside it; RFC 9113 §8.3.1 forbids a `Host` that differs from
+/// `:authority`, and a server that treats that as malformed (Python's h2)
+/// refused every request. The client's authority must travel as `:authority` alone.
+#[tokio::test]
+async fn over_http2_the_clients_host_travels_as_authority_alone() {
+    let pki = pki();
+    let (tls_port, _) = tls_upstream(&pki).await;
+    let h2c = plain_upstream("h2c").await;
+    let h1 = plain_upstream("h1").await;
+    for (upstream, version) in [
+        (format!("h2c://{h2c}"), "HTTP/2.0"),
+        (format!("https://localhost:{tls_port}"), "HTTP/2.0"),
+        (format!("http://{h1}"), "HTTP/1.1"),
+    ] {
+        let roots = TlsRoots::empty()
+            .try_add_pem(pki.ca_pem.as_bytes())
+            .unwrap();
+        let proxy = ReverseProxy::builder(one_upstream(&upstream))
+            .tls_roots(roots)
+            .try_build()
+            .unwrap();
+        let addr = serve_proxy(proxy).await;
+        // Twice: a fresh connection, then the shared (or pooled) one.
+        for _ in 0..2 {
+            let answer = within(raw_text(
+                addr,
+                "GET /p?q=1 HTTP/1.1\r\nhost: front.test:8080\r\nconnection: close\r\n\r\n",
+            ))
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{upstream}: {answer}");
+            let seen = |name: &str| {
+                answer
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")[..]))
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            assert_eq!(seen("x-version"), version, "{upstream}");
+            if version == "HTTP/2.0" {
+                assert_eq!(seen("x-seen-authority"), "front.test:8080", "{upstream}");
+                assert_eq!(seen("x-seen-host"), "-", "{upstream}");
+            } else {
+                assert_eq!(seen("x-seen-host"), "front.test:8080", "{upstream}");
+            }
+        }
+    }
+}
+
+/// Sends a raw request (ending the connection) and reads all of the answer.
+async fn raw_text(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(unix)]
@@ -759,4 +822,233 @@ async fn raw_status_and_body(addr: SocketAddr) -> String {
     let mut out = Vec::new();
     let _ = within(s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An h2c upstream that shuts down gracefully after one request per
+/// connection, as a renderer being restarted does: it answers the first
+/// stream, then sends `GOAWAY` with that stream as the last it processed
+/// (RFC 9113 §6.8) and closes. The first connection waits until `streams`
+/// requests have arrived on it (and says so once its first one has), so
+/// that the others are refused; later ones answer at once. Raw frames: the
+/// answer is `:status: 200` (HPACK static index 8) and `ok`.
+async fn goaway_upstream(streams: usize) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    async fn frame(s: &mut TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await.ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.ok()?;
+        Some((head[3], head[4], id, payload))
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut first = Some(first_tx);
+        let mut want = streams;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let signal = first.take();
+            let wait_for = std::mem::replace(&mut want, 1);
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if s.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Empty SETTINGS.
+                let _ = s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                let mut signal = signal;
+                let mut seen = Vec::new();
+                while seen.len() < wait_for {
+                    let Some((kind, flags, id, _)) = frame(&mut s).await else {
+                        return;
+                    };
+                    match kind {
+                        // SETTINGS without ACK: acknowledge.
+                        4 if flags & 1 == 0 => {
+                            let _ = s.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        1 => {
+                            seen.push(id);
+                            if let Some(tx) = signal.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let id = seen[0].to_be_bytes();
+                let mut out = Vec::new();
+                // HEADERS, END_HEADERS: `:status: 200`.
+                out.extend_from_slice(&[0, 0, 1, 1, 4, id[0], id[1], id[2], id[3], 0x88]);
+                // DATA, END_STREAM: `ok`.
+                out.extend_from_slice(&[0, 0, 2, 0, 1, id[0], id[1], id[2], id[3], b'o', b'k']);
+                // GOAWAY, last stream processed = the first, NO_ERROR.
+                out.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0]);
+                out.extend_from_slice(&id);
+                out.extend_from_slice(&[0, 0, 0, 0]);
+                let _ = s.write_all(&out).await;
+                let _ = s.shutdown().await;
+                // Drain until the proxy closes its side.
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, first_rx)
+}
+
+/// Issue 10, second review: requests sharing an HTTP/2 connection with
+/// one the upstream answered before a graceful `GOAWAY` were refused
+/// (their streams are above its last stream ID: never processed, RFC 9113
+/// §6.8) and the proxy answered them 502, blaming a healthy upstream. An
+/// idempotent request whose body is in memory is sent once more on a new
+/// connection.
+#[tokio::test]
+async fn requests_refused_by_an_http2_goaway_are_sent_again_on_a_new_connection() {
+    let (up, first) = goaway_upstream(4).await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("h2c://{up}")))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    let get = |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: front.test\r\nconnection: close\r\n\r\n");
+        tokio::spawn(async move { raw_text(addr, &req).await })
+    };
+    // The first request opens the connection; the others join it.
+    let a = get("/a");
+    within(first).await.unwrap();
+    let rest = [get("/b"), get("/c"), get("/d")];
+    for answer in std::iter::once(a).chain(rest) {
+        let answer = within(answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n2\r\nok\r\n0\r\n\r\n"), "{answer}");
+    }
+}
+
+/// An HTTP/1.1 upstream that answers with the request's body and how it
+/// was framed.
+async fn body_echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let framing = if req.headers().contains_key("transfer-encoding") {
+                        "chunked"
+                    } else if req.headers().contains_key("content-length") {
+                        "length"
+                    } else {
+                        "none"
+                    };
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(
+                        Response::builder()
+                            .header("x-framing", framing)
+                            .body(Full::new(body))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Issue 10, second review: a GET (or HEAD) whose body came chunked
+/// reached the upstream without it. `Transfer-Encoding` is hop-by-hop and
+/// removed, and hyper's client then sends a GET, HEAD or CONNECT body of
+/// unknown length as no body at all; a body with `Content-Length` went
+/// through. A body has no defined meaning on GET (RFC 9110 §9.3.1) but the
+/// proxy must not change the message: it is forwarded chunked.
+#[tokio::test]
+async fn a_chunked_get_body_reaches_the_upstream() {
+    let up = body_echo_upstream().await;
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { proxy::serve(listener, proxy).await.unwrap() });
+    for method in ["GET", "POST", "DELETE"] {
+        let answer = within(raw_text(
+            addr,
+            &format!(
+                "{method} /q HTTP/1.1\r\nhost: front.test\r\ntransfer-encoding: chunked\r\n\
+                 connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            ),
+        ))
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{method}: {answer}");
+        assert!(answer.contains("x-framing: chunked"), "{method}: {answer}");
+        assert!(answer.ends_with("hello world"), "{method}: {answer}");
+    }
+}
+
+/// Issue 10, second review: `CONNECT` was forwarded with its target
+/// rewritten to the upstream's own authority, and an upstream that answers
+/// every method (an SSR fallback route) made the proxy send the client a
+/// `200`, a tunnel with nothing behind it. It is refused and never
+/// forwarded.
+#[tokio::test]
+async fn connect_is_refused_and_never_forwarded() {
+    let (up, heads) = {
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&heads);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        seen.lock()
+                            .unwrap()
+                            .push(format!("{} {}", req.method(), req.uri()));
+                        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("page")))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        (addr, heads)
+    };
+    let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
+        .try_build()
+        .unwrap();
+    let addr = serve_proxy(proxy).await;
+    let line = raw_status(
+        addr,
+        "CONNECT b.example:443 HTTP/1.1\r\nhost: b.example:443\r\n\r\n",
+    )
+    .await;
+    assert!(line.starts_with("HTTP/1.1 501"), "{line}");
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "{:?}",
+        heads.lock().unwrap()
+    );
+    // Other methods still go through.
+    let answer = within(raw_text(
+        addr,
+        "OPTIONS /x HTTP/1.1\r\nhost: front.test\r\nconnection: close\r\n\r\n",
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }

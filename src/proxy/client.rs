@@ -47,11 +47,15 @@ where
 
 /// The built-in transports: the crate's pool over [`Connector`] for
 /// `http://`, `https://` and `unix:` upstreams (HTTP/1.1, or HTTP/2 when
-/// TLS ALPN picks it; see `pool`), and hyper-util's HTTP/2-only client for
-/// `h2c://` (prior knowledge, RFC 9113 §3.3).
+/// TLS ALPN picks it; see `pool`) and `h2c://` ones (HTTP/2 with prior
+/// knowledge, RFC 9113 §3.3).
+///
+/// h2c went through hyper-util's client until `:authority` had to carry
+/// the client's `Host` (RFC 9113 §8.3.1): that client picks the connection
+/// by the URI's authority, so the URI could not name the upstream and the
+/// client's host at once; the pool picks it before the URI is rewritten.
 struct Builtin {
     pool: Pool,
-    h2c: Client<HttpConnector, ProxyBody>,
 }
 
 impl Transport for Builtin {
@@ -77,12 +81,12 @@ impl Builtin {
         // the separate client is what makes it HTTP/2.
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(Scheme::HTTP);
-        // Fails only for a URI without scheme and authority, which
-        // hyper-util then refuses with an error (the URI stays empty).
+        // Fails only for a URI without scheme and authority, which the
+        // pool then refuses with an error (the URI stays empty).
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        Sending::Legacy(self.h2c.request(req))
+        Sending::Pool(self.pool.request(Kind::H2c, req))
     }
 }
 
@@ -461,12 +465,11 @@ impl Forward {
             .with_tls_config(roots.client_config()?)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http.clone());
+            .wrap_connector(http);
         #[cfg(not(feature = "tls"))]
-        let tcp = http.clone();
+        let tcp = http;
         Ok(Self::from_parts(
             tcp,
-            http,
             connect_timeout,
             response_timeout,
             pool_idle,
@@ -475,7 +478,6 @@ impl Forward {
 
     fn from_parts(
         tcp: TcpConnector,
-        http: HttpConnector,
         connect_timeout: Duration,
         response_timeout: Duration,
         pool_idle: Duration,
@@ -485,13 +487,8 @@ impl Forward {
             connect_timeout,
         };
         let pool = Pool::new(connector, pool_idle);
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(pool_idle)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .http2_only(true)
-            .build(http);
         Forward {
-            client: Arc::new(Builtin { pool, h2c }),
+            client: Arc::new(Builtin { pool }),
             response_timeout,
         }
     }

@@ -1,6 +1,6 @@
 //! Reverse-proxy forwarding over pooled upstream connections (feature
 //! `proxy`): hyper's client connections in a pool of the crate's own
-//! (hyper-util's client for `h2c://`, or one of your own).
+//! (or a hyper-util client of your own).
 //!
 //! [`ReverseProxy`] is a whole reverse proxy as one service: it prepares the
 //! request as an intermediary must (hop-by-hop headers removed, RFC 9110
@@ -79,6 +79,7 @@
 //! | the last attempt outlasted the response timeout | `504 Gateway Timeout` |
 //! | no eligible upstream | `503 Service Unavailable` |
 //! | several `Host` lines, none on HTTP/1.1, an invalid one (see [`authority`](crate::authority)) | `400 Bad Request`, nothing forwarded |
+//! | `CONNECT` (a tunnel to a target of the client's choosing) | `501 Not Implemented`, nothing forwarded |
 //! | a header line or the header section over [`header_limits`](ProxyBuilder::header_limits) | `431 Request Header Fields Too Large`, nothing forwarded |
 //! | the client's body failed (being buffered or streamed) | `400 Bad Request`, no failure counted against the upstream |
 //! | the client's body stalled longer than the response timeout | `408 Request Timeout`, no failure counted against the upstream |
@@ -111,10 +112,15 @@
 //! [`idle_timeout`](ProxyBuilder::idle_timeout) is closed (within a
 //! quarter of it). A response body dropped before its end closes its
 //! connection. A request sent on a pooled connection that closes before
-//! the request is written is sent once more on a new one. An `https://`
+//! the request is written is sent once more on a new one; so is an
+//! idempotent request with its body in memory whose HTTP/2 stream the
+//! upstream refused unprocessed (`REFUSED_STREAM`, or above a `GOAWAY`'s
+//! last stream, RFC 9113 §8.7), as an upstream shutting down does. An `https://`
 //! upstream whose TLS ALPN picks `h2` gets one HTTP/2 connection that all
-//! requests share, closed once unused for the idle timeout. `h2c://`
-//! upstreams use hyper-util's pooled client.
+//! requests share, closed once unused for the idle timeout; so does an
+//! `h2c://` upstream. Over HTTP/2 the client's authority (its `Host`, kept
+//! by [`preserve_host`](ProxyBuilder::preserve_host)) is sent as
+//! `:authority`, with no `Host` beside it (RFC 9113 §8.3.1).
 //!
 //! [`ProxyBuilder::try_build`] fails with a [`ConfigError`] for an upstream
 //! it cannot speak; no request is ever sent to find out.

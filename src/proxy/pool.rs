@@ -23,7 +23,8 @@
 //! (hyper hands it back) is sent once more on a new connection, as
 //! hyper-util's `retry_canceled_requests` does.
 //!
-//! When TLS ALPN picks `h2` (RFC 9113 §3.2), the upstream gets one HTTP/2
+//! When TLS ALPN picks `h2` (RFC 9113 §3.2), or always for `h2c://`
+//! (prior knowledge, §3.3), the upstream gets one HTTP/2
 //! connection whose sender every request clones (RFC 9113 §9.1: one
 //! connection per origin); the sweeper drops it once no request was sent
 //! on it for the idle timeout, and hyper closes it after its last stream.
@@ -46,6 +47,7 @@ use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
+use super::body::Kind as BodyKind;
 use super::client::{Connector, SendError};
 use super::ProxyBody;
 
@@ -56,14 +58,24 @@ use super::ProxyBody;
 /// and the upstream a socket and often a worker's attention.
 pub(super) const MAX_IDLE_PER_HOST: usize = 128;
 
-/// Whether an upstream is reached over TCP (`http://`), TLS (`https://`)
-/// or a Unix socket: the same authority may name several (a socket path
-/// is hex-encoded in it).
+/// Whether an upstream is reached over TCP (`http://`), TLS (`https://`),
+/// a Unix socket, or cleartext HTTP/2 with prior knowledge (`h2c://`,
+/// RFC 9113 §3.3): the same authority may name several (a socket path is
+/// hex-encoded in it).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Tcp = 0,
     Unix = 1,
     Tls = 2,
+    H2c = 3,
+}
+
+impl Kind {
+    /// Whether the upstream may speak HTTP/2: TLS when ALPN picks `h2`,
+    /// h2c always.
+    fn may_h2(self) -> bool {
+        matches!(self, Kind::Tls | Kind::H2c)
+    }
 }
 
 /// The pool: cheap to clone, shared by every clone of the `Forward` that
@@ -77,7 +89,7 @@ struct Inner {
     connector: Connector,
     // Upstreams by transport, then authority: a lookup borrows the
     // request's authority, no key is built per request.
-    hosts: Mutex<[Hosts; 3]>,
+    hosts: Mutex<[Hosts; 4]>,
     idle_timeout: Duration,
     // The idle sweeper runs (started with the first connection, inside the
     // runtime).
@@ -201,7 +213,17 @@ impl Inner {
         // `:scheme` and `:authority` from the absolute form).
         let mut origin = false;
         let sent = if let Some(mut tx) = host.h2_sender() {
-            tx.try_send_request(req).await
+            to_h2_form(&mut req);
+            let spare = spare(&req);
+            let sent = tx.try_send_request(req).await;
+            match (sent, spare) {
+                // The shared connection's upstream refused the stream
+                // unprocessed (it was shutting down): on a new connection.
+                (Err(e), Some(again)) if e.message().is_none() && refused(e.error()) => {
+                    return self.send_fresh(&host, again, false).await;
+                }
+                (sent, _) => sent,
+            }
         } else if let Some((conn, tx)) = host.checkout() {
             to_origin_form(&mut req);
             origin = true;
@@ -246,6 +268,7 @@ impl Inner {
                     // now speaks HTTP/2: the absolute form again.
                     host.absolute_form(&mut req);
                 }
+                to_h2_form(&mut req);
                 tx.try_send_request(req).await
             }
         };
@@ -305,7 +328,7 @@ impl Inner {
             .await
             .map_err(SendError::connect)?;
         self.start_sweeper();
-        if io.connected().is_negotiated_h2() {
+        if host.kind == Kind::H2c || io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await
                 .map_err(|e| SendError::connect(e.into()))?;
@@ -373,7 +396,7 @@ impl Inner {
             .flat_map(|m| m.values().cloned())
             .collect();
         for host in hosts {
-            if host.kind == Kind::Tls {
+            if host.kind.may_h2() {
                 lock(&host.h2).sweep();
             }
             lock(&host.idle).retain(|conn| {
@@ -440,7 +463,7 @@ async fn send_on(
 impl Host {
     /// A sender on the upstream's HTTP/2 connection, if it has one open.
     fn h2_sender(&self) -> Option<http2::SendRequest<ProxyBody>> {
-        if self.kind != Kind::Tls {
+        if !self.kind.may_h2() {
             return None;
         }
         let mut h2 = lock(&self.h2);
@@ -614,6 +637,73 @@ fn to_origin_form(req: &mut Request<ProxyBody>) {
     } else {
         origin_form(req.uri_mut());
     }
+}
+
+/// A copy of an idempotent request whose body is in memory (RFC 9110
+/// §9.2.2: it may be sent again), for a stream the upstream refuses.
+/// HTTP/2 only: a copy of the head per request, where HTTP/1.1 needs none.
+fn spare(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    if !crate::balance::is_idempotent(req.method()) {
+        return None;
+    }
+    let BodyKind::Full(bytes) = &req.body().kind else {
+        return None;
+    };
+    let mut copy = Request::new(ProxyBody {
+        kind: BodyKind::Full(bytes.clone()),
+        watch: req.body().watch.clone(),
+    });
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+/// Whether the upstream closed a stream without processing it: a
+/// `REFUSED_STREAM` reset, or a `GOAWAY` whose last stream ID is below it
+/// (RFC 9113 §8.7, §6.8: "can be safely retried"). An upstream restarting
+/// gracefully sends that `GOAWAY` to the requests sharing its connection;
+/// they were answered 502 and counted against it.
+fn refused(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// An HTTP/2 request's `:authority` from its `Host` (RFC 9113 §8.3.1:
+/// "Clients MUST NOT generate a request with a Host header field that
+/// differs from the :authority pseudo-header field", and an intermediary
+/// forwarding over HTTP/2 takes `:authority` from the original request's
+/// authority). The proxy keeps the client's `Host` for the upstream
+/// (`preserve_host`), while the URI names the upstream: sent as they were,
+/// a server that treats that as malformed (Python's h2 does; RFC 9113
+/// says it should) refused every request. The URI's authority becomes the `Host` value and `Host` is
+/// removed; without a `Host` (or with one that is no authority) the URI's
+/// own stays. The connection was already picked by the upstream's URI.
+fn to_h2_form(req: &mut Request<ProxyBody>) {
+    let Some(host) = req.headers_mut().remove(header::HOST) else {
+        return;
+    };
+    let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) else {
+        return;
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.authority = Some(authority);
+    if parts.scheme.is_none() {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
 }
 
 /// `Host` from the URI's authority when the request has none (RFC 9112

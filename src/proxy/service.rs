@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HeaderValue;
-use http::{Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower_service::Service;
@@ -474,6 +474,16 @@ where
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ));
         }
+        if parts.method == Method::CONNECT {
+            // A reverse proxy is no tunnel to a target of the client's
+            // choosing (RFC 9110 §9.3.6). Forwarded, the target was
+            // rewritten to the upstream's own authority, and an upstream
+            // answering 2xx (an SSR fallback route answers every method)
+            // told the client its tunnel was up, with nothing behind it.
+            // Nothing is forwarded; 501, as for a method not implemented
+            // (RFC 9110 §15.6.2).
+            return ResponseFuture::ready(status_response(StatusCode::NOT_IMPLEMENTED));
+        }
         // Taken before hop-by-hop removal, which drops `Upgrade`.
         let upgrade = upgrade::take(&mut parts);
         if let Err(e) = prepare_request(&mut parts, &settings.fwd) {
@@ -482,7 +492,7 @@ where
         if let Some(u) = &upgrade {
             u.restore(&mut parts.headers);
         }
-        let body = match into_proxy_body(&parts, body, settings) {
+        let body = match into_proxy_body(&mut parts, body, settings) {
             Ok(body) => body,
             Err(body) => {
                 // A small body of an idempotent request is read whole
@@ -544,7 +554,7 @@ pub(super) fn status_response(status: StatusCode) -> Response<ProxyResponseBody>
 /// The request body as forwarded, or back as it came when it must be read
 /// whole first ([`buffer_body`]).
 fn into_proxy_body<B>(
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     body: B,
     settings: &Settings,
 ) -> Result<ProxyBody, B>
@@ -558,6 +568,19 @@ where
     let len = body.size_hint().exact();
     let small = len.is_some_and(|n| n <= settings.replay_buffer as u64);
     if !(small && crate::balance::is_idempotent(&parts.method)) {
+        if len.is_none() && matches!(parts.method, Method::GET | Method::HEAD) {
+            // The client's `Transfer-Encoding` went with the hop-by-hop
+            // fields, and hyper's client sends a GET or HEAD body of
+            // unknown length as none at all (it assumes they have none):
+            // the body was dropped. The message must reach the upstream
+            // as it came (RFC 9110 §9.3.1 gives it no meaning, but a proxy
+            // does not decide that): chunked, asked for explicitly.
+            // hyper's HTTP/2 client removes the field again.
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         return Ok(ProxyBody::stream(body));
     }
     Err(body)
