@@ -9,7 +9,7 @@
 //!     [--weights 1,2,1,1] [--cache-mb 256 | --no-cache] \
 //!     [--trust CIDR]... [--probe /healthz] [--threads N] \
 //!     [--connect-timeout MS] [--timeout MS] [--idle-timeout MS] \
-//!     [--metrics ADDR] [--redis redis://127.0.0.1:6379] \
+//!     [--pool-idle-timeout MS] [--metrics ADDR] [--redis redis://127.0.0.1:6379] \
 //!     [--no-compress] [--no-targeted-field]
 //! ```
 //!
@@ -31,7 +31,9 @@
 //! `--ca-file`), `h2c://` (HTTP/2 prior knowledge) and `unix:/PATH`.
 //! Clients may speak HTTP/1.1 or HTTP/2 (h2c) on the same port; WebSocket
 //! upgrades are tunnelled (idle ones close after `--idle-timeout`, which
-//! also bounds idle keep-alive connections and cuts off a response body that stalls as long). It prints `listening on ADDR` once ready and stops cleanly on
+//! also bounds idle keep-alive connections and cuts off a response body that stalls as long).
+//! Idle upstream connections close after `--pool-idle-timeout` (3 s by
+//! default, below Node's 5 s keep-alive; at most `--idle-timeout`). It prints `listening on ADDR` once ready and stops cleanly on
 //! Ctrl-C or SIGTERM. Try `cargo run --example renderer -- --listen
 //! 127.0.0.1:9001` for upstreams.
 
@@ -75,10 +77,12 @@ struct Args {
     /// `--redis URL`: a Redis second tier behind the memory cache.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     redis: Option<String>,
-    /// Idle tunnels, idle pooled upstream connections and idle client
-    /// keep-alive connections close after this; a response body that sends
-    /// nothing for as long is cut off.
+    /// Idle tunnels and idle client keep-alive connections close after
+    /// this; a response body that sends nothing for as long is cut off.
     idle_timeout: Duration,
+    /// Idle pooled upstream connections close after this (at most
+    /// `idle_timeout`).
+    pool_idle_timeout: Duration,
     /// `--no-compress`: the cache stores and serves what the upstream sent,
     /// and forwards the client's `Accept-Encoding`.
     #[cfg_attr(not(feature = "compression"), allow(dead_code))]
@@ -105,6 +109,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut timeout = tower_ssr::proxy::DEFAULT_RESPONSE_TIMEOUT;
     let mut redis = None;
     let mut idle_timeout = tower_ssr::proxy::DEFAULT_IDLE_TIMEOUT;
+    let mut pool_idle_timeout = tower_ssr::proxy::DEFAULT_POOL_IDLE_TIMEOUT;
     let mut it = argv;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -158,7 +163,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or(format!("--threads {v}: expected a count"))?;
             }
-            "--connect-timeout" | "--timeout" | "--idle-timeout" => {
+            "--connect-timeout" | "--timeout" | "--idle-timeout" | "--pool-idle-timeout" => {
                 let v = value()?;
                 let ms: u64 = v
                     .parse()
@@ -169,6 +174,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
                 match flag.as_str() {
                     "--timeout" => timeout = d,
                     "--idle-timeout" => idle_timeout = d,
+                    "--pool-idle-timeout" => pool_idle_timeout = d,
                     _ => connect_timeout = d,
                 }
             }
@@ -218,6 +224,7 @@ fn parse(argv: impl Iterator<Item = String>) -> Result<Args, String> {
         metrics,
         redis,
         idle_timeout,
+        pool_idle_timeout,
         no_compress,
         no_targeted_field,
     })
@@ -248,7 +255,7 @@ fn strategy_and_key(
 const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL]... \
 [--strategy round-robin|least-in-flight|p2c|ip-hash|header-hash:NAME] [--weights 1,2] \
 [--cache-mb N | --no-cache] [--trust CIDR]... [--probe PATH] [--threads N] \
-[--connect-timeout MS] [--timeout MS] [--idle-timeout MS] [--ca-file PEM]... \
+[--connect-timeout MS] [--timeout MS] [--idle-timeout MS] [--pool-idle-timeout MS] [--ca-file PEM]... \
 [--metrics ADDR] [--redis URL] [--no-compress] [--no-targeted-field] \
 (URL: http://HOST:PORT, https://HOST:PORT, h2c://HOST:PORT or unix:/PATH)";
 
@@ -308,6 +315,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .connect_timeout(args.connect_timeout)
         .response_timeout(args.timeout)
         .idle_timeout(args.idle_timeout)
+        .pool_idle_timeout(args.pool_idle_timeout)
         .tls_roots(roots)
         .try_build()?;
     // Probes go over the proxy's own client (its transports and CA bundle).
@@ -458,6 +466,13 @@ mod tests {
         assert_eq!(a.upstreams[3].1.scheme_str(), Some("unix"));
         assert_eq!(a.ca_files, ["/etc/ca.pem"]);
         assert_eq!(a.idle_timeout, tower_ssr::proxy::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(
+            a.pool_idle_timeout,
+            tower_ssr::proxy::DEFAULT_POOL_IDLE_TIMEOUT
+        );
+        let a =
+            args("--listen 127.0.0.1:1 --upstream http://h:1 --pool-idle-timeout 1500").unwrap();
+        assert_eq!(a.pool_idle_timeout, Duration::from_millis(1500));
     }
 
     #[test]

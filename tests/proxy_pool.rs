@@ -274,6 +274,37 @@ async fn idle_connections_close_after_the_idle_timeout() {
     assert_eq!(seen.conns(), 3);
 }
 
+/// The pool's idle timeout is its own, not the tunnels' 60 s: by default
+/// an idle connection closes within 3¾ s, before a renderer's keep-alive
+/// (Node's and uvicorn's are 5 s) would close it under a request; set, it
+/// closes after its own timeout while `idle_timeout` stays long.
+#[tokio::test]
+async fn idle_connections_close_before_a_renderers_keep_alive_would() {
+    assert!(proxy::DEFAULT_POOL_IDLE_TIMEOUT * 5 / 4 < Duration::from_secs(5));
+    let (addr, seen) = upstream().await;
+    let build = |pool_idle: Option<Duration>| {
+        let set = Endpoints::new(RoundRobin::new());
+        set.add("u", proxy::upstream(&format!("http://{addr}")).unwrap())
+            .unwrap();
+        let b = ReverseProxy::builder(set)
+            .retries(Retries::none())
+            .idle_timeout(Duration::from_secs(60));
+        match pool_idle {
+            Some(d) => b.pool_idle_timeout(d),
+            None => b,
+        }
+        .try_build()
+        .unwrap()
+    };
+    let proxy = build(None);
+    assert_eq!(get(&proxy, "/page").await.0, StatusCode::OK);
+    until("the idle connection is closed", || seen.closed() == 1).await;
+    let proxy = build(Some(Duration::from_millis(100)));
+    assert_eq!(get(&proxy, "/page").await.0, StatusCode::OK);
+    assert_eq!(seen.conns(), 2);
+    until("the idle connection is closed", || seen.closed() == 2).await;
+}
+
 #[tokio::test]
 async fn concurrent_requests_open_several_connections_and_all_are_reused() {
     let (addr, seen) = upstream().await;

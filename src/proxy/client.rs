@@ -404,7 +404,7 @@ impl fmt::Debug for Forward {
 impl Forward {
     /// The built-in transports (`http`, `h2c`, `unix`, and `https` with
     /// feature `tls` trusting the system's roots) with these timeouts, and
-    /// 60 s before an idle pooled connection closes.
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`](super::DEFAULT_POOL_IDLE_TIMEOUT) (3 s) before an idle pooled connection closes.
     ///
     /// A failure to read the system's roots leaves `https` upstreams with
     /// none to trust (every TLS handshake then fails); use
@@ -494,10 +494,10 @@ impl Forward {
     }
 }
 
-/// How long an idle pooled upstream connection stays open by default: 60 s,
-/// as [`DEFAULT_IDLE_TIMEOUT`](super::DEFAULT_IDLE_TIMEOUT) (hyper-util's
-/// own default is 90 s; renderers' keep-alive is usually longer).
-pub(super) const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(60);
+/// How long an idle pooled upstream connection stays open by default:
+/// [`DEFAULT_POOL_IDLE_TIMEOUT`](super::DEFAULT_POOL_IDLE_TIMEOUT), below
+/// common renderers' own keep-alive (hyper-util's default, 90 s, is not).
+pub(super) const DEFAULT_POOL_IDLE: Duration = super::DEFAULT_POOL_IDLE_TIMEOUT;
 
 fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();

@@ -109,7 +109,8 @@
 //! kept open for the next request once a response has been read to its
 //! end (RFC 9112 §9.3), at most 128 idle ones per upstream (hyper-util
 //! keeps any number), the most recently used first; one idle for
-//! [`idle_timeout`](ProxyBuilder::idle_timeout) is closed (within a
+//! [`pool_idle_timeout`](ProxyBuilder::pool_idle_timeout) (3 s by default,
+//! below renderers' own keep-alive: Node's is 5 s) is closed (within a
 //! quarter of it). A response body dropped before its end closes its
 //! connection. A request sent on a pooled connection that closes before
 //! the request is written is sent once more on a new one; so is an
@@ -117,7 +118,7 @@
 //! upstream refused unprocessed (`REFUSED_STREAM`, or above a `GOAWAY`'s
 //! last stream, RFC 9113 §8.7), as an upstream shutting down does. An `https://`
 //! upstream whose TLS ALPN picks `h2` gets one HTTP/2 connection that all
-//! requests share, closed once unused for the idle timeout; so does an
+//! requests share, closed once unused for the pool's idle timeout; so does an
 //! `h2c://` upstream. Over HTTP/2 the client's authority (its `Host`, kept
 //! by [`preserve_host`](ProxyBuilder::preserve_host)) is sent as
 //! `:authority`, with no `Host` beside it (RFC 9113 §8.3.1).
@@ -176,7 +177,7 @@ pub use future::{ForwardFuture, ResponseFuture};
 pub use serve::{serve, Serve};
 pub use service::{
     ProxyBuilder, ProxyResponseBody, ReverseProxy, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT,
 };
 pub use stall::UpstreamBody;
 #[cfg(feature = "tls")]

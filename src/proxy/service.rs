@@ -96,6 +96,11 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The default [`ProxyBuilder::idle_timeout`]: 60 s (nginx's
 /// `proxy_read_timeout`, the figure WebSocket users know).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default [`ProxyBuilder::pool_idle_timeout`]: 3 s. An HTTP/1.1
+/// connection idle that long closes within 3¾ s, before the upstream's own
+/// keep-alive timeout closes it under a request: Node's
+/// `server.keepAliveTimeout` and uvicorn's `timeout_keep_alive` are 5 s.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Builds a [`ReverseProxy`].
 #[must_use]
@@ -112,6 +117,7 @@ pub struct ProxyBuilder {
     https: bool,
     replay_buffer: usize,
     idle_timeout: Duration,
+    pool_idle_timeout: Duration,
     // The user's own client; `None` builds the built-in transports.
     client: Option<Forward>,
     #[cfg(feature = "tls")]
@@ -229,14 +235,30 @@ impl ProxyBuilder {
 
     /// How long a tunnel (an upgraded connection, e.g. a WebSocket) may
     /// carry nothing either way before both sides are closed, and how long
-    /// an idle pooled upstream connection is kept (an HTTP/1.1 one closes
-    /// within a quarter of this after it; zero keeps none idle), and how
-    /// long a response body may send nothing before it is cut off (the
-    /// client gets the status and a cut-off body; zero: no limit). Default:
-    /// [`DEFAULT_IDLE_TIMEOUT`] (60 s). WebSocket apps that ping less often
-    /// need more.
+    /// a response body may send nothing before it is cut off (the client
+    /// gets the status and a cut-off body; zero: no limit). It also caps
+    /// [`pool_idle_timeout`](Self::pool_idle_timeout) (zero keeps no
+    /// upstream connection idle). Default: [`DEFAULT_IDLE_TIMEOUT`] (60 s).
+    /// WebSocket apps that ping less often need more.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.idle_timeout = d;
+        self
+    }
+
+    /// How long an idle pooled upstream connection is kept: an HTTP/1.1
+    /// one closes within a quarter of this after it, an HTTP/2 one once no
+    /// request was sent on it for as long; zero keeps none idle. At most
+    /// [`idle_timeout`](Self::idle_timeout). Default:
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`] (3 s).
+    ///
+    /// Keep it below the upstream's own keep-alive timeout (nginx users set
+    /// `keepalive_timeout` below the renderer's for the same reason): a
+    /// connection the upstream closes at its timeout just as a request is
+    /// written to it fails that request, a `502` (or a retry on another
+    /// endpoint) counted against a healthy upstream. Node's
+    /// `keepAliveTimeout` and uvicorn's are 5 s, gunicorn's 2 s.
+    pub fn pool_idle_timeout(mut self, d: Duration) -> Self {
+        self.pool_idle_timeout = d;
         self
     }
 
@@ -312,7 +334,7 @@ impl ProxyBuilder {
                     Forward::builtin(
                         self.connect_timeout,
                         self.response_timeout,
-                        self.idle_timeout,
+                        self.pool_idle(),
                         &roots,
                     )?
                 }
@@ -320,7 +342,7 @@ impl ProxyBuilder {
                 Forward::builtin(
                     self.connect_timeout,
                     self.response_timeout,
-                    self.idle_timeout,
+                    self.pool_idle(),
                 )?
             }
         };
@@ -338,7 +360,7 @@ impl ProxyBuilder {
             None => Forward::builtin(
                 self.connect_timeout,
                 self.response_timeout,
-                self.idle_timeout,
+                self.pool_idle(),
                 &self.tls_roots.clone().unwrap_or_else(TlsRoots::system),
             )
             .unwrap_or_else(|_| Forward::new(self.connect_timeout, self.response_timeout)),
@@ -346,11 +368,16 @@ impl ProxyBuilder {
             None => Forward::builtin(
                 self.connect_timeout,
                 self.response_timeout,
-                self.idle_timeout,
+                self.pool_idle(),
             )
             .unwrap_or_else(|_| Forward::new(self.connect_timeout, self.response_timeout)),
         };
         self.finish(client)
+    }
+
+    /// How long the built-in pool keeps a connection idle.
+    fn pool_idle(&self) -> Duration {
+        self.pool_idle_timeout.min(self.idle_timeout)
     }
 
     fn finish(self, client: Forward) -> ReverseProxy {
@@ -417,6 +444,7 @@ impl ReverseProxy {
             https: false,
             replay_buffer: 64 * 1024,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             client: None,
             #[cfg(feature = "tls")]
             tls_roots: None,
