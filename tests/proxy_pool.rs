@@ -305,6 +305,84 @@ async fn idle_connections_close_before_a_renderers_keep_alive_would() {
     until("the idle connection is closed", || seen.closed() == 2).await;
 }
 
+/// A raw upstream that answers the first request of each connection
+/// (keep-alive) and closes the connection when the second one arrives,
+/// without answering: its keep-alive timer fired just as the request came.
+async fn closing_under_the_second_request() -> (SocketAddr, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            counted.conns.fetch_add(1, Ordering::SeqCst);
+            let seen = counted.clone();
+            tokio::spawn(async move {
+                let mut tmp = [0u8; 4096];
+                for answered in [true, false] {
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    seen.reqs.fetch_add(1, Ordering::SeqCst);
+                    if answered {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npage")
+                            .await;
+                    }
+                }
+                seen.closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A connection that sat idle (past a sweep of the pool) and is closed
+/// under the next request, before any answer: a GET is sent again on a new
+/// connection (RFC 9110 §9.2.2), not answered 502 with the upstream
+/// blamed; a POST is not sent again.
+#[tokio::test]
+async fn a_get_on_a_rested_connection_closed_under_it_is_sent_again() {
+    let (addr, seen) = closing_under_the_second_request().await;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("u", proxy::upstream(&format!("http://{addr}")).unwrap())
+        .unwrap();
+    // The pool sweeps every 50 ms and closes a connection idle for 200 ms.
+    let proxy = ReverseProxy::builder(set)
+        .retries(Retries::none())
+        .pool_idle_timeout(Duration::from_millis(200))
+        .try_build()
+        .unwrap();
+    assert_eq!(get(&proxy, "/page").await.0, StatusCode::OK);
+    // Idle past a sweep, not past the pool's idle timeout.
+    tokio::time::sleep(Duration::from_millis(110)).await;
+    assert_eq!(
+        get(&proxy, "/page").await,
+        (StatusCode::OK, Bytes::from("page"))
+    );
+    assert_eq!(seen.conns(), 2);
+
+    // The same for a POST: not sent again.
+    tokio::time::sleep(Duration::from_millis(110)).await;
+    let mut req = Request::post("/form")
+        .header("host", "front.test")
+        .body(Full::new(Bytes::from_static(b"a=1")))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ClientAddr("198.51.100.7:5000".parse().unwrap()));
+    let reqs = seen.reqs();
+    let res = within(proxy.clone().oneshot(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(seen.reqs(), reqs + 1, "sent once");
+}
+
 #[tokio::test]
 async fn concurrent_requests_open_several_connections_and_all_are_reused() {
     let (addr, seen) = upstream().await;

@@ -114,7 +114,9 @@
 //! quarter of it). A response body dropped before its end closes its
 //! connection. A request sent on a pooled connection that closes before
 //! the request is written is sent once more on a new one; so is an
-//! idempotent request with its body in memory whose HTTP/2 stream the
+//! idempotent request with its body in memory sent on a connection that
+//! had sat idle and closed under it before any answer (the upstream's own
+//! keep-alive timer fired as it was written), and one whose HTTP/2 stream the
 //! upstream refused unprocessed (`REFUSED_STREAM`, or above a `GOAWAY`'s
 //! last stream, RFC 9113 §8.7), as an upstream shutting down does. An `https://`
 //! upstream whose TLS ALPN picks `h2` gets one HTTP/2 connection that all

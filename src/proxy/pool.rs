@@ -224,10 +224,23 @@ impl Inner {
                 }
                 (sent, _) => sent,
             }
-        } else if let Some((conn, tx)) = host.checkout() {
+        } else if let Some((conn, tx, rested)) = host.checkout() {
             to_origin_form(&mut req);
             origin = true;
-            send_on(&host, &conn, tx, req).await
+            // A connection that sat idle may be closed by the upstream's
+            // own keep-alive timer just as the request is written to it:
+            // an idempotent request is then sent again (RFC 9110 §9.2.2),
+            // as nginx's and Go's clients do. Only then is a copy kept: on
+            // a busy connection the race does not arise, and the copy
+            // would cost every request.
+            let spare = if rested { spare(&req) } else { None };
+            let sent = send_on(&host, &conn, tx, req).await;
+            match (sent, spare) {
+                (Err(e), Some(again)) if e.message().is_none() && closed_under(e.error()) => {
+                    return self.send_fresh(&host, again, true).await;
+                }
+                (sent, _) => sent,
+            }
         } else {
             return self.send_fresh(&host, req, origin).await;
         };
@@ -499,19 +512,23 @@ impl Host {
 
     /// The most recently used idle connection that is still open, and its
     /// sender (ready: it was pooled only once hyper wanted a request).
-    fn checkout(&self) -> Option<(Arc<Conn>, http1::SendRequest<ProxyBody>)> {
+    /// The most recently used idle connection and its sender, and whether
+    /// it rested: idle since before the last sweep (no clock is read; a
+    /// connection in steady use never has).
+    fn checkout(&self) -> Option<(Arc<Conn>, http1::SendRequest<ProxyBody>, bool)> {
         loop {
             // The list's lock is released before the connection's: the
             // connection's task takes them the other way round.
             let conn = lock(&self.idle).pop()?;
-            let tx = {
+            let (tx, rested) = {
                 let mut st = lock(&conn.state);
                 st.idle = false;
+                let rested = st.seen == Some(st.uses);
                 st.uses += 1;
-                st.tx.take()
+                (st.tx.take(), rested)
             };
             match tx {
-                Some(tx) if !tx.is_closed() => return Some((conn, tx)),
+                Some(tx) if !tx.is_closed() => return Some((conn, tx, rested)),
                 // Closed while idle (by the upstream, or its idle timer).
                 _ => continue,
             }
@@ -659,6 +676,29 @@ fn spare(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
     *copy.headers_mut() = req.headers().clone();
     *copy.extensions_mut() = req.extensions().clone();
     Some(copy)
+}
+
+/// Whether an HTTP/1.1 connection closed under a request before any of
+/// the response came: hyper's "connection closed before message
+/// completed", or a reset or broken pipe while writing or reading.
+fn closed_under(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Whether the upstream closed a stream without processing it: a
