@@ -220,7 +220,7 @@ impl Inner {
                 // The shared connection's upstream refused the stream
                 // unprocessed (it was shutting down): on a new connection.
                 (Err(e), Some(again)) if e.message().is_none() && refused(e.error()) => {
-                    return self.send_fresh(&host, again, false).await;
+                    return self.send_fresh(&host, *again, false).await;
                 }
                 (sent, _) => sent,
             }
@@ -237,7 +237,7 @@ impl Inner {
             let sent = send_on(&host, &conn, tx, req).await;
             match (sent, spare) {
                 (Err(e), Some(again)) if e.message().is_none() && closed_under(e.error()) => {
-                    return self.send_fresh(&host, again, true).await;
+                    return self.send_fresh(&host, *again, true).await;
                 }
                 (sent, _) => sent,
             }
@@ -657,9 +657,11 @@ fn to_origin_form(req: &mut Request<ProxyBody>) {
 }
 
 /// A copy of an idempotent request whose body is in memory (RFC 9110
-/// §9.2.2: it may be sent again), for a stream the upstream refuses.
-/// HTTP/2 only: a copy of the head per request, where HTTP/1.1 needs none.
-fn spare(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+/// §9.2.2: it may be sent again), for a stream the upstream refuses
+/// (HTTP/2) or a rested connection closed under it (HTTP/1.1). Boxed: it
+/// is held across the send, and the send's future, boxed per request,
+/// would otherwise grow by a whole request for every request.
+fn spare(req: &Request<ProxyBody>) -> Option<Box<Request<ProxyBody>>> {
     if !crate::balance::is_idempotent(req.method()) {
         return None;
     }
@@ -675,7 +677,7 @@ fn spare(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
+    Some(Box::new(copy))
 }
 
 /// Whether an HTTP/1.1 connection closed under a request before any of
