@@ -166,8 +166,10 @@ async fn sequential_requests_reuse_one_connection() {
 
 /// A raw upstream that answers one keep-alive-looking response per
 /// connection and then closes it (no `Connection: close`): the proxy
-/// pools a connection the upstream has already closed.
-async fn closing_upstream() -> (SocketAddr, Seen) {
+/// pools a connection the upstream has already closed. With
+/// `under_the_next`, it first waits for the next request and closes
+/// without answering it: its keep-alive timer fired as the request came.
+async fn closing_upstream(under_the_next: bool) -> (SocketAddr, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Seen::default();
@@ -180,19 +182,25 @@ async fn closing_upstream() -> (SocketAddr, Seen) {
             counted.conns.fetch_add(1, Ordering::SeqCst);
             let seen = counted.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut tmp).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                let mut tmp = [0u8; 4096];
+                for answered in [true, false]
+                    .into_iter()
+                    .take(1 + usize::from(under_the_next))
+                {
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    seen.reqs.fetch_add(1, Ordering::SeqCst);
+                    if answered {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npage")
+                            .await;
                     }
                 }
-                seen.reqs.fetch_add(1, Ordering::SeqCst);
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npage")
-                    .await;
-                // Closed while the proxy holds it idle.
                 drop(s);
                 seen.closed.fetch_add(1, Ordering::SeqCst);
             });
@@ -203,7 +211,7 @@ async fn closing_upstream() -> (SocketAddr, Seen) {
 
 #[tokio::test]
 async fn a_connection_the_upstream_closed_while_idle_is_not_used_again() {
-    let (addr, seen) = closing_upstream().await;
+    let (addr, seen) = closing_upstream(false).await;
     let proxy = proxy_to(addr, Duration::from_secs(60));
     for i in 1..=5 {
         // Right after the close (the proxy may not have read it yet, and
@@ -305,52 +313,13 @@ async fn idle_connections_close_before_a_renderers_keep_alive_would() {
     until("the idle connection is closed", || seen.closed() == 2).await;
 }
 
-/// A raw upstream that answers the first request of each connection
-/// (keep-alive) and closes the connection when the second one arrives,
-/// without answering: its keep-alive timer fired just as the request came.
-async fn closing_under_the_second_request() -> (SocketAddr, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Seen::default();
-    let counted = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            counted.conns.fetch_add(1, Ordering::SeqCst);
-            let seen = counted.clone();
-            tokio::spawn(async move {
-                let mut tmp = [0u8; 4096];
-                for answered in [true, false] {
-                    let mut buf = Vec::new();
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut tmp).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                        }
-                    }
-                    seen.reqs.fetch_add(1, Ordering::SeqCst);
-                    if answered {
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npage")
-                            .await;
-                    }
-                }
-                seen.closed.fetch_add(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, seen)
-}
-
 /// A connection that sat idle (past a sweep of the pool) and is closed
 /// under the next request, before any answer: a GET is sent again on a new
 /// connection (RFC 9110 §9.2.2), not answered 502 with the upstream
 /// blamed; a POST is not sent again.
 #[tokio::test]
 async fn a_get_on_a_rested_connection_closed_under_it_is_sent_again() {
-    let (addr, seen) = closing_under_the_second_request().await;
+    let (addr, seen) = closing_upstream(true).await;
     let set = Endpoints::new(RoundRobin::new());
     set.add("u", proxy::upstream(&format!("http://{addr}")).unwrap())
         .unwrap();

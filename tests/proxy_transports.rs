@@ -63,6 +63,24 @@ async fn info(
 
 /// An HTTP/1.1 + h2c upstream on TCP.
 async fn plain_upstream(name: &'static str) -> SocketAddr {
+    serve_upstream(service_fn(move |r| info(name, r))).await
+}
+
+/// Serves `svc` on a new loopback port: HTTP/1.1 (upgrades included) and
+/// h2c, one task per connection.
+async fn serve_upstream<S, B>(svc: S) -> SocketAddr
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -70,9 +88,10 @@ async fn plain_upstream(name: &'static str) -> SocketAddr {
             let Ok((s, _)) = listener.accept().await else {
                 continue;
             };
+            let svc = svc.clone();
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), service_fn(move |r| info(name, r)))
+                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
                     .await;
             });
         }
@@ -932,37 +951,23 @@ async fn requests_refused_by_an_http2_goaway_are_sent_again_on_a_new_connection(
 /// An HTTP/1.1 upstream that answers with the request's body and how it
 /// was framed.
 async fn body_echo_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    let framing = if req.headers().contains_key("transfer-encoding") {
-                        "chunked"
-                    } else if req.headers().contains_key("content-length") {
-                        "length"
-                    } else {
-                        "none"
-                    };
-                    let body = req.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>(
-                        Response::builder()
-                            .header("x-framing", framing)
-                            .body(Full::new(body))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_upstream(service_fn(|req: Request<Incoming>| async move {
+        let framing = if req.headers().contains_key("transfer-encoding") {
+            "chunked"
+        } else if req.headers().contains_key("content-length") {
+            "length"
+        } else {
+            "none"
+        };
+        let body = req.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>(
+            Response::builder()
+                .header("x-framing", framing)
+                .body(Full::new(body))
+                .unwrap(),
+        )
+    }))
+    .await
 }
 
 /// Issue 10, second review: a GET (or HEAD) whose body came chunked
@@ -1005,28 +1010,13 @@ async fn connect_is_refused_and_never_forwarded() {
     let (up, heads) = {
         let heads: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = Arc::clone(&heads);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = listener.accept().await else {
-                    continue;
-                };
-                let seen = Arc::clone(&seen);
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        seen.lock()
-                            .unwrap()
-                            .push(format!("{} {}", req.method(), req.uri()));
-                        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("page")))) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
+        let addr = serve_upstream(service_fn(move |req: Request<Incoming>| {
+            seen.lock()
+                .unwrap()
+                .push(format!("{} {}", req.method(), req.uri()));
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("page")))) }
+        }))
+        .await;
         (addr, heads)
     };
     let proxy = ReverseProxy::builder(one_upstream(&format!("http://{up}")))
