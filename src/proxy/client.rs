@@ -404,7 +404,8 @@ impl fmt::Debug for Forward {
 impl Forward {
     /// The built-in transports (`http`, `h2c`, `unix`, and `https` with
     /// feature `tls` trusting the system's roots) with these timeouts, and
-    /// [`DEFAULT_POOL_IDLE_TIMEOUT`](super::DEFAULT_POOL_IDLE_TIMEOUT) (3 s) before an idle pooled connection closes.
+    /// [`DEFAULT_POOL_IDLE_TIMEOUT`](super::DEFAULT_POOL_IDLE_TIMEOUT) (3 s)
+    /// before an idle pooled connection closes.
     ///
     /// A failure to read the system's roots leaves `https` upstreams with
     /// none to trust (every TLS handshake then fails); use
@@ -416,16 +417,20 @@ impl Forward {
         let built = Self::builtin(
             connect_timeout,
             response_timeout,
-            DEFAULT_POOL_IDLE,
+            super::DEFAULT_POOL_IDLE_TIMEOUT,
             &TlsRoots::system(),
         );
         #[cfg(not(feature = "tls"))]
-        let built = Self::builtin(connect_timeout, response_timeout, DEFAULT_POOL_IDLE);
+        let built = Self::builtin(
+            connect_timeout,
+            response_timeout,
+            super::DEFAULT_POOL_IDLE_TIMEOUT,
+        );
         built.unwrap_or_else(|_| {
             // rustls refused its own safe defaults (it does not with the
             // ring provider): plain HTTP only, rather than a panic.
             let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(DEFAULT_POOL_IDLE)
+                .pool_idle_timeout(super::DEFAULT_POOL_IDLE_TIMEOUT)
                 .build(http_connector(connect_timeout));
             Self::with_client(client, response_timeout)
         })
@@ -493,11 +498,6 @@ impl Forward {
         }
     }
 }
-
-/// How long an idle pooled upstream connection stays open by default:
-/// [`DEFAULT_POOL_IDLE_TIMEOUT`](super::DEFAULT_POOL_IDLE_TIMEOUT), below
-/// common renderers' own keep-alive (hyper-util's default, 90 s, is not).
-pub(super) const DEFAULT_POOL_IDLE: Duration = super::DEFAULT_POOL_IDLE_TIMEOUT;
 
 fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();

@@ -510,11 +510,10 @@ impl Host {
         }
     }
 
-    /// The most recently used idle connection that is still open, and its
-    /// sender (ready: it was pooled only once hyper wanted a request).
-    /// The most recently used idle connection and its sender, and whether
-    /// it rested: idle since before the last sweep (no clock is read; a
-    /// connection in steady use never has).
+    /// The most recently used idle connection that is still open, its
+    /// sender (ready: it was pooled only once hyper wanted a request), and
+    /// whether it rested: idle since before the last sweep (no clock is
+    /// read; a connection in steady use never has).
     fn checkout(&self) -> Option<(Arc<Conn>, http1::SendRequest<ProxyBody>, bool)> {
         loop {
             // The list's lock is released before the connection's: the
@@ -684,23 +683,16 @@ fn spare(req: &Request<ProxyBody>) -> Option<Box<Request<ProxyBody>>> {
 /// the response came: hyper's "connection closed before message
 /// completed", or a reset or broken pipe while writing or reading.
 fn closed_under(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
+    e.is_incomplete_message()
+        || cause::<std::io::Error>(e).is_some_and(|io| {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = cause.source();
-    }
-    false
+            )
+        })
 }
 
 /// Whether the upstream closed a stream without processing it: a
@@ -709,15 +701,15 @@ fn closed_under(e: &hyper::Error) -> bool {
 /// gracefully sends that `GOAWAY` to the requests sharing its connection;
 /// they were answered 502 and counted against it.
 fn refused(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
-        }
-        source = cause.source();
-    }
-    false
+    cause::<h2::Error>(e).is_some_and(|h2| {
+        h2.is_remote() && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
+}
+
+/// The first error of type `T` in `e`'s chain of sources.
+fn cause<T: std::error::Error + 'static>(e: &hyper::Error) -> Option<&T> {
+    std::iter::successors(std::error::Error::source(e), |c| c.source())
+        .find_map(|c| c.downcast_ref::<T>())
 }
 
 /// An HTTP/2 request's `:authority` from its `Host` (RFC 9113 §8.3.1:
@@ -727,9 +719,10 @@ fn refused(e: &hyper::Error) -> bool {
 /// authority). The proxy keeps the client's `Host` for the upstream
 /// (`preserve_host`), while the URI names the upstream: sent as they were,
 /// a server that treats that as malformed (Python's h2 does; RFC 9113
-/// says it should) refused every request. The URI's authority becomes the `Host` value and `Host` is
-/// removed; without a `Host` (or with one that is no authority) the URI's
-/// own stays. The connection was already picked by the upstream's URI.
+/// says it should) refused every request. The URI's authority becomes the
+/// `Host` value and `Host` is removed; without a `Host` (or with one that
+/// is no authority) the URI's own stays. The connection was already
+/// picked by the upstream's URI.
 fn to_h2_form(req: &mut Request<ProxyBody>) {
     let Some(host) = req.headers_mut().remove(header::HOST) else {
         return;

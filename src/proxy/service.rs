@@ -31,15 +31,14 @@ use crate::limits::HeaderLimits;
 /// upstream and are not retried.
 #[derive(Debug, Clone)]
 pub(super) struct ToUpstream {
-    client: Forward,
-    // How long a response body may stall (see `UpstreamBody`).
-    idle_timeout: Duration,
+    client: Guard,
 }
 
 /// [`Forward`] with each response body in an [`UpstreamBody`].
 #[derive(Debug, Clone)]
 pub(super) struct Guard {
     client: Forward,
+    // How long a response body may stall (see `UpstreamBody`).
     idle_timeout: Duration,
 }
 
@@ -68,11 +67,7 @@ impl Connect<Uri, ProxyBody> for ToUpstream {
             req.headers_mut()
                 .insert(http::header::HOST, HeaderValue::from_static("localhost"));
         }
-        let guard = Guard {
-            client: self.client.clone(),
-            idle_timeout: self.idle_timeout,
-        };
-        (guard, req)
+        (self.client.clone(), req)
     }
 
     fn is_endpoint_failure(&self, error: &ProxyError) -> bool {
@@ -388,8 +383,10 @@ impl ProxyBuilder {
         let balance = Balance::with_connect(
             self.endpoints,
             ToUpstream {
-                client: client.clone(),
-                idle_timeout: self.idle_timeout,
+                client: Guard {
+                    client: client.clone(),
+                    idle_timeout: self.idle_timeout,
+                },
             },
             config,
         );
