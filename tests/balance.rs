@@ -585,32 +585,10 @@ async fn axum_connect_info_is_the_client_ip_key() {
     }
 }
 
-/// An upstream that accepts connections and answers each with `reply`,
-/// then closes.
-async fn raw_upstream(reply: &'static [u8]) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(reply).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn garbage_or_silent_upstreams_give_502_and_the_proxy_goes_on() {
     for reply in [&b"HTTP/1.1 abc\r\n\r\n"[..], b"", b"SSH-2.0-OpenSSH\r\n"] {
-        let bad = raw_upstream(reply).await;
+        let bad = common::raw::canned_upstream("", reply).await;
         let set = Endpoints::new(RoundRobin::new());
         set.add("bad", format!("http://{bad}").parse().unwrap())
             .unwrap();

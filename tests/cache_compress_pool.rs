@@ -31,11 +31,24 @@ use tower_ssr::cache::{CacheLayer, Compression, ResponseCache};
 
 use common::GUARD;
 
-/// One test at a time: they count the process's threads.
+/// One test at a time: they count the process's threads. Returns once
+/// the test before has left no pool thread behind.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    let guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    until("no thread left by another test", || compress_threads() == 0);
+    guard
+}
+
+/// A multi-thread runtime with two workers, as `examples/proxy` runs.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Threads of this process named as the pool names its own (`comm` keeps
@@ -172,12 +185,7 @@ fn fast() -> Compression {
 #[test]
 fn layers_dropped_leave_no_compression_thread() {
     let _serial = serial();
-    until("no thread left by another test", || compress_threads() == 0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     rt.block_on(async {
         for i in 0..20 {
             let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -224,14 +232,9 @@ fn layers_dropped_leave_no_compression_thread() {
 fn a_runtime_shut_down_with_jobs_queued_neither_panics_nor_hangs() {
     let _serial = serial();
     let panics = count_pool_panics();
-    until("no thread left by another test", || compress_threads() == 0);
     for flavor in ["multi", "current"] {
         let rt = match flavor {
-            "multi" => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
+            "multi" => two_workers(),
             _ => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -264,12 +267,7 @@ fn a_runtime_shut_down_with_jobs_queued_neither_panics_nor_hangs() {
 #[test]
 fn a_flood_of_unique_pages_through_a_tiny_queue() {
     let _serial = serial();
-    until("no thread left by another test", || compress_threads() == 0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = two_workers();
     rt.block_on(async {
         let cache = ResponseCache::builder().max_bytes(256 << 20).build();
         let layer = CacheLayer::new(cache.clone()).compression(fast().jobs(2).max_queue(1));
@@ -346,7 +344,6 @@ fn block_on<F: Future>(fut: F) -> F::Output {
 #[test]
 fn a_layer_outside_a_runtime_serves_identity_and_starts_no_thread() {
     let _serial = serial();
-    until("no thread left by another test", || compress_threads() == 0);
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let inner = tower::service_fn(move |req: http::Request<Empty<Bytes>>| {
