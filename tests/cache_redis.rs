@@ -1783,22 +1783,25 @@ async fn until_stale(addr: SocketAddr, path: &str) {
     .expect("the copy never went stale");
 }
 
+/// Two instances whose Redis holds a page's identity alone (the codings
+/// beside it do not fit: 12 KiB of noise, each coding about 0.6 of it),
+/// each with codings of its own, fresh for 5 s (longer than making them
+/// takes in a debug build, so polling for them starts no refresh). Both
+/// copies go stale; A's stale hit refreshes first (a render written to
+/// Redis); B's copy, from Redis a moment after A's, is then served stale
+/// once, which starts its refresh. Returns the origin and B.
 #[cfg(feature = "compression")]
-async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Setup) {
-    let ns = namespace("refresh-reprs");
+async fn b_refreshes_after_a(
+    setup: Setup,
+    test: &str,
+    path: &str,
+) -> (Origin, SocketAddr, ResponseCache) {
+    let ns = namespace(test);
     let origin = Origin::default();
-    // Identity fits the cap, the codings beside it do not: Redis holds
-    // identity only, and each instance makes its own codings.
-    // (12 KiB of noise; each coding about 0.6 of it.) Fresh for 5 s:
-    // longer than making the codings takes in a debug build, so polling
-    // for them starts no refresh of its own.
     let tier = || setup.tier(&ns).max_value_bytes(16 * 1024);
     let (a, ca) = instance(&origin, tier()).await;
     let (b, cb) = instance(&origin, tier()).await;
     assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
-    // A page that changed between the renders: B's codings are of the
-    // old body.
-    let path = "/refreshed?kb=12&noise&count&ttl=5&swr=60";
     get_coded(a, path, "br").await;
     eventually("A's write", || ca.stats().l2_writes == 1).await;
     assert!(get_coded(b, path, "br")
@@ -1806,16 +1809,20 @@ async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Set
         .one("cache-status")
         .ends_with("; detail=redis"));
     until_fresh_br(b, path, "B makes its codings").await;
-
-    // Both copies go stale. A's stale hit refreshes first: a render,
-    // written to Redis. B's then finds that copy there instead of
-    // rendering, and must make its codings as a request's miss would.
     tokio::time::sleep(Duration::from_millis(5100)).await;
     get_coded(a, path, "br").await;
     eventually("A's refresh reaches Redis", || ca.stats().l2_writes == 2).await;
-    // B's copy came from Redis a moment after A's: the first answer it
-    // serves stale starts its refresh.
     until_stale(b, path).await;
+    (origin, b, cb)
+}
+
+/// B's refresh finds A's newer copy in Redis instead of rendering; the
+/// page changed between the renders (B's codings are of the old body), so
+/// B makes codings of the new one, as a request's miss would.
+#[cfg(feature = "compression")]
+async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Setup) {
+    let path = "/refreshed?kb=12&noise&count&ttl=5&swr=60";
+    let (origin, b, cb) = b_refreshes_after_a(setup, "refresh-reprs", path).await;
     until_fresh_br(b, path, "B's refreshed copy gets its codings").await;
     assert_eq!(origin.renders(path), 2, "B's refresh rendered nothing");
     assert_eq!(cb.stats().l2_writes, 0, "B wrote nothing back");
@@ -1827,22 +1834,8 @@ async fn a_refresh_that_finds_a_newer_copy_in_redis_makes_its_codings(setup: Set
 /// identity until the job is done).
 #[cfg(feature = "compression")]
 async fn a_refresh_that_finds_the_same_page_in_redis_keeps_its_codings(setup: Setup) {
-    let ns = namespace("refresh-same");
-    let origin = Origin::default();
-    let tier = || setup.tier(&ns).max_value_bytes(16 * 1024);
-    let (a, ca) = instance(&origin, tier()).await;
-    let (b, cb) = instance(&origin, tier()).await;
-    assert!(ca.redis_ready(PATIENCE).await && cb.redis_ready(PATIENCE).await);
     let path = "/same?kb=12&noise&ttl=5&swr=60";
-    get_coded(a, path, "br").await;
-    eventually("A's write", || ca.stats().l2_writes == 1).await;
-    get_coded(b, path, "br").await;
-    until_fresh_br(b, path, "B makes its codings").await;
-
-    tokio::time::sleep(Duration::from_millis(5100)).await;
-    get_coded(a, path, "br").await;
-    eventually("A's refresh reaches Redis", || ca.stats().l2_writes == 2).await;
-    until_stale(b, path).await;
+    let (origin, b, cb) = b_refreshes_after_a(setup, "refresh-same", path).await;
     // The first answer from B's refreshed copy.
     let fresh = tokio::time::timeout(PATIENCE, async {
         loop {
