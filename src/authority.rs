@@ -179,15 +179,21 @@ pub fn resolve(parts: &Parts) -> Result<Option<Authority>, AuthorityError> {
 ///
 /// As [`resolve`]; the request is then left unchanged.
 pub fn normalize_host(parts: &mut Parts) -> Result<bool, AuthorityError> {
+    normalized_host(parts).map(|host| host.is_some())
+}
+
+/// [`normalize_host`], returning the `Host` value it leaves (a shared
+/// copy: no lookup after it).
+pub(crate) fn normalized_host(parts: &mut Parts) -> Result<Option<HeaderValue>, AuthorityError> {
     let value = match check(parts)? {
-        Found::Absent => return Ok(false),
-        Found::Exact(_) => return Ok(true),
+        Found::Absent => return Ok(None),
+        Found::Exact(line) => return Ok(Some(line.clone())),
         Found::Rewrite(raw) => HeaderValue::from_bytes(&raw.to_ascii_lowercase()),
     };
     // Valid authorities are visible ASCII, so this cannot fail.
     let value = value.map_err(|_| AuthorityError::Invalid)?;
-    parts.headers.insert(HOST, value);
-    Ok(true)
+    parts.headers.insert(HOST, value.clone());
+    Ok(Some(value))
 }
 
 /// [`normalize_host`], returning the authority itself (one allocation

@@ -471,3 +471,48 @@ async fn a_request_sent_on_a_connection_that_closes_under_it_is_sent_again() {
         (StatusCode::OK, Bytes::from("page"))
     );
 }
+
+#[tokio::test]
+async fn a_pooled_connection_that_stops_answering_times_out_each_request() {
+    // The upstream is this test: it answers the first request on a
+    // connection and then reads the next ones without answering. The
+    // requests after the first go on the pooled connection, whose one
+    // timer carries the response timeout (see `pool`); each gets 504 at
+    // its own deadline, after the timer was set for an earlier one.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let set = Endpoints::new(RoundRobin::new());
+    let base = proxy::upstream(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    set.add("u", base).unwrap();
+    let proxy = ReverseProxy::builder(set)
+        .retries(Retries::none())
+        .response_timeout(Duration::from_millis(300))
+        .try_build()
+        .unwrap();
+    let first = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { get(&proxy, "/page").await }
+    });
+    let (mut conn, _) = within(listener.accept()).await.unwrap();
+    answer_one(&mut conn).await;
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    // Keeps reading (and never answering) what comes on that connection.
+    let held = tokio::spawn(async move {
+        let mut sink = [0u8; 1024];
+        while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let (status, _) = get(&proxy, "/page").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    // The timed-out connection is not used again: the next request opens
+    // a new one, which answers.
+    let third = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { get(&proxy, "/page").await }
+    });
+    let (mut fresh, _) = within(listener.accept()).await.unwrap();
+    answer_one(&mut fresh).await;
+    assert_eq!(third.await.unwrap().0, StatusCode::OK);
+    // And on that pooled connection, silence times out again.
+    let (status, _) = get(&proxy, "/page").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    held.abort();
+}

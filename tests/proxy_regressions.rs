@@ -404,3 +404,85 @@ impl Strategy for SharedStrategy {
         self.0.pick(c)
     }
 }
+
+/// Copies the response's typed extensions into headers, as an access log
+/// at the response would read them.
+fn expose<B>(mut res: http::Response<B>) -> http::Response<B> {
+    let addr = res
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|a| a.0.to_string());
+    let upstream = res
+        .extensions()
+        .get::<tower_ssr::balance::Upstream>()
+        .map(|u| u.name().to_owned());
+    for (name, value) in [("x-client-addr", addr), ("x-served-by", upstream)] {
+        if let Some(v) = value {
+            res.headers_mut()
+                .insert(name, http::HeaderValue::from_str(&v).unwrap());
+        }
+    }
+    res
+}
+
+#[tokio::test]
+async fn the_response_carries_the_client_address_and_the_upstream() {
+    let (up, _heads) = recording_upstream().await;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("renderer-1", uri(up, "")).unwrap();
+    let proxy = ReverseProxy::builder(set).build();
+    let served = tower::ServiceBuilder::new()
+        .map_response(expose as fn(_) -> _)
+        .service(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { tower_ssr::proxy::serve(listener, served).await.unwrap() });
+    // `serve` puts `ClientAddr` alone in each request's extensions: that
+    // map moves to the response, with `Upstream` added.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let local = client.local_addr().unwrap();
+    client
+        .write_all(b"GET /page HTTP/1.1\r\nhost: front.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    within(client.read_to_string(&mut answer)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("x-client-addr: {local}\r\n")),
+        "{answer}"
+    );
+    assert!(lower.contains("x-served-by: renderer-1\r\n"), "{answer}");
+}
+
+#[tokio::test]
+async fn other_request_extensions_stay_off_the_response() {
+    #[derive(Clone)]
+    struct Mine;
+    let (up, _heads) = recording_upstream().await;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add("renderer-1", uri(up, "")).unwrap();
+    let mut proxy = ReverseProxy::builder(set).build();
+    let mut req = with_client(
+        Request::get("/page")
+            .header("host", "front.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    );
+    req.extensions_mut().insert(Mine);
+    let res = within(proxy.call(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.extensions().get::<ClientAddr>().map(|a| a.0),
+        Some("203.0.113.9:5000".parse().unwrap())
+    );
+    assert_eq!(
+        res.extensions()
+            .get::<tower_ssr::balance::Upstream>()
+            .map(|u| u.name().to_owned())
+            .as_deref(),
+        Some("renderer-1")
+    );
+    assert!(res.extensions().get::<Mine>().is_none());
+}

@@ -33,6 +33,10 @@ pin_project! {
         // lives in its caller's state and is not moved after the first poll).
         spare: Option<Spare<B>>,
         tried: Vec<EndpointId>,
+        // The caller's start of the response's extension map: `Upstream`
+        // goes in, then it is merged into the endpoint's (moved whole when
+        // the endpoint's is empty, as hyper's client responses are).
+        extensions: http::Extensions,
     }
 }
 
@@ -67,6 +71,7 @@ where
         key: Option<u64>,
         may_retry: bool,
         req: Request<B>,
+        extensions: http::Extensions,
     ) -> Self
     where
         B: 'static,
@@ -93,6 +98,7 @@ where
             key,
             spare,
             tried: Vec::new(),
+            extensions,
         }
     }
 }
@@ -128,14 +134,16 @@ where
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(res)) => {
                         this.state.set(State::Done);
-                        let Some(attempt) = this.attempt.take() else {
+                        let Some(mut attempt) = this.attempt.take() else {
                             // Unreachable: an attempt exists while calling.
                             return Poll::Ready(Ok(res.map(|_| ResponseBody::unavailable())));
                         };
                         let shared = &*this.inner.endpoints.shared;
                         attempt.answered(this.tried.len() + 1, Some(res.status()));
                         let mut res = res;
-                        res.extensions_mut().insert(Upstream::of(attempt.state()));
+                        let mut extensions = std::mem::take(this.extensions);
+                        extensions.insert(Upstream::of(attempt.state()));
+                        res.extensions_mut().extend(extensions);
                         let ok = !(shared.health.server_errors && res.status().is_server_error());
                         let in_flight = attempt.finish(ok, shared);
                         return Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, in_flight))));
@@ -160,7 +168,7 @@ where
                 return Poll::Ready(Err(error));
             }
             // The attempt failed before response headers.
-            if let Some(attempt) = this.attempt.take() {
+            if let Some(mut attempt) = this.attempt.take() {
                 attempt.answered(this.tried.len() + 1, None);
                 this.tried.push(attempt.state().id);
                 drop(attempt.finish(false, &this.inner.endpoints.shared));

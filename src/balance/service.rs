@@ -224,6 +224,9 @@ pub(crate) struct Attempt {
     // Set on the sampled attempts whose latency is measured (all of them
     // with the `metrics` feature: the latency histogram needs each one).
     started: Option<std::time::Instant>,
+    // How long it took to be answered, once it was: read once for both
+    // the metrics and the endpoint's latency.
+    elapsed: Option<std::time::Duration>,
     // The attempt's `debug` span, closed with the attempt.
     #[cfg(feature = "tracing")]
     span: tracing::Span,
@@ -243,6 +246,7 @@ impl Attempt {
             in_flight: Some(in_flight),
             trial,
             started: measured.then(std::time::Instant::now),
+            elapsed: None,
             #[cfg(feature = "tracing")]
             span,
         }
@@ -250,14 +254,15 @@ impl Attempt {
 
     /// Reports the attempt's answer (`None`: no response) to metrics and
     /// tracing; `number` counts attempts for the request from 1.
-    pub(crate) fn answered(&self, number: usize, status: Option<http::StatusCode>) {
+    pub(crate) fn answered(&mut self, number: usize, status: Option<http::StatusCode>) {
+        self.elapsed = self.started.map(|s| s.elapsed());
         super::upstream::answered(
             self.state(),
             #[cfg(feature = "tracing")]
             &self.span,
             number,
             status,
-            self.started.map(|s| s.elapsed()),
+            self.elapsed,
         );
     }
 
@@ -274,8 +279,8 @@ impl Attempt {
     pub(crate) fn finish<T>(mut self, ok: bool, shared: &Shared<T>) -> Option<InFlight> {
         let in_flight = self.in_flight.take()?;
         let state = in_flight.state();
-        if let Some(started) = self.started {
-            state.record_latency(started.elapsed());
+        if let Some(elapsed) = self.elapsed.or_else(|| self.started.map(|s| s.elapsed())) {
+            state.record_latency(elapsed);
         }
         state.record_outcome(ok, self.trial, &shared.health, shared);
         self.trial = false;
@@ -392,7 +397,7 @@ where
             let key = config.key.extract(&parts);
             (Request::from_parts(parts, body), key)
         };
-        self.call_with_key(req, key)
+        self.call_with_key(req, key, http::Extensions::new())
     }
 }
 
@@ -415,6 +420,7 @@ impl<T, C> Balance<T, C> {
         &mut self,
         req: Request<B>,
         key: Option<u64>,
+        response_extensions: http::Extensions,
     ) -> ResponseFuture<T, C, B>
     where
         C: Connect<T, B>,
@@ -426,7 +432,13 @@ impl<T, C> Balance<T, C> {
         // method, replayable body (and, checked in `pick`, more than one
         // endpoint).
         let may_retry = retries.max > 0 && super::retry::is_idempotent(req.method());
-        ResponseFuture::start(Arc::clone(&self.inner), key, may_retry, req)
+        ResponseFuture::start(
+            Arc::clone(&self.inner),
+            key,
+            may_retry,
+            req,
+            response_extensions,
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -31,17 +31,41 @@ use super::{BoxError, ConfigError, ProxyBody, ProxyError};
 
 /// Sends one request on some pooled client: type erasure over the
 /// connector, so that [`Forward`] (and the proxy) stay one type whatever
-/// client the user brings.
+/// client the user brings. The request's URI is absolute, or `base` names
+/// the upstream (`SCHEME://AUTHORITY[/BASE]`) and the URI is the client's
+/// target (origin-form, or absolute-form whose authority was already
+/// checked: `authority::normalize_host`), as the balancer hands it over.
+/// With `timeout`, the response headers must come within it (from now).
 trait Transport: Send + Sync + 'static {
-    fn request(&self, req: Request<ProxyBody>) -> Sending;
+    fn request(
+        &self,
+        base: Option<&Uri>,
+        req: Request<ProxyBody>,
+        timeout: Option<Duration>,
+    ) -> Sending;
 }
 
 impl<C> Transport for Client<C, ProxyBody>
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
-    fn request(&self, req: Request<ProxyBody>) -> Sending {
-        Sending::Legacy(Client::request(self, req))
+    fn request(
+        &self,
+        base: Option<&Uri>,
+        mut req: Request<ProxyBody>,
+        timeout: Option<Duration>,
+    ) -> Sending {
+        if let Some(base) = base {
+            // hyper-util's client picks the connection by the URI.
+            *req.uri_mut() = crate::balance::rewrite_uri(base, req.uri());
+        }
+        let fut = Client::request(self, req);
+        match timeout {
+            Some(t) => Sending::LegacyTimed {
+                fut: tokio::time::timeout(t, fut),
+            },
+            None => Sending::Legacy { fut },
+        }
     }
 }
 
@@ -53,94 +77,158 @@ where
 /// h2c went through hyper-util's client until `:authority` had to carry
 /// the client's `Host` (RFC 9113 §8.3.1): that client picks the connection
 /// by the URI's authority, so the URI could not name the upstream and the
-/// client's host at once; the pool picks it before the URI is rewritten.
+/// client's host at once; the pool picks it by the upstream apart from
+/// the URI.
 struct Builtin {
     pool: Pool,
 }
 
 impl Transport for Builtin {
-    fn request(&self, req: Request<ProxyBody>) -> Sending {
-        let kind = match req.uri().scheme_str() {
+    fn request(
+        &self,
+        base: Option<&Uri>,
+        mut req: Request<ProxyBody>,
+        timeout: Option<Duration>,
+    ) -> Sending {
+        let upstream = base.unwrap_or(req.uri());
+        let kind = match upstream.scheme_str() {
             Some(UNIX) => Kind::Unix,
             Some("https") => Kind::Tls,
-            Some(H2C) => return self.h2c(req),
+            Some(H2C) => Kind::H2c,
             // No scheme: the pool refuses a URI that is not absolute.
             Some("http") | None => Kind::Tcp,
             Some(other) => {
                 let e = SendError::connect(format!("unsupported scheme {other}").into());
-                return Sending::Pool(Box::pin(std::future::ready(Err(e))));
+                return Sending::Pool {
+                    fut: Box::pin(std::future::ready(Err(e))),
+                };
             }
         };
-        Sending::Pool(self.pool.request(kind, req))
-    }
-}
-
-impl Builtin {
-    fn h2c(&self, mut req: Request<ProxyBody>) -> Sending {
-        // On the wire the scheme is `http` (`:scheme`, RFC 9113 §8.3.1);
-        // the separate client is what makes it HTTP/2.
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        // Fails only for a URI without scheme and authority, which the
-        // pool then refuses with an error (the URI stays empty).
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
+        match base {
+            Some(base) => {
+                // The target stays as the client sent it, unless the base
+                // has a path or the client used the absolute form: no
+                // absolute URI made per request and undone in the pool
+                // (about 600 instructions).
+                if let Some(target) = origin_target(base, req.uri()) {
+                    *req.uri_mut() = target;
+                }
+                Sending::Pool {
+                    fut: self.pool.request_to(kind, base, req, timeout),
+                }
+            }
+            None => Sending::Pool {
+                fut: self.pool.request(kind, req, timeout),
+            },
         }
-        Sending::Pool(self.pool.request(Kind::H2c, req))
     }
 }
 
-/// A request on its way, by either kind of client; its error says
-/// whether connecting failed.
-pub(super) enum Sending {
-    // hyper-util's client (boxed inside).
-    Legacy(ResponseFuture),
-    // The lean pool (boxed).
-    Pool(PoolFuture),
+/// The request target an upstream at `base` gets for the client's `uri`
+/// (RFC 9112 §3.2.1 origin-form: the base's path, then the client's path
+/// and query), or `None` when that is `uri` as it is.
+fn origin_target(base: &Uri, uri: &Uri) -> Option<Uri> {
+    let base_path = base.path().trim_end_matches('/');
+    let asterisk = uri.path() == "*" && uri.query().is_none();
+    if (base_path.is_empty() || asterisk) && uri.authority().is_none() {
+        return None;
+    }
+    let pq = if asterisk {
+        // `OPTIONS *` asks about the server as a whole (RFC 9112 §3.2.4),
+        // never under the base path.
+        PathAndQuery::from_static("*")
+    } else if base_path.is_empty() {
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    } else {
+        let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()?
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).ok()
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way, by either kind of client; its error says
+    /// whether connecting failed or time ran out.
+    #[project = SendingProj]
+    pub(super) enum Sending {
+        // hyper-util's client (boxed inside), without or with a timeout.
+        Legacy { fut: ResponseFuture },
+        LegacyTimed { #[pin] fut: tokio::time::Timeout<ResponseFuture> },
+        // The lean pool (boxed; it keeps the time itself).
+        Pool { fut: PoolFuture },
+    }
 }
 
 impl Future for Sending {
     type Output = Result<Response<Incoming>, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Sending::Legacy(fut) => Pin::new(fut).poll(cx).map_err(|e| SendError {
-                connect: e.is_connect(),
-                error: Box::new(e),
+        let legacy = |e: hyper_util::client::legacy::Error| SendError {
+            kind: if e.is_connect() {
+                Failure::Connect
+            } else {
+                Failure::Upstream
+            },
+            error: Box::new(e),
+        };
+        match self.project() {
+            SendingProj::Legacy { fut } => Pin::new(fut).poll(cx).map_err(legacy),
+            SendingProj::LegacyTimed { fut } => fut.poll(cx).map(|r| match r {
+                Ok(r) => r.map_err(legacy),
+                Err(_) => Err(SendError::timeout()),
             }),
-            Sending::Pool(fut) => fut.as_mut().poll(cx),
+            SendingProj::Pool { fut } => fut.as_mut().poll(cx),
         }
     }
 }
 
-/// Why a request got no response: connecting failed, or the exchange did.
+/// Why a request got no response: connecting failed, the exchange did, or
+/// the response headers did not come in time.
 #[derive(Debug)]
 pub(super) struct SendError {
-    connect: bool,
+    kind: Failure,
     error: BoxError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    Upstream,
+    Timeout,
 }
 
 impl SendError {
     pub(super) fn connect(error: BoxError) -> Self {
         SendError {
-            connect: true,
+            kind: Failure::Connect,
             error,
         }
     }
 
     pub(super) fn upstream(error: BoxError) -> Self {
         SendError {
-            connect: false,
+            kind: Failure::Upstream,
             error,
+        }
+    }
+
+    pub(super) fn timeout() -> Self {
+        SendError {
+            kind: Failure::Timeout,
+            error: "the upstream did not answer in time".into(),
         }
     }
 
     /// As the proxy reports it (the client's own faults aside).
     pub(super) fn into_proxy_error(self) -> ProxyError {
-        if self.connect {
-            ProxyError::Connect(self.error)
-        } else {
-            ProxyError::Upstream(self.error)
+        match self.kind {
+            Failure::Connect => ProxyError::Connect(self.error),
+            Failure::Upstream => ProxyError::Upstream(self.error),
+            Failure::Timeout => ProxyError::Timeout,
         }
     }
 
@@ -517,7 +605,15 @@ impl Service<Request<ProxyBody>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<ProxyBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        self.send(None, req)
+    }
+}
+
+impl Forward {
+    /// [`Service::call`], with the upstream named apart from the request
+    /// when `base` is given (see `Transport`).
+    pub(super) fn send(&self, base: Option<&Uri>, mut req: Request<ProxyBody>) -> ForwardFuture {
         // hyper-util refuses an HTTP/2 request on an HTTP/1 connection:
         // the version is the hop's, not the message's (RFC 9110 §6.2), and
         // the client picks it per connection (ALPN, h2c, or the user's).
@@ -527,11 +623,11 @@ impl Service<Request<ProxyBody>> for Forward {
             // No body to watch (hyper never polls an empty one): the
             // response timeout starts now, and any failure is upstream's.
             // Not boxed: this is every GET.
-            return ForwardFuture::plain(tokio::time::timeout(timeout, self.client.request(req)));
+            return ForwardFuture::plain(self.client.request(base, req, Some(timeout)));
         }
         let watch = Arc::new(BodyWatch::new());
         req.body_mut().watch = Some(Arc::clone(&watch));
-        let fut = self.client.request(req);
+        let fut = self.client.request(base, req, None);
         // Boxed: a request with a body, watched in phases (rarer).
         ForwardFuture::boxed(async move {
             let classify = |e: SendError| {
@@ -649,7 +745,7 @@ impl Forward {
                         http::HeaderValue::from_static("localhost"),
                     );
                 }
-                match client.request(req).await {
+                match client.request(None, req, None).await {
                     Ok(res) => {
                         let ok = res.status().is_success() || res.status().is_redirection();
                         // Drain so the connection goes back to the pool.
@@ -660,5 +756,48 @@ impl Forward {
                 }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(base: &str, uri: &str) -> Option<String> {
+        origin_target(&base.parse().unwrap(), &uri.parse().unwrap()).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn an_origin_form_target_under_a_bare_base_goes_as_it_is() {
+        assert_eq!(target("http://up.test:3000", "/p?x=1"), None);
+        assert_eq!(target("http://up.test:3000/", "/"), None);
+        assert_eq!(target("http://up.test:3000/", "*"), None);
+    }
+
+    #[test]
+    fn the_base_path_prefixes_the_target() {
+        assert_eq!(
+            target("http://up.test/app/", "/p?x=1").as_deref(),
+            Some("/app/p?x=1")
+        );
+        assert_eq!(target("http://up.test/app", "/").as_deref(), Some("/app/"));
+        // The asterisk-form names the server, never a path under the base.
+        assert_eq!(target("http://up.test/app/", "*"), None);
+    }
+
+    #[test]
+    fn an_absolute_form_target_loses_the_clients_authority() {
+        assert_eq!(
+            target("http://up.test", "http://front.test/p?q").as_deref(),
+            Some("/p?q")
+        );
+        assert_eq!(
+            target("http://up.test/app", "http://front.test/p").as_deref(),
+            Some("/app/p")
+        );
+        assert_eq!(
+            target("http://up.test", "http://front.test").as_deref(),
+            Some("/")
+        );
     }
 }

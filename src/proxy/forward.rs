@@ -136,7 +136,7 @@ pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first: most messages carry none of these,
     // and a scan of a few standard names is cheaper than eight hashed
     // removals (this runs on every request and every response).
-    if !headers.keys().any(is_hop_by_hop) {
+    if !has_hop_by_hop(headers) {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -241,18 +241,36 @@ pub(super) fn prepare_request(
     parts: &mut http::request::Parts,
     settings: &Forwarding,
 ) -> Result<(), AuthorityError> {
+    let hop = has_hop_by_hop(&parts.headers);
+    prepare(parts, settings, hop)
+}
+
+/// Whether any header field is hop-by-hop by itself (RFC 9110 §7.6.1).
+/// Most requests carry none (HTTP/2 ones never do): then one pass over
+/// the names spares the lookups of `TE`, `Connection` and `Upgrade`.
+pub(super) fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(is_hop_by_hop)
+}
+
+/// [`prepare_request`], told whether the request has hop-by-hop fields.
+pub(super) fn prepare(
+    parts: &mut http::request::Parts,
+    settings: &Forwarding,
+    hop: bool,
+) -> Result<(), AuthorityError> {
     // RFC 9112 §3.2, §3.2.2: the absolute-form authority wins over Host,
     // and a missing, repeated or invalid Host is refused. `Host` now holds
     // the one authority (or, for HTTP/1.0 without one, is absent).
-    crate::authority::normalize_host(parts)?;
-    let trailers = accepts_trailers(&parts.headers);
-    remove_hop_by_hop(&mut parts.headers);
-    if trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
+    let host = crate::authority::normalized_host(parts)?;
+    if hop {
+        let trailers = accepts_trailers(&parts.headers);
+        remove_hop_by_hop(&mut parts.headers);
+        if trailers {
+            parts
+                .headers
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
-    let host = parts.headers.get(header::HOST).cloned();
     if !settings.preserve_host {
         // hyper-util then sets Host from the upstream's URI.
         parts.headers.remove(header::HOST);

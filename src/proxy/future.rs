@@ -32,8 +32,9 @@ pin_project! {
 pin_project! {
     #[project = ForwardProj]
     enum ForwardKind {
-        // No request body: the response timeout runs from the start.
-        Plain { #[pin] fut: tokio::time::Timeout<Sending> },
+        // No request body: the response timeout runs from the start (the
+        // transport keeps it).
+        Plain { #[pin] fut: Sending },
         // A request body on its way, watched in phases; boxed, as it is
         // the rarer case and its state is large.
         Boxed { fut: BoxFuture<Result<Response<Incoming>, ProxyError>> },
@@ -41,7 +42,7 @@ pin_project! {
 }
 
 impl ForwardFuture {
-    pub(super) fn plain(fut: tokio::time::Timeout<Sending>) -> Self {
+    pub(super) fn plain(fut: Sending) -> Self {
         ForwardFuture {
             kind: ForwardKind::Plain { fut },
         }
@@ -74,10 +75,7 @@ impl Future for ForwardFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            ForwardProj::Plain { fut } => Poll::Ready(match ready!(fut.poll(cx)) {
-                Err(_) => Err(ProxyError::Timeout),
-                Ok(r) => r.map_err(SendError::into_proxy_error),
-            }),
+            ForwardProj::Plain { fut } => fut.poll(cx).map_err(SendError::into_proxy_error),
             ForwardProj::Boxed { fut } => fut.as_mut().poll(cx),
         }
     }

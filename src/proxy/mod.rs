@@ -155,6 +155,11 @@
 //! graceful shutdown. Under axum, enable feature `axum` and serve with
 //! `into_make_service_with_connect_info::<SocketAddr>()`; a request
 //! without a client address makes the proxy warn once.
+//!
+//! The proxy's responses carry, in their extensions, the
+//! [`Upstream`](crate::balance::Upstream) that answered and the request's
+//! [`ClientAddr`](crate::balance::ClientAddr) (when it had one), for an
+//! access log written at the response.
 
 mod body;
 mod client;

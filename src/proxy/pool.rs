@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
-use http::uri::{Parts, PathAndQuery};
+use http::uri::{Parts, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
@@ -49,6 +49,7 @@ use tower_service::Service;
 
 use super::body::Kind as BodyKind;
 use super::client::{Connector, SendError};
+use super::timer::{ConnSleep, ConnTimer};
 use super::ProxyBody;
 
 /// The most idle connections kept per upstream: 128. hyper-util keeps
@@ -154,6 +155,8 @@ enum Fresh {
 /// sent on it.
 struct Conn {
     state: Mutex<State>,
+    // The response timeout of the request in flight on it.
+    timer: ConnTimer,
 }
 
 struct State {
@@ -196,65 +199,199 @@ impl Pool {
         }
     }
 
-    /// Sends a request with an absolute URI to its upstream over HTTP/1.1.
-    pub(super) fn request(&self, kind: Kind, req: Request<ProxyBody>) -> PoolFuture {
-        Box::pin(Arc::clone(&self.inner).send(kind, req))
+    /// Sends a request with an absolute URI to its upstream; with
+    /// `timeout`, its response headers must come within it.
+    pub(super) fn request(
+        &self,
+        kind: Kind,
+        req: Request<ProxyBody>,
+        timeout: Option<Duration>,
+    ) -> PoolFuture {
+        match self.inner.host(kind, req.uri()) {
+            Ok(host) => self.send(host, req, timeout),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    /// Sends a request to the upstream at `base` (`SCHEME://AUTHORITY`),
+    /// its URI the target in origin form; `timeout` as for `request`.
+    pub(super) fn request_to(
+        &self,
+        kind: Kind,
+        base: &Uri,
+        req: Request<ProxyBody>,
+        timeout: Option<Duration>,
+    ) -> PoolFuture {
+        match self.inner.host(kind, base) {
+            Ok(host) => self.send(host, req, timeout),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    /// Sends `req` to `host`, its URI absolute or already in origin form.
+    ///
+    /// On a pooled HTTP/1.1 connection the request is handed to hyper
+    /// before the future is made, so that the future ([`Pooled`]) holds
+    /// only hyper's answer and what a second try needs: a few hundred
+    /// bytes, where an `async fn` holding every path's state was 1.6 KB,
+    /// too big for the allocator's per-thread cache. Its response timeout
+    /// runs on the connection's one timer: registering a tokio timer per
+    /// request and removing it cost about 600 instructions.
+    fn send(
+        &self,
+        host: Arc<Host>,
+        mut req: Request<ProxyBody>,
+        timeout: Option<Duration>,
+    ) -> PoolFuture {
+        let inner = Arc::clone(&self.inner);
+        if let Some(tx) = host.h2_sender() {
+            return within(timeout, inner.send_h2(host, tx, req));
+        }
+        let Some((conn, mut tx, rested)) = host.checkout() else {
+            return within(timeout, async move { inner.send_fresh(&host, req).await });
+        };
+        to_origin_form(&mut req, &host.dst);
+        // A connection that sat idle may be closed by the upstream's own
+        // keep-alive timer just as the request is written to it: an
+        // idempotent request is then sent again (RFC 9110 §9.2.2), as
+        // nginx's and Go's clients do. Only then is a copy kept: on a busy
+        // connection the race does not arise, and the copy would cost
+        // every request.
+        let spare = if rested { spare(&req) } else { None };
+        let deadline = timeout.map(|t| conn.timer.until(tokio::time::Instant::now() + t));
+        let answer = tx.try_send_request(req);
+        // Back before the response comes, so that the connection's task
+        // can pool it once it is ready.
+        conn.hand_back(tx, &host);
+        Box::pin(Pooled {
+            answer,
+            deadline,
+            retry: Some(Retry {
+                pool: inner,
+                host,
+                spare,
+            }),
+            again: None,
+        })
+    }
+}
+
+/// `fut` failing with a timeout once `timeout` (if any) has passed, boxed.
+fn within<F>(timeout: Option<Duration>, fut: F) -> PoolFuture
+where
+    F: Future<Output = Result<Response<Incoming>, SendError>> + Send + 'static,
+{
+    match timeout {
+        None => Box::pin(fut),
+        Some(t) => Box::pin(async move {
+            tokio::time::timeout(t, fut)
+                .await
+                .unwrap_or_else(|_| Err(SendError::timeout()))
+        }),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request handed to hyper on a pooled HTTP/1.1 connection: hyper's
+    /// answer, the response timeout on the connection's timer, and what a
+    /// second try on a new connection needs (see `Inner::after_failure`).
+    struct Pooled<F> {
+        #[pin]
+        answer: F,
+        deadline: Option<ConnSleep>,
+        retry: Option<Retry>,
+        // The second try, once the answer was a failure that allows one.
+        again: Option<PoolFuture>,
+    }
+}
+
+struct Retry {
+    pool: Arc<Inner>,
+    host: Arc<Host>,
+    spare: Option<Box<Request<ProxyBody>>>,
+}
+
+impl<F> Future for Pooled<F>
+where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>>,
+{
+    type Output = Result<Response<Incoming>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(again) = this.again.as_mut() {
+            if let Poll::Ready(r) = again.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+        } else {
+            match this.answer.as_mut().poll(cx) {
+                Poll::Ready(Ok(res)) => return Poll::Ready(Ok(res)),
+                Poll::Ready(Err(e)) => {
+                    let Some(Retry { pool, host, spare }) = this.retry.take() else {
+                        return Poll::Ready(Err(SendError::upstream(e.into_error().into())));
+                    };
+                    let mut again = pool.after_failure(&host, e, spare, closed_under);
+                    let polled = again.as_mut().poll(cx);
+                    *this.again = Some(again);
+                    if let Poll::Ready(r) = polled {
+                        return Poll::Ready(r);
+                    }
+                }
+                Poll::Pending => {}
+            }
+        }
+        // The second try has the same deadline: the client's wait is one.
+        if let Some(deadline) = this.deadline.as_mut() {
+            if Pin::new(deadline).poll(cx).is_ready() {
+                return Poll::Ready(Err(SendError::timeout()));
+            }
+        }
+        Poll::Pending
     }
 }
 
 impl Inner {
-    async fn send(
+    /// Sends on the upstream's shared HTTP/2 connection.
+    async fn send_h2(
         self: Arc<Self>,
-        kind: Kind,
+        host: Arc<Host>,
+        mut tx: http2::SendRequest<ProxyBody>,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let host = self.host(kind, req.uri())?;
-        // The target in origin form (HTTP/1.1 only; HTTP/2 takes
-        // `:scheme` and `:authority` from the absolute form).
-        let mut origin = false;
-        let sent = if let Some(mut tx) = host.h2_sender() {
-            to_h2_form(&mut req);
-            let spare = spare(&req);
-            let sent = tx.try_send_request(req).await;
-            match (sent, spare) {
-                // The shared connection's upstream refused the stream
-                // unprocessed (it was shutting down): on a new connection.
-                (Err(e), Some(again)) if e.message().is_none() && refused(e.error()) => {
-                    return self.send_fresh(&host, *again, false).await;
-                }
-                (sent, _) => sent,
-            }
-        } else if let Some((conn, tx, rested)) = host.checkout() {
-            to_origin_form(&mut req);
-            origin = true;
-            // A connection that sat idle may be closed by the upstream's
-            // own keep-alive timer just as the request is written to it:
-            // an idempotent request is then sent again (RFC 9110 §9.2.2),
-            // as nginx's and Go's clients do. Only then is a copy kept: on
-            // a busy connection the race does not arise, and the copy
-            // would cost every request.
-            let spare = if rested { spare(&req) } else { None };
-            let sent = send_on(&host, &conn, tx, req).await;
-            match (sent, spare) {
-                (Err(e), Some(again)) if e.message().is_none() && closed_under(e.error()) => {
-                    return self.send_fresh(&host, *again, true).await;
-                }
-                (sent, _) => sent,
-            }
-        } else {
-            return self.send_fresh(&host, req, origin).await;
+        to_h2_form(&mut req, &host.dst);
+        let spare = spare(&req);
+        let again = match tx.try_send_request(req).await {
+            Ok(res) => return Ok(res),
+            Err(e) => self.after_failure(&host, e, spare, refused),
         };
-        match sent {
-            Ok(res) => Ok(res),
-            Err(mut e) => match e.take_message() {
-                // The pooled connection closed before the request was
-                // written (the upstream's keep-alive ended while it was
-                // idle): nothing reached the upstream, so once more, on a
-                // new connection.
-                Some(again) => self.send_fresh(&host, again, origin).await,
-                None => Err(SendError::upstream(e.into_error().into())),
-            },
-        }
+        again.await
+    }
+
+    /// What follows a request that failed on a pooled connection (or the
+    /// shared HTTP/2 one): one more try on a new connection when hyper
+    /// hands the request back (it was never written: the connection
+    /// closed while idle), or when the failure says it was not processed
+    /// (`unprocessed`) and a copy was kept; else the error.
+    fn after_failure(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        mut e: TrySendError<Request<ProxyBody>>,
+        spare: Option<Box<Request<ProxyBody>>>,
+        unprocessed: fn(&hyper::Error) -> bool,
+    ) -> PoolFuture {
+        let again = match (e.take_message(), spare) {
+            (Some(req), _) => req,
+            (None, Some(copy)) if unprocessed(e.error()) => *copy,
+            (None, _) => {
+                return Box::pin(std::future::ready(Err(SendError::upstream(
+                    e.into_error().into(),
+                ))))
+            }
+        };
+        let (pool, host) = (Arc::clone(self), Arc::clone(host));
+        // Boxed apart: the handshakes' states (TLS, HTTP/2) are
+        // kilobytes; a connect is rare.
+        Box::pin(async move { pool.send_fresh(&host, again).await })
     }
 
     /// Sends on a new connection (HTTP/1.1 or HTTP/2, as ALPN picks).
@@ -262,26 +399,15 @@ impl Inner {
         self: &Arc<Self>,
         host: &Arc<Host>,
         mut req: Request<ProxyBody>,
-        origin: bool,
     ) -> Result<Response<Incoming>, SendError> {
-        // Boxed: the handshakes' states (TLS, HTTP/2) are kilobytes, and
-        // an unboxed one would make every request's future that big (and
-        // copied whole into its box); a connect is rare.
-        let fresh = Box::pin(self.connect(host)).await?;
+        let fresh = self.connect(host).await?;
         let sent = match fresh {
             Fresh::Http1(conn, tx) => {
-                if !origin {
-                    to_origin_form(&mut req);
-                }
+                to_origin_form(&mut req, &host.dst);
                 send_on(host, &conn, tx, req).await
             }
             Fresh::Http2(mut tx) => {
-                if origin {
-                    // A pooled HTTP/1.1 connection failed and the upstream
-                    // now speaks HTTP/2: the absolute form again.
-                    host.absolute_form(&mut req);
-                }
-                to_h2_form(&mut req);
+                to_h2_form(&mut req, &host.dst);
                 tx.try_send_request(req).await
             }
         };
@@ -290,6 +416,9 @@ impl Inner {
 
     /// The upstream of an absolute URI, made on first use.
     fn host(&self, kind: Kind, uri: &Uri) -> Result<Arc<Host>, SendError> {
+        // On the wire h2c's scheme is `http` (`:scheme`, RFC 9113 §8.3.1);
+        // the kind is what makes it HTTP/2.
+        let h2c = Scheme::HTTP;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(SendError::upstream(
                 "the request URI is not absolute".into(),
@@ -300,6 +429,7 @@ impl Inner {
         if let Some(host) = map.get(authority.as_str()) {
             return Ok(Arc::clone(host));
         }
+        let scheme = if kind == Kind::H2c { &h2c } else { scheme };
         let dst = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
@@ -368,6 +498,7 @@ impl Inner {
                 seen: None,
                 quiet: 0,
             }),
+            timer: ConnTimer::new(),
         });
         // Upgrades stay possible (a 101 hands the connection to the
         // tunnel, see `upgrade`), as hyper-util's client keeps them.
@@ -491,22 +622,6 @@ impl Host {
                 None
             }
             None => None,
-        }
-    }
-
-    /// The request's target back in absolute form, on this upstream.
-    fn absolute_form(&self, req: &mut Request<ProxyBody>) {
-        let mut parts = Parts::default();
-        parts.scheme = self.dst.scheme().cloned();
-        parts.authority = self.dst.authority().cloned();
-        parts.path_and_query = Some(
-            req.uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
         }
     }
 
@@ -645,9 +760,13 @@ where
 }
 
 /// An HTTP/1.1 request's target and `Host` as hyper-util's client makes
-/// them.
-fn to_origin_form(req: &mut Request<ProxyBody>) {
-    set_host(req);
+/// them, for an upstream at `dst` (a target without authority is in
+/// origin form already).
+fn to_origin_form(req: &mut Request<ProxyBody>, dst: &Uri) {
+    set_host(req, dst);
+    if req.uri().authority().is_none() {
+        return;
+    }
     if req.method() == Method::CONNECT {
         authority_form(req.uri_mut());
     } else {
@@ -712,45 +831,50 @@ fn cause<T: std::error::Error + 'static>(e: &hyper::Error) -> Option<&T> {
         .find_map(|c| c.downcast_ref::<T>())
 }
 
-/// An HTTP/2 request's `:authority` from its `Host` (RFC 9113 §8.3.1:
-/// "Clients MUST NOT generate a request with a Host header field that
-/// differs from the :authority pseudo-header field", and an intermediary
-/// forwarding over HTTP/2 takes `:authority` from the original request's
-/// authority). The proxy keeps the client's `Host` for the upstream
-/// (`preserve_host`), while the URI names the upstream: sent as they were,
-/// a server that treats that as malformed (Python's h2 does; RFC 9113
-/// says it should) refused every request. The URI's authority becomes the
-/// `Host` value and `Host` is removed; without a `Host` (or with one that
-/// is no authority) the URI's own stays. The connection was already
-/// picked by the upstream's URI.
-fn to_h2_form(req: &mut Request<ProxyBody>) {
-    let Some(host) = req.headers_mut().remove(header::HOST) else {
-        return;
-    };
-    let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) else {
-        return;
-    };
+/// An HTTP/2 request's `:scheme` and `:authority` for an upstream at
+/// `dst`: the scheme is the upstream's, the authority the client's `Host`
+/// (RFC 9113 §8.3.1: "Clients MUST NOT generate a request with a Host
+/// header field that differs from the :authority pseudo-header field",
+/// and an intermediary forwarding over HTTP/2 takes `:authority` from the
+/// original request's authority). The proxy keeps the client's `Host` for
+/// the upstream (`preserve_host`): sent beside an `:authority` naming the
+/// upstream, a server that treats that as malformed (Python's h2 does;
+/// RFC 9113 says it should) refused every request. So `Host` becomes the
+/// authority and is removed; without a `Host` (or with one that is no
+/// authority) the URI's authority stays, or the upstream's is used. The
+/// connection was already picked by the upstream.
+fn to_h2_form(req: &mut Request<ProxyBody>, dst: &Uri) {
+    let host = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    parts.authority = Some(authority);
-    if parts.scheme.is_none() {
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-    }
+    parts.authority = host
+        .or(parts.authority)
+        .or_else(|| dst.authority().cloned());
+    parts.scheme = dst.scheme().cloned();
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
 }
 
-/// `Host` from the URI's authority when the request has none (RFC 9112
-/// §3.2: every HTTP/1.1 request carries one), as hyper-util does.
-fn set_host(req: &mut Request<ProxyBody>) {
+/// `Host` from the URI's authority (or the upstream's, for a target in
+/// origin form) when the request has none (RFC 9112 §3.2: every HTTP/1.1
+/// request carries one), as hyper-util does.
+fn set_host(req: &mut Request<ProxyBody>, dst: &Uri) {
     if req.headers().contains_key(header::HOST) {
         return;
     }
-    let Some(authority) = req.uri().authority() else {
+    let uri = if req.uri().authority().is_some() {
+        req.uri()
+    } else {
+        dst
+    };
+    let Some(authority) = uri.authority() else {
         return;
     };
-    let default_port = match req.uri().scheme_str() {
+    let default_port = match uri.scheme_str() {
         Some("https") => Some(443),
         Some("http") => Some(80),
         _ => None,
@@ -795,26 +919,43 @@ mod tests {
         Request::get(uri).body(ProxyBody::empty()).unwrap()
     }
 
+    fn dst(uri: &str) -> Uri {
+        uri.parse().unwrap()
+    }
+
     #[test]
     fn origin_form_keeps_path_and_query_only() {
+        let up = dst("http://a.test:8080/");
         let mut req = request("http://a.test:8080/p/q?x=1");
-        to_origin_form(&mut req);
+        to_origin_form(&mut req, &up);
         assert_eq!(req.uri(), "/p/q?x=1");
         let mut root = request("http://a.test");
-        to_origin_form(&mut root);
+        to_origin_form(&mut root, &up);
         assert_eq!(root.uri(), "/");
         let mut connect = Request::connect("http://a.test:443")
             .body(ProxyBody::empty())
             .unwrap();
-        to_origin_form(&mut connect);
+        to_origin_form(&mut connect, &up);
         assert_eq!(connect.uri(), "a.test:443");
+    }
+
+    #[test]
+    fn a_target_in_origin_form_stays_and_gets_the_upstreams_host() {
+        let mut req = request("/p?x=1");
+        to_origin_form(&mut req, &dst("http://up.test:3000/"));
+        assert_eq!(req.uri(), "/p?x=1");
+        assert_eq!(req.headers()[header::HOST], "up.test:3000");
+        let mut asterisk = Request::options("*").body(ProxyBody::empty()).unwrap();
+        to_origin_form(&mut asterisk, &dst("http://up.test/"));
+        assert_eq!(asterisk.uri(), "*");
+        assert_eq!(asterisk.headers()[header::HOST], "up.test");
     }
 
     #[test]
     fn host_gets_the_port_only_when_not_the_schemes_default() {
         let host = |uri: &str| {
             let mut req = request(uri);
-            set_host(&mut req);
+            set_host(&mut req, &dst("http://other.test:9/"));
             req.headers()[header::HOST].clone()
         };
         assert_eq!(host("http://a.test:80/"), "a.test");
@@ -824,8 +965,25 @@ mod tests {
         let mut kept = request("http://a.test:8080/");
         kept.headers_mut()
             .insert(header::HOST, HeaderValue::from_static("front.test"));
-        set_host(&mut kept);
+        set_host(&mut kept, &dst("http://a.test:8080/"));
         assert_eq!(kept.headers()[header::HOST], "front.test");
+    }
+
+    #[test]
+    fn http2_takes_the_upstreams_scheme_and_the_clients_host() {
+        let mut req = request("/p?x=1");
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("front.test"));
+        to_h2_form(&mut req, &dst("https://up.test:8443/"));
+        assert_eq!(req.uri(), "https://front.test/p?x=1");
+        assert!(!req.headers().contains_key(header::HOST));
+        // No Host (HTTP/1.0 without one): the upstream's authority.
+        let mut bare = request("/");
+        to_h2_form(&mut bare, &dst("http://up.test:8080/"));
+        assert_eq!(bare.uri(), "http://up.test:8080/");
+        // Sent again after that: the authority it already carries stays.
+        to_h2_form(&mut req, &dst("https://up.test:8443/"));
+        assert_eq!(req.uri(), "https://front.test/p?x=1");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tower_service::Service;
 
-use super::forward::prepare_request;
+use super::forward::{has_hop_by_hop, prepare};
 use super::future::ResponseFuture;
 use super::stall::{Guarded, UpstreamBody};
 #[cfg(feature = "tls")]
@@ -28,18 +28,21 @@ use crate::limits::HeaderLimits;
 
 /// [`Rewrite`](crate::balance::Rewrite) over [`Forward`], which also tells
 /// the balancer which failures are the client's: those count against no
-/// upstream and are not retried.
+/// upstream and are not retried. The endpoint's base URI goes to the
+/// client beside the request instead of into its URI (see `Transport`).
 #[derive(Debug, Clone)]
 pub(super) struct ToUpstream {
     client: Guard,
 }
 
-/// [`Forward`] with each response body in an [`UpstreamBody`].
+/// [`Forward`] to one upstream (`base`, or the request's absolute URI),
+/// with each response body in an [`UpstreamBody`].
 #[derive(Debug, Clone)]
 pub(super) struct Guard {
     client: Forward,
     // How long a response body may stall (see `UpstreamBody`).
     idle_timeout: Duration,
+    base: Option<Uri>,
 }
 
 impl Service<Request<ProxyBody>> for Guard {
@@ -52,7 +55,7 @@ impl Service<Request<ProxyBody>> for Guard {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Guarded {
-        Guarded::new(self.client.call(req), self.idle_timeout)
+        Guarded::new(self.client.send(self.base.as_ref(), req), self.idle_timeout)
     }
 }
 
@@ -60,14 +63,18 @@ impl Connect<Uri, ProxyBody> for ToUpstream {
     type Service = Guard;
 
     fn connect(&self, base: &Uri, mut req: Request<ProxyBody>) -> (Guard, Request<ProxyBody>) {
-        *req.uri_mut() = crate::balance::rewrite_uri(base, req.uri());
         if base.scheme_str() == Some("unix") && !req.headers().contains_key(http::header::HOST) {
             // A socket path is no host: hyper-util would send the URI's
             // hex-encoded one.
             req.headers_mut()
                 .insert(http::header::HOST, HeaderValue::from_static("localhost"));
         }
-        (self.client.clone(), req)
+        let guard = Guard {
+            client: self.client.client.clone(),
+            idle_timeout: self.client.idle_timeout,
+            base: Some(base.clone()),
+        };
+        (guard, req)
     }
 
     fn is_endpoint_failure(&self, error: &ProxyError) -> bool {
@@ -386,6 +393,7 @@ impl ProxyBuilder {
                 client: Guard {
                     client: client.clone(),
                     idle_timeout: self.idle_timeout,
+                    base: None,
                 },
             },
             config,
@@ -510,8 +518,9 @@ where
             return ResponseFuture::ready(status_response(StatusCode::NOT_IMPLEMENTED));
         }
         // Taken before hop-by-hop removal, which drops `Upgrade`.
-        let upgrade = upgrade::take(&mut parts);
-        if let Err(e) = prepare_request(&mut parts, &settings.fwd) {
+        let hop = has_hop_by_hop(&parts.headers);
+        let upgrade = if hop { upgrade::take(&mut parts) } else { None };
+        if let Err(e) = prepare(&mut parts, &settings.fwd, hop) {
             return ResponseFuture::ready(status_response(e.status()));
         }
         if let Some(u) = &upgrade {
@@ -545,29 +554,33 @@ impl ReverseProxy {
         upgrade: Option<upgrade::Requested>,
     ) -> ResponseFuture {
         // The key reads the request as prepared (forwarding headers of
-        // untrusted peers removed), then the client's address, which
-        // only `prepare_request` and the key read, is dropped: the
-        // upstream never sees extensions, and the balancer's copy of
-        // the request for retries then clones no extension map (three
-        // allocations per request with only `ClientAddr` in it).
+        // untrusted peers removed). The client's address, which only
+        // `prepare_request` and the key read, moves to the response: the
+        // upstream never sees extensions, and the balancer's copy of the
+        // request for retries then clones no extension map.
         let key = self.balance.key_of(&parts);
-        strip_client_addr(&mut parts.extensions);
+        let extensions = client_addr_for_response(&mut parts.extensions);
         let req = Request::from_parts(parts, body);
-        let fut = self.balance.call_with_key(req, key);
+        let fut = self.balance.call_with_key(req, key, extensions);
         ResponseFuture::forwarding(fut, upgrade, self.settings.idle_timeout)
     }
 }
 
-/// Removes [`ClientAddr`](crate::balance::ClientAddr), and the whole
-/// extension map when that was all it held.
-fn strip_client_addr(ext: &mut http::Extensions) {
-    if ext.len() == 1 {
-        if ext.get::<crate::balance::ClientAddr>().is_some() {
-            *ext = http::Extensions::new();
-        }
-    } else {
-        ext.remove::<crate::balance::ClientAddr>();
+/// Takes [`ClientAddr`](crate::balance::ClientAddr) out of a request's
+/// extensions, as the start of the response's. When it is all they hold
+/// (as [`serve`](super::serve) makes them) the map itself moves: one map
+/// per request instead of one dropped here and another made for the
+/// response's [`Upstream`](crate::balance::Upstream) (about 700
+/// instructions).
+fn client_addr_for_response(ext: &mut http::Extensions) -> http::Extensions {
+    if ext.len() == 1 && ext.get::<crate::balance::ClientAddr>().is_some() {
+        return std::mem::take(ext);
     }
+    let mut response = http::Extensions::new();
+    if let Some(addr) = ext.remove::<crate::balance::ClientAddr>() {
+        response.insert(addr);
+    }
+    response
 }
 
 pub(super) fn status_response(status: StatusCode) -> Response<ProxyResponseBody> {

@@ -1,5 +1,7 @@
-//! hyper's timer for one HTTP/1.1 connection of [`serve`](super::serve):
-//! the header-read timeout on one tokio `Sleep` per connection.
+//! Timers of one HTTP/1.1 connection on one tokio `Sleep`: hyper's
+//! header-read timeout on a connection of [`serve`](super::serve), and the
+//! response timeout of the requests sent on a pooled upstream connection
+//! (`pool`), each one request at a time.
 //!
 //! hyper asks its timer for a new boxed sleep for every request head and
 //! drops it once the head is in. With `TokioTimer` each of those registers
@@ -15,7 +17,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
@@ -25,8 +27,18 @@ use hyper::rt::{Sleep, Timer};
 /// header-read timeout has.
 #[derive(Clone)]
 pub(super) struct ConnTimer {
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct Shared {
     // The connection's one tokio sleep, pushed to each new deadline.
-    shared: Arc<Mutex<Pin<Box<tokio::time::Sleep>>>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    // The waker it was last polled with: while the sleep has not ended,
+    // that task will be woken when it does, and polling it again with the
+    // same waker (hyper's header-read timeout, each request head of a
+    // connection) would only register that waker again (about 130
+    // instructions).
+    waker: Option<Waker>,
 }
 
 impl ConnTimer {
@@ -34,7 +46,18 @@ impl ConnTimer {
         // Unregistered until first polled; a year is "never" here.
         let idle = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
         ConnTimer {
-            shared: Arc::new(Mutex::new(Box::pin(idle))),
+            shared: Arc::new(Mutex::new(Shared {
+                sleep: Box::pin(idle),
+                waker: None,
+            })),
+        }
+    }
+
+    /// A sleep until `deadline` on this connection's one timer, unboxed.
+    pub(super) fn until(&self, deadline: tokio::time::Instant) -> ConnSleep {
+        ConnSleep {
+            deadline,
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -45,10 +68,7 @@ impl Timer for ConnTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(ConnSleep {
-            deadline: deadline.into(),
-            shared: Arc::clone(&self.shared),
-        })
+        Box::pin(self.until(deadline.into()))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
@@ -65,28 +85,38 @@ impl Timer for ConnTimer {
 }
 
 /// One sleep of a [`ConnTimer`]: its own deadline, on the shared sleep.
-struct ConnSleep {
+pub(super) struct ConnSleep {
     deadline: tokio::time::Instant,
-    shared: Arc<Mutex<Pin<Box<tokio::time::Sleep>>>>,
+    shared: Arc<Mutex<Shared>>,
 }
 
 impl Future for ConnSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut sleep = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let Shared { sleep, waker } = &mut *shared;
         if sleep.deadline() > self.deadline {
             // A sleep made before the last one: rare.
             sleep.as_mut().reset(self.deadline);
+        } else if !sleep.is_elapsed() && waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered for this task already (every reset below is
+            // followed by a poll, which registers again).
+            return Poll::Pending;
         }
         // In the steady state the shared sleep ends before this one (it
         // was set for an earlier request head): moved only when it ends,
         // about once per timeout instead of once per request.
         while sleep.as_mut().poll(cx).is_ready() {
             if tokio::time::Instant::now() >= self.deadline {
+                *waker = None;
                 return Poll::Ready(());
             }
             sleep.as_mut().reset(self.deadline);
+        }
+        match waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
@@ -115,6 +145,25 @@ mod tests {
         timer.reset(&mut earlier, timer.now() + Duration::from_secs(7));
         earlier.await;
         assert_eq!(start.elapsed(), Duration::from_secs(47));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleeps_polled_again_by_one_task_end_on_time() {
+        // As hyper's header-read timeout: one sleep per request head, each
+        // polled several times by the connection's task; the polls after
+        // the first find the waker registered and skip tokio's timer.
+        let timer = ConnTimer::new();
+        let start = tokio::time::Instant::now();
+        for round in 1..=3u32 {
+            let mut sleep = timer.sleep(Duration::from_secs(10));
+            for _ in 0..2 {
+                let polled = std::future::poll_fn(|cx| Poll::Ready(sleep.as_mut().poll(cx))).await;
+                assert!(polled.is_pending());
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+            sleep.await;
+            assert_eq!(start.elapsed(), Duration::from_secs(10) * round);
+        }
     }
 
     #[tokio::test(start_paused = true)]
