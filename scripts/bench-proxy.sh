@@ -27,7 +27,8 @@
 # SCHEME=https. Pinning: the proxies on CPU 0 (one nginx worker, one
 # tower-ssr runtime thread), renderers and wrk on CPU 1. Besides req/s it
 # reports each proxy's CPU time per request (from /proc), which stays
-# meaningful when something else limits req/s.
+# meaningful when something else limits req/s, and its user and kernel
+# parts (10 ms ticks: meaningful over seconds of load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -176,26 +177,28 @@ fi
 curl -fsS "http://$OURS/page" -o "$work/a" && curl -fsS "http://$NGINX/page" -o "$work/b" && cmp -s "$work/a" "$work/b"
 curl -fsS "http://$MINIMAL/page" -o "$work/c" && cmp -s "$work/a" "$work/c"
 
-cpu_ticks() { # summed utime+stime of the given pids and their threads
-  local t=0 p u s
+cpu_ticks() { # summed utime and stime of the given pids and their threads
+  local tu=0 ts=0 p u s
   for p in "$@"; do
     read -r u s < <(cut -d' ' -f14,15 "/proc/$p/stat")
-    t=$((t + u + s))
+    tu=$((tu + u))
+    ts=$((ts + s))
   done
-  echo "$t"
+  echo "$tu $ts"
 }
 nginx_pids() { pgrep -P "$(cat "$work/nginx.pid")"; cat "$work/nginx.pid"; }
 
-run() { # run NAME URL PIDS...: prints "NAME req/s cpu_us_per_req"
+run() { # run NAME URL PIDS...: prints "NAME req/s cpu_us_per_req" and its user / kernel parts
   local name=$1 url=$2; shift 2
-  local before after out rps reqs
-  before=$(cpu_ticks "$@")
+  local bu bs au as out rps reqs
+  read -r bu bs < <(cpu_ticks "$@")
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "$url")
-  after=$(cpu_ticks "$@")
+  read -r au as < <(cpu_ticks "$@")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  awk -v n="$name" -v r="$rps" -v q="$reqs" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%-12s %10.0f req/s  %6.1f us CPU/req\n", n, r, t / hz * 1e6 / q }' | tee -a "$work/results"
+  awk -v n="$name" -v r="$rps" -v q="$reqs" -v u=$((au - bu)) -v k=$((as - bs)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { f = 1e6 / hz / q; printf "%-12s %10.0f req/s  %6.1f us CPU/req  %6.1f user %6.1f kernel\n", n, r, (u + k) * f, u * f, k * f }' |
+    tee -a "$work/results"
 }
 
 # Warm both (connection pools, page faults).
@@ -234,14 +237,20 @@ awk '{ n[$1]++; c[$1, n[$1]] = $4 }
   END { printf "per round, tower-ssr / minimal:"; for (i = 1; i <= n["tower-ssr"]; i++) printf " %.2f", c["tower-ssr", i] / c["minimal", i]
         printf "\nper round, tower-ssr / nginx:  "; for (i = 1; i <= n["tower-ssr"]; i++) printf " %.2f", c["tower-ssr", i] / c["nginx", i]
         printf "\n" }' "$work/results"
-awk '{ cpu[$1] = cpu[$1] " " $4; rps[$1] = rps[$1] " " $2 }
+awk '{ cpu[$1] = cpu[$1] " " $4; rps[$1] = rps[$1] " " $2; usr[$1] = usr[$1] " " $7; ker[$1] = ker[$1] " " $9 }
   function median(list,   a, n, i, j, t) {
     n = split(list, a, " ")
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
   END {
-    for (k in cpu) { m[k] = median(cpu[k]); printf "median %-12s %10.0f req/s  %6.1f us CPU/req\n", k, median(rps[k]), m[k] }
+    for (k in cpu) {
+      m[k] = median(cpu[k]); mu[k] = median(usr[k])
+      printf "median %-12s %10.0f req/s  %6.1f us CPU/req  %6.1f user %6.1f kernel\n", k, median(rps[k]), m[k], mu[k], median(ker[k])
+    }
     if (m["minimal"] > 0) printf "tower-ssr / minimal CPU per request: %.2f\n", m["tower-ssr"] / m["minimal"]
     if (m["nginx"] > 0) printf "tower-ssr / nginx   CPU per request: %.2f\n", m["tower-ssr"] / m["nginx"]
+    # The kernel part (loopback TCP, epoll) is much the same for all
+    # three and noisy; the user part is where the proxies differ.
+    if (mu["minimal"] > 0) printf "tower-ssr / minimal user CPU per request: %.2f\n", mu["tower-ssr"] / mu["minimal"]
   }' "$work/results"
