@@ -429,19 +429,27 @@ async fn answer_one(s: &mut TcpStream) {
         .unwrap();
 }
 
+/// Sends a `GET` through `proxy` to the upstream that `listener` is,
+/// accepts its new connection and answers it by hand (`200`, keep-alive):
+/// the connection, returned, is then pooled.
+async fn answered_by_hand(proxy: &ReverseProxy, listener: &TcpListener) -> TcpStream {
+    let sent = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { get(&proxy, "/page").await }
+    });
+    let (mut conn, _) = within(listener.accept()).await.unwrap();
+    answer_one(&mut conn).await;
+    assert_eq!(sent.await.unwrap().0, StatusCode::OK);
+    conn
+}
+
 #[tokio::test]
 async fn a_request_sent_on_a_connection_that_closes_under_it_is_sent_again() {
     // The upstream is this test: it accepts and answers by hand, so it
     // can close the pooled connection just as the next request is sent.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = proxy_to(listener.local_addr().unwrap(), Duration::from_secs(60));
-    let first = tokio::spawn({
-        let proxy = proxy.clone();
-        async move { get(&proxy, "/page").await }
-    });
-    let (mut pooled, _) = within(listener.accept()).await.unwrap();
-    answer_one(&mut pooled).await;
-    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    let pooled = answered_by_hand(&proxy, &listener).await;
 
     // A cue, so that the next request is woken in the same turn as the
     // proxy's connection learns of the close, but before it: the request
@@ -488,13 +496,7 @@ async fn a_pooled_connection_that_stops_answering_times_out_each_request() {
         .response_timeout(Duration::from_millis(300))
         .try_build()
         .unwrap();
-    let first = tokio::spawn({
-        let proxy = proxy.clone();
-        async move { get(&proxy, "/page").await }
-    });
-    let (mut conn, _) = within(listener.accept()).await.unwrap();
-    answer_one(&mut conn).await;
-    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    let mut conn = answered_by_hand(&proxy, &listener).await;
     // Keeps reading (and never answering) what comes on that connection.
     let held = tokio::spawn(async move {
         let mut sink = [0u8; 1024];
@@ -504,13 +506,7 @@ async fn a_pooled_connection_that_stops_answering_times_out_each_request() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     // The timed-out connection is not used again: the next request opens
     // a new one, which answers.
-    let third = tokio::spawn({
-        let proxy = proxy.clone();
-        async move { get(&proxy, "/page").await }
-    });
-    let (mut fresh, _) = within(listener.accept()).await.unwrap();
-    answer_one(&mut fresh).await;
-    assert_eq!(third.await.unwrap().0, StatusCode::OK);
+    let _fresh = answered_by_hand(&proxy, &listener).await;
     // And on that pooled connection, silence times out again.
     let (status, _) = get(&proxy, "/page").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
