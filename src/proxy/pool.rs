@@ -10,8 +10,11 @@
 //! each poll of the connection it checks whether hyper wants the next
 //! request, which happens only in that poll (the response read to its
 //! end, RFC 9112 §9.3 keep-alive). So per request: one checkout, one send,
-//! no spawn, no clock. A response body dropped before its end makes hyper
-//! close the connection, which then never comes back.
+//! no spawn, one clock read for the response timeout, which runs on the
+//! connection's one timer (a tokio timer registered and removed per
+//! request cost about 600 instructions; one request is in flight on an
+//! HTTP/1.1 connection at a time). A response body dropped before its end
+//! makes hyper close the connection, which then never comes back.
 //!
 //! Idle connections of one upstream are kept last-in first-out (the most
 //! recently used one is the warmest), at most [`MAX_IDLE_PER_HOST`]. One
