@@ -297,14 +297,19 @@ pub(super) fn prepare(
                 // set (DESIGN.md "Balancing"). An untrusted peer's list was
                 // removed above, so ours is the whole of it.
                 // One lookup: `entry` hashes and probes once, where
-                // `contains_key` then `insert` did it twice.
-                match parts.headers.entry(xff) {
-                    header::Entry::Vacant(e) => {
-                        e.insert(ip_value(ip));
-                    }
-                    header::Entry::Occupied(e) => {
-                        let xff = e.key().clone();
-                        append_value(&mut parts.headers, xff, &ip.to_string());
+                // `contains_key` then `insert` did it twice; and from an
+                // untrusted peer there is none left to keep.
+                if !trusted {
+                    parts.headers.insert(xff, ip_value(ip));
+                } else {
+                    match parts.headers.entry(xff) {
+                        header::Entry::Vacant(e) => {
+                            e.insert(ip_value(ip));
+                        }
+                        header::Entry::Occupied(e) => {
+                            let xff = e.key().clone();
+                            append_value(&mut parts.headers, xff, &ip.to_string());
+                        }
                     }
                 }
             }
