@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use tower_ssr::balance::{ClientAddr, Endpoints, Retries, RoundRobin};
 use tower_ssr::proxy::{self, ReverseProxy};
@@ -510,5 +510,66 @@ async fn a_pooled_connection_that_stops_answering_times_out_each_request() {
     // And on that pooled connection, silence times out again.
     let (status, _) = get(&proxy, "/page").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    held.abort();
+}
+
+/// Polls `fut` the first time as a task that has already spent its tokio
+/// coop budget in this poll would (one that awaits many requests at once,
+/// say), and as usual after that.
+async fn first_polled_out_of_budget<F: std::future::Future>(fut: F) -> F::Output {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..1024 {
+        tx.send(()).unwrap();
+    }
+    let mut fut = std::pin::pin!(fut);
+    let mut spent = false;
+    std::future::poll_fn(|cx| {
+        if !spent {
+            spent = true;
+            // Ready until the budget is gone (1024 is well above it).
+            while rx.poll_recv(cx).is_ready() {}
+        }
+        fut.as_mut().poll(cx)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_pooled_request_first_polled_out_of_coop_budget_still_times_out() {
+    // The response timeout on a pooled connection's timer must be
+    // registered even when its first poll finds the task's coop budget
+    // spent (tokio's sleep then returns pending without registering the
+    // task, and wakes it at once to be polled again).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let set = Endpoints::new(RoundRobin::new());
+    let base = proxy::upstream(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    set.add("u", base).unwrap();
+    let proxy = ReverseProxy::builder(set)
+        .retries(Retries::none())
+        .response_timeout(Duration::from_millis(300))
+        .try_build()
+        .unwrap();
+    let mut conn = answered_by_hand(&proxy, &listener).await;
+    let held = tokio::spawn(async move {
+        let mut sink = [0u8; 1024];
+        while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let mut req = Request::get("/page")
+        .header("host", "front.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(ClientAddr("198.51.100.7:5000".parse().unwrap()));
+    let mut svc = proxy.clone();
+    let sent = within(ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc))
+        .await
+        .unwrap()
+        .call(req);
+    // On a task of its own, so that only the proxy's timers can wake it.
+    let res = within(tokio::spawn(first_polled_out_of_budget(sent)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     held.abort();
 }

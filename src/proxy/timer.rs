@@ -114,6 +114,15 @@ impl Future for ConnSleep {
             }
             sleep.as_mut().reset(self.deadline);
         }
+        // A poll that found the task's coop budget spent registered
+        // nothing: tokio's sleep wakes the task at once instead, and the
+        // next poll must reach the sleep again (a pending poll that did
+        // register gives its unit of budget back, so the budget is then
+        // not spent).
+        if !tokio::task::coop::has_budget_remaining() {
+            *waker = None;
+            return Poll::Pending;
+        }
         match waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => *waker = Some(cx.waker().clone()),
@@ -164,6 +173,36 @@ mod tests {
             sleep.await;
             assert_eq!(start.elapsed(), Duration::from_secs(10) * round);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sleep_first_polled_out_of_coop_budget_is_woken_at_its_deadline() {
+        // tokio's sleep, polled by a task whose budget is spent, returns
+        // pending without registering the task (and wakes it at once): the
+        // next poll by that task must not take it for registered.
+        let timer = ConnTimer::new();
+        let mut sleep = timer.sleep(Duration::from_secs(30));
+        let waited = tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut spent = false;
+            std::future::poll_fn(|cx| {
+                if !std::mem::replace(&mut spent, true) {
+                    while Box::pin(tokio::task::coop::consume_budget())
+                        .as_mut()
+                        .poll(cx)
+                        .is_ready()
+                    {}
+                }
+                sleep.as_mut().poll(cx)
+            })
+            .await;
+            start.elapsed()
+        });
+        let waited = tokio::time::timeout(Duration::from_secs(3600), waited).await;
+        assert_eq!(
+            waited.expect("never woken").unwrap(),
+            Duration::from_secs(30)
+        );
     }
 
     #[tokio::test(start_paused = true)]
