@@ -74,6 +74,48 @@ async fn options_asterisk_keeps_its_target_under_a_base_path() {
     assert_eq!(lines, ["OPTIONS * HTTP/1.1", "OPTIONS * HTTP/1.1"]);
 }
 
+#[tokio::test]
+async fn a_target_too_long_for_the_base_path_gets_414_and_never_leaves_it() {
+    // The base path and the client's target together are longer than a
+    // URI may be (65,534 bytes): the request was sent with the client's
+    // target alone, outside the base path.
+    let (up, heads) = recording_upstream().await;
+    let set = Endpoints::new(RoundRobin::new());
+    set.add(
+        "app",
+        uri(
+            up,
+            "/confined/to/this/subtree/of/the/upstream/and/nothing/else",
+        ),
+    )
+    .unwrap();
+    let mut proxy = ReverseProxy::builder(set).build();
+    let target = format!("/admin?{}", "q".repeat(65_480));
+    let req = Request::get(target.as_str())
+        .header("host", "front.example")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = within(proxy.call(with_client(req))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::URI_TOO_LONG);
+    // And a target that fits still goes under the base path.
+    let req = Request::get("/admin?q")
+        .header("host", "front.example")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = within(proxy.call(with_client(req))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let lines: Vec<String> = heads
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.lines().next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        ["GET /confined/to/this/subtree/of/the/upstream/and/nothing/else/admin?q HTTP/1.1"]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_the_handle_brings_back_what_the_probes_took_down() {
     let set = Endpoints::new(RoundRobin::new());

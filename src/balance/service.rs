@@ -69,6 +69,22 @@ impl<C> Rewrite<C> {
     }
 }
 
+/// `base` + the request's path and query, or `None` when the two do not
+/// fit in one URI (the request must then not go: without the base path
+/// it would leave it).
+#[cfg(feature = "proxy")]
+pub(crate) fn rewrite_uri_checked(base: &Uri, uri: &Uri) -> Option<Uri> {
+    let base_path = base.path().trim_end_matches('/');
+    if base_path.is_empty() || (uri.path() == "*" && uri.query().is_none()) {
+        return Some(rewrite_uri(base, uri));
+    }
+    let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let pq = PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()?;
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).ok()
+}
+
 /// `base` + the request's path and query.
 pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
     let mut parts = base.clone().into_parts();

@@ -57,7 +57,14 @@ where
     ) -> Sending {
         if let Some(base) = base {
             // hyper-util's client picks the connection by the URI.
-            *req.uri_mut() = crate::balance::rewrite_uri(base, req.uri());
+            match crate::balance::rewrite_uri_checked(base, req.uri()) {
+                Some(uri) => *req.uri_mut() = uri,
+                None => {
+                    return Sending::Pool {
+                        fut: Box::pin(std::future::ready(Err(SendError::target_too_long()))),
+                    }
+                }
+            }
         }
         let fut = Client::request(self, req);
         match timeout {
@@ -110,8 +117,16 @@ impl Transport for Builtin {
                 // has a path or the client used the absolute form: no
                 // absolute URI made per request and undone in the pool
                 // (about 600 instructions).
-                if let Some(target) = origin_target(base, req.uri()) {
-                    *req.uri_mut() = target;
+                match origin_target(base, req.uri()) {
+                    Ok(Some(target)) => *req.uri_mut() = target,
+                    Ok(None) => {}
+                    // Never the client's target as it is: that would
+                    // leave the base path.
+                    Err(e) => {
+                        return Sending::Pool {
+                            fut: Box::pin(std::future::ready(Err(e))),
+                        }
+                    }
                 }
                 Sending::Pool {
                     fut: self.pool.request_to(kind, base, req, timeout),
@@ -126,12 +141,14 @@ impl Transport for Builtin {
 
 /// The request target an upstream at `base` gets for the client's `uri`
 /// (RFC 9112 §3.2.1 origin-form: the base's path, then the client's path
-/// and query), or `None` when that is `uri` as it is.
-fn origin_target(base: &Uri, uri: &Uri) -> Option<Uri> {
+/// and query), `None` when that is `uri` as it is, or an error when the
+/// two together are longer than a URI may be (the client's target alone
+/// fits: it must not go without the base path).
+fn origin_target(base: &Uri, uri: &Uri) -> Result<Option<Uri>, SendError> {
     let base_path = base.path().trim_end_matches('/');
     let asterisk = uri.path() == "*" && uri.query().is_none();
     if (base_path.is_empty() || asterisk) && uri.authority().is_none() {
-        return None;
+        return Ok(None);
     }
     let pq = if asterisk {
         // `OPTIONS *` asks about the server as a whole (RFC 9112 §3.2.4),
@@ -143,11 +160,14 @@ fn origin_target(base: &Uri, uri: &Uri) -> Option<Uri> {
             .unwrap_or_else(|| PathAndQuery::from_static("/"))
     } else {
         let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()?
+        PathAndQuery::try_from(format!("{base_path}{req_pq}"))
+            .map_err(|_| SendError::target_too_long())?
     };
     let mut parts = http::uri::Parts::default();
     parts.path_and_query = Some(pq);
-    Uri::from_parts(parts).ok()
+    Uri::from_parts(parts)
+        .map(Some)
+        .map_err(|_| SendError::target_too_long())
 }
 
 pin_project_lite::pin_project! {
@@ -199,6 +219,8 @@ enum Failure {
     Connect,
     Upstream,
     Timeout,
+    // The client's target does not fit under the upstream's base path.
+    TargetTooLong,
 }
 
 impl SendError {
@@ -216,6 +238,13 @@ impl SendError {
         }
     }
 
+    pub(super) fn target_too_long() -> Self {
+        SendError {
+            kind: Failure::TargetTooLong,
+            error: "the request target is too long under the upstream's base path".into(),
+        }
+    }
+
     pub(super) fn timeout() -> Self {
         SendError {
             kind: Failure::Timeout,
@@ -229,6 +258,7 @@ impl SendError {
             Failure::Connect => ProxyError::Connect(self.error),
             Failure::Upstream => ProxyError::Upstream(self.error),
             Failure::Timeout => ProxyError::Timeout,
+            Failure::TargetTooLong => ProxyError::TargetTooLong,
         }
     }
 
@@ -764,7 +794,17 @@ mod tests {
     use super::*;
 
     fn target(base: &str, uri: &str) -> Option<String> {
-        origin_target(&base.parse().unwrap(), &uri.parse().unwrap()).map(|u| u.to_string())
+        origin_target(&base.parse().unwrap(), &uri.parse().unwrap())
+            .unwrap()
+            .map(|u| u.to_string())
+    }
+
+    #[test]
+    fn a_target_too_long_under_the_base_path_is_refused_not_sent_without_it() {
+        let base: Uri = "http://up.test/app".parse().unwrap();
+        let long: Uri = format!("/admin?{}", "q".repeat(65_526)).parse().unwrap();
+        assert!(origin_target(&base, &long).is_err());
+        assert!(crate::balance::rewrite_uri_checked(&base, &long).is_none());
     }
 
     #[test]

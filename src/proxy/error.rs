@@ -23,6 +23,10 @@ pub enum ProxyError {
     /// response timeout) while it was being forwarded: the client's fault,
     /// not the upstream's.
     RequestBodyTimeout,
+    /// The client's request target is too long to go under the upstream's
+    /// base path (the two together are longer than a URI may be): the
+    /// client's fault.
+    TargetTooLong,
 }
 
 impl ProxyError {
@@ -33,7 +37,7 @@ impl ProxyError {
     pub fn is_client_fault(&self) -> bool {
         matches!(
             self,
-            ProxyError::RequestBody(_) | ProxyError::RequestBodyTimeout
+            ProxyError::RequestBody(_) | ProxyError::RequestBodyTimeout | ProxyError::TargetTooLong
         )
     }
 }
@@ -46,6 +50,9 @@ impl fmt::Display for ProxyError {
             ProxyError::Upstream(_) => f.write_str("the upstream failed before response headers"),
             ProxyError::RequestBody(_) => f.write_str("the client's request body failed"),
             ProxyError::RequestBodyTimeout => f.write_str("the client's request body stalled"),
+            ProxyError::TargetTooLong => {
+                f.write_str("the request target is too long under the upstream's base path")
+            }
         }
     }
 }
@@ -56,7 +63,9 @@ impl std::error::Error for ProxyError {
             ProxyError::Connect(e) | ProxyError::Upstream(e) | ProxyError::RequestBody(e) => {
                 Some(&**e)
             }
-            ProxyError::Timeout | ProxyError::RequestBodyTimeout => None,
+            ProxyError::Timeout | ProxyError::RequestBodyTimeout | ProxyError::TargetTooLong => {
+                None
+            }
         }
     }
 }

@@ -190,6 +190,8 @@ pub(super) fn relay(
         // path (RFC 9110 §15.5.1, §15.5.9).
         Err(ProxyError::RequestBody(_)) => return status_response(StatusCode::BAD_REQUEST),
         Err(ProxyError::RequestBodyTimeout) => return status_response(StatusCode::REQUEST_TIMEOUT),
+        // RFC 9110 §15.5.15.
+        Err(ProxyError::TargetTooLong) => return status_response(StatusCode::URI_TOO_LONG),
         Err(_) => return status_response(StatusCode::BAD_GATEWAY),
     };
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
