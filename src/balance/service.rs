@@ -70,41 +70,36 @@ impl<C> Rewrite<C> {
 }
 
 /// `base` + the request's path and query, or `None` when the two do not
-/// fit in one URI (the request must then not go: without the base path
-/// it would leave it).
-#[cfg(feature = "proxy")]
+/// fit in one URI (the request must then not go: without the base path it
+/// would leave it).
 pub(crate) fn rewrite_uri_checked(base: &Uri, uri: &Uri) -> Option<Uri> {
-    let base_path = base.path().trim_end_matches('/');
-    if base_path.is_empty() || (uri.path() == "*" && uri.query().is_none()) {
-        return Some(rewrite_uri(base, uri));
-    }
-    let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let pq = PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()?;
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(pq);
-    Uri::from_parts(parts).ok()
-}
-
-/// `base` + the request's path and query.
-pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
     let mut parts = base.clone().into_parts();
     // `OPTIONS *` asks about the server as a whole, not a resource: the
     // asterisk-form (RFC 9112 §3.2.4) goes through as is, never under the
     // base path (`/app*` names nothing).
     if uri.path() == "*" && uri.query().is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("*"));
-        return Uri::from_parts(parts).unwrap_or_else(|_| uri.clone());
+        return Uri::from_parts(parts).ok();
     }
     let base_path = base.path().trim_end_matches('/');
     let pq = if base_path.is_empty() {
         // A clone shares the bytes: no copy, no second validation.
-        uri.path_and_query().cloned()
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
     } else {
         let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()
+        PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()?
     };
-    parts.path_and_query = pq.or_else(|| Some(PathAndQuery::from_static("/")));
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).ok()
+}
+
+/// [`rewrite_uri_checked`] for [`Rewrite`], which has no way to fail a
+/// request: one whose target does not fit under the base path goes to the
+/// base URI itself, never outside it. (The proxy answers it `414`.)
+pub(crate) fn rewrite_uri(base: &Uri, uri: &Uri) -> Uri {
+    rewrite_uri_checked(base, uri).unwrap_or_else(|| base.clone())
 }
 
 impl<C, B> Connect<Uri, B> for Rewrite<C>
