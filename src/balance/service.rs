@@ -467,6 +467,14 @@ mod tests {
     }
 
     #[test]
+    fn a_target_too_long_for_the_base_path_never_leaves_it() {
+        let base: Uri = "http://10.0.0.5:3000/app".parse().unwrap();
+        let long: Uri = format!("/x?{}", "a".repeat(65_530)).parse().unwrap();
+        assert!(rewrite_uri_checked(&base, &long).is_none());
+        assert_eq!(rewrite_uri(&base, &long), base);
+    }
+
+    #[test]
     fn rewrite_prefixes_the_base_path() {
         let base: Uri = "http://10.0.0.5:3000/app/".parse().unwrap();
         let u = rewrite_uri(&base, &"/posts?p=1".parse().unwrap());
