@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery};
+use http::uri::Authority;
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -25,6 +25,7 @@ use tower_service::Service;
 use super::body::BodyWatch;
 use super::future::ForwardFuture;
 use super::pool::{Kind, Pool, PoolFuture};
+use super::target::origin_target;
 #[cfg(feature = "tls")]
 use super::TlsRoots;
 use super::{BoxError, ConfigError, ProxyBody, ProxyError};
@@ -137,37 +138,6 @@ impl Transport for Builtin {
             },
         }
     }
-}
-
-/// The request target an upstream at `base` gets for the client's `uri`
-/// (RFC 9112 §3.2.1 origin-form: the base's path, then the client's path
-/// and query), `None` when that is `uri` as it is, or an error when the
-/// two together are longer than a URI may be (the client's target alone
-/// fits: it must not go without the base path).
-fn origin_target(base: &Uri, uri: &Uri) -> Result<Option<Uri>, SendError> {
-    let base_path = base.path().trim_end_matches('/');
-    let asterisk = uri.path() == "*" && uri.query().is_none();
-    if (base_path.is_empty() || asterisk) && uri.authority().is_none() {
-        return Ok(None);
-    }
-    let pq = if asterisk {
-        // `OPTIONS *` asks about the server as a whole (RFC 9112 §3.2.4),
-        // never under the base path.
-        PathAndQuery::from_static("*")
-    } else if base_path.is_empty() {
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-    } else {
-        let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        PathAndQuery::try_from(format!("{base_path}{req_pq}"))
-            .map_err(|_| SendError::target_too_long())?
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(pq);
-    Uri::from_parts(parts)
-        .map(Some)
-        .map_err(|_| SendError::target_too_long())
 }
 
 pin_project_lite::pin_project! {
@@ -786,58 +756,5 @@ impl Forward {
                 }
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target(base: &str, uri: &str) -> Option<String> {
-        origin_target(&base.parse().unwrap(), &uri.parse().unwrap())
-            .unwrap()
-            .map(|u| u.to_string())
-    }
-
-    #[test]
-    fn a_target_too_long_under_the_base_path_is_refused_not_sent_without_it() {
-        let base: Uri = "http://up.test/app".parse().unwrap();
-        let long: Uri = format!("/admin?{}", "q".repeat(65_526)).parse().unwrap();
-        assert!(origin_target(&base, &long).is_err());
-        assert!(crate::balance::rewrite_uri_checked(&base, &long).is_none());
-    }
-
-    #[test]
-    fn an_origin_form_target_under_a_bare_base_goes_as_it_is() {
-        assert_eq!(target("http://up.test:3000", "/p?x=1"), None);
-        assert_eq!(target("http://up.test:3000/", "/"), None);
-        assert_eq!(target("http://up.test:3000/", "*"), None);
-    }
-
-    #[test]
-    fn the_base_path_prefixes_the_target() {
-        assert_eq!(
-            target("http://up.test/app/", "/p?x=1").as_deref(),
-            Some("/app/p?x=1")
-        );
-        assert_eq!(target("http://up.test/app", "/").as_deref(), Some("/app/"));
-        // The asterisk-form names the server, never a path under the base.
-        assert_eq!(target("http://up.test/app/", "*"), None);
-    }
-
-    #[test]
-    fn an_absolute_form_target_loses_the_clients_authority() {
-        assert_eq!(
-            target("http://up.test", "http://front.test/p?q").as_deref(),
-            Some("/p?q")
-        );
-        assert_eq!(
-            target("http://up.test/app", "http://front.test/p").as_deref(),
-            Some("/app/p")
-        );
-        assert_eq!(
-            target("http://up.test", "http://front.test").as_deref(),
-            Some("/")
-        );
     }
 }

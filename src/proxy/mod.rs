@@ -171,6 +171,7 @@ mod serve;
 mod service;
 mod shutdown;
 mod stall;
+mod target;
 mod timer;
 #[cfg(feature = "tls")]
 mod tls;
