@@ -480,6 +480,27 @@ async fn a_request_sent_on_a_connection_that_closes_under_it_is_sent_again() {
     );
 }
 
+/// A proxy to the upstream that `listener` is, with a 300 ms response
+/// timeout and no balancer retries.
+fn timing_out_proxy(listener: &TcpListener) -> ReverseProxy {
+    let set = Endpoints::new(RoundRobin::new());
+    let base = proxy::upstream(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+    set.add("u", base).unwrap();
+    ReverseProxy::builder(set)
+        .retries(Retries::none())
+        .response_timeout(Duration::from_millis(300))
+        .try_build()
+        .unwrap()
+}
+
+/// Keeps reading (and never answering) what comes on `conn`.
+fn never_answer(mut conn: TcpStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sink = [0u8; 1024];
+        while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+}
+
 #[tokio::test]
 async fn a_pooled_connection_that_stops_answering_times_out_each_request() {
     // The upstream is this test: it answers the first request on a
@@ -488,20 +509,9 @@ async fn a_pooled_connection_that_stops_answering_times_out_each_request() {
     // timer carries the response timeout (see `pool`); each gets 504 at
     // its own deadline, after the timer was set for an earlier one.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let set = Endpoints::new(RoundRobin::new());
-    let base = proxy::upstream(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-    set.add("u", base).unwrap();
-    let proxy = ReverseProxy::builder(set)
-        .retries(Retries::none())
-        .response_timeout(Duration::from_millis(300))
-        .try_build()
-        .unwrap();
-    let mut conn = answered_by_hand(&proxy, &listener).await;
-    // Keeps reading (and never answering) what comes on that connection.
-    let held = tokio::spawn(async move {
-        let mut sink = [0u8; 1024];
-        while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-    });
+    let proxy = timing_out_proxy(&listener);
+    let conn = answered_by_hand(&proxy, &listener).await;
+    let held = never_answer(conn);
     let (status, _) = get(&proxy, "/page").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     // The timed-out connection is not used again: the next request opens
@@ -541,19 +551,9 @@ async fn a_pooled_request_first_polled_out_of_coop_budget_still_times_out() {
     // spent (tokio's sleep then returns pending without registering the
     // task, and wakes it at once to be polled again).
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let set = Endpoints::new(RoundRobin::new());
-    let base = proxy::upstream(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-    set.add("u", base).unwrap();
-    let proxy = ReverseProxy::builder(set)
-        .retries(Retries::none())
-        .response_timeout(Duration::from_millis(300))
-        .try_build()
-        .unwrap();
-    let mut conn = answered_by_hand(&proxy, &listener).await;
-    let held = tokio::spawn(async move {
-        let mut sink = [0u8; 1024];
-        while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-    });
+    let proxy = timing_out_proxy(&listener);
+    let conn = answered_by_hand(&proxy, &listener).await;
+    let held = never_answer(conn);
     let mut req = Request::get("/page")
         .header("host", "front.test")
         .body(Empty::<Bytes>::new())

@@ -31,6 +31,16 @@ async fn recording_upstream() -> (SocketAddr, Heads) {
     common::raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await
 }
 
+/// The request line of each head an upstream received.
+fn request_lines(heads: &Heads) -> Vec<String> {
+    heads
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.lines().next().unwrap_or_default().to_owned())
+        .collect()
+}
+
 fn uri(addr: SocketAddr, path: &str) -> Uri {
     format!("http://{addr}{path}").parse().unwrap()
 }
@@ -65,12 +75,7 @@ async fn options_asterisk_keeps_its_target_under_a_base_path() {
         let res = within(proxy.call(with_client(req))).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
-    let lines: Vec<String> = heads
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|h| h.lines().next().unwrap_or_default().to_owned())
-        .collect();
+    let lines = request_lines(&heads);
     assert_eq!(lines, ["OPTIONS * HTTP/1.1", "OPTIONS * HTTP/1.1"]);
 }
 
@@ -104,12 +109,7 @@ async fn a_target_too_long_for_the_base_path_gets_414_and_never_leaves_it() {
         .unwrap();
     let res = within(proxy.call(with_client(req))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let lines: Vec<String> = heads
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|h| h.lines().next().unwrap_or_default().to_owned())
-        .collect();
+    let lines = request_lines(&heads);
     assert_eq!(
         lines,
         ["GET /confined/to/this/subtree/of/the/upstream/and/nothing/else/admin?q HTTP/1.1"]

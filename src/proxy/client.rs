@@ -60,11 +60,7 @@ where
             // hyper-util's client picks the connection by the URI.
             match crate::balance::rewrite_uri_checked(base, req.uri()) {
                 Some(uri) => *req.uri_mut() = uri,
-                None => {
-                    return Sending::Pool {
-                        fut: Box::pin(std::future::ready(Err(SendError::target_too_long()))),
-                    }
-                }
+                None => return Sending::failed(SendError::target_too_long()),
             }
         }
         let fut = Client::request(self, req);
@@ -107,9 +103,7 @@ impl Transport for Builtin {
             Some("http") | None => Kind::Tcp,
             Some(other) => {
                 let e = SendError::connect(format!("unsupported scheme {other}").into());
-                return Sending::Pool {
-                    fut: Box::pin(std::future::ready(Err(e))),
-                };
+                return Sending::failed(e);
             }
         };
         match base {
@@ -123,11 +117,7 @@ impl Transport for Builtin {
                     Ok(None) => {}
                     // Never the client's target as it is: that would
                     // leave the base path.
-                    Err(e) => {
-                        return Sending::Pool {
-                            fut: Box::pin(std::future::ready(Err(e))),
-                        }
-                    }
+                    Err(e) => return Sending::failed(e),
                 }
                 Sending::Pool {
                     fut: self.pool.request_to(kind, base, req, timeout),
@@ -150,6 +140,15 @@ pin_project_lite::pin_project! {
         LegacyTimed { #[pin] fut: tokio::time::Timeout<ResponseFuture> },
         // The lean pool (boxed; it keeps the time itself).
         Pool { fut: PoolFuture },
+    }
+}
+
+impl Sending {
+    /// A request that fails before it leaves.
+    fn failed(e: SendError) -> Self {
+        Sending::Pool {
+            fut: Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 
