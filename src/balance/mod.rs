@@ -98,7 +98,8 @@ pub use strategy::{
 pub use upstream::Upstream;
 #[cfg(feature = "proxy")]
 pub(crate) use {
-    retry::is_idempotent, service::rewrite_uri, service::rewrite_uri_checked, service::Config,
+    retry::is_idempotent, service::path_under, service::rewrite_uri, service::rewrite_uri_checked,
+    service::Config,
 };
 
 /// A `tracing` debug event when the `tracing` feature is on; nothing

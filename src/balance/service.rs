@@ -69,29 +69,34 @@ impl<C> Rewrite<C> {
     }
 }
 
-/// `base` + the request's path and query, or `None` when the two do not
-/// fit in one URI (the request must then not go: without the base path it
-/// would leave it).
-pub(crate) fn rewrite_uri_checked(base: &Uri, uri: &Uri) -> Option<Uri> {
-    let mut parts = base.clone().into_parts();
+/// The path and query an upstream at `base` gets for the request target
+/// `uri`: the base's path, then the target's path and query; the
+/// asterisk-form as it is. `None` when the two do not fit in one URI (the
+/// request must then not go: without the base path it would leave it).
+pub(crate) fn path_under(base: &Uri, uri: &Uri) -> Option<PathAndQuery> {
     // `OPTIONS *` asks about the server as a whole, not a resource: the
     // asterisk-form (RFC 9112 §3.2.4) goes through as is, never under the
     // base path (`/app*` names nothing).
     if uri.path() == "*" && uri.query().is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("*"));
-        return Uri::from_parts(parts).ok();
+        return Some(PathAndQuery::from_static("*"));
     }
     let base_path = base.path().trim_end_matches('/');
-    let pq = if base_path.is_empty() {
+    if base_path.is_empty() {
         // A clone shares the bytes: no copy, no second validation.
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-    } else {
-        let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()?
-    };
-    parts.path_and_query = Some(pq);
+        return Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+    }
+    let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    PathAndQuery::try_from(format!("{base_path}{req_pq}")).ok()
+}
+
+/// `base` + [`path_under`] it, or `None` as there.
+pub(crate) fn rewrite_uri_checked(base: &Uri, uri: &Uri) -> Option<Uri> {
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(path_under(base, uri)?);
     Uri::from_parts(parts).ok()
 }
 

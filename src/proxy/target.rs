@@ -10,31 +10,20 @@ use super::client::SendError;
 use super::ProxyBody;
 
 /// The request target an upstream at `base` gets for the client's `uri`
-/// (RFC 9112 §3.2.1 origin-form: the base's path, then the client's path
-/// and query), `None` when that is `uri` as it is, or an error when the
-/// two together are longer than a URI may be (the client's target alone
-/// fits: it must not go without the base path).
+/// in origin form (RFC 9112 §3.2.1; the rule is
+/// [`path_under`](crate::balance::path_under)), `None` when that is `uri`
+/// as it is, or an error when the two together are longer than a URI may
+/// be (the client's target alone fits: it must not go without the base
+/// path).
 pub(super) fn origin_target(base: &Uri, uri: &Uri) -> Result<Option<Uri>, SendError> {
-    let base_path = base.path().trim_end_matches('/');
+    let bare = base.path().trim_end_matches('/').is_empty();
     let asterisk = uri.path() == "*" && uri.query().is_none();
-    if (base_path.is_empty() || asterisk) && uri.authority().is_none() {
+    if (bare || asterisk) && uri.authority().is_none() {
         return Ok(None);
     }
-    let pq = if asterisk {
-        // `OPTIONS *` asks about the server as a whole (RFC 9112 §3.2.4),
-        // never under the base path.
-        PathAndQuery::from_static("*")
-    } else if base_path.is_empty() {
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"))
-    } else {
-        let req_pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        PathAndQuery::try_from(format!("{base_path}{req_pq}"))
-            .map_err(|_| SendError::target_too_long())?
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(pq);
+    let mut parts = Parts::default();
+    parts.path_and_query =
+        Some(crate::balance::path_under(base, uri).ok_or_else(SendError::target_too_long)?);
     Uri::from_parts(parts)
         .map(Some)
         .map_err(|_| SendError::target_too_long())
