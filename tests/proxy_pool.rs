@@ -126,14 +126,19 @@ fn proxy_to(addr: SocketAddr, idle_timeout: Duration) -> ReverseProxy {
         .unwrap()
 }
 
-async fn get(proxy: &ReverseProxy, path: &str) -> (StatusCode, Bytes) {
+/// A `GET` as `proxy::serve` hands it over (with the client's address).
+fn request(path: &str) -> Request<Empty<Bytes>> {
     let mut req = Request::get(path)
         .header("host", "front.test")
         .body(Empty::<Bytes>::new())
         .unwrap();
     req.extensions_mut()
         .insert(ClientAddr("198.51.100.7:5000".parse().unwrap()));
-    let res = within(proxy.clone().oneshot(req)).await.unwrap();
+    req
+}
+
+async fn get(proxy: &ReverseProxy, path: &str) -> (StatusCode, Bytes) {
+    let res = within(proxy.clone().oneshot(request(path))).await.unwrap();
     let status = res.status();
     let body = within(res.into_body().collect()).await.unwrap().to_bytes();
     (status, body)
@@ -554,12 +559,7 @@ async fn a_pooled_request_first_polled_out_of_coop_budget_still_times_out() {
     let proxy = timing_out_proxy(&listener);
     let conn = answered_by_hand(&proxy, &listener).await;
     let held = never_answer(conn);
-    let mut req = Request::get("/page")
-        .header("host", "front.test")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    req.extensions_mut()
-        .insert(ClientAddr("198.51.100.7:5000".parse().unwrap()));
+    let req = request("/page");
     let mut svc = proxy.clone();
     let sent = within(ServiceExt::<Request<Empty<Bytes>>>::ready(&mut svc))
         .await
