@@ -13,6 +13,11 @@
 //!   service.
 //! - `passthrough_socket/*`: an uncacheable streamed 30 KB response over a
 //!   real loopback connection (keep-alive), through the layer vs without.
+//! - `purge/*`: a purge by path that matches nothing, over 10,000 and
+//!   50,000 stored 1 KB pages: it waits for writes in progress, applies
+//!   moka's pending housekeeping and registers the predicate (lookups
+//!   apply it at once, housekeeping frees what it matches later), so it
+//!   should not grow with the tier.
 
 mod support;
 
@@ -236,6 +241,31 @@ fn miss(c: &mut Criterion) {
     group.finish();
 }
 
+fn purge(c: &mut Criterion) {
+    let mut group = c.benchmark_group("purge");
+    let origin = service_fn(move |_req: Request<()>| {
+        let res = typical_response(Bytes::from(vec![b'x'; 1024]), "public, s-maxage=600");
+        async move { Ok::<_, Infallible>(res) }
+    });
+    for entries in [10_000u64, 50_000] {
+        let cache = ResponseCache::builder().max_bytes(1 << 30).build();
+        let mut layered = CacheLayer::new(cache.clone()).layer(origin);
+        for i in 0..entries {
+            drain(
+                block_on(layered.call(request(&format!("/posts/{i}"))))
+                    .unwrap()
+                    .into_body(),
+            );
+        }
+        assert_eq!(cache.stats().entries, entries, "every page stored");
+        group.throughput(Throughput::Elements(entries));
+        group.bench_function(format!("path_matching_nothing_{entries}"), |b| {
+            b.iter(|| black_box(cache.purge_path("/absent")))
+        });
+    }
+    group.finish();
+}
+
 /// Serves `app` on 127.0.0.1:0 on `rt`; returns its address.
 fn serve_on(rt: &tokio::runtime::Runtime, app: axum::Router) -> std::net::SocketAddr {
     rt.block_on(async {
@@ -348,6 +378,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = hit, hit_compressed, passthrough, miss, passthrough_socket
+    targets = hit, hit_compressed, passthrough, miss, passthrough_socket, purge
 }
 criterion_main!(benches);

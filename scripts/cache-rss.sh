@@ -9,7 +9,7 @@
 #
 # Prints one line: pages, URLs, mode, the proxy's VmRSS idle (before the
 # load), VmRSS after the load and VmHWM (its peak), in MiB, plus the bound
-# capacity x 1.2 + base. Needs wrk (apt-get install -y wrk), and
+# capacity x 1.2 + base. SMAPS=FILE keeps /proc/PID/smaps. Needs wrk (apt-get install -y wrk), and
 # redis-server for REDIS=1. Extra proxy flags go in PROXY_FLAGS; the proxy's
 # environment is passed on (try MALLOC_ARENA_MAX=2).
 set -euo pipefail
@@ -111,6 +111,9 @@ wait "$load" || true
 sleep 1
 rss=$(mib "$proxy" VmRSS)
 hwm=$(mib "$proxy" VmHWM)
+# SMAPS=FILE keeps the proxy's memory map after the load, for telling the
+# heap arenas (64 MiB reservations), mapped bodies and [heap] apart.
+[ -n "${SMAPS:-}" ] && cp "/proc/$proxy/smaps" "$SMAPS"
 reqs=$(awk '/requests in/ { print $1 }' "$work/wrk.log")
 printf 'pages %s B, %s requests, %s: idle %s MiB, after %s MiB, peak %s MiB\n' \
   "$BYTES" "$reqs" "$mode" "$idle" "$rss" "$hwm"

@@ -6,11 +6,13 @@
 //! URI drops them all at once and a lookup is one map read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
+use moka::Entry as MokaEntry;
 
 use super::entry::Entry;
 use super::key;
@@ -215,6 +217,10 @@ pub(crate) struct Store {
     /// next waits its [`SWEEP_EVERY`] rather than walking every entry
     /// every [`SWEEP_PRESSED`].
     productive: Arc<AtomicBool>,
+    /// Held shared by every write that makes a key's new value from its
+    /// current one, and exclusively by a purge while it registers: see
+    /// [`Store::purge_where`].
+    writes: RwLock<()>,
 }
 
 /// The least time between two sweeps of entries past their keep time.
@@ -260,6 +266,7 @@ impl Store {
             last_sweep: AtomicU64::new(0),
             pressed,
             productive: Arc::new(AtomicBool::new(true)),
+            writes: RwLock::new(()),
         }
     }
 
@@ -270,7 +277,7 @@ impl Store {
         if !variants.expired(now) {
             return Some(variants);
         }
-        remove_if_same(&self.map, key, &variants);
+        self.remove_if(key, |current| Arc::ptr_eq(current, &variants));
         None
     }
 
@@ -320,7 +327,7 @@ impl Store {
     pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) -> bool {
         self.sweep_if_due(crate::date::monotonic_now());
         let mut stored = false;
-        self.map.entry_by_ref(key).and_compute_with(|current| {
+        self.compute(key, |current| {
             let current = current.map(|c| c.into_value());
             let mut slots = current.as_ref().map_or_else(Vec::new, |c| c.slots());
             let mut clock = current.as_ref().map_or(0, |c| c.clock.load(Relaxed));
@@ -356,31 +363,31 @@ impl Store {
             if u64::from(variants.weight) > self.max_bytes {
                 // Could never be kept: moka would only evict it later,
                 // after lookups had seen it.
-                return moka::ops::compute::Op::Nop;
+                return Op::Nop;
             }
             stored = true;
-            moka::ops::compute::Op::Put(Arc::new(variants))
+            Op::Put(Arc::new(variants))
         });
         stored
     }
 
     /// Drops one variant, if it is still the one stored.
     pub(crate) fn remove_variant(&self, key: &str, entry: &Arc<Entry>) {
-        self.map.entry_by_ref(key).and_compute_with(|current| {
+        self.compute(key, |current| {
             let Some(current) = current else {
-                return moka::ops::compute::Op::Nop;
+                return Op::Nop;
             };
             let current = current.value();
             let mut slots = current.slots();
             slots.retain(|s| !Arc::ptr_eq(&s.entry, entry));
             if slots.len() == current.list.len() {
-                moka::ops::compute::Op::Nop
+                Op::Nop
             } else if slots.is_empty() {
-                moka::ops::compute::Op::Remove
+                Op::Remove
             } else {
                 let clock = current.clock.load(Relaxed);
                 let seen = current.seen.clone();
-                moka::ops::compute::Op::Put(Arc::new(Variants::new(slots, clock, seen, key.len())))
+                Op::Put(Arc::new(Variants::new(slots, clock, seen, key.len())))
             }
         });
     }
@@ -400,9 +407,9 @@ impl Store {
         with: impl FnOnce(&Entry) -> Entry,
     ) -> Option<Arc<Entry>> {
         let mut replaced = None;
-        self.map.entry_by_ref(key).and_compute_with(|current| {
+        self.compute(key, |current| {
             let Some(current) = current else {
-                return moka::ops::compute::Op::Nop;
+                return Op::Nop;
             };
             let current = current.value();
             let mut slots = current.slots();
@@ -416,17 +423,17 @@ impl Store {
                 .iter_mut()
                 .find(|s| Arc::ptr_eq(&s.entry, old) || same_body(&s.entry))
             else {
-                return moka::ops::compute::Op::Nop;
+                return Op::Nop;
             };
             let new = Arc::new(with(&slot.entry));
             slot.entry = Arc::clone(&new);
             let clock = current.clock.load(Relaxed);
             let variants = Variants::new(slots, clock, current.seen.clone(), key.len());
             if u64::from(variants.weight) > self.max_bytes {
-                return moka::ops::compute::Op::Nop;
+                return Op::Nop;
             }
             replaced = Some(new);
-            moka::ops::compute::Op::Put(Arc::new(variants))
+            Op::Put(Arc::new(variants))
         });
         replaced
     }
@@ -462,8 +469,38 @@ impl Store {
     }
 
     /// Drops every variant of `key`; whether anything was stored.
+    ///
+    /// Under the key's own lock (moka's compute), like every write here: a
+    /// store that read the key's variants before the removal and writes
+    /// them back after it would otherwise bring the removed ones back.
     pub(crate) fn remove(&self, key: &str) -> bool {
-        self.map.remove(key).is_some()
+        self.remove_if(key, |_| true)
+    }
+
+    /// Drops `key` if its current variants still satisfy `matches`, under
+    /// the key's lock; whether it did.
+    fn remove_if(&self, key: &str, matches: impl Fn(&Arc<Variants>) -> bool) -> bool {
+        let mut removed = false;
+        self.compute(key, |current| match current {
+            Some(c) if matches(c.value()) => {
+                removed = true;
+                Op::Remove
+            }
+            _ => Op::Nop,
+        });
+        removed
+    }
+
+    /// Writes `key`'s new value as `f` makes it of the current one (none
+    /// when absent or purged), under the key's lock and a shared hold of
+    /// `writes`: no purge registers between the read and the write.
+    fn compute(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<MokaEntry<String, Arc<Variants>>>) -> Op<Arc<Variants>>,
+    ) {
+        let _shared = self.writes.read().unwrap_or_else(PoisonError::into_inner);
+        self.map.entry_by_ref(key).and_compute_with(f);
     }
 
     /// Drops `key` in every spelling of its scheme's default port (one URI,
@@ -477,19 +514,40 @@ impl Store {
     /// Drops every key whose path-and-query starts with `prefix`.
     pub(crate) fn purge_prefix(&self, prefix: &str) {
         let prefix: Box<str> = prefix.into();
-        self.invalidate_if(move |k, _| key::path_of(k).starts_with(&*prefix));
+        self.purge_where(move |k, _| key::path_of(k).starts_with(&*prefix));
     }
 
     /// Drops every key whose path-and-query is exactly `path`, on any host.
     pub(crate) fn purge_path(&self, path: &str) {
         let path: Box<str> = path.into();
-        self.invalidate_if(move |k, _| key::path_of(k) == &*path);
+        self.purge_where(move |k, _| key::path_of(k) == &*path);
     }
 
     /// Drops every key one of whose variants carries `tag`.
     pub(crate) fn purge_tag(&self, tag: &str) {
         let tag: Box<str> = tag.into();
-        self.invalidate_if(move |_, v| v.list.iter().any(|e| e.has_tag(&tag)));
+        self.purge_where(move |_, v| v.list.iter().any(|e| e.has_tag(&tag)));
+    }
+
+    /// Drops every key `matches` picks: invisible to lookups and to
+    /// writes when this returns, freed by moka's housekeeping.
+    ///
+    /// moka's `invalidate_entries_if` alone loses purges in two ways
+    /// (issue 8: a purged page served as a hit). A write that read a key's
+    /// value before the purge and writes what it made of it after gets a
+    /// newer timestamp than the purge, which then no longer applies to it;
+    /// so writes hold `writes` shared across the read and the write, and
+    /// the purge registers holding it exclusively. And moka's housekeeping
+    /// drops the purge once its scan is done, skipping entries whose last
+    /// write it has not recorded yet; so, every such write being over
+    /// (the exclusive hold), their records are applied first.
+    fn purge_where(
+        &self,
+        matches: impl Fn(&String, &Arc<Variants>) -> bool + Send + Sync + 'static,
+    ) {
+        let _exclusive = self.writes.write().unwrap_or_else(PoisonError::into_inner);
+        self.map.run_pending_tasks();
+        self.invalidate_if(matches);
     }
 
     /// Replaces every variant of the keys `predicate` picks with what
@@ -505,39 +563,38 @@ impl Store {
             if value.expired(now) || !predicate(&key, &value) {
                 continue;
             }
-            self.map
-                .entry_by_ref(key.as_str())
-                .and_compute_with(|current| {
-                    // Past its keep time, an entry is dead (never served):
-                    // marking it would give it a stale window again.
-                    let Some(current) = current.filter(|c| !c.value().expired(now)) else {
-                        return moka::ops::compute::Op::Nop;
-                    };
-                    let current = current.value();
-                    let slots = current
-                        .slots()
-                        .into_iter()
-                        .map(|s| Slot {
-                            entry: update(&s.entry),
-                            ..s
-                        })
-                        .collect();
-                    let clock = current.clock.load(Relaxed);
-                    let seen = current.seen.clone();
-                    moka::ops::compute::Op::Put(Arc::new(Variants::new(
-                        slots,
-                        clock,
-                        seen,
-                        key.len(),
-                    )))
-                });
+            self.compute(key.as_str(), |current| {
+                // Past its keep time, an entry is dead (never served):
+                // marking it would give it a stale window again.
+                let Some(current) = current.filter(|c| !c.value().expired(now)) else {
+                    return Op::Nop;
+                };
+                let current = current.value();
+                let slots = current
+                    .slots()
+                    .into_iter()
+                    .map(|s| Slot {
+                        entry: update(&s.entry),
+                        ..s
+                    })
+                    .collect();
+                let clock = current.clock.load(Relaxed);
+                let seen = current.seen.clone();
+                Op::Put(Arc::new(Variants::new(slots, clock, seen, key.len())))
+            });
         }
     }
 
+    /// Drops everything, as [`Store::purge_where`] does (moka's
+    /// `invalidate_all` alone has the same first race).
     pub(crate) fn clear(&self) {
+        let _exclusive = self.writes.write().unwrap_or_else(PoisonError::into_inner);
         self.map.invalidate_all();
     }
 
+    /// moka's lazy invalidation. The sweep of dead entries calls it
+    /// directly: an entry it misses (see [`Store::purge_where`]) is never
+    /// served anyway, as lookups check the keep time themselves.
     fn invalidate_if(
         &self,
         predicate: impl Fn(&String, &Arc<Variants>) -> bool + Send + Sync + 'static,
@@ -563,15 +620,6 @@ impl Store {
     }
 }
 
-/// Removes `key` if it still holds `variants` (not a value stored since).
-fn remove_if_same(map: &Moka<String, Arc<Variants>>, key: &str, variants: &Arc<Variants>) {
-    map.entry_by_ref(key)
-        .and_compute_with(|current| match current {
-            Some(c) if Arc::ptr_eq(c.value(), variants) => moka::ops::compute::Op::Remove,
-            _ => moka::ops::compute::Op::Nop,
-        });
-}
-
 fn same_variant(a: &Entry, b: &Entry) -> bool {
     a.extra == b.extra
         && a.vary.len() == b.vary.len()
@@ -595,6 +643,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("cache-control", HeaderValue::from_static("max-age=60"));
         h.insert("etag", HeaderValue::from_static("\"v1\""));
+        h.insert("surrogate-key", HeaderValue::from_static("news"));
         let rules = StoreRules {
             default_ttl: None,
             heuristic_max: None,
@@ -719,6 +768,110 @@ mod tests {
             &store.get("k", crate::date::monotonic_now()).unwrap().list[0],
             &old
         ));
+    }
+
+    /// Every way of purging a key, as `(name, purge)`.
+    fn purges() -> [(&'static str, fn(&Store)); 5] {
+        [
+            ("uri", |s| assert!(s.remove_uri("http://h/p"))),
+            ("path", |s| s.purge_path("/p")),
+            ("prefix", |s| s.purge_prefix("/")),
+            ("tag", |s| s.purge_tag("news")),
+            ("all", Store::clear),
+        ]
+    }
+
+    #[test]
+    fn a_purge_while_a_store_rewrites_the_key_still_drops_it() {
+        // The store (a compression job putting the codings in) read the
+        // key before the purge and writes after it. With moka's lazy
+        // invalidation the page came back as a hit (issue 8).
+        let mut lost = Vec::new();
+        for (name, purge) in purges() {
+            let store = Arc::new(Store::new(1 << 30, || {}));
+            let old = entry(b"page");
+            assert!(store.insert("http://h/p", Arc::clone(&old)));
+            let (reading, read) = std::sync::mpsc::channel();
+            let writer = {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    store.replace_variant("http://h/p", &old, |e| {
+                        reading.send(()).unwrap();
+                        // Long enough for the purge to start meanwhile.
+                        std::thread::sleep(Duration::from_millis(100));
+                        with_gzip(e)
+                    })
+                })
+            };
+            read.recv().unwrap();
+            purge(&store);
+            writer.join().unwrap();
+            store.sync();
+            if store
+                .get("http://h/p", crate::date::monotonic_now())
+                .is_some()
+            {
+                lost.push(name);
+            }
+        }
+        assert!(lost.is_empty(), "purges lost: {lost:?}");
+    }
+
+    #[test]
+    fn a_purge_while_a_soft_purge_rewrites_the_key_still_drops_it() {
+        let mut lost = Vec::new();
+        for (name, purge) in purges() {
+            let store = Arc::new(Store::new(1 << 30, || {}));
+            assert!(store.insert("http://h/p", entry(b"page")));
+            let (reading, read) = std::sync::mpsc::channel();
+            let writer = {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    store.update_if(
+                        |_, _| true,
+                        |e| {
+                            reading.send(()).unwrap();
+                            std::thread::sleep(Duration::from_millis(100));
+                            Arc::new(with_gzip(e))
+                        },
+                    );
+                })
+            };
+            read.recv().unwrap();
+            purge(&store);
+            writer.join().unwrap();
+            store.sync();
+            if store
+                .get("http://h/p", crate::date::monotonic_now())
+                .is_some()
+            {
+                lost.push(name);
+            }
+        }
+        assert!(lost.is_empty(), "purges lost: {lost:?}");
+    }
+
+    #[test]
+    fn purges_drop_only_what_they_name() {
+        let store = Store::new(1 << 30, || {});
+        for k in ["http://h/p", "http://h/q", "https://g/p?x"] {
+            assert!(store.insert(k, entry(b"page")));
+        }
+        let left = |s: &Store| {
+            let now = crate::date::monotonic_now();
+            ["http://h/p", "http://h/q", "https://g/p?x"]
+                .into_iter()
+                .filter(|k| s.get(k, now).is_some())
+                .collect::<Vec<_>>()
+        };
+        store.purge_path("/p");
+        assert_eq!(left(&store), ["http://h/q", "https://g/p?x"]);
+        store.purge_prefix("/p");
+        assert_eq!(left(&store), ["http://h/q"]);
+        store.purge_tag("sports");
+        assert_eq!(left(&store), ["http://h/q"]);
+        store.clear();
+        assert!(left(&store).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
