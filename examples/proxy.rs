@@ -49,6 +49,8 @@ use tower_ssr::balance::{
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::proxy::{self, ReverseProxy, TlsRoots};
 
+#[path = "support/malloc.rs"]
+mod malloc;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
@@ -260,6 +262,8 @@ const USAGE: &str = "usage: proxy --listen ADDR --upstream URL [--upstream URL].
 (URL: http://HOST:PORT, https://HOST:PORT, h2c://HOST:PORT or unix:/PATH)";
 
 fn main() {
+    // Before any thread starts: glibc tuned for a cache (see the module).
+    malloc::fix_mmap_threshold();
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

@@ -55,11 +55,19 @@ use tower::ServiceBuilder;
 use tower_ssr::cache::{CacheLayer, ResponseCache};
 use tower_ssr::cache_control::{CacheControlLayer, Directives, Rule};
 
+#[path = "support/malloc.rs"]
+mod malloc;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Before any thread starts: glibc tuned for a cache (see the module).
+    malloc::fix_mmap_threshold();
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     // First: handles taken before the recorder is installed stay no-ops.
     let metrics_port: u16 = match std::env::var("METRICS_PORT") {
         Ok(p) => p

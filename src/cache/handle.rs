@@ -141,10 +141,14 @@ impl ResponseCacheBuilder {
     /// of 64 KiB and more get an anonymous memory mapping each (weighed in
     /// whole 4 KiB pages), handed back to the system when evicted. Under a
     /// stream of new pages a process with glibc's malloc stays within
-    /// about 1.2 × `bytes` plus its base for 1 and 10 KiB pages; with
-    /// 100 KiB pages and compression on, the encoders' working memory
-    /// (a fixed few MiB) comes on top unless `MALLOC_MMAP_THRESHOLD_=131072`
-    /// is set in the environment (figures in `BENCHMARKS.md`).
+    /// about 1.2 × `bytes` plus its base for 1 and 10 KiB pages. With
+    /// larger pages, glibc keeps what its heaps free once its mmap
+    /// threshold has risen (it rises for good to the largest block freed:
+    /// an encoder's buffers, a Redis value), 10–15 % of `bytes` more;
+    /// run the process with `MALLOC_MMAP_THRESHOLD_=65536` in its
+    /// environment (fixing the threshold turns the rise off), as the
+    /// crate's `proxy` and `ssr` examples do for themselves (figures in
+    /// `BENCHMARKS.md`, "Resident memory under load").
     ///
     /// An entry no longer worth keeping (past its freshness, its
     /// `stale-while-revalidate` / `stale-if-error` windows and, with a
