@@ -54,6 +54,16 @@ expect() { # expect WHAT GOT WANT-REGEX
 # ---- the ssr demo: `cargo run --example ssr` (PORT overrides 3000) -------
 start ssr env PORT=0 METRICS_PORT=0 "$ex/ssr"
 base="http://$ADDR"
+# environ PID: the process's environment, one variable per line.
+environ() { tr '\0' '\n' <"/proc/$1/environ"; }
+# Under glibc the caching examples restart themselves with a fixed mmap
+# threshold (examples/support/malloc.rs); an operator's own value stands.
+glibc=0
+ldd --version 2>&1 | grep -qiE 'glibc|gnu libc' && glibc=1
+if [ "$glibc" = 1 ]; then
+  environ "$LAST_PID" | grep -qx 'MALLOC_MMAP_THRESHOLD_=65536' || fail "ssr runs without MALLOC_MMAP_THRESHOLD_=65536"
+  ok "ssr restarted itself with MALLOC_MMAP_THRESHOLD_=65536"
+fi
 expect "ssr page policy" "$(header "$base/posts/1" cache-control)" '^public, max-age=0, s-maxage=60, stale-while-revalidate=300$'
 expect "ssr second request is a hit" "$(header "$base/posts/1" cache-status)" '^tower-ssr; hit; ttl=[0-9]+$'
 expect "ssr hit carries Age" "$(header "$base/posts/1" age)" '^[0-9]+$'
@@ -101,6 +111,10 @@ start proxy "$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --upstream
   --strategy round-robin --weights 1,2 --cache-mb 64
 proxy_pid=$LAST_PID
 base="http://$ADDR"
+if [ "$glibc" = 1 ]; then
+  environ "$proxy_pid" | grep -qx 'MALLOC_MMAP_THRESHOLD_=65536' || fail "proxy runs without MALLOC_MMAP_THRESHOLD_=65536"
+  ok "proxy restarted itself with MALLOC_MMAP_THRESHOLD_=65536 (same process)"
+fi
 expect "proxy first request is stored" "$(header "$base/p/1" cache-status)" 'fwd=uri-miss; stored'
 expect "proxy second request is a hit" "$(header "$base/p/1" cache-status)" '^tower-ssr; hit'
 kill -TERM "$proxy_pid"
@@ -108,9 +122,13 @@ for _ in $(seq 1 100); do kill -0 "$proxy_pid" 2>/dev/null || break; sleep 0.1; 
 kill -0 "$proxy_pid" 2>/dev/null && fail "proxy did not stop on SIGTERM"
 ok "proxy stops on SIGTERM"
 
-start proxy2 "$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --upstream "http://$up2" \
+start proxy2 env MALLOC_MMAP_THRESHOLD_=131072 "$ex/proxy" --listen 127.0.0.1:0 --upstream "http://$up1" --upstream "http://$up2" \
   --strategy round-robin --no-cache
 base="http://$ADDR"
+if [ "$glibc" = 1 ]; then
+  environ "$LAST_PID" | grep -qx 'MALLOC_MMAP_THRESHOLD_=131072' || fail "proxy overrode the operator's MALLOC_MMAP_THRESHOLD_"
+  ok "proxy keeps the operator's MALLOC_MMAP_THRESHOLD_"
+fi
 expect "proxy --no-cache adds no Cache-Status" "$(header "$base/p/1" cache-status)" '^$'
 a=$(header "$base/p/2" x-upstream); b=$(header "$base/p/2" x-upstream)
 [[ -n "$a" && -n "$b" && "$a" != "$b" ]] || fail "round robin: got '$a' then '$b'"

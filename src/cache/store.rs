@@ -6,7 +6,7 @@
 //! URI drops them all at once and a lookup is one map read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -217,10 +217,6 @@ pub(crate) struct Store {
     /// next waits its [`SWEEP_EVERY`] rather than walking every entry
     /// every [`SWEEP_PRESSED`].
     productive: Arc<AtomicBool>,
-    /// Held shared by every write that makes a key's new value from its
-    /// current one, and exclusively by a purge while it registers: see
-    /// [`Store::purge_where`].
-    writes: RwLock<()>,
 }
 
 /// The least time between two sweeps of entries past their keep time.
@@ -266,7 +262,6 @@ impl Store {
             last_sweep: AtomicU64::new(0),
             pressed,
             productive: Arc::new(AtomicBool::new(true)),
-            writes: RwLock::new(()),
         }
     }
 
@@ -492,14 +487,15 @@ impl Store {
     }
 
     /// Writes `key`'s new value as `f` makes it of the current one (none
-    /// when absent or purged), under the key's lock and a shared hold of
-    /// `writes`: no purge registers between the read and the write.
+    /// when absent), under the key's lock: every write here goes through
+    /// it, so a purge's removal (also under the key's lock, see
+    /// [`Store::purge_where`]) falls before or after a whole write, never
+    /// between its read and its write.
     fn compute(
         &self,
         key: &str,
         f: impl FnOnce(Option<MokaEntry<String, Arc<Variants>>>) -> Op<Arc<Variants>>,
     ) {
-        let _shared = self.writes.read().unwrap_or_else(PoisonError::into_inner);
         self.map.entry_by_ref(key).and_compute_with(f);
     }
 
@@ -513,41 +509,41 @@ impl Store {
 
     /// Drops every key whose path-and-query starts with `prefix`.
     pub(crate) fn purge_prefix(&self, prefix: &str) {
-        let prefix: Box<str> = prefix.into();
-        self.purge_where(move |k, _| key::path_of(k).starts_with(&*prefix));
+        self.purge_where(|k, _| key::path_of(k).starts_with(prefix));
     }
 
     /// Drops every key whose path-and-query is exactly `path`, on any host.
     pub(crate) fn purge_path(&self, path: &str) {
-        let path: Box<str> = path.into();
-        self.purge_where(move |k, _| key::path_of(k) == &*path);
+        self.purge_where(|k, _| key::path_of(k) == path);
     }
 
     /// Drops every key one of whose variants carries `tag`.
     pub(crate) fn purge_tag(&self, tag: &str) {
-        let tag: Box<str> = tag.into();
-        self.purge_where(move |_, v| v.list.iter().any(|e| e.has_tag(&tag)));
+        self.purge_where(|_, v| v.list.iter().any(|e| e.has_tag(tag)));
     }
 
-    /// Drops every key `matches` picks: invisible to lookups and to
-    /// writes when this returns, freed by moka's housekeeping.
+    /// Drops every key `matches` picks, before it returns: a walk over the
+    /// tier, each key it picks checked again and removed under the key's
+    /// own lock.
     ///
-    /// moka's `invalidate_entries_if` alone loses purges in two ways
-    /// (issue 8: a purged page served as a hit). A write that read a key's
-    /// value before the purge and writes what it made of it after gets a
-    /// newer timestamp than the purge, which then no longer applies to it;
-    /// so writes hold `writes` shared across the read and the write, and
-    /// the purge registers holding it exclusively. And moka's housekeeping
-    /// drops the purge once its scan is done, skipping entries whose last
-    /// write it has not recorded yet; so, every such write being over
-    /// (the exclusive hold), their records are applied first.
-    fn purge_where(
-        &self,
-        matches: impl Fn(&String, &Arc<Variants>) -> bool + Send + Sync + 'static,
-    ) {
-        let _exclusive = self.writes.write().unwrap_or_else(PoisonError::into_inner);
-        self.map.run_pending_tasks();
-        self.invalidate_if(matches);
+    /// Not moka's `invalidate_entries_if`, which lost purges (issue 8: a
+    /// purged page served as a `hit`) in three ways: a write that read a
+    /// key before the purge and wrote what it made of it after got a newer
+    /// timestamp than the purge, which then no longer applied to it; moka's
+    /// housekeeping dropped a purge once its scan was done, skipping
+    /// entries whose last write it had not recorded yet; and a purge made
+    /// while the scan for an earlier one was under way was scanned only
+    /// from where that scan stood, then dropped. Here a write in progress
+    /// on a key holds the key's lock, so the check runs on what it wrote,
+    /// and a write after the removal finds the key gone. It costs a walk
+    /// (about 450 ns per entry, `benches/cache.rs` `purge/*`), as
+    /// [`Store::update_if`] does.
+    fn purge_where(&self, matches: impl Fn(&str, &Variants) -> bool) {
+        for (key, value) in &self.map {
+            if matches(&key, &value) {
+                self.remove_if(&key, |current| matches(&key, current));
+            }
+        }
     }
 
     /// Replaces every variant of the keys `predicate` picks with what
@@ -586,15 +582,15 @@ impl Store {
     }
 
     /// Drops everything, as [`Store::purge_where`] does (moka's
-    /// `invalidate_all` alone has the same first race).
+    /// `invalidate_all` has the first of its races: a write that read a key
+    /// before it and wrote after it is newer than it).
     pub(crate) fn clear(&self) {
-        let _exclusive = self.writes.write().unwrap_or_else(PoisonError::into_inner);
-        self.map.invalidate_all();
+        self.purge_where(|_, _| true);
     }
 
-    /// moka's lazy invalidation. The sweep of dead entries calls it
-    /// directly: an entry it misses (see [`Store::purge_where`]) is never
-    /// served anyway, as lookups check the keep time themselves.
+    /// moka's lazy invalidation, for the sweep of dead entries only: an
+    /// entry it misses (see [`Store::purge_where`]) is never served
+    /// anyway, as lookups check the keep time themselves.
     fn invalidate_if(
         &self,
         predicate: impl Fn(&String, &Arc<Variants>) -> bool + Send + Sync + 'static,
