@@ -59,7 +59,10 @@ environ() { tr '\0' '\n' <"/proc/$1/environ"; }
 # Under glibc the caching examples restart themselves with a fixed mmap
 # threshold (examples/support/malloc.rs); an operator's own value stands.
 glibc=0
-ldd --version 2>&1 | grep -qiE 'glibc|gnu libc' && glibc=1
+# Not `ldd | grep -q`: grep quits at the first match, and under pipefail
+# ldd's broken pipe would read as "not glibc".
+libc=$(ldd --version 2>&1 || true)
+grep -qiE 'glibc|gnu libc' <<<"$libc" && glibc=1
 if [ "$glibc" = 1 ]; then
   environ "$LAST_PID" | grep -qx 'MALLOC_MMAP_THRESHOLD_=65536' || fail "ssr runs without MALLOC_MMAP_THRESHOLD_=65536"
   ok "ssr restarted itself with MALLOC_MMAP_THRESHOLD_=65536"
